@@ -1,0 +1,1 @@
+"""Dataset generation and the on-disk token store shared by every dataset."""

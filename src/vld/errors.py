@@ -1,0 +1,36 @@
+"""User errors: one line saying what is wrong and where, never a traceback.
+
+Code that validates user input raises `UserError("where: what")`; every command-line
+entry point runs through `run_cli`, which prints that line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, NoReturn
+
+
+class UserError(ValueError):
+    """Bad input from the user (a config key, a path, a CLI flag). The message is one line."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+def fail(where: str, what: str) -> NoReturn:
+    """Raise a UserError naming the offending key or path first."""
+    raise UserError(f"{where}: {what}")
+
+
+def run_cli(main: Callable[..., object], *args, **kwargs) -> None:
+    """Run a command-line `main`; a UserError becomes `vld: error: <line>` and exit code 2."""
+    try:
+        result = main(*args, **kwargs)
+    except UserError as err:
+        print(f"vld: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("vld: interrupted", file=sys.stderr)
+        sys.exit(130)
+    if isinstance(result, int):
+        sys.exit(result)
