@@ -1,0 +1,31 @@
+"""python -m vld.report --results results/eval --out results/report [--profile NAME]"""
+
+from __future__ import annotations
+
+import argparse
+
+from vld.errors import run_cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vld.report",
+                                     description="Build the report from variant results.")
+    parser.add_argument("--results", nargs="+", required=True,
+                        help="result JSON files or directories searched for them")
+    parser.add_argument("--out", required=True, help="report directory (replaced atomically)")
+    parser.add_argument("--profile", default="default", help="profile name shown in the report")
+    args = parser.parse_args(argv)
+
+    from vld.errors import fail
+    from vld.report.build import build_report, load_results
+
+    results = load_results(args.results)
+    if not results:
+        fail("--results", f"no variant results found in {' '.join(args.results)}")
+    written = build_report(results, args.out, args.profile)
+    print(f"vld.report: wrote {len(written)} files to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,187 @@
+"""Training configuration: plain dataclasses, validated without importing torch or lightning.
+
+Validation runs before any compute (and before the ~10 s heavy imports), so a bad
+`params.yaml` stops a stage with one line naming the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from vld.errors import fail
+
+# Precisions Lightning accepts that make sense here; "auto" picks bf16-mixed on GPU, fp32 on CPU.
+PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
+ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "single_device")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay to lr * min_lr_ratio (the paper's appendix settings)."""
+
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.1
+    warmup_fraction: float = 0.019
+    weight_decay: float = 0.001
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None, where: str = "optim") -> "OptimConfig":
+        d = _check_mapping(d, where, cls)
+        kwargs = {}
+        for key, value in d.items():
+            if key == "betas":
+                if not isinstance(value, (list, tuple)) or len(value) != 2:
+                    fail(f"{where}.betas", f"expected two numbers, got {value!r}")
+                kwargs[key] = (_number(value[0], f"{where}.betas[0]"), _number(value[1], f"{where}.betas[1]"))
+            else:
+                kwargs[key] = _number(value, f"{where}.{key}")
+        cfg = cls(**kwargs)
+        cfg.validate(where)
+        return cfg
+
+    def validate(self, where: str = "optim") -> None:
+        for key in ("lr", "min_lr_ratio", "warmup_fraction", "weight_decay", "eps", "grad_clip"):
+            _number(getattr(self, key), f"{where}.{key}")
+        if not self.lr > 0:
+            fail(f"{where}.lr", f"must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            fail(f"{where}.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0 <= self.warmup_fraction < 1:
+            fail(f"{where}.warmup_fraction", f"must be in [0, 1), got {self.warmup_fraction}")
+        if self.weight_decay < 0:
+            fail(f"{where}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if not self.eps > 0:
+            fail(f"{where}.eps", f"must be > 0, got {self.eps}")
+        if self.grad_clip < 0:
+            fail(f"{where}.grad_clip", f"must be >= 0 (0 = no clipping), got {self.grad_clip}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            fail(f"{where}.betas", f"expected two numbers in [0, 1), got {self.betas!r}")
+
+    def warmup_steps(self, max_steps: int) -> int:
+        return int(round(self.warmup_fraction * max_steps))
+
+
+@dataclass
+class TrainConfig:
+    """How to train: steps, batch sizes, devices, precision, checkpoints, logging, optimiser.
+
+    Gradient accumulation = global_batch_size / (micro_batch_size * devices * num_nodes).
+    """
+
+    max_steps: int
+    global_batch_size: int
+    micro_batch_size: int
+    seq_len: int
+    seed: int = 0
+    accelerator: str = "cpu"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end
+    log_every: int = 1
+    num_workers: int = 0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None, where: str = "train") -> "TrainConfig":
+        d = dict(_check_mapping(d, where, cls))
+        optim = OptimConfig.from_dict(d.pop("optim", None) or {}, where=f"{where}.optim")
+        for key in ("max_steps", "global_batch_size", "micro_batch_size", "seq_len"):
+            if key not in d:
+                fail(f"{where}.{key}", "missing (required)")
+        kwargs: dict[str, Any] = {}
+        for key, value in d.items():
+            if key in ("accelerator", "strategy", "precision"):
+                if not isinstance(value, str):
+                    fail(f"{where}.{key}", f"expected a string, got {value!r}")
+                kwargs[key] = value
+            else:
+                kwargs[key] = _integer(value, f"{where}.{key}")
+        cfg = cls(optim=optim, **kwargs)
+        cfg.validate(where)
+        return cfg
+
+    def validate(self, where: str = "train") -> None:
+        for key in ("max_steps", "global_batch_size", "micro_batch_size", "seq_len", "devices", "num_nodes", "log_every"):
+            value = _integer(getattr(self, key), f"{where}.{key}")
+            if value < 1:
+                fail(f"{where}.{key}", f"must be >= 1, got {value}")
+        for key in ("seed", "checkpoint_every", "num_workers"):
+            value = _integer(getattr(self, key), f"{where}.{key}")
+            if value < 0:
+                fail(f"{where}.{key}", f"must be >= 0, got {value}")
+        if self.accelerator not in ACCELERATORS:
+            fail(f"{where}.accelerator", f"unknown {self.accelerator!r}; expected one of {', '.join(ACCELERATORS)}")
+        if self.strategy not in STRATEGIES:
+            fail(f"{where}.strategy", f"unknown {self.strategy!r}; expected one of {', '.join(STRATEGIES)}")
+        if self.precision not in PRECISIONS:
+            fail(f"{where}.precision", f"unknown {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if self.accelerator == "cpu" and self.resolved_precision() not in ("32-true", "32"):
+            fail(f"{where}.precision", f"{self.precision!r} on CPU: training on CPU is float32 only ('32-true')")
+        per_step = self.micro_batch_size * self.devices * self.num_nodes
+        if self.global_batch_size % per_step:
+            fail(
+                f"{where}.global_batch_size",
+                f"{self.global_batch_size} is not a multiple of micro_batch_size * devices * num_nodes"
+                f" = {self.micro_batch_size} * {self.devices} * {self.num_nodes} = {per_step}",
+            )
+        if not isinstance(self.optim, OptimConfig):
+            fail(f"{where}.optim", "must be an OptimConfig")
+        self.optim.validate(f"{where}.optim")
+
+    @property
+    def accumulate_grad_batches(self) -> int:
+        return self.global_batch_size // (self.micro_batch_size * self.devices * self.num_nodes)
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch_size * self.seq_len
+
+    def resolved_precision(self) -> str:
+        """"auto" means bf16-mixed on a GPU and float32 on CPU."""
+        if self.precision != "auto":
+            return self.precision
+        return "bf16-mixed" if self.accelerator in ("gpu", "cuda") else "32-true"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["optim"]["betas"] = list(self.optim.betas)
+        return d
+
+
+def _check_mapping(d: Any, where: str, cls: type) -> dict[str, Any]:
+    if d is None:
+        return {}
+    if not isinstance(d, Mapping):
+        fail(where, f"expected a mapping, got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in d:
+        if key not in known:
+            fail(f"{where}.{key}", f"unknown key; expected one of {', '.join(sorted(known))}")
+    return dict(d)
+
+
+def _integer(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        fail(where, f"expected an integer, got {value!r}")
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        fail(where, f"expected a finite number, got {value!r}")
+    return float(value)

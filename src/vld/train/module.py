@@ -1,0 +1,149 @@
+"""The LightningModule: next-token cross-entropy around any plain `nn.Module`.
+
+No model code lives here: the wrapped module only has to map tokens [B, T] to logits
+[B, T, V] (a `VLDTransformer`, or a Hugging Face model behind a thin adapter).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vld.train.config import OptimConfig
+
+
+def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A batch is a tensor of windows [B, T+1] or a dict with "tokens" and an optional
+    "loss_mask" ([B, T], aligned with the targets tokens[:, 1:]; 1 = counts in the loss)."""
+    if isinstance(batch, dict):
+        return batch["tokens"], batch.get("loss_mask")
+    if isinstance(batch, (list, tuple)):
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    return batch, None
+
+
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over target positions (over the masked ones when a mask is given)."""
+    flat_logits = logits.reshape(-1, logits.size(-1)).float()
+    flat_targets = targets.reshape(-1).long()
+    if loss_mask is None:
+        return F.cross_entropy(flat_logits, flat_targets)
+    per_token = F.cross_entropy(flat_logits, flat_targets, reduction="none")
+    mask = loss_mask.reshape(-1).to(per_token.dtype)
+    # clamp: a micro-batch with nothing to predict contributes 0, not NaN
+    return (per_token * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def lr_factor(step: int, max_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
+    """Multiplier of the peak lr at optimizer step `step` (0-based): linear warmup over
+    `warmup_steps` steps, then cosine from 1 down to `min_lr_ratio` at `max_steps`."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups, GPT-2 practice: decay matrices of linear layers only; no decay on biases,
+    norm weights (every parameter with fewer than 2 dimensions) or embeddings (which also
+    covers an output head tied to the embedding). Shared (reused) parameters appear once."""
+    no_decay_ids = set()
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
+    decay, no_decay = [], []
+    for _, param in model.named_parameters():  # named_parameters() de-duplicates shared tensors
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or id(param) in no_decay_ids:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+class LMModule(L.LightningModule):
+    """Trains `model` (in place) on next-token prediction with AdamW + warmup/cosine."""
+
+    def __init__(self, model: nn.Module, optim: OptimConfig | None = None, max_steps: int | None = None):
+        super().__init__()
+        self.model = model
+        self.optim = optim or OptimConfig()
+        self.optim.validate()
+        # length of the lr schedule; None = the Trainer's max_steps
+        self.max_steps = None if max_steps is None else int(max_steps)
+        # per optimizer step, the loss averaged over its micro-batches and all ranks
+        self.loss_curve: list[float] = []
+        self.train_wall_s = 0.0  # accumulated over resumed runs (set by run_training)
+        self.resumed_from_step = 0
+        self._micro_losses: list[torch.Tensor] = []
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        out = self.model(tokens)
+        # Hugging Face models return an output object; plain modules return logits
+        return out.logits if hasattr(out, "logits") else out
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        windows, loss_mask = unpack_batch(batch)
+        inputs, targets = windows[:, :-1], windows[:, 1:]
+        logits = self(inputs)
+        loss = next_token_loss(logits, targets, loss_mask)
+        self._micro_losses.append(loss.detach())
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # runs once per optimizer step, after all micro-batches of the accumulation
+        if not self._micro_losses:
+            return
+        step_loss = torch.stack(self._micro_losses).mean()
+        self._micro_losses.clear()
+        step_loss = self.trainer.strategy.reduce(step_loss, reduce_op="mean")
+        self.loss_curve.append(float(step_loss))
+        self.log("train/loss", step_loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=False)
+        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False, sync_dist=False)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(
+            parameter_groups(self.model, self.optim.weight_decay),
+            lr=self.optim.lr,
+            betas=tuple(self.optim.betas),
+            eps=self.optim.eps,
+        )
+        max_steps = self.max_steps if self.max_steps is not None else self.trainer.max_steps
+        if max_steps is None or max_steps < 1:
+            raise ValueError("LMModule needs max_steps (or a Trainer with max_steps) for its lr schedule")
+        warmup, min_ratio = self.optim.warmup_steps(max_steps), self.optim.min_lr_ratio
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, max_steps, warmup, min_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the curve and the RNG go with the weights, so a resumed run reports the whole
+        # curve and draws the same random numbers (dropout) as an uninterrupted one
+        checkpoint["vld_loss_curve"] = list(self.loss_curve)
+        checkpoint["vld_train_wall_s"] = float(self.train_wall_s)
+        checkpoint["vld_rng_cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            checkpoint["vld_rng_cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.loss_curve = list(checkpoint.get("vld_loss_curve", []))
+        self.train_wall_s = float(checkpoint.get("vld_train_wall_s", 0.0))
+        self.resumed_from_step = int(checkpoint.get("global_step", 0))
+        if "vld_rng_cpu" in checkpoint:
+            torch.set_rng_state(checkpoint["vld_rng_cpu"])
+        if "vld_rng_cuda" in checkpoint and torch.cuda.is_available():
+            states = checkpoint["vld_rng_cuda"]
+            if len(states) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(states)

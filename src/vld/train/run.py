@@ -1,0 +1,235 @@
+"""Build a Lightning Trainer from a TrainConfig and run a (resumable) training.
+
+`run_training` is what a pipeline stage calls: it seeds everything, resumes from
+`out_dir/checkpoints/last.ckpt` when a previous run of the same stage was killed, checkpoints
+atomically every `checkpoint_every` steps and at the end, and writes `out_dir/metrics.json`
+(global rank 0 only). The model is trained in place; the caller saves it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from torch import nn
+
+from vld.atomic import write_json
+from vld.errors import fail
+from vld.train.config import TrainConfig
+from vld.train.datamodules import _WindowDataModuleBase
+from vld.train.module import LMModule
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.ckpt"
+RUN_CONFIG = "train_config.json"  # what the checkpoints were made with; a resume must match it
+METRICS = "metrics.json"
+# settings a resumed run may change without changing the result
+_RESUME_FREE = ("devices", "num_nodes", "strategy", "num_workers", "checkpoint_every", "log_every", "accelerator")
+
+
+class StepCheckpoint(Callback):
+    """Writes checkpoints/last.ckpt every `every` optimizer steps and at the last step.
+
+    Saved right after an optimizer step (never between micro-batches of an accumulation),
+    to a temporary file renamed over last.ckpt, so a kill never leaves a truncated checkpoint.
+    Also keeps LMModule.train_wall_s current so the rate survives a resume."""
+
+    def __init__(self, dirpath: Path, every: int, max_steps: int):
+        self.dirpath, self.every, self.max_steps = Path(dirpath), int(every), int(max_steps)
+        self._step_at_batch_start = -1
+        self._fit_start = 0.0
+        self._wall_before = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
+        self._wall_before = float(getattr(pl_module, "train_wall_s", 0.0))
+
+    def update_wall(self, pl_module: L.LightningModule) -> None:
+        if hasattr(pl_module, "train_wall_s") and self._fit_start:
+            pl_module.train_wall_s = self._wall_before + (time.perf_counter() - self._fit_start)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step_at_batch_start = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == self._step_at_batch_start:
+            return  # inside a gradient accumulation: no optimizer step happened
+        if step >= self.max_steps or (self.every and step % self.every == 0):
+            self.update_wall(pl_module)
+            self.save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.update_wall(pl_module)
+
+    def save(self, trainer: L.Trainer) -> None:
+        final = self.dirpath / LAST
+        tmp = self.dirpath / f".{LAST}.tmp"
+        trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, final)
+        trainer.strategy.barrier("vld.train.checkpoint")
+
+
+class RunProgressBar(TQDMProgressBar):
+    """Counts micro-batches of the whole run (Lightning's own total mixes steps and
+    micro-batches when gradients are accumulated)."""
+
+    @property
+    def total_train_batches(self) -> int | float:
+        return self.trainer.num_training_batches
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        # a resumed run skips on_train_epoch_start, where the bar gets its total: set it here
+        bar = self.train_progress_bar
+        bar.reset(total=self.total_train_batches)
+        bar.n = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        bar.set_description(f"Epoch {trainer.current_epoch}")
+
+
+def build_trainer(
+    cfg: TrainConfig,
+    out_dir: Path,
+    logger=None,
+    callbacks: Iterable[Callback] = (),
+    distributed_sampler: bool = False,
+) -> L.Trainer:
+    """A Trainer for `cfg`: no validation, our own atomic checkpoints, a progress bar.
+
+    `distributed_sampler=False` (our DataModules split each global batch by rank themselves);
+    set it for a foreign DataModule so that Lightning adds its DistributedSampler under DDP."""
+    cfg.validate()
+    out_dir = Path(out_dir)
+    deterministic = "warn" if cfg.accelerator == "cpu" else None
+    return L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=cfg.resolved_precision(),
+        max_steps=cfg.max_steps,
+        max_epochs=None,  # max_steps ends the run (one Lightning "epoch" = the whole run)
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        gradient_clip_algorithm="norm",
+        log_every_n_steps=cfg.log_every,
+        logger=logger if logger is not None else False,
+        callbacks=[
+            StepCheckpoint(out_dir / CHECKPOINT_DIR, cfg.checkpoint_every, cfg.max_steps),
+            RunProgressBar(),
+            *callbacks,
+        ],
+        enable_checkpointing=False,  # StepCheckpoint does it, atomically
+        enable_progress_bar=True,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=distributed_sampler,
+        deterministic=deterministic,
+        default_root_dir=str(out_dir),
+    )
+
+
+def _resume_checkpoint(cfg: TrainConfig, ckpt_dir: Path) -> Path | None:
+    """last.ckpt when a previous run of this stage left one; refuse one made with other settings."""
+    last, saved = ckpt_dir / LAST, ckpt_dir / RUN_CONFIG
+    if not last.is_file():
+        return None
+    if saved.is_file():
+        before = json.loads(saved.read_text())
+        now = cfg.to_dict()
+        for key in sorted(set(before) | set(now)):
+            if key not in _RESUME_FREE and before.get(key) != now.get(key):
+                fail(
+                    f"train.{key}",
+                    f"{before.get(key)!r} in the checkpoint {last}, {now.get(key)!r} now;"
+                    f" delete {ckpt_dir} to start over",
+                )
+    return last
+
+
+def run_training(
+    model: nn.Module,
+    datamodule: L.LightningDataModule,
+    cfg: TrainConfig,
+    out_dir: Path,
+    logger=None,
+    callbacks: Iterable[Callback] = (),
+) -> dict[str, Any]:
+    """Train `model` in place; returns (and writes to out_dir/metrics.json on rank 0)
+    final_loss, steps, tokens_seen, train_tokens_per_s, wall_s and loss_curve."""
+    start = time.perf_counter()
+    cfg.validate()
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+    resume = _resume_checkpoint(cfg, ckpt_dir)
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.accelerator == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    _check_vocab(model, datamodule)
+    module = LMModule(model, cfg.optim, cfg.max_steps)
+    ours = isinstance(datamodule, _WindowDataModuleBase)
+    trainer = build_trainer(cfg, out_dir, logger=logger, callbacks=callbacks, distributed_sampler=not ours)
+    if trainer.is_global_zero:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if resume is None:
+            write_json(ckpt_dir / RUN_CONFIG, cfg.to_dict())
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    _reap_ranks_at_exit(trainer)
+
+    steps = int(trainer.global_step)
+    tokens_seen = steps * cfg.tokens_per_step
+    metrics = {
+        "final_loss": module.loss_curve[-1] if module.loss_curve else float("nan"),
+        "steps": steps,
+        "tokens_seen": tokens_seen,
+        "train_tokens_per_s": tokens_seen / module.train_wall_s if module.train_wall_s > 0 else 0.0,
+        "train_wall_s": module.train_wall_s,
+        "wall_s": time.perf_counter() - start,
+        "resumed_from_step": module.resumed_from_step,
+        "loss_curve": list(module.loss_curve),
+    }
+    if trainer.is_global_zero:
+        write_json(out_dir / METRICS, metrics)
+    return metrics
+
+
+def _check_vocab(model: nn.Module, datamodule: L.LightningDataModule) -> None:
+    """Token ids the model cannot embed would fail deep inside the first step; say so now."""
+    data_vocab = getattr(datamodule, "vocab_size", None)
+    config = getattr(model, "config", None)
+    model_vocab = getattr(config, "vocab_size", None)
+    if isinstance(data_vocab, int) and isinstance(model_vocab, int) and data_vocab > model_vocab:
+        fail(
+            "model.vocab_size",
+            f"{model_vocab} is smaller than the data's vocabulary ({data_vocab}, {getattr(datamodule, 'data_dir', 'data')})",
+        )
+
+
+def _reap_ranks_at_exit(trainer: L.Trainer) -> None:
+    """Under strategy "ddp" the launching process (rank 0) started the other ranks but never
+    waits for them; wait at interpreter exit (not now: the caller may still run collective
+    code on every rank), so that a finished stage leaves no process behind."""
+    procs = list(getattr(getattr(trainer.strategy, "launcher", None), "procs", None) or [])
+    if procs:
+        atexit.register(_wait_or_kill, procs)
+
+
+def _wait_or_kill(procs: list[subprocess.Popen], timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

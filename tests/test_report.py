@@ -1,0 +1,313 @@
+"""The report: Wilson intervals, every table and figure from synthetic variant results."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vld.errors import UserError
+from vld.eval.variant import SCHEMA
+from vld.report import paper
+from vld.report.build import build_report, load_results
+from vld.report.stats import wilson_interval
+
+
+# ---------------------------------------------------------------- Wilson
+
+@pytest.mark.parametrize("successes, n, low, high", [
+    # Roots of (1 + z^2/n) p^2 - (2 p_hat + z^2/n) p + p_hat^2 = 0 with z = 1.959964, solved
+    # apart from the closed form the code uses.
+    (5, 10, 0.236593, 0.763407),
+    (0, 10, 0.0, 0.277533),
+    (10, 10, 0.722467, 1.0),
+    (250, 500, 0.456341, 0.543659),
+    (1, 4, 0.045587, 0.699358),
+])
+def test_wilson_matches_hand_computed_values(successes, n, low, high):
+    got = wilson_interval(successes, n)
+    assert got == pytest.approx((low, high), abs=1e-6)
+
+
+def test_wilson_edge_cases():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+    with pytest.raises(ValueError):
+        wilson_interval(-1, 2)
+
+
+# ---------------------------------------------------------------- synthetic results
+
+def igsm_scores(correct: int, n: int, baseline_hits: int = 10) -> dict:
+    return {"n": n, "answer_correct": correct, "solution_correct": correct // 2,
+            "answer_accuracy": correct / n, "solution_accuracy": (correct // 2) / n,
+            "reasons": {"ok": correct, "wrong_answer": n - correct}, "by_op": {},
+            "baseline": {"answer": "0", "source": "train", "source_frequency": 0.1,
+                         "hits": baseline_hits, "n": n, "rate": baseline_hits / n},
+            "decoding": {"strategy": "greedy", "kv_cache": True, "max_new_tokens": 64,
+                         "batch_size": 32, "limit": None}}
+
+
+def result(variant, kind, pattern, k, n_layer, *, layers=None, d_model=64, seed=0,
+           igsm=None, knowledge=None, scores=None, depth=True) -> dict:
+    effective = n_layer * (k + 1)
+    schedule = list(range(n_layer)) * (k + 1)
+    params = 1000 * n_layer * d_model
+    return {
+        "schema": SCHEMA, "variant": variant, "kind": kind, "pattern": pattern, "k": k,
+        "layers": layers, "seed": seed, "n_layer": n_layer, "d_model": d_model, "n_head": 4,
+        "block": "gpt2", "vocab_size": 100, "effective_depth": effective,
+        "vld": effective - n_layer, "schedule": schedule, "native_depth": k == 0,
+        "params": params, "params_no_embed": params // 2, "seq_len": 128,
+        "flops_per_token": 100 * effective, "flops_per_token_train": 300 * effective,
+        "train_tokens_per_s": 5000.0 / (k + 1), "igsm": igsm or {}, "knowledge": knowledge or {},
+        "scores": scores or {},
+        "depth": [{"virtual_layer": i, "base_layer": b, "visit": i // n_layer,
+                   "update_norm": 1.0 + i, "relative_update": 0.5, "angle_deg": 30.0,
+                   "update_cosine_next": None if i == effective - 1 else 0.1,
+                   "logit_lens_loss": 3.0 - 0.1 * i} for i, b in enumerate(schedule)] if depth else [],
+    }
+
+
+def reasoning_set() -> list[dict]:
+    tests = lambda c15, c20: {"op15": igsm_scores(c15, 100), "op20": igsm_scores(c20, 100)}
+    return [
+        result("r4-base", "reasoning", "base", 0, 4, igsm=tests(40, 20)),
+        result("r4-cycle-x1", "reasoning", "cycle", 1, 4, igsm=tests(50, 25)),
+        # Two seeds of one variant: pooled to 110/200.
+        result("r4-cycle-x2-s0", "reasoning", "cycle", 2, 4, seed=0, igsm=tests(60, 30)),
+        result("r4-cycle-x2-s1", "reasoning", "cycle", 2, 4, seed=1, igsm=tests(50, 30)),
+        result("r4-sequence-x1", "reasoning", "sequence", 1, 4, igsm=tests(45, 22)),
+        result("r8-base", "reasoning", "base", 0, 8, igsm=tests(55, 28)),
+        result("r8-cycle-x1", "reasoning", "cycle", 1, 8, igsm=tests(58, 29)),
+        result("r8-cycle-x1-first", "reasoning", "cycle", 1, 8, layers="0..3", igsm=tests(52, 26)),
+        result("r8-cycle-x1-second", "reasoning", "cycle", 1, 8, layers="4..7", igsm=tests(61, 31)),
+    ]
+
+
+def knowledge_set() -> list[dict]:
+    # Keys of vld.eval.knowledge.all_knowledge_measures; per-param only on one, to check both
+    # the measure's own figure and the fallback (bits / params).
+    bits = lambda e, c: {"absorbed_bits_entropy": e, "absorbed_bits_ce": c}
+    return [
+        result("k-small", "knowledge", "base", 0, 2, d_model=32,
+               knowledge={**bits(1000.0, 800.0), "absorbed_bits_ce_per_param": 0.5}),
+        result("k-big", "knowledge", "base", 0, 4, d_model=64, knowledge=bits(3000.0, 2500.0)),
+        result("k-big-cycle-x1", "knowledge", "cycle", 1, 4, d_model=64, knowledge=bits(3100.0, 2450.0)),
+        result("k-big-sequence-x1", "knowledge", "sequence", 1, 4, d_model=64,
+               knowledge=bits(2900.0, 2400.0)),
+    ]
+
+
+def retrofit_set() -> list[dict]:
+    return [
+        result("rf-base", "retrofit", "base", 0, 4, scores={"iGSM-op15": 30.0}, depth=False),
+        result("rf-cycle", "retrofit", "cycle", 1, 4, scores={"iGSM-op15": 34.5}, depth=False),
+    ]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# ---------------------------------------------------------------- the full report
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rep") / "report"
+    results = reasoning_set() + knowledge_set() + retrofit_set()
+    written = build_report(results, out, "synthetic")
+    return out, written
+
+
+def test_every_file_is_written_and_parses(full_report):
+    out, written = full_report
+    names = sorted(p.name for p in written)
+    assert names == sorted([
+        "table1.md", "table1.csv", "table1_long.csv", "table1_paper.csv", "figure3.png",
+        "figure4.md", "figure4.csv", "figure4.png", "figure1.md", "figure1.csv", "figure1.png",
+        "table7.md", "table7.csv", "table2.md", "table2.csv", "table2_paper.csv",
+        "compute.md", "compute.csv", "depth.md", "depth.csv", "depth_reasoning.png",
+        "depth_knowledge.png", "metrics.json", "report.md"])
+    for path in written:
+        assert path.parent == out and path.is_file() and path.stat().st_size > 0
+        if path.suffix == ".png":
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        elif path.suffix == ".csv":
+            assert read_csv(path)
+    report = (out / "report.md").read_text()
+    for path in written:
+        if path.name != "report.md" and path.suffix in (".csv", ".png", ".json"):
+            assert f"({path.name})" in report, path.name
+    assert "skipped" not in report
+
+
+def test_table1_numbers_intervals_and_paper_columns(full_report):
+    out, _ = full_report
+    rows = {(r["pattern"], r["k"], r["n_layer"], r["test"]): r for r in read_csv(out / "table1_long.csv")}
+    pooled = rows[("cycle", "2", "4", "op15")]
+    assert (pooled["seeds"], pooled["n"], pooled["answer_correct"]) == ("2", "200", "110")
+    low, high = wilson_interval(110, 200)
+    assert pooled["answer_accuracy_pct"] == "55.00"
+    assert (pooled["ci95_low_pct"], pooled["ci95_high_pct"]) == (f"{100 * low:.2f}", f"{100 * high:.2f}")
+    assert pooled["paper_accuracy_pct"] == "62.1"  # paper Table 1, cycle x2, 4L op15
+    assert rows[("cycle", "2", "4", "op20")]["paper_accuracy_pct"] == "30.4"
+    assert rows[("base", "0", "8", "op20")]["paper_accuracy_pct"] == ""  # paper has no 8L op20
+    assert rows[("base", "0", "4", "op15")]["baseline_rate_pct"] == "10.00"
+    # Layer-subset variants belong to Table 7, not Table 1.
+    assert all(r["n"] != "0" for r in rows.values()) and len(rows) == 2 * 6
+
+    wide = read_csv(out / "table1.csv")
+    by_row = {(r["pattern"], r["VLD"]): r for r in wide}
+    low, high = wilson_interval(50, 100)
+    assert by_row[("cycle", "x1")]["4L op15 (ours)"] == f"50.0 [{100 * low:.1f}, {100 * high:.1f}] n=100"
+    assert by_row[("cycle", "x1")]["paper 4L op15"] == "54.9"
+    assert by_row[("cycle", "x1")]["paper 8L op15"] == "62.0"
+    assert by_row[("sequence", "x1")]["8L op15 (ours)"] == ""
+    assert by_row[("always the most common answer (train set)", "")]["4L op15 (ours)"] == "10.0"
+    paper_rows = {(r["pattern"], r["VLD"]): r for r in read_csv(out / "table1_paper.csv")}
+    assert paper_rows[("cycle", "x5")]["4L op15"] == "70.7"
+    assert paper_rows[("base", "-")]["12L op15"] == "61.15"
+    assert paper_rows[("cycle", "x1")]["12L op15"] == ""
+    assert "paper" in (out / "table1.md").read_text()
+
+
+def test_table7_rows_and_paper_values(full_report):
+    out, _ = full_report
+    rows = {r["variant"]: r for r in read_csv(out / "table7.csv")}
+    assert list(rows) == ["no VLD", "all layers", "layers 0..3 only", "layers 4..7 only"]
+    assert rows["layers 0..3 only"]["paper 8L cycle op15"] == str(paper.TABLE7["first_half"])
+    assert rows["layers 4..7 only"]["paper 8L cycle op15"] == str(paper.TABLE7["second_half"])
+    assert rows["no VLD"]["paper 8L cycle op15"] == "60.5"
+    assert rows["all layers"]["op15 (ours)"].startswith("58.0 [")
+
+
+def test_knowledge_figure1_retrofit_compute_depth_tables(full_report):
+    out, _ = full_report
+    know = {r["variant"]: r for r in read_csv(out / "figure4.csv")}
+    assert know["k-big-cycle-x1"]["absorbed bits (paper measure)"] == "3100.0"
+    assert know["k-big-cycle-x1"]["absorbed bits (cross-entropy)"] == "2450.0"
+    assert know["k-small"]["bits/param (cross-entropy)"] == "0.5000"
+    assert know["k-small"]["bits/param (paper)"] == f"{1000 / 64000:.4f}"
+    assert "paper (Figure 4, no numbers printed)" in (out / "figure4.md").read_text()
+
+    pairs = {(r["pattern"], r["VLD"]): r for r in read_csv(out / "figure1.csv")}
+    # Knowledge side: the 4x64 size (3 variants); reasoning side: 4 base layers, op15.
+    assert set(pairs) == {("base", "-"), ("cycle", "x1"), ("sequence", "x1")}
+    assert pairs[("cycle", "x1")]["knowledge: absorbed bits"] == "2450.0"
+    assert pairs[("cycle", "x1")]["reasoning: accuracy %"] == "50.0"
+    assert pairs[("cycle", "x1")]["effective depth"] == "8"
+
+    retro = {r["row"]: r for r in read_csv(out / "table2.csv")}
+    assert retro["Base"]["iGSM-op15"] == "30.00" and retro["Cycle"]["iGSM-op15"] == "34.50"
+    paper2 = {r["benchmark"]: r for r in read_csv(out / "table2_paper.csv")}
+    assert (paper2["Math500"]["Base"], paper2["Math500"]["Cycle"]) == ("30.40", "35.40")
+
+    compute = {r["variant"]: r for r in read_csv(out / "compute.csv")}
+    assert compute["r4-cycle-x2-s0"]["effective depth"] == "12"
+    assert compute["r4-cycle-x2-s0"]["FLOPs vs native same params"] == "3.00"
+    assert compute["r4-cycle-x2-s0"]["train tokens/s"] == "1,667"
+    assert compute["r4-cycle-x2-s0"]["params"] == "256,000"
+
+    depth = [r for r in read_csv(out / "depth.csv") if r["variant"] == "r4-cycle-x1"]
+    assert [r["base layer"] for r in depth] == ["0", "1", "2", "3"] * 2
+    assert [r["visit"] for r in depth] == ["0"] * 4 + ["1"] * 4
+    assert depth[-1]["cos(next update)"] == "" and depth[0]["cos(next update)"] == "0.100"
+
+
+def test_metrics_json_for_dvc(full_report):
+    out, _ = full_report
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["profile"] == "synthetic" and metrics["n_variants"] == 15
+    assert metrics["variants"]["reasoning"]["r4-cycle-x1"]["igsm_op15_answer_accuracy"] == 0.5
+    assert metrics["variants"]["reasoning"]["r4-cycle-x1"]["flops_per_token"] == 800
+    assert metrics["variants"]["knowledge"]["k-big"]["knowledge_cross_entropy_absorbed_bits"] == 2500.0
+    best = metrics["best_reasoning"]
+    assert (best["variant"], best["test"], best["answer_accuracy"]) == ("r8-cycle-x1-second", "op15", 0.61)
+    assert best["ratio_to_baseline"] == pytest.approx(6.1)
+
+
+def test_missing_pieces_are_skipped_with_notes(tmp_path):
+    written = build_report(reasoning_set()[:3], tmp_path / "rep", "reasoning-only")
+    names = {p.name for p in written}
+    assert {"table1.csv", "figure3.png", "compute.csv", "report.md", "metrics.json"} <= names
+    assert not names & {"figure4.png", "figure4.csv", "figure1.png", "table7.csv", "table2.csv"}
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert "Figure 4 skipped" in report and "Table 7 skipped" in report
+    assert "Figure 1 skipped" in report and "Table 2 analogue skipped" in report
+
+    only_knowledge = build_report(knowledge_set(), tmp_path / "rep2", "k")
+    assert "Table 1 skipped" in (tmp_path / "rep2" / "report.md").read_text()
+    assert "figure4.png" in {p.name for p in only_knowledge}
+
+    empty = build_report([], tmp_path / "rep3", "empty")
+    assert {p.name for p in empty} == {"report.md", "metrics.json"}
+
+
+def test_same_results_give_identical_files(tmp_path):
+    results = reasoning_set()[:4] + knowledge_set()
+    first = build_report(results, tmp_path / "a", "p")
+    second = build_report(results, tmp_path / "b", "p")
+    for a, b in zip(first, second):
+        assert a.name == b.name and a.read_bytes() == b.read_bytes(), a.name
+
+
+def test_bad_results_are_one_line_user_errors(tmp_path):
+    bad = reasoning_set()[0]
+    del bad["native_depth"]
+    with pytest.raises(UserError, match=r"results\[0\]\.native_depth"):
+        load_results([bad])
+    with pytest.raises(UserError, match=r"results\.reasoning\.r4-base: more than one"):
+        load_results([reasoning_set()[0], reasoning_set()[0]])
+    # The same name in two kinds is two variants.
+    same_name = {**retrofit_set()[0], "variant": "r4-base"}
+    assert len(load_results([reasoning_set()[0], same_name])) == 2
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(UserError, match="broken.json"):
+        load_results([broken])
+    with pytest.raises(UserError, match="missing-dir"):
+        load_results([tmp_path / "missing-dir"])
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "x.txt").write_text("not ours")
+    with pytest.raises(UserError, match="not written by vld"):
+        build_report(reasoning_set()[:1], foreign, "p")
+
+
+def test_cli_reads_a_results_directory(tmp_path):
+    results_dir = tmp_path / "eval"
+    for r in reasoning_set()[:2]:
+        (results_dir / r["variant"]).mkdir(parents=True)
+        (results_dir / r["variant"] / "result.json").write_text(json.dumps(r))
+    (results_dir / "unrelated.json").write_text(json.dumps({"loss": 1.0}))
+    out = tmp_path / "report"
+    run = subprocess.run([sys.executable, "-m", "vld.report", "--results", str(results_dir),
+                          "--out", str(out), "--profile", "cli"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert json.loads((out / "metrics.json").read_text())["n_variants"] == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run = subprocess.run([sys.executable, "-m", "vld.report", "--results", str(empty), "--out",
+                          str(tmp_path / "r2")], capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [f"vld: error: --results: no variant results found in {empty}"]
+
+
+def test_user_defined_pattern_and_unknown_factor_are_reported(tmp_path):
+    custom = result("r4-middle", "reasoning", "middle_cycle", 1, 4,
+                    igsm={"op15": igsm_scores(47, 100)})
+    explicit = {**result("r4-order", "reasoning", "custom", 1, 4, igsm={"op15": igsm_scores(41, 100)}),
+                "k": None}
+    build_report(reasoning_set()[:2] + [custom, explicit], tmp_path / "rep", "p")
+    rows = {(r["pattern"], r["VLD"]): r for r in read_csv(tmp_path / "rep" / "table1.csv")}
+    assert rows[("middle_cycle", "x1")]["4L op15 (ours)"].startswith("47.0 [")
+    assert rows[("middle_cycle", "x1")]["paper 4L op15"] == ""  # not a pattern of the paper
+    assert rows[("custom", "-")]["4L op15 (ours)"].startswith("41.0 [")
+    assert list(rows)[:2] == [("base", "-"), ("cycle", "x1")]  # the paper's patterns first

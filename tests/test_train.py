@@ -1,0 +1,331 @@
+"""vld.train in one process: config validation, loss, optimiser groups and schedule, the
+window order, determinism, metrics and checkpoints, the MLflow logger, biographies."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from vld.errors import UserError
+from vld.train.config import OptimConfig, TrainConfig
+from vld.train.datamodules import BiographyDataModule, StepSampler, TokenWindowDataModule, epoch_permutation
+from vld.train.golden import tiny_model, tiny_train_config, write_tiny_token_set
+from vld.train.module import LMModule, lr_factor, next_token_loss, parameter_groups
+from vld.train.run import run_training
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # one thread: the results do not depend on the core count, and 2 engineers' threads
+    # on 2 shared cores would otherwise slow tiny matmuls down many times
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return write_tiny_token_set(tmp_path_factory.mktemp("tiny") / "data")
+
+
+def train_tiny(data: Path, out: Path, model=None, logger=None, **overrides):
+    cfg = tiny_train_config(**overrides)
+    model = model if model is not None else tiny_model(seed=0)
+    dm = TokenWindowDataModule(data, cfg.seq_len, cfg.micro_batch_size, seed=cfg.seed, num_workers=cfg.num_workers)
+    return model, run_training(model, dm, cfg, out, logger=logger)
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_defaults_are_the_papers_and_accumulation_is_derived():
+    cfg = TrainConfig.from_dict({"max_steps": 100, "global_batch_size": 64, "micro_batch_size": 8, "seq_len": 32, "devices": 2})
+    assert cfg.optim == OptimConfig(5e-4, 0.1, 0.019, 0.001, (0.9, 0.95), 1e-8, 1.0)
+    assert cfg.accumulate_grad_batches == 4
+    assert cfg.resolved_precision() == "32-true"
+    assert TrainConfig.from_dict({**cfg.to_dict(), "accelerator": "gpu"}).resolved_precision() == "bf16-mixed"
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "d, where",
+    [
+        ({"max_steps": 10, "global_batch_size": 8, "micro_batch_size": 3, "seq_len": 8}, "train.global_batch_size:"),
+        ({"max_steps": 10, "global_batch_size": 8, "micro_batch_size": 4, "seq_len": 8, "lr": 1e-3}, "train.lr:"),
+        ({"max_steps": 0, "global_batch_size": 8, "micro_batch_size": 4, "seq_len": 8}, "train.max_steps:"),
+        ({"global_batch_size": 8, "micro_batch_size": 4, "seq_len": 8}, "train.max_steps:"),
+        ({"max_steps": 10, "global_batch_size": 8, "micro_batch_size": 4, "seq_len": "8"}, "train.seq_len:"),
+        ({"max_steps": 10, "global_batch_size": 8, "micro_batch_size": 4, "seq_len": 8, "precision": "bf16-mixed"}, "train.precision:"),
+        ({"max_steps": 10, "global_batch_size": 8, "micro_batch_size": 4, "seq_len": 8, "strategy": "dp"}, "train.strategy:"),
+        ({"max_steps": 10, "global_batch_size": 8, "micro_batch_size": 4, "seq_len": 8, "optim": {"lr": -1}}, "train.optim.lr:"),
+        ({"max_steps": 10, "global_batch_size": 8, "micro_batch_size": 4, "seq_len": 8, "optim": {"beta": 0.9}}, "train.optim.beta:"),
+        ({"max_steps": 10, "global_batch_size": 8, "micro_batch_size": 4, "seq_len": 8, "optim": {"betas": [0.9]}}, "train.optim.betas:"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(d, where):
+    with pytest.raises(UserError) as err:
+        TrainConfig.from_dict(d)
+    message = str(err.value)
+    assert message.startswith(where) and "\n" not in message
+
+
+def test_config_module_does_not_import_torch():
+    code = "import sys, vld.train.config; assert 'torch' not in sys.modules and 'lightning' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------- loss, optimiser, schedule
+
+
+def test_next_token_loss_with_and_without_mask():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5))
+    per_token = -torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0]
+    assert torch.equal(next_token_loss(logits, targets), torch.nn.functional.cross_entropy(logits.reshape(-1, 7), targets.reshape(-1)))
+    mask = torch.tensor([[1, 0, 0, 1, 1], [0, 0, 0, 0, 1]])
+    expected = (per_token * mask).sum() / 4
+    assert torch.allclose(next_token_loss(logits, targets, mask), expected, atol=1e-6, rtol=0)
+    assert next_token_loss(logits, targets, torch.zeros_like(mask)).item() == 0.0
+
+
+def test_lr_schedule_warmup_then_cosine_to_min():
+    assert [lr_factor(s, 100, 4, 0.1) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(4, 100, 4, 0.1) == 1.0
+    assert lr_factor(52, 100, 4, 0.1) == pytest.approx(0.55)  # half way down the cosine
+    assert lr_factor(100, 100, 4, 0.1) == pytest.approx(0.1)
+    assert lr_factor(0, 10, 0, 0.1) == 1.0
+
+
+def test_no_weight_decay_on_embeddings_norms_biases_and_tied_head_counted_once():
+    model = tiny_model()
+    groups = parameter_groups(model, 0.1)
+    decay = {id(p) for p in groups[0]["params"]}
+    no_decay = {id(p) for p in groups[1]["params"]}
+    assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
+    assert not decay & no_decay
+    assert len(decay) + len(no_decay) == len(list(model.parameters()))  # unique tensors
+    for name, param in model.named_parameters():
+        is_embedding = any(isinstance(m, nn.Embedding) and param is m.weight for m in model.modules())
+        assert (id(param) in no_decay) == (param.ndim < 2 or is_embedding), name
+    assert any(p.ndim == 2 for p in groups[0]["params"])
+
+
+def test_optimizer_lr_follows_the_schedule_during_training(tiny_data, tmp_path):
+    from lightning.pytorch.loggers import Logger
+
+    class Recorder(Logger):
+        name, version = "recorder", "0"
+        calls: list = []
+
+        @property
+        def experiment(self):
+            return None
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            pass
+
+        def log_metrics(self, metrics, step=None):
+            self.calls.append((step, dict(metrics)))
+
+    recorder = Recorder()
+    _, metrics = train_tiny(tiny_data, tmp_path / "run", logger=recorder, log_every=2, optim={"warmup_fraction": 0.2})
+    lrs = [m["train/lr"] for _, m in recorder.calls]
+    losses = [m["train/loss"] for _, m in recorder.calls]
+    # steps 2, 4, ... 10 (0-based optimizer steps 1, 3, ...): warmup of 2 steps, then cosine
+    assert len(recorder.calls) == 5
+    assert lrs == pytest.approx([5e-3 * lr_factor(s, 10, 2, 0.1) for s in (1, 3, 5, 7, 9)], rel=1e-6)
+    assert losses == pytest.approx(metrics["loss_curve"][1::2], rel=1e-6)
+
+
+# ---------------------------------------------------------------- window order
+
+
+def stream(world_size: int, accumulation: int, m: int = 3, steps: int = 7, start: int = 0, n: int = 10):
+    """Per step, the micro-batches of all ranks in rank order (each a list of (epoch, window))."""
+    ranks = [
+        list(StepSampler(lambda e: n, 5, m, accumulation, r, world_size, steps, lambda: start)) for r in range(world_size)
+    ]
+    per_rank_step = m * accumulation
+    return [
+        [ranks[r][(s - start) * per_rank_step + a * m : (s - start) * per_rank_step + (a + 1) * m] for r in range(world_size) for a in range(accumulation)]
+        for s in range(start, steps)
+    ]
+
+
+def test_same_micro_batches_with_one_or_two_processes_and_on_resume():
+    one = stream(world_size=1, accumulation=4)
+    assert one == stream(world_size=2, accumulation=2) == stream(world_size=4, accumulation=1)
+    assert stream(world_size=2, accumulation=2, start=3) == one[3:]
+    flat = [item for step in one for batch in step for item in batch]
+    # every window once per data epoch; each epoch its own permutation
+    assert len(flat) == 84
+    assert [sorted(w for e, w in flat if e == epoch) for epoch in range(8)] == [list(range(10))] * 8
+    assert [w for e, w in flat if e == 8] == epoch_permutation(10, 5, 8).tolist()[:4]
+    assert [w for e, w in flat[:10]] == epoch_permutation(10, 5, 0).tolist()
+    assert epoch_permutation(10, 5, 0).tolist() != epoch_permutation(10, 5, 1).tolist()
+    assert epoch_permutation(10, 5, 0).tolist() != epoch_permutation(10, 6, 0).tolist()
+
+
+def test_loader_batches_do_not_depend_on_workers(tiny_data):
+    class FakeTrainer:
+        max_steps, accumulate_grad_batches, global_rank, world_size, global_step = 3, 2, 0, 1, 0
+
+    def batches(workers):
+        dm = TokenWindowDataModule(tiny_data, 32, 4, seed=1, num_workers=workers)
+        dm.trainer = FakeTrainer()
+        return list(dm.train_dataloader())
+
+    zero, two = batches(0), batches(2)
+    assert len(zero) == 6 and all(b.shape == (4, 33) and b.dtype == torch.int64 for b in zero)
+    assert all(torch.equal(a, b) for a, b in zip(zero, two))
+    tokens = torch.from_numpy(__import__("numpy").load(tiny_data / "tokens.npy").astype("int64"))
+    first = zero[0][0]
+    start = [i for i in range(0, len(tokens) - 32, 32) if torch.equal(tokens[i : i + 33], first)]
+    assert len(start) == 1  # a window is a contiguous slice of seq_len + 1 tokens at a stride of seq_len
+
+
+# ---------------------------------------------------------------- training runs
+
+
+def test_same_seed_same_curve_and_metrics(tiny_data, tmp_path):
+    model_a, a = train_tiny(tiny_data, tmp_path / "a")
+    model_b, b = train_tiny(tiny_data, tmp_path / "b")
+    _, other_seed = train_tiny(tiny_data, tmp_path / "c", seed=1)
+    assert a["loss_curve"] == b["loss_curve"] and len(a["loss_curve"]) == 10
+    assert all(torch.equal(x, y) for x, y in zip(model_a.state_dict().values(), model_b.state_dict().values()))
+    assert other_seed["loss_curve"] != a["loss_curve"]
+    assert a["loss_curve"][-1] < a["loss_curve"][0] - 0.2  # it learns
+    assert a["final_loss"] == a["loss_curve"][-1]
+    assert a["steps"] == 10 and a["tokens_seen"] == 10 * 8 * 32 and a["resumed_from_step"] == 0
+    assert a["train_tokens_per_s"] > 0 and a["wall_s"] >= a["train_wall_s"] > 0
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text()) == a
+    assert (tmp_path / "a" / "checkpoints" / "last.ckpt").is_file()
+    assert not [p for p in (tmp_path / "a" / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_finished_run_run_again_returns_its_metrics_without_training(tiny_data, tmp_path):
+    model, first = train_tiny(tiny_data, tmp_path / "run")
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh = tiny_model(seed=0)
+    _, again = train_tiny(tiny_data, tmp_path / "run", model=fresh)
+    assert again["loss_curve"] == first["loss_curve"] and again["resumed_from_step"] == 10
+    assert all(torch.equal(weights[k], v) for k, v in fresh.state_dict().items())  # restored from last.ckpt
+
+
+def test_resume_with_other_settings_is_refused(tiny_data, tmp_path):
+    train_tiny(tiny_data, tmp_path / "run", max_steps=2)
+    with pytest.raises(UserError, match=r"^train\.max_steps: 2 in the checkpoint"):
+        train_tiny(tiny_data, tmp_path / "run", max_steps=3)
+
+
+def test_any_module_returning_logits_or_an_output_with_logits(tiny_data, tmp_path):
+    class Bigram(nn.Module):  # a stand-in: no vld.model code
+        def __init__(self, hf_style: bool):
+            super().__init__()
+            self.table = nn.Embedding(64, 64)
+            self.hf_style = hf_style
+
+        def forward(self, tokens):
+            logits = self.table(tokens)
+            return type("Output", (), {"logits": logits})() if self.hf_style else logits
+
+    torch.manual_seed(0)
+    plain = Bigram(False)
+    hf = Bigram(True)
+    hf.load_state_dict(plain.state_dict())
+    _, a = train_tiny(tiny_data, tmp_path / "plain", model=plain, optim={"lr": 0.05})
+    _, b = train_tiny(tiny_data, tmp_path / "hf", model=hf, optim={"lr": 0.05})
+    assert a["loss_curve"] == b["loss_curve"]
+    assert a["final_loss"] < math.log(64) - 0.1
+
+
+def test_loss_mask_from_a_dict_batch():
+    torch.manual_seed(0)
+    module = LMModule(tiny_model(), OptimConfig(), max_steps=1)
+    tokens = torch.randint(0, 64, (2, 9))
+    mask = torch.zeros(2, 8)
+    mask[:, -1] = 1
+    module._micro_losses.clear()
+    masked = module.training_step({"tokens": tokens, "loss_mask": mask}, 0)
+    logits = module(tokens[:, :-1])
+    assert torch.allclose(masked, torch.nn.functional.cross_entropy(logits[:, -1], tokens[:, -1]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_mlflow_logger_gets_every_step_loss(tiny_data, tmp_path):
+    from lightning.pytorch.loggers import MLFlowLogger
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logger = MLFlowLogger(experiment_name="train-test", tracking_uri=uri, run_name="tiny")
+    _, metrics = train_tiny(tiny_data, tmp_path / "run", logger=logger, log_every=1)
+    history = MlflowClient(tracking_uri=uri).get_metric_history(logger.run_id, "train/loss")
+    assert [h.value for h in sorted(history, key=lambda h: h.step)] == pytest.approx(metrics["loss_curve"], rel=1e-6)
+    assert sorted(h.step for h in history) == list(range(10))
+
+
+def test_biographies_fixed_and_fresh(tmp_path):
+    from vld.data.knowledge import biographies
+
+    data = tmp_path / "bio"
+    biographies.main(["--people", "40", "--mode", "fresh", "--seed", "0", "--out", str(data)])
+
+    class FakeTrainer:
+        max_steps, accumulate_grad_batches, global_rank, world_size, global_step = 200, 1, 0, 1, 0
+
+    fresh = BiographyDataModule(data, 32, 4, seed=0, mode="fresh")
+    fresh.trainer = FakeTrainer()
+    epoch0 = fresh.fresh.epoch_size(0)
+    items = list(fresh.train_dataloader().sampler)
+    epochs = sorted({e for e, _ in items})
+    assert epochs[:2] == [0, 1] and sum(1 for e, _ in items if e == 0) == epoch0
+    renderer = biographies.BiographyRenderer(data)
+    tokens1 = renderer.render(1, 0)[0]
+    assert torch.equal(fresh.fresh[(1, 0)], torch.from_numpy(tokens1[:33].astype("int64")))
+    assert not torch.equal(fresh.fresh[(0, 0)], fresh.fresh[(1, 0)])  # re-rendered each epoch
+
+    cfg = tiny_train_config(max_steps=3)
+    model = tiny_model(vocab_size=BiographyDataModule(data, 32, 4).vocab_size)
+    fixed = run_training(model, BiographyDataModule(data, 32, 4, mode="fixed"), cfg, tmp_path / "fixed")
+    again = run_training(
+        tiny_model(vocab_size=renderer.vocab_size), BiographyDataModule(data, 32, 4, mode="fresh"), cfg, tmp_path / "fresh"
+    )
+    assert fixed["steps"] == again["steps"] == 3 and all(math.isfinite(x) for x in fixed["loss_curve"] + again["loss_curve"])
+    with pytest.raises(UserError, match=r"^data\.mode:"):
+        BiographyDataModule(data, 32, 4, mode="stale")
+
+
+def test_missing_data_and_too_small_model_vocab_fail_before_training(tiny_data, tmp_path):
+    with pytest.raises(UserError, match=r"data directory not found"):
+        TokenWindowDataModule(tmp_path / "nowhere", 32, 4)
+    cfg = tiny_train_config()
+    small = tiny_model(vocab_size=32)
+    with pytest.raises(UserError, match=r"^model\.vocab_size: 32 is smaller than the data's vocabulary \(64"):
+        run_training(small, TokenWindowDataModule(tiny_data, 32, 4), cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_a_foreign_datamodule_and_lmmodule_without_max_steps(tiny_data, tmp_path):
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    class Plain(L.LightningDataModule):
+        def train_dataloader(self):
+            torch.manual_seed(3)
+            return DataLoader(torch.randint(0, 64, (64, 33)), batch_size=4, shuffle=False)
+
+    cfg = tiny_train_config(max_steps=3)
+    metrics = run_training(tiny_model(), Plain(), cfg, tmp_path / "run")
+    assert metrics["steps"] == 3 and len(metrics["loss_curve"]) == 3
+    module = LMModule(tiny_model(), OptimConfig(lr=1.0, warmup_fraction=0.5))
+    module.trainer = type("T", (), {"max_steps": 4})()  # the schedule length comes from the Trainer
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert scheduler.get_last_lr()[0] == 0.5
