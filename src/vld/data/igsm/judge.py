@@ -1,0 +1,331 @@
+"""A text-only judge for iGSM: decides from the problem text and the generated text alone.
+
+Two metrics (reference): answer accuracy (the generated answer equals the true one) and full
+solution correctness (Part 2.1): the solution parses; every symbol is defined before use and
+only once; every operation is right mod 23; every referenced value equals the value given when
+it was defined; each defined parameter depends on exactly the predecessors the problem states
+(unnecessary but correct parameters are allowed); the last defined parameter is the one asked
+for; its value is the answer.
+
+The true answer is recomputed here from the problem text (sentences + structure implied by the
+instance parameters + the lexicon's categories), independently of the generator.
+
+`Verdict.reason` is None when both are right, else "<code>: <detail>" with code one of
+unparseable, undefined symbol, arithmetic error, wrong dependency, wrong final parameter,
+wrong answer (the first problem found, in solution order). `judge` never raises.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+
+from vld.data.igsm.lexicon import Lexicon
+
+__all__ = ["Verdict", "judge", "Lexicon", "parse_problem", "REASONS"]
+
+MOD = 23
+MAX_TEXT = 200_000  # longer inputs are not iGSM; judged unparseable without scanning them
+REASONS = ("unparseable", "undefined symbol", "arithmetic error", "wrong dependency", "wrong final parameter", "wrong answer")
+
+_QUESTION = re.compile(r"How many (.+?) does (.+?) have\?")
+_SENTENCE = re.compile(r"The number of each (.+?) equals (.+)")
+_MORE = re.compile(r"(\d+) more than (.+)")
+_TIMES = re.compile(r"(\d+) times as much as (.+)")
+_INT = re.compile(r"\d+")
+_SYM = re.compile(r"[A-Za-z]")
+_DEFINE = re.compile(r"Define (.+) as ([A-Za-z])")
+_TERM_SPLIT = re.compile(r", each | and each ")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    answer_correct: bool
+    solution_correct: bool
+    reason: str | None = None
+
+
+class _Bad(Exception):
+    """A judged error: carries the reason line."""
+
+
+@dataclass
+class ParsedProblem:
+    defs: dict  # (A, B) -> (kind, const, [refs]); kind in c s d m t M T as in the generator
+    query: tuple
+    children: dict  # A -> [B, ...] (instance parameters say the structure)
+    values: dict  # memo of true values
+
+    def value(self, key, lex: Lexicon, depth: int = 0):
+        v = self.values.get(key)
+        if v is not None:
+            return v
+        if depth > 200:
+            raise _Bad("unparseable: problem has a dependency cycle")
+        self.values[key] = None
+        d = self.defs.get(key)
+        if d is not None:
+            kind, const, refs = d
+            vs = [self.value(r, lex, depth + 1) for r in refs]
+            if kind == "c":
+                v = const
+            elif kind == "s":
+                v = sum(vs) % MOD
+            elif kind == "d":
+                v = (vs[0] - vs[1]) % MOD
+            else:
+                inner = (vs[0] - vs[1]) if kind in "MT" else sum(vs)
+                v = (const + inner) % MOD if kind in "mM" else (const * inner) % MOD
+        else:
+            v = 0
+            for term in self.abstract_terms(key, lex):
+                prod = 1
+                for r in term:
+                    prod *= self.value(r, lex, depth + 1)
+                v += prod
+            v %= MOD
+        self.values[key] = v
+        return v
+
+    def abstract_terms(self, key, lex: Lexicon):
+        """(A, Category) = sum over A's children x of (A, x) [* (x, Category) if x is not one]."""
+        a, cat = key
+        if cat not in lex.categories:
+            raise _Bad(f"unparseable: {a}'s {cat} is not a parameter of the problem")
+        terms = []
+        for x in self.children.get(a, ()):
+            if cat in lex.categories_of.get(x, ()):
+                terms.append(((a, x),))
+            else:
+                terms.append(((a, x), (x, cat)))
+        return terms
+
+    def predecessors(self, key, lex: Lexicon) -> Counter:
+        d = self.defs.get(key)
+        if d is not None:
+            return Counter(d[2])
+        return Counter(r for term in self.abstract_terms(key, lex) for r in term)
+
+    def is_parameter(self, key, lex: Lexicon) -> bool:
+        return key in self.defs or (key[1] in lex.categories and key[0] in lex.names)
+
+
+def _pair(text: str, lex: Lexicon):
+    p = lex.split_pair(text)
+    if p is None:
+        raise _Bad(f"unparseable: {text!r} is not 'A's B' with lexicon names")
+    return p
+
+
+def _refs(text: str, lex: Lexicon):
+    if text.startswith("each "):
+        return "s", [_pair(text[5:], lex)]
+    if text.startswith("the sum of "):
+        terms = _TERM_SPLIT.split(text[11:])
+        if len(terms) < 2 or not terms[0].startswith("each "):
+            raise _Bad("unparseable: bad sum")
+        terms[0] = terms[0][5:]
+        return "s", [_pair(t, lex) for t in terms]
+    if text.startswith("the difference of "):
+        terms = _TERM_SPLIT.split(text[18:])
+        if len(terms) != 2 or not terms[0].startswith("each "):
+            raise _Bad("unparseable: bad difference")
+        return "d", [_pair(terms[0][5:], lex), _pair(terms[1], lex)]
+    raise _Bad(f"unparseable: expression {text[:60]!r}")
+
+
+def _definition(rhs: str, lex: Lexicon):
+    if _INT.fullmatch(rhs):
+        return "c", int(rhs) % MOD, []
+    for pattern, plain, diff in ((_MORE, "m", "M"), (_TIMES, "t", "T")):
+        m = pattern.fullmatch(rhs)
+        if m:
+            kind, refs = _refs(m.group(2), lex)
+            return (diff if kind == "d" else plain), int(m.group(1)) % MOD, refs
+    kind, refs = _refs(rhs, lex)
+    return kind, 0, refs
+
+
+@lru_cache(maxsize=4096)
+def _parse_problem_cached(problem_text: str, lex: Lexicon) -> ParsedProblem:
+    text = problem_text.strip()
+    qs = list(_QUESTION.finditer(text))
+    if len(qs) != 1:
+        raise _Bad("unparseable: problem needs exactly one question")
+    q = qs[0]
+    query = _pair(f"{q.group(2)}'s {q.group(1)}", lex)
+    body = (text[: q.start()] + " " + text[q.end() :]).strip()
+    if not body.endswith("."):
+        raise _Bad("unparseable: problem sentences must end with '.'")
+    defs: dict = {}
+    children: dict = {}
+    for sentence in body[:-1].split(". "):
+        m = _SENTENCE.fullmatch(sentence.strip())
+        if not m:
+            raise _Bad(f"unparseable: problem sentence {sentence[:60]!r}")
+        key = _pair(m.group(1), lex)
+        if key in defs:
+            raise _Bad(f"unparseable: {key[0]}'s {key[1]} stated twice")
+        defs[key] = _definition(m.group(2), lex)
+        children.setdefault(key[0], []).append(key[1])
+    parsed = ParsedProblem(defs, query, children, {})
+    for key in list(defs) + [query]:
+        parsed.value(key, lex)
+        if key not in defs and key[1] not in lex.categories:
+            raise _Bad("unparseable: the question asks for no parameter")
+    for kind, _, refs in defs.values():
+        for r in refs:
+            if r not in defs and r[1] not in lex.categories:
+                raise _Bad(f"unparseable: {r[0]}'s {r[1]} is never stated")
+    return parsed
+
+
+def parse_problem(problem_text: str, lexicon: Lexicon) -> ParsedProblem:
+    """Parse a problem; raises ValueError with the reason if it is not an iGSM problem."""
+    try:
+        return _parse_problem_cached(problem_text, lexicon)
+    except _Bad as bad:
+        raise ValueError(str(bad)) from None
+
+
+def _int(text: str) -> int:
+    if not _INT.fullmatch(text):
+        raise _Bad(f"unparseable: {text[:20]!r} is not a number")
+    return int(text)
+
+
+def _check_solution(parsed: ParsedProblem, solution: str, lex: Lexicon):
+    """Walk the solution; returns the last step's (parameter, value) or raises _Bad."""
+    text = solution.strip()
+    if not text:
+        raise _Bad("unparseable: empty solution")
+    if text.endswith("."):
+        text = text[:-1]
+    symbols: dict[str, int] = {}  # symbol -> value
+    owner: dict[str, object] = {}  # symbol -> parameter key (step symbols) or step index (temporaries)
+    last = None
+    for si, step in enumerate(text.split(". "), 1):
+        where = f"step {si}"
+        head, sep, body = step.partition("; ")
+        m = _DEFINE.fullmatch(head)
+        if not sep or not m:
+            raise _Bad(f"unparseable: {where} is not 'Define ... as x; ...'")
+        key = lex.split_pair(m.group(1))
+        if key is None:
+            raise _Bad(f"unparseable: {where} defines {m.group(1)[:60]!r}")
+        x = m.group(2)
+        if x in symbols or x in owner:
+            raise _Bad(f"undefined symbol: {where} defines {x} again")
+        if not parsed.is_parameter(key, lex):
+            raise _Bad(f"wrong dependency: {where} defines {key[0]}'s {key[1]}, not a parameter of the problem")
+        owner[x] = key
+        assigns = body.split("; ")
+        if not assigns[-1].startswith("so "):
+            raise _Bad(f"unparseable: {where} does not end with 'so {x} = ...'")
+        assigns[-1] = assigns[-1][3:]
+        leaves: Counter = Counter()
+        consts: list[int] = []
+        value = None
+        for ai, assign in enumerate(assigns):
+            parts = assign.split(" = ")
+            lhs = parts[0]
+            final = ai == len(assigns) - 1
+            if final and lhs != x:
+                raise _Bad(f"unparseable: {where} concludes {lhs[:10]!r}, not {x}")
+            if not final:
+                if not _SYM.fullmatch(lhs):
+                    raise _Bad(f"unparseable: {where} assigns to {lhs[:10]!r}")
+                if lhs in symbols or lhs in owner:
+                    raise _Bad(f"undefined symbol: {where} defines {lhs} again")
+            rhs = parts[1:]
+
+            def operand(sym_text: str, num_text: str) -> int:
+                num = _int(num_text)
+                if _SYM.fullmatch(sym_text):
+                    if sym_text not in symbols:
+                        raise _Bad(f"undefined symbol: {where} uses {sym_text} before it is defined")
+                    if symbols[sym_text] != num:
+                        raise _Bad(f"arithmetic error: {where} reads {sym_text} as {num}, it is {symbols[sym_text]}")
+                    own = owner[sym_text]
+                    if own != si:
+                        if isinstance(own, int):
+                            raise _Bad(f"wrong dependency: {where} uses {sym_text}, a temporary of step {own}")
+                        leaves[own] += 1
+                elif _INT.fullmatch(sym_text):
+                    if int(sym_text) != num:
+                        raise _Bad(f"arithmetic error: {where} copies {sym_text} as {num}")
+                    consts.append(num)
+                else:
+                    raise _Bad(f"unparseable: {where} operand {sym_text[:10]!r}")
+                return num
+
+            if len(rhs) == 1:
+                value = _int(rhs[0])
+                consts.append(value)
+            elif len(rhs) == 2:
+                value = operand(rhs[0], rhs[1])
+            elif len(rhs) == 3:
+                sa = rhs[0].split(" ")
+                na = rhs[1].split(" ")
+                if len(sa) != 3 or len(na) != 3 or sa[1] != na[1] or sa[1] not in ("+", "-", "*"):
+                    raise _Bad(f"unparseable: {where} expression {rhs[0][:20]!r}")
+                a = operand(sa[0], na[0])
+                b = operand(sa[2], na[2])
+                o = sa[1]
+                true = (a + b) % MOD if o == "+" else ((a - b) % MOD if o == "-" else (a * b) % MOD)
+                value = _int(rhs[2])
+                if value != true:
+                    raise _Bad(f"arithmetic error: {where} {a} {o} {b} = {value}, it is {true}")
+            else:
+                raise _Bad(f"unparseable: {where} assignment {assign[:30]!r}")
+            symbols[lhs] = value
+            if not final:
+                owner[lhs] = si
+        expected = parsed.predecessors(key, lex)
+        if leaves != expected:
+            missing = expected - leaves
+            extra = leaves - expected
+            what = f"misses {', '.join(f'{a}'+chr(39)+f's {b}' for a, b in missing)}" if missing else ""
+            what += ("; " if what else "") + (f"uses {', '.join(f'{a}'+chr(39)+f's {b}' for a, b in extra)}" if extra else "")
+            raise _Bad(f"wrong dependency: {where} ({key[0]}'s {key[1]}) {what}")
+        true = parsed.value(key, lex)
+        if value != true:
+            raise _Bad(f"wrong dependency: {where} computes {key[0]}'s {key[1]} as {value}, the problem gives {true}")
+        last = (key, value)
+    return last
+
+
+def judge(problem_text, solution_text, answer_text, lexicon) -> Verdict:
+    """Judge a generated solution and answer against a problem; never raises."""
+    try:
+        return _judge(problem_text, solution_text, answer_text, lexicon)
+    except Exception as err:  # the judge must give every string a verdict; this is a safety net
+        return Verdict(False, False, f"unparseable: {err.__class__.__name__}")
+
+
+def _judge(problem_text, solution_text, answer_text, lexicon) -> Verdict:
+    lex = lexicon if isinstance(lexicon, Lexicon) else Lexicon.load(lexicon)
+    problem_text = problem_text if isinstance(problem_text, str) else str(problem_text)
+    solution_text = solution_text if isinstance(solution_text, str) else str(solution_text)
+    answer_text = answer_text if isinstance(answer_text, str) else str(answer_text)
+    if max(len(problem_text), len(solution_text), len(answer_text)) > MAX_TEXT:
+        return Verdict(False, False, "unparseable: text too long")
+    try:
+        parsed = _parse_problem_cached(problem_text, lex)
+    except _Bad as bad:
+        return Verdict(False, False, f"unparseable: problem: {str(bad).removeprefix('unparseable: ')}")
+    truth = parsed.value(parsed.query, lex)
+    answer = answer_text.strip()
+    answer_correct = bool(_INT.fullmatch(answer)) and int(answer) == truth
+    try:
+        last = _check_solution(parsed, solution_text, lex)
+    except _Bad as bad:
+        return Verdict(answer_correct, False, str(bad))
+    key, value = last
+    if key != parsed.query:
+        return Verdict(answer_correct, False, f"wrong final parameter: the solution ends with {key[0]}'s {key[1]}")
+    if not answer_correct:
+        return Verdict(False, False, f"wrong answer: {answer[:20]!r}, the answer is {truth}")
+    return Verdict(True, True, None)

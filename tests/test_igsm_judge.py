@@ -1,0 +1,254 @@
+"""iGSM judge: corruptions are caught with the right reason; garbage never raises; any lexicon."""
+
+import json
+import random
+import re
+
+import pytest
+
+from vld.data.igsm.generator import ABS, PRESETS, Generator, IgsmConfig, light_op
+from vld.data.igsm.judge import REASONS, Verdict, judge, parse_problem
+from vld.data.igsm.lexicon import DEFAULT_PATH, Lexicon
+from vld.errors import UserError
+
+LEX = Lexicon.load()
+
+
+@pytest.fixture(scope="module")
+def problems():
+    gen = Generator(PRESETS["med"])
+    rng = random.Random(17)
+    return [gen.make(rng, op, "train" if op <= 15 else "test") for op in (2, 3, 5, 8, 12, 15, 20, 23) for _ in range(15)]
+
+
+def steps_of(solution):
+    return solution[:-1].split(". ")
+
+
+def join(steps):
+    return ". ".join(steps) + "."
+
+
+def reason_code(v: Verdict):
+    return v.reason.split(":")[0] if v.reason else None
+
+
+def test_correct_solutions_pass(problems):
+    for P in problems:
+        assert judge(P.text, P.solution, str(P.answer), LEX) == Verdict(True, True, None)
+        assert judge(P.text, P.solution, f" {P.answer} ", str(DEFAULT_PATH)) == Verdict(True, True, None)
+
+
+def binary_assignments(steps):
+    """(step index, assignment index, parts) of every 'sym = a op b = n op m = v' assignment."""
+    for si, step in enumerate(steps):
+        assigns = step.split("; ")
+        for ai, a in enumerate(assigns[1:], 1):
+            parts = a.split(" = ")
+            if len(parts) == 4:
+                yield si, ai, parts
+
+
+def replace_assign(steps, si, ai, parts):
+    assigns = steps[si].split("; ")
+    assigns[ai] = " = ".join(parts)
+    out = list(steps)
+    out[si] = "; ".join(assigns)
+    return out
+
+
+def test_corrupted_result_number_is_an_arithmetic_error(problems):
+    checked = 0
+    for P in problems:
+        steps = steps_of(P.solution)
+        for si, ai, parts in binary_assignments(steps):
+            bad = list(parts)
+            bad[3] = str((int(parts[3]) + 1 + si) % 23)
+            v = judge(P.text, join(replace_assign(steps, si, ai, bad)), str(P.answer), LEX)
+            assert not v.solution_correct and reason_code(v) == "arithmetic error", v
+            assert v.answer_correct  # the answer metric only reads the answer
+            checked += 1
+            break
+    assert checked > 50
+
+
+def test_corrupted_operand_number_is_an_arithmetic_error(problems):
+    checked = 0
+    for P in problems:
+        steps = steps_of(P.solution)
+        for si, ai, parts in binary_assignments(steps):
+            nums = parts[2].split(" ")
+            nums[0] = str((int(nums[0]) + 5) % 23)
+            bad = [parts[0], parts[1], " ".join(nums), parts[3]]
+            v = judge(P.text, join(replace_assign(steps, si, ai, bad)), str(P.answer), LEX)
+            assert reason_code(v) == "arithmetic error", v
+            checked += 1
+            break
+    assert checked > 50
+
+
+def test_corrupted_symbol_is_undefined(problems):
+    checked = 0
+    for P in problems:
+        steps = steps_of(P.solution)
+        used = set(re.findall(r"\b[A-Za-z]\b", P.solution.replace("Define", "")))
+        fresh = next(c for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in used)
+        for si, ai, parts in binary_assignments(steps):
+            syms = parts[1].split(" ")
+            if not re.fullmatch(r"[A-Za-z]", syms[2]):
+                continue
+            syms[2] = fresh
+            bad = [parts[0], " ".join(syms), parts[2], parts[3]]
+            v = judge(P.text, join(replace_assign(steps, si, ai, bad)), str(P.answer), LEX)
+            assert reason_code(v) == "undefined symbol", v
+            checked += 1
+            break
+    assert checked > 50
+
+
+def test_corrupted_dependency_is_caught(problems):
+    """Read another earlier parameter (with its true value, arithmetic redone): a wrong dependency."""
+    checked = 0
+    for P in problems:
+        steps = steps_of(P.solution)
+        values, step_syms = {}, []
+        for step in steps:
+            x = re.search(r" as ([A-Za-z])$", step.split("; ")[0]).group(1)
+            for a in step.split("; ")[1:]:
+                parts = a.removeprefix("so ").split(" = ")
+                values[parts[0]] = int(parts[-1])
+            step_syms.append(x)
+        for si in range(1, len(steps)):
+            assigns = steps[si].split("; ")
+            parts = assigns[-1].removeprefix("so ").split(" = ")
+            earlier = step_syms[:si]
+            if len(parts) == 3 and parts[1] in earlier:  # copy: so x = E = v
+                other = next((s for s in earlier if s != parts[1]), None)
+                if other is None:
+                    continue
+                assigns[-1] = f"so {parts[0]} = {other} = {values[other]}"
+            elif len(parts) == 4:
+                syms, nums = parts[1].split(" "), parts[2].split(" ")
+                if syms[2] not in earlier:
+                    continue
+                other = next((s for s in earlier if s not in (syms[0], syms[2])), None)
+                if other is None:
+                    continue
+                syms[2], nums[2] = other, str(values[other])
+                a, o, b = int(nums[0]), nums[1], int(nums[2])
+                res = (a + b) % 23 if o == "+" else ((a - b) % 23 if o == "-" else (a * b) % 23)
+                assigns[-1] = f"so {parts[0]} = {' '.join(syms)} = {' '.join(nums)} = {res}"
+            else:
+                continue
+            bad = list(steps)
+            bad[si] = "; ".join(assigns)
+            v = judge(P.text, join(bad), str(P.answer), LEX)
+            assert reason_code(v) == "wrong dependency", (v, join(bad))
+            checked += 1
+            break
+    assert checked > 40
+
+
+def test_wrong_final_parameter_and_wrong_answer(problems):
+    for P in problems:
+        steps = steps_of(P.solution)
+        if len(steps) > 1:
+            v = judge(P.text, join(steps[:-1]), str(P.answer), LEX)
+            assert reason_code(v) == "wrong final parameter", v
+        v = judge(P.text, P.solution, str((P.answer + 1) % 23), LEX)
+        assert v == Verdict(False, False, v.reason) and reason_code(v) == "wrong answer"
+
+
+def test_unnecessary_but_correct_steps_are_allowed():
+    gen = Generator(PRESETS["med"])
+    rng = random.Random(4)
+    found = 0
+    for _ in range(200):
+        P = gen.make(rng, 6, "train")
+        if P.query >= ABS:
+            continue
+        pos = {ref: i for i, ref in enumerate(P.order)}
+        need_q = gen.necessary(P, P.query)
+        for other in range(len(P.edges)):
+            need_o = gen.necessary(P, other)
+            if other in need_q or max(pos[r] for r in need_o if r in pos) > pos[P.query]:
+                continue
+            # the steps of a parameter the question does not need, then the real solution
+            need = need_o | need_q
+            gen._solution(P, random.Random(0), P.query, need, gen.op_of(P, need))
+            assert P.solution.count("Define ") == len(need) > len(need_q)
+            assert judge(P.text, P.solution, str(P.answer), gen.lexicon) == Verdict(True, True, None)
+            found += 1
+            break
+    assert found > 20
+
+
+GARBAGE = [
+    "", " ", ".", "..", "Define", "Define . as x;", "so x = 3.", "Define Ashford's Golden Crust as x; so x = ",
+    "Define Ashford's Golden Crust as x; so x = 99999999999999999999999.", "\x00\xff", "ü" * 1000,
+    "Define Ashford's Golden Crust as x; so x = x + x = 1 + 1 = 2.", "; ; ; = = =", "x = 1 + 2 = 3.",
+    "Define Ashford's Golden Crust as xy; so xy = 1.", "<sep><eos><unk>", "Define " * 5000,
+]
+
+
+def test_garbage_never_raises(problems):
+    P = problems[0]
+    texts = GARBAGE + [P.solution[:i] for i in range(0, len(P.solution), 7)]
+    texts += [P.solution.replace(" = ", " =", 1), P.solution.replace(";", ""), P.solution * 2]
+    for sol in texts:
+        for ans in ("", "x", str(P.answer), "-1", "1e9", " 7 7"):
+            v = judge(P.text, sol, ans, LEX)
+            assert isinstance(v.answer_correct, bool) and isinstance(v.solution_correct, bool)
+            assert not v.solution_correct and v.reason.split(":")[0] in REASONS
+    for prob in ("", "How many", "The number of each X's Y equals 3. How many Y does X have?", P.text[:50], None, 5):
+        v = judge(prob, P.solution, str(P.answer), LEX)
+        assert v.reason.startswith("unparseable") and not v.answer_correct
+    assert judge(P.text, None, None, LEX).reason  # not even strings
+    assert judge(P.text, P.solution, str(P.answer), "/nonexistent/lexicon.json").reason.startswith("unparseable")
+
+
+def test_judge_with_a_user_lexicon(tmp_path):
+    """Names with "'s" and " and " (and one name in two hierarchies), parsed against the lexicon file."""
+    items = lambda base: [f"{base} {i}" for i in ("Alpha", "Beta", "Gamma", "Delta")]
+    data = {
+        "hierarchies": [
+            {"name": "h1", "levels": [
+                {"categories": [{"name": "Town", "items": ["Nature's Food Patch", "Salt and Pepper", "Mom's Place", "Rock and Roll"]}]},
+                {"categories": [{"name": "Shop", "items": ["Bob's Shop", "Bits and Bobs", "Joe's", "Odds and Ends"]}]},
+                {"categories": [{"name": "Product", "items": items("Item")}]},
+                {"categories": [{"name": "Ingredient", "items": ["Eve's Salt", "Fish and Chips", "Pepper", "Salt"]}]},
+            ]},
+            {"name": "h2", "levels": [{"categories": [{"name": f"L{i}", "items": items(f"Thing{i}")[:3] + [f"Pepper{i}" if i < 3 else "Salt"]}]} for i in range(4)]},
+        ]
+    }
+    path = tmp_path / "lex.json"
+    path.write_text(json.dumps(data))
+    cfg = IgsmConfig(max_op=8, max_edge=12, lexicon_path=str(path))
+    cfg.validate()
+    gen = Generator(cfg)
+    lex = Lexicon.load(path)
+    rng = random.Random(1)
+    seen_apostrophe = 0
+    for _ in range(300):
+        P = gen.make(rng, light_op(rng, 8), None)
+        seen_apostrophe += "Nature's Food Patch's" in P.text or "Bob's Shop's" in P.text
+        assert judge(P.text, P.solution, str(P.answer), path) == Verdict(True, True, None)
+        assert judge(P.text, P.solution, str(P.answer), lex).solution_correct
+        parsed = parse_problem(P.text, lex)
+        assert len(parsed.defs) == len(P.edges)
+    assert seen_apostrophe > 10
+    assert lex.split_pair("Nature's Food Patch's Bob's Shop") == ("Nature's Food Patch", "Bob's Shop")
+    assert lex.split_pair("Salt and Pepper's Fish and Chips") == ("Salt and Pepper", "Fish and Chips")
+
+
+def test_repeated_names_are_refused_for_generation_but_judged(tmp_path):
+    data = Lexicon.load().to_dict()
+    levels = data["hierarchies"][0]["levels"]
+    levels[3]["categories"][0]["items"][0] = levels[2]["categories"][0]["items"][0]  # a name in two levels
+    path = tmp_path / "dup.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="repeated within the hierarchy"):
+        IgsmConfig(lexicon_path=str(path)).validate()
+    lex = Lexicon.load(path)  # the judge still reads it (a reference generator's lexicon does this)
+    P = Generator(PRESETS["med"]).make(random.Random(0), 5, "train")
+    assert judge(P.text, P.solution, str(P.answer), lex).answer_correct
