@@ -1,0 +1,227 @@
+"""One call per retrofit variant: validate, apply the schedule, fine-tune, save.
+
+    metrics = retrofit_and_finetune(source, {"pattern": "cycle", "k": 1}, "lora", 4,
+                                    train_dir, train_cfg, out_dir)
+    model, meta = load_retrofit(out_dir)
+
+Layout of `out_dir`:
+    train/           run_training's checkpoints and metrics (resumed when re-run)
+    model/           the fine-tuned model, LoRA merged (written whole, atomically):
+      retrofit.json  metadata (schedule, method, params, effective depth, ...)
+      model.pt       a vld checkpoint (vld sources; `vld.model.load_model` reads it), or
+      hf/            a Hugging Face directory of the base layers (Llama sources)
+    metrics.json     training metrics + metadata (written last)
+
+With a shared adapter (the paper) the merged model keeps its tied layers. Per-visit adapters
+cannot fold into one shared weight: the saved model is unrolled (one layer per visit, schedule
+the identity), which computes the same function; `meta["params"]` still counts the trained
+(tied + adapters) model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from vld.errors import fail
+
+METHODS = ("full", "lora", "lora_per_visit")
+MODEL_DIR = "model"
+TRAIN_DIR = "train"
+META_FILE = "retrofit.json"
+METRICS_FILE = "metrics.json"
+FORMAT_VERSION = 1
+
+
+def _check_method(method: str, lora_rank: int, where: str) -> None:
+    if method not in METHODS:
+        fail(f"{where}.method", f"unknown {method!r} (known: {', '.join(METHODS)})")
+    if not isinstance(lora_rank, int) or isinstance(lora_rank, bool) or lora_rank < 1:
+        fail(f"{where}.lora_rank", f"must be a positive integer, got {lora_rank!r}")
+
+
+def validate_variant(
+    source: str | Path,
+    schedule: Mapping[str, Any] | None,
+    method: str = "full",
+    lora_rank: int = 4,
+    patterns: Mapping[str, str] | None = None,
+    where: str = "retrofit",
+):
+    """Check a retrofit variant without loading weights: (SourceInfo, resolved schedule).
+
+    One-line UserError naming the key: an unknown method, a bad rank, a missing or
+    unsupported source, a schedule that does not fit the source's layers."""
+    from vld.model import resolve_schedule
+    from vld.retrofit.sources import inspect_source
+
+    _check_method(method, lora_rank, where)
+    info = inspect_source(source, f"{where}.source")
+    return info, resolve_schedule(schedule, info.n_layers, patterns, where=f"{where}.schedule")
+
+
+def prepare_retrofit(
+    source: str | Path,
+    schedule: Mapping[str, Any] | None,
+    method: str = "full",
+    lora_rank: int = 4,
+    patterns: Mapping[str, str] | None = None,
+    lora_alpha: float | None = None,
+    activation_checkpointing: bool = False,
+    dtype: str = "float32",
+    where: str = "retrofit",
+    seed: int = 0,
+):
+    """Load `source`, apply the schedule, add LoRA if asked: (model, info dict), no training.
+
+    Every input is validated (one-line UserError) before any weights are loaded."""
+    from vld.retrofit import sources
+
+    info, order = validate_variant(source, schedule, method, lora_rank, patterns, where)
+    model = sources.load_source(info, dtype)
+    base_params = model.parameter_count()
+    model.set_schedule(order)
+    _set_activation_checkpointing(model, activation_checkpointing)
+    if method in ("lora", "lora_per_visit"):
+        from vld.retrofit.lora import add_lora
+
+        add_lora(model, lora_rank, alpha=lora_alpha, per_visit=method == "lora_per_visit", seed=seed)
+    return model, {
+        "source": str(source),
+        "source_kind": info.kind,
+        "schedule": list(order),
+        "effective_depth": len(order),
+        "base_layers": info.n_layers,
+        "method": method,
+        "lora_rank": lora_rank if method != "full" else None,
+        "base_params": base_params,
+    }
+
+
+def _set_activation_checkpointing(model, enabled: bool) -> None:
+    from vld.retrofit.hf_llama import RetrofitLlama
+
+    if isinstance(model, RetrofitLlama):
+        model.activation_checkpointing = bool(enabled)
+    else:
+        model.config.activation_checkpointing = bool(enabled)
+
+
+def parameter_summary(model) -> dict[str, int]:
+    unique = {id(p): p for p in model.parameters()}.values()
+    return {
+        "params": sum(p.numel() for p in unique),
+        "trainable_params": sum(p.numel() for p in unique if p.requires_grad),
+    }
+
+
+def retrofit_and_finetune(
+    source: str,
+    schedule: Mapping[str, Any] | None,
+    method: str,
+    lora_rank: int,
+    train_dir: str,
+    train_cfg,
+    out_dir: Path,
+    patterns: Mapping[str, str] | None = None,
+    logger=None,
+    lora_alpha: float | None = None,
+    activation_checkpointing: bool = False,
+) -> dict[str, Any]:
+    """A whole retrofit variant: validate, apply the schedule, fine-tune, save; returns metrics.
+
+    schedule: ScheduleSpec fields ({"pattern": "base"} is the paper's "Base" row).
+    method: "full" | "lora" | "lora_per_visit". train_dir: a token set (vld.data.tokens).
+    """
+    from vld.atomic import check_replaceable, write_json
+    from vld.data.tokens import TokenSet
+
+    where = "retrofit"
+    out_dir = Path(out_dir)
+    info, _ = validate_variant(source, schedule, method, lora_rank, patterns, where)
+    train_cfg.validate()
+    tokens = TokenSet.open(train_dir)
+    check_replaceable(out_dir / MODEL_DIR)
+    model_vocab = info.config.get("vocab_size")
+    if isinstance(model_vocab, int) and tokens.vocab_size > model_vocab:
+        fail(f"{where}.train_dir", f"{train_dir} has vocab_size {tokens.vocab_size} > the model's {model_vocab}")
+
+    model, meta = prepare_retrofit(
+        source, schedule, method, lora_rank, patterns, lora_alpha, activation_checkpointing,
+        where=where, seed=train_cfg.seed,
+    )
+    effective_alpha = float(2 * lora_rank if lora_alpha is None else lora_alpha)  # add_lora's default
+    meta.update(parameter_summary(model), lora_alpha=effective_alpha if method != "full" else None)
+
+    from vld.train.datamodules import TokenWindowDataModule
+    from vld.train.run import run_training
+
+    datamodule = TokenWindowDataModule(
+        train_dir, train_cfg.seq_len, train_cfg.micro_batch_size, train_cfg.seed, num_workers=train_cfg.num_workers
+    )
+    model.train()  # Lightning keeps submodules' modes: a source loaded for inference is in eval mode
+    metrics = run_training(model, datamodule, train_cfg, out_dir / TRAIN_DIR, logger=logger)
+    result = {**metrics, **meta}
+    if _is_global_zero():  # under DDP every rank trains; one writes
+        save_retrofit(model, out_dir, meta, in_place=True)
+        write_json(out_dir / METRICS_FILE, result)
+    return result
+
+
+def _is_global_zero() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def save_retrofit(model, out_dir: Path, meta: Mapping[str, Any], in_place: bool = False) -> Path:
+    """Write the model (LoRA merged) and its metadata to out_dir/model, atomically.
+
+    in_place: merge shared adapters into `model` itself (saves a copy of a large model)."""
+    import copy
+
+    from vld.atomic import atomic_dir, write_json
+    from vld.retrofit.hf_llama import RetrofitLlama
+    from vld.retrofit.lora import lora_modules, merge_lora
+
+    model = model.eval()
+    meta = dict(meta)
+    meta.setdefault("params", parameter_summary(model)["params"])
+    meta.setdefault("effective_depth", model.effective_depth)
+    merged = merge_lora(model if in_place else copy.deepcopy(model)) if lora_modules(model) else model
+    meta.update(format=FORMAT_VERSION, saved_schedule=list(merged.schedule))
+    with atomic_dir(Path(out_dir) / MODEL_DIR) as tmp:
+        if isinstance(merged, RetrofitLlama):
+            merged.hf.save_pretrained(str(tmp / "hf"))
+            meta["model_file"] = "hf"
+        else:
+            from vld.model import save_model
+
+            save_model(merged, tmp / "model.pt")
+            meta["model_file"] = "model.pt"
+        write_json(tmp / META_FILE, meta)
+    return Path(out_dir) / MODEL_DIR
+
+
+def load_retrofit(path: str | Path, dtype: str = "float32"):
+    """(model, meta) from a retrofit out_dir (or its model/ folder). The model has
+    forward(tokens) -> logits and generate(prompts, max_new_tokens, eos_id)."""
+    path = Path(path)
+    if (path / MODEL_DIR / META_FILE).is_file():
+        path = path / MODEL_DIR
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        fail(str(path), f"not a retrofit output (no {META_FILE})")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT_VERSION:
+        fail(str(meta_path), f"format {meta.get('format')!r} is not {FORMAT_VERSION}")
+    from vld.retrofit.sources import SourceInfo, load_source
+
+    if meta["model_file"] == "hf":
+        info = SourceInfo("hf_llama", path / "hf", 0)
+    else:
+        info = SourceInfo("vld", path / meta["model_file"], 0)
+    model = load_source(info, dtype)
+    model.set_schedule(meta["saved_schedule"])
+    return model.eval(), meta

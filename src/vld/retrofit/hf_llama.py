@@ -1,0 +1,245 @@
+"""A Hugging Face Llama run with a layer-reuse schedule.
+
+`RetrofitLlama` keeps the original `LlamaForCausalLM` (embeddings, decoder layers, final
+norm, head) and runs its decoder layers in schedule order: a layer visited twice is the same
+module, so weights are tied and the parameter count is unchanged.
+
+The KV cache. A `LlamaAttention` writes its keys and values to `cache.update(..., layer_idx)`
+with its own fixed `layer_idx`. Reusing the module with HF's cache makes every visit of a
+layer append to the same slot: the second visit then attends to the first visit's keys
+(HF's sdpa path even slices the keys back to the first visit's at prefill), so cached
+generation silently differs from uncached. Here each visit gets its own slot: the layer is
+handed a `_VisitSlot`, a view of one slot of a `VisitKVCache` that ignores `layer_idx`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from vld.errors import fail
+
+# peft's LoRA wrappers keep the adapter name here; set per visit for per-visit adapters.
+_ACTIVE_ADAPTER_ATTR = "_active_adapter"
+
+
+class VisitKVCache:
+    """Keys and values of past tokens, one slot per virtual layer (position in the schedule)."""
+
+    def __init__(self, n_slots: int):
+        self.keys: list[torch.Tensor | None] = [None] * n_slots
+        self.values: list[torch.Tensor | None] = [None] * n_slots
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def get_seq_length(self) -> int:
+        return 0 if self.keys[0] is None else int(self.keys[0].shape[-2])
+
+    def slot(self, index: int) -> "_VisitSlot":
+        return _VisitSlot(self, index)
+
+
+class _VisitSlot:
+    """What one visit's attention sees as its `cache`: append to this visit's slot only."""
+
+    def __init__(self, store: VisitKVCache, index: int):
+        self.store, self.index = store, index
+
+    def update(self, key_states, value_states, layer_idx=None, *args, **kwargs):
+        del layer_idx, args, kwargs  # the module's own index is the shared layer's, not the visit's
+        i = self.index
+        if self.store.keys[i] is None:
+            self.store.keys[i], self.store.values[i] = key_states, value_states
+        else:
+            self.store.keys[i] = torch.cat([self.store.keys[i], key_states], dim=-2)
+            self.store.values[i] = torch.cat([self.store.values[i], value_states], dim=-2)
+        return self.store.keys[i], self.store.values[i]
+
+
+class RetrofitLlama(nn.Module):
+    """`LlamaForCausalLM` with its decoder layers visited in `schedule` order.
+
+    forward(tokens[B,T], attention_mask[B,P+T] | None, cache | None, position_ids | None)
+    -> logits [B,T,V]. `attention_mask` (1 = real token, 0 = padding) covers past and current
+    tokens, as in HF. `generate` is batched greedy decoding with left padding.
+    """
+
+    def __init__(self, hf_model: nn.Module, schedule: Sequence[int] | None = None):
+        super().__init__()
+        self.hf = hf_model
+        self.n_base_layers = len(hf_model.model.layers)
+        self.activation_checkpointing = False
+        # Per-visit LoRA: adapter name of each visit (None: one adapter per layer, or none).
+        self.visit_adapters: list[str] | None = None
+        self.set_schedule(list(range(self.n_base_layers)) if schedule is None else schedule)
+
+    # ----------------------------------------------------------------- schedule
+    def set_schedule(self, order: Sequence[int]) -> None:
+        order = [int(i) for i in order]
+        if not order:
+            fail("schedule", "empty schedule")
+        for index in order:
+            if index < 0 or index >= self.n_base_layers:
+                fail("schedule", f"layer {index} out of range for {self.n_base_layers} base layers")
+        if self.visit_adapters is not None and len(order) != len(self.visit_adapters):
+            fail("schedule", "cannot change the schedule of a model with per-visit adapters")
+        self.schedule = tuple(order)
+
+    @property
+    def effective_depth(self) -> int:
+        return len(self.schedule)
+
+    @property
+    def config(self):
+        return self.hf.config
+
+    def parameter_count(self, embeddings: bool = True) -> int:
+        params = {id(p): p for p in self.parameters()}
+        total = sum(p.numel() for p in params.values())
+        if not embeddings:
+            total -= self.hf.model.embed_tokens.weight.numel()
+        return total
+
+    def new_cache(self) -> VisitKVCache:
+        return VisitKVCache(self.effective_depth)
+
+    # ----------------------------------------------------------------- forward
+    def _attention_mask(self, attention_mask, batch, n_new, n_past, dtype, device):
+        """The 4-D mask the attention function expects, or None for plain causal attention."""
+        implementation = getattr(self.hf.config, "_attn_implementation", "sdpa") or "sdpa"
+        if attention_mask is None and n_past == 0 and implementation == "sdpa":
+            return None  # sdpa's own is_causal path, exactly as HF runs an unpadded prompt
+        n_total = n_past + n_new
+        query_pos = torch.arange(n_past, n_total, device=device)[:, None]
+        key_pos = torch.arange(n_total, device=device)[None, :]
+        allowed = (key_pos <= query_pos)[None, None]  # [1,1,T,P+T]
+        if attention_mask is not None:
+            real_key = attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
+            # A padding query may attend to itself only, so its softmax row is never empty.
+            allowed = (allowed & real_key) | (key_pos == query_pos)[None, None]
+        allowed = allowed.expand(batch, 1, n_new, n_total)
+        if implementation == "sdpa":
+            return allowed
+        if implementation != "eager":
+            fail("model.attn_implementation", f"{implementation!r} is not supported (use sdpa or eager)")
+        additive = torch.zeros(allowed.shape, dtype=dtype, device=device)
+        return additive.masked_fill(~allowed, torch.finfo(dtype).min)
+
+    @contextlib.contextmanager
+    def _visit_adapter(self, visit: int):
+        """Make visit `visit`'s adapter the active one in its layer (per-visit LoRA only)."""
+        if self.visit_adapters is None:
+            yield
+            return
+        layer = self.hf.model.layers[self.schedule[visit]]
+        name = self.visit_adapters[visit]
+        lora_modules = [m for m in layer.modules() if hasattr(m, "lora_A")]
+        saved = [getattr(m, _ACTIVE_ADAPTER_ATTR) for m in lora_modules]
+        for module in lora_modules:
+            # Set directly: peft's set_adapter would also flip requires_grad of the others.
+            setattr(module, _ACTIVE_ADAPTER_ATTR, [name])
+        try:
+            yield
+        finally:
+            for module, value in zip(lora_modules, saved):
+                setattr(module, _ACTIVE_ADAPTER_ATTR, value)
+
+    def _run_visit(self, visit, hidden, mask, position_ids, cos, sin, cache):
+        with self._visit_adapter(visit):
+            layer = self.hf.model.layers[self.schedule[visit]]
+            return layer(
+                hidden,
+                attention_mask=mask,
+                position_ids=position_ids,
+                cache=None if cache is None else cache.slot(visit),
+                use_cache=cache is not None,
+                position_embeddings=(cos, sin),
+            )
+
+    def forward(self, tokens, attention_mask=None, cache: VisitKVCache | None = None, position_ids=None):
+        batch, n_new = tokens.shape
+        n_past = 0 if cache is None else cache.get_seq_length()
+        if cache is not None and len(cache) != self.effective_depth:
+            raise ValueError(f"cache has {len(cache)} slots for {self.effective_depth} virtual layers")
+        if attention_mask is not None and attention_mask.shape != (batch, n_past + n_new):
+            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != {(batch, n_past + n_new)}")
+        hidden = self.hf.model.embed_tokens(tokens)
+        if position_ids is None:
+            if attention_mask is None:
+                position_ids = torch.arange(n_past, n_past + n_new, device=tokens.device)[None].expand(batch, -1)
+            else:
+                # Left padding: positions count real tokens only, as HF's generate does.
+                counted = attention_mask.long().cumsum(-1) - 1
+                position_ids = counted.clamp(min=0)[:, n_past:]
+        mask = self._attention_mask(attention_mask, batch, n_new, n_past, hidden.dtype, hidden.device)
+        cos, sin = self.hf.model.rotary_emb(hidden, position_ids=position_ids)
+        use_checkpoint = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        for visit in range(self.effective_depth):
+            if use_checkpoint and cache is None:
+                hidden = checkpoint(
+                    self._run_visit, visit, hidden, mask, position_ids, cos, sin, None, use_reentrant=False
+                )
+            else:
+                hidden = self._run_visit(visit, hidden, mask, position_ids, cos, sin, cache)
+        hidden = self.hf.model.norm(hidden)
+        return self.hf.lm_head(hidden)
+
+    # ----------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        eos_id: int | None = None,
+        use_cache: bool = True,
+        cache: VisitKVCache | None = None,
+    ) -> list[list[int]]:
+        """Batched greedy decoding; returns each continuation (stopping after eos, eos included)."""
+        return greedy_generate(self, prompts, max_new_tokens, eos_id, use_cache, cache)
+
+
+def greedy_generate(model, prompts, max_new_tokens, eos_id=None, use_cache=True, cache=None):
+    """Left-padded batched greedy decoding for a module with forward(tokens, attention_mask, cache)."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        fail("generate.prompts", "needs at least one non-empty prompt")
+    if max_new_tokens < 0:
+        fail("generate.max_new_tokens", f"must be >= 0, got {max_new_tokens}")
+    device = next(model.parameters()).device
+    batch, longest = len(prompts), max(len(p) for p in prompts)
+    tokens = torch.zeros(batch, longest, dtype=torch.long, device=device)
+    mask = torch.zeros(batch, longest, dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        tokens[row, longest - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, longest - len(prompt):] = 1
+    if use_cache and cache is None:
+        cache = model.new_cache()
+    outputs: list[list[int]] = [[] for _ in range(batch)]
+    if max_new_tokens == 0:
+        return outputs
+    done = [False] * batch
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(tokens, attention_mask=mask, cache=cache if use_cache else None)
+        for step in range(max_new_tokens):
+            next_tokens = logits[:, -1].argmax(-1)
+            for row, token in enumerate(next_tokens.tolist()):
+                if not done[row]:
+                    outputs[row].append(token)
+                    done[row] = eos_id is not None and token == eos_id
+            if all(done) or step == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=device)], dim=1)
+            if use_cache:
+                logits = model(next_tokens[:, None], attention_mask=mask, cache=cache)
+            else:
+                tokens = torch.cat([tokens, next_tokens[:, None]], dim=1)
+                logits = model(tokens, attention_mask=mask)
+    finally:
+        model.train(was_training)
+    return outputs

@@ -1,0 +1,99 @@
+"""Where a trained model comes from: a vld checkpoint, or a Hugging Face Llama directory.
+
+`inspect_source` validates a source cheaply (config only, no weights for HF) so every error
+is raised before any weights are loaded or modified; `load_source` then loads it.
+Nothing is downloaded: Hugging Face directories are read with `local_files_only`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vld.errors import fail
+
+# model_type in config.json -> the transformers class that loads it.
+SUPPORTED_HF_TYPES = {"llama": "LlamaForCausalLM"}
+VLD_MODEL_FILE = "model.pt"
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+@dataclass
+class SourceInfo:
+    kind: str  # "vld" (own checkpoint) or "hf_llama"
+    path: Path  # the model file (vld) or the directory (hf_llama)
+    n_layers: int  # base layers
+    config: dict = field(default_factory=dict)  # the HF config.json, or the vld model config
+
+
+def inspect_source(source: str | Path, where: str = "retrofit.source") -> SourceInfo:
+    """Identify and validate a source without loading HF weights. One-line UserError on bad input."""
+    path = Path(source)
+    if not path.exists():
+        fail(where, f"{path} does not exist")
+    has_hf_weights = path.is_dir() and any((path / name).is_file() for name in HF_WEIGHT_FILES)
+    if path.is_dir() and (path / VLD_MODEL_FILE).is_file() and not has_hf_weights:
+        path = path / VLD_MODEL_FILE  # a vld output dir (its config.json, if any, is vld's own)
+    if path.is_file():
+        return _inspect_vld(path, where)
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        fail(where, f"{path} has no config.json (a Hugging Face model directory) nor {VLD_MODEL_FILE} (a vld checkpoint)")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as err:
+        fail(where, f"{config_path} is not valid JSON ({err})")
+    if not isinstance(config, dict):
+        fail(where, f"{config_path} must hold a JSON object")
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_HF_TYPES:
+        fail(where, f"unsupported architecture {model_type!r} in {config_path} (supported: {', '.join(SUPPORTED_HF_TYPES)})")
+    n_layers = config.get("num_hidden_layers")
+    if not isinstance(n_layers, int) or isinstance(n_layers, bool) or n_layers < 1:
+        fail(where, f"{config_path}: num_hidden_layers must be a positive integer, got {n_layers!r}")
+    if not any((path / name).is_file() for name in HF_WEIGHT_FILES):
+        fail(where, f"{path} has no safetensors weights ({' or '.join(HF_WEIGHT_FILES)})")
+    return SourceInfo("hf_llama", path, n_layers, config)
+
+
+def _inspect_vld(path: Path, where: str) -> SourceInfo:
+    import torch
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # a truncated or foreign file
+        fail(where, f"{path} is not a readable vld checkpoint ({type(err).__name__})")
+    if not isinstance(payload, dict) or not isinstance(payload.get("config"), dict) or "state_dict" not in payload:
+        fail(where, f"{path} is not a vld model file (expected keys config, state_dict)")
+    n_layers = payload["config"].get("n_layer")
+    if not isinstance(n_layers, int) or n_layers < 1:
+        fail(where, f"{path}: config.n_layer must be a positive integer, got {n_layers!r}")
+    return SourceInfo("vld", path, n_layers, dict(payload["config"]))
+
+
+def load_source(info: SourceInfo, dtype: str = "float32"):
+    """Load a validated source: a VLDTransformer, or a RetrofitLlama (identity schedule)."""
+    import torch
+
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if torch_dtype is None:
+        fail("retrofit.dtype", f"unknown dtype {dtype!r} (float32, bfloat16, float16)")
+    if info.kind == "vld":
+        from vld.model import load_model
+
+        return load_model(info.path).to(torch_dtype)
+    return load_hf_llama(info.path, torch_dtype)
+
+
+def load_hf_llama(path: Path, torch_dtype):
+    """A local Hugging Face Llama directory as a RetrofitLlama with the identity schedule."""
+    import transformers
+
+    from vld.retrofit.hf_llama import RetrofitLlama
+
+    model_class = getattr(transformers, SUPPORTED_HF_TYPES["llama"])
+    hf_model = model_class.from_pretrained(
+        str(path), local_files_only=True, dtype=torch_dtype, attn_implementation="sdpa"
+    )
+    return RetrofitLlama(hf_model.eval())
