@@ -1,0 +1,172 @@
+"""Training throughput of the VLD transformer, measured against references in the same run.
+
+    .venv/bin/python bench/bench_model.py            # about 3-4 minutes on 2 CPU cores
+    .venv/bin/python bench/bench_model.py --quick    # fewer steps, rougher figures
+
+1. identity schedule vs Hugging Face GPT2LMHeadModel (SDPA), same width/depth/heads/seq/batch;
+2. cycle xk (k = 1..3) vs base: block-stack time against (k+1) x the base block-stack time,
+   and against the unrolled (untied) model of the same effective depth (schedule overhead);
+3. greedy generation of 512 tokens with the KV cache vs recomputing the sequence each step.
+All fp32. Steps of the models being compared are interleaved so machine load hits them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--vocab", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per model (fastest reported)")
+    parser.add_argument("--gen-tokens", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="3 timed steps, 128 generated tokens")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: process CPU time (all threads), less disturbed by other load; "
+                             "use with --threads 1 on a busy machine")
+    parser.add_argument("--sections", default="hf,cycle,generate",
+                        help="comma-separated subset of: hf, cycle, generate")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    sections = {name.strip() for name in args.sections.split(",") if name.strip()}
+    unknown = sections - {"hf", "cycle", "generate"}
+    if unknown:
+        from vld.errors import fail
+
+        fail("--sections", f"unknown section {sorted(unknown)[0]!r} (known: hf, cycle, generate)")
+    if args.quick:
+        args.steps, args.gen_tokens = 3, 128
+    import torch
+    import torch.nn.functional as F
+
+    from vld.model import ModelConfig, VLDTransformer
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    tokens = torch.randint(0, args.vocab, (args.batch, args.seq + 1))
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    n_tokens = args.batch * args.seq
+
+    def config(schedule=None, n_layer=args.layers):
+        return ModelConfig(vocab_size=args.vocab, n_layer=n_layer, d_model=args.width, n_head=args.heads,
+                           max_seq_len=max(args.seq, 64 + args.gen_tokens), schedule=schedule)
+
+    def trainer(model, logits_of, with_optimizer=True):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if with_optimizer else None
+
+        def step():
+            logits = logits_of(model, inputs)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+            loss.backward()
+            if optimizer is not None:
+                optimizer.step()
+            model.zero_grad(set_to_none=True)
+
+        return step
+
+    def race(steps: dict, n: int) -> dict:
+        """Fastest seconds per step of each (the least disturbed by other load), interleaved
+        round-robin with a rotating start after one warm-up each."""
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        times = {name: [] for name in steps}
+        for fn in steps.values():
+            fn()
+        names = list(steps)
+        for round_ in range(n):
+            for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+                start = clock()
+                steps[name]()
+                times[name].append(clock() - start)
+        return {name: min(t) for name, t in times.items()}
+
+    vld_logits = lambda m, x: m(x)  # noqa: E731
+
+    # 1. against Hugging Face GPT-2 with SDPA attention
+    base = VLDTransformer(config()).train()
+    print(f"# fp32, {args.threads} threads, width {args.width}, {args.layers} layers, {args.heads} heads, "
+          f"seq {args.seq}, batch {args.batch}, vocab {args.vocab}; fastest of {args.steps} interleaved steps, {args.clock} clock")
+    print(f"{'measurement':44s} {'value':>12s} {'ratio':>8s}  reference")
+    if "hf" in sections:
+        import transformers
+
+        hf_config = transformers.GPT2Config(
+            vocab_size=args.vocab, n_positions=base.config.max_seq_len, n_embd=args.width, n_layer=args.layers,
+            n_head=args.heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa",
+            bos_token_id=None, eos_token_id=None,
+        )
+        hf = transformers.GPT2LMHeadModel(hf_config).train()
+        timed = race({"vld base": trainer(base, vld_logits),
+                      "hf gpt2": trainer(hf, lambda m, x: m(input_ids=x, use_cache=False).logits)}, args.steps)
+        tps_base, tps_hf = n_tokens / timed["vld base"], n_tokens / timed["hf gpt2"]
+        print(f"{'train tokens/s, HF GPT2LMHeadModel (sdpa)':44s} {tps_hf:>12,.0f} {'1.00':>8s}  reference")
+        print(f"{'train tokens/s, VLD identity schedule':44s} {tps_base:>12,.0f} {tps_base / tps_hf:>8.2f}  vs HF (target >= 1.25)")
+
+    if "cycle" in sections:
+        cycle_section(args, base, trainer, race, vld_logits, config)
+    if "generate" in sections:
+        generate_section(args, base)
+
+
+def cycle_section(args, base, trainer, race, vld_logits, config):
+    import torch
+
+    from vld.model import VLDTransformer
+
+    # 2. cycle xk: the block stack must cost (k+1) x the base block stack.
+    # Fixed cost (embeddings, head, loss, optimizer) is measured with no block at all.
+    def head_only(m, x):
+        h = m.tok_emb(x) + m.pos_emb(torch.arange(x.shape[1]))
+        return m.lm_head(m.norm_f(h))
+
+    cycled = {k: VLDTransformer(config(list(range(args.layers)) * (k + 1))).train() for k in (1, 2, 3)}
+    steps = {"base": trainer(base, vld_logits), "fixed": trainer(base, head_only)}
+    steps.update({f"cycle x{k}": trainer(m, vld_logits) for k, m in cycled.items()})
+    unrolled3 = cycled[3].unrolled().train()
+    # schedule overhead: tied x3 vs its untied copy, forward + backward only (AdamW's cost differs)
+    steps["cycle x3 fwd+bwd"] = trainer(cycled[3], vld_logits, with_optimizer=False)
+    steps["unrolled x3 fwd+bwd"] = trainer(unrolled3, vld_logits, with_optimizer=False)
+    timed = race(steps, max(2, args.steps // 2))
+    fixed = timed["fixed"]
+    block_base = timed["base"] - fixed
+    print(f"{'step s, base (' + str(args.layers) + ' layers)':44s} {timed['base']:>12.3f} {'1.00':>8s}  reference")
+    print(f"{'step s, embeddings+head+loss+AdamW only':44s} {fixed:>12.3f} {fixed / timed['base']:>8.2f}  vs base step")
+    for k in (1, 2, 3):
+        step = timed[f"cycle x{k}"]
+        ratio = (step - fixed) / ((k + 1) * block_base)
+        print(f"{'step s, cycle x' + str(k):44s} {step:>12.3f} {step / timed['base']:>8.2f}  vs base step")
+        print(f"{'  block stack / ((k+1) x base block stack)':44s} {'':>12s} {ratio:>8.3f}  target 1 +- 0.05")
+    overhead = timed["cycle x3 fwd+bwd"] / timed["unrolled x3 fwd+bwd"]
+    print(f"{'fwd+bwd s, cycle x3 tied vs unrolled untied':44s} {timed['cycle x3 fwd+bwd']:>12.3f} {overhead:>8.3f}  schedule overhead (1.00 = none)")
+
+
+
+def generate_section(args, base):
+    # 3. generation: cached vs recomputed, 512 new tokens
+    base.eval()
+    prompts = [list(range(1, 17)), list(range(5, 13))]
+    gen = {}
+    for use_cache in (True, False):
+        start = time.perf_counter()
+        out = base.generate(prompts, args.gen_tokens, use_cache=use_cache)
+        gen[use_cache] = (time.perf_counter() - start, out)
+    assert gen[True][1] == gen[False][1], "cached and recomputed generations differ"
+    n_new = sum(len(o) for o in gen[True][1])
+    cached, uncached = n_new / gen[True][0], n_new / gen[False][0]
+    print(f"{'generate tokens/s, recompute each step':44s} {uncached:>12,.0f} {'1.00':>8s}  reference ({len(prompts)} prompts x {args.gen_tokens} tokens)")
+    print(f"{'generate tokens/s, KV cache':44s} {cached:>12,.0f} {cached / uncached:>8.2f}  vs recompute (same tokens)")
+
+
+if __name__ == "__main__":
+    from vld.errors import run_cli
+
+    run_cli(main)

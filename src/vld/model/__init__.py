@@ -1,0 +1,38 @@
+"""vld.model: the VLD transformer and its reuse schedules.
+
+`from vld.model import ScheduleSpec, resolve_schedule` stays torch-free; the model names
+(VLDTransformer, save_model, load_model, hf_state_dict, KVCache) import torch on first use.
+"""
+
+from vld.model.config import PRESETS, ModelConfig
+from vld.model.schedule import BUILTIN_PATTERNS, ScheduleSpec, resolve_schedule
+
+_LAZY = {
+    "VLDTransformer": "vld.model.transformer",
+    "KVCache": "vld.model.transformer",
+    "save_model": "vld.model.transformer",
+    "load_model": "vld.model.transformer",
+    "hf_state_dict": "vld.model.hf_compat",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vld.model' has no attribute {name!r}")
+
+
+__all__ = [
+    "BUILTIN_PATTERNS",
+    "KVCache",
+    "ModelConfig",
+    "PRESETS",
+    "ScheduleSpec",
+    "VLDTransformer",
+    "hf_state_dict",
+    "load_model",
+    "resolve_schedule",
+    "save_model",
+]

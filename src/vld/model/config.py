@@ -1,0 +1,170 @@
+"""Model configuration and presets (no torch import: validation stays cheap)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import Mapping
+
+from vld.errors import fail
+from vld.model.schedule import ScheduleSpec, check_order, resolve_schedule
+
+BLOCKS = ("gpt2", "llama")
+
+
+@dataclass
+class ModelConfig:
+    """One config for both block types.
+
+    n_layer is the number of base (distinct) layers L; `schedule` lists the base layer
+    visited at each virtual layer (None = identity, each layer once).
+    """
+
+    vocab_size: int = 50257
+    n_layer: int = 4
+    d_model: int = 256
+    n_head: int = 4
+    d_ff: int | None = None  # None: 4*d_model (gpt2), 8/3*d_model rounded up to 64 (llama)
+    max_seq_len: int = 1024
+    block: str = "gpt2"
+    schedule: list[int] | None = None
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    dropout: float = 0.0
+    activation_checkpointing: bool = False
+    init_std: float = 0.02
+
+    @property
+    def ff_dim(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.block == "llama":
+            return -(-8 * self.d_model // 3 // 64) * 64
+        return 4 * self.d_model
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def effective_depth(self) -> int:
+        return self.n_layer if self.schedule is None else len(self.schedule)
+
+    @property
+    def resolved_schedule(self) -> list[int]:
+        return list(range(self.n_layer)) if self.schedule is None else list(self.schedule)
+
+    def validate(self, where: str = "model") -> "ModelConfig":
+        """Check every field; raise a one-line UserError naming the first bad key."""
+
+        def positive_int(name: str) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                fail(f"{where}.{name}", f"must be a positive integer, got {value!r}")
+
+        for name in ("vocab_size", "n_layer", "d_model", "n_head", "max_seq_len"):
+            positive_int(name)
+        if self.d_ff is not None:
+            positive_int("d_ff")
+        if self.block not in BLOCKS:
+            fail(f"{where}.block", f"unknown block {self.block!r} (known: {', '.join(BLOCKS)})")
+        if self.d_model % self.n_head:
+            fail(f"{where}.n_head", f"{self.n_head} heads do not divide d_model {self.d_model}")
+        if self.block == "llama" and self.head_dim % 2:
+            fail(f"{where}.n_head", f"RoPE needs an even head dimension, got {self.head_dim}")
+        for name in ("tie_embeddings", "activation_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                fail(f"{where}.{name}", f"must be true or false, got {getattr(self, name)!r}")
+        for name in ("norm_eps", "rope_theta", "init_std"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                fail(f"{where}.{name}", f"must be a positive number, got {value!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            fail(f"{where}.dropout", f"must be in [0, 1), got {self.dropout!r}")
+        if self.schedule is not None:
+            self.schedule = check_order(self.schedule, self.n_layer, f"{where}.schedule")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: Mapping,
+        where: str = "model",
+        patterns: Mapping[str, str] | None = None,
+    ) -> "ModelConfig":
+        """Build and validate a config from a mapping (e.g. a params.yaml section).
+
+        `preset: NAME` starts from a preset and the other keys override it. `schedule` may be
+        a list of base indices or a ScheduleSpec mapping ({pattern, k, layers, order}),
+        resolved against `patterns` (the params.yaml `patterns:` section).
+        """
+        if not isinstance(data, Mapping):
+            fail(where, f"must be a mapping, got {type(data).__name__}")
+        values = dict(data)
+        base: dict = {}
+        if "preset" in values:
+            name = values.pop("preset")
+            if name not in PRESETS:
+                fail(f"{where}.preset", f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
+            base = PRESETS[name].to_dict()
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(map(str, values)) - known)
+        if unknown:
+            fail(f"{where}.{unknown[0]}", f"unknown key (known: preset, {', '.join(sorted(known))})")
+        base.update(values)
+        schedule = base.get("schedule")
+        if isinstance(schedule, (Mapping, ScheduleSpec)):
+            n_layer = base.get("n_layer", cls.n_layer)
+            if not isinstance(n_layer, int) or isinstance(n_layer, bool) or n_layer < 1:
+                fail(f"{where}.n_layer", f"must be a positive integer, got {n_layer!r}")
+            base["schedule"] = resolve_schedule(schedule, n_layer, patterns, where=f"{where}.schedule")
+        elif schedule is not None and not isinstance(schedule, list):
+            try:
+                base["schedule"] = list(schedule)
+            except TypeError:
+                fail(f"{where}.schedule", f"must be a list or a schedule mapping, got {schedule!r}")
+        return cls(**base).validate(where)
+
+
+class _Presets(dict):
+    """Named configs; each lookup returns a fresh copy so a caller cannot edit the preset."""
+
+    def __getitem__(self, name: str) -> ModelConfig:
+        return copy.deepcopy(super().__getitem__(name))
+
+    def get(self, name, default=None):
+        return self[name] if name in self else default
+
+    def values(self):
+        return [self[name] for name in self]
+
+    def items(self):
+        return [(name, self[name]) for name in self]
+
+
+# vocab_size is a placeholder where the data decides it: override with the token set's size.
+PRESETS: dict[str, ModelConfig] = _Presets(
+    {
+        # Paper, iGSM reasoning: GPT-2 style, hidden 768, 12 heads, context 768.
+        "igsm-4l": ModelConfig(vocab_size=2048, n_layer=4, d_model=768, n_head=12, max_seq_len=768),
+        "igsm-8l": ModelConfig(vocab_size=2048, n_layer=8, d_model=768, n_head=12, max_seq_len=768),
+        "igsm-12l": ModelConfig(vocab_size=2048, n_layer=12, d_model=768, n_head=12, max_seq_len=768),
+        "igsm-16l": ModelConfig(vocab_size=2048, n_layer=16, d_model=768, n_head=12, max_seq_len=768),
+        # Paper, knowledge capacity: 4 layers, hidden 92/128/156/184 (heads not given in the
+        # paper; 4 divides all four widths). Train length 768, eval length 1024.
+        "cap-5m": ModelConfig(vocab_size=50257, n_layer=4, d_model=92, n_head=4, max_seq_len=1024),
+        "cap-10m": ModelConfig(vocab_size=50257, n_layer=4, d_model=128, n_head=4, max_seq_len=1024),
+        "cap-15m": ModelConfig(vocab_size=50257, n_layer=4, d_model=156, n_head=4, max_seq_len=1024),
+        "cap-20m": ModelConfig(vocab_size=50257, n_layer=4, d_model=184, n_head=4, max_seq_len=1024),
+        # CPU-sized models for the default profile, tests and benchmarks.
+        "tiny": ModelConfig(vocab_size=128, n_layer=2, d_model=64, n_head=4, max_seq_len=256),
+        "tiny-llama": ModelConfig(vocab_size=128, n_layer=2, d_model=64, n_head=4, max_seq_len=256, block="llama", tie_embeddings=False, norm_eps=1e-6),
+        "small": ModelConfig(vocab_size=2048, n_layer=2, d_model=128, n_head=4, max_seq_len=512),
+        "bench": ModelConfig(vocab_size=2048, n_layer=4, d_model=256, n_head=4, max_seq_len=256),
+    }
+)

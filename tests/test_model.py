@@ -1,0 +1,351 @@
+"""The VLD transformer: exact tying, unrolling, HF numerics, KV cache, accounting, errors."""
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vld.errors import UserError
+from vld.model import PRESETS, ModelConfig, ScheduleSpec, VLDTransformer, hf_state_dict, load_model, resolve_schedule, save_model
+
+BLOCKS = ["gpt2", "llama"]
+MIDDLE_CYCLE = {"middle_cycle": "0, cycle(1..L-2, k+1), L-1"}
+SCHEDULES = {
+    "base": ScheduleSpec("base"),
+    "sequence": ScheduleSpec("sequence", 1),
+    "cycle": ScheduleSpec("cycle", 2),
+    "inverse_cycle": ScheduleSpec("inverse_cycle", 1),
+    "subset": ScheduleSpec("cycle", 1, layers="2..3"),
+    "middle_cycle": ScheduleSpec("middle_cycle", 1),
+    "order": ScheduleSpec(order=[3, 0, 1, 1, 2]),
+}
+
+
+def config(block="gpt2", schedule=None, **overrides):
+    values = dict(vocab_size=61, n_layer=4, d_model=32, n_head=4, max_seq_len=48, block=block,
+                  schedule=schedule, tie_embeddings=block == "gpt2")
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def model_for(block, name, seed=0, **overrides):
+    torch.manual_seed(seed)
+    order = resolve_schedule(SCHEDULES[name], 4, MIDDLE_CYCLE)
+    return VLDTransformer(config(block, order, **overrides))
+
+
+def tokens(batch=3, seq=17, vocab=61, seed=1):
+    return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+# -- a plain reference forward, written without any schedule machinery ---------------------
+
+def plain_forward(model, x):
+    cfg = model.config
+    h = model.tok_emb.weight[x]
+    seq = x.shape[1]
+    positions = torch.arange(seq)
+    if cfg.block == "gpt2":
+        h = h + model.pos_emb.weight[positions].unsqueeze(0)
+        norm = lambda t, m: F.layer_norm(t, (cfg.d_model,), m.weight, m.bias, cfg.norm_eps)  # noqa: E731
+    else:
+        def norm(t, m):
+            t32 = t.float()
+            return m.weight * (t32 * torch.rsqrt(t32.pow(2).mean(-1, keepdim=True) + cfg.norm_eps)).to(t.dtype)
+        inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.int64).float() / cfg.head_dim))
+        ang = torch.outer(positions.float(), inv)
+        ang = torch.cat((ang, ang), -1)
+        cos, sin = ang.cos()[None, None], ang.sin()[None, None]
+
+    def rot(t):
+        half = t.shape[-1] // 2
+        return torch.cat((-t[..., half:], t[..., :half]), -1)
+
+    batch = x.shape[0]
+    for layer in model.layers:  # each base layer once, in order
+        a = norm(h, layer.norm1)
+        qkv = F.linear(a, layer.attn.qkv.weight, layer.attn.qkv.bias)
+        q, k, v = qkv.view(batch, seq, 3, cfg.n_head, cfg.head_dim).permute(2, 0, 3, 1, 4)
+        if cfg.block == "llama":
+            q, k = q * cos + rot(q) * sin, k * cos + rot(k) * sin
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        h = h + F.linear(att.transpose(1, 2).reshape(batch, seq, cfg.d_model), layer.attn.proj.weight, layer.attn.proj.bias)
+        m = norm(h, layer.norm2)
+        if cfg.block == "gpt2":
+            h = h + F.linear(F.gelu(F.linear(m, layer.mlp.fc.weight, layer.mlp.fc.bias), approximate="tanh"), layer.mlp.proj.weight, layer.mlp.proj.bias)
+        else:
+            gate, up = F.linear(m, layer.mlp.gate_up.weight).split(cfg.ff_dim, -1)
+            h = h + F.linear(F.silu(gate) * up, layer.mlp.proj.weight)
+    return F.linear(norm(h, model.norm_f), model.lm_head.weight)
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_identity_schedule_bit_identical_to_plain_model(block):
+    model = model_for(block, "base").eval()
+    x = tokens()
+    with torch.no_grad():
+        assert torch.equal(model(x), plain_forward(model, x))
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_vld_matches_unrolled(block, name):
+    model = model_for(block, name).eval()
+    unrolled = model.unrolled()
+    assert unrolled.config.n_layer == model.effective_depth and unrolled.schedule == tuple(range(model.effective_depth))
+    assert unrolled.parameter_count(embeddings=False) > model.parameter_count(embeddings=False) or name == "base"
+    x = tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), unrolled(x), rtol=0, atol=1e-6)
+        logits, hidden = model(x, return_hidden=True)
+    assert len(hidden) == model.effective_depth + 1
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_shared_gradient_is_sum_of_unrolled_copies(block):
+    model = model_for(block, "inverse_cycle", dropout=0.0).double()
+    unrolled = model.unrolled()
+    x = tokens()
+    for m in (model, unrolled):
+        F.cross_entropy(m(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).backward()
+    for index, layer in enumerate(model.layers):
+        slots = [slot for slot, base in enumerate(model.schedule) if base == index]
+        assert len(slots) == 2
+        for name, param in layer.named_parameters():
+            total = sum(unrolled.layers[slot].get_parameter(name).grad for slot in slots)
+            torch.testing.assert_close(param.grad, total, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(model.tok_emb.weight.grad, unrolled.tok_emb.weight.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_activation_checkpointing_gives_same_gradients(block):
+    plain = model_for(block, "cycle")
+    ckpt = model_for(block, "cycle", activation_checkpointing=True)
+    x = tokens()
+    for m in (plain, ckpt):
+        F.cross_entropy(m(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_parameter_count_identical_across_schedules():
+    counts = {name: (model_for("gpt2", name).parameter_count(), model_for("gpt2", name).parameter_count(False)) for name in SCHEDULES}
+    assert len(set(counts.values())) == 1
+    cfg = config("gpt2")
+    d, ff, V, T = cfg.d_model, cfg.ff_dim, cfg.vocab_size, cfg.max_seq_len
+    block = 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * ff + ff) + (ff * d + d)
+    assert counts["base"] == (V * d + T * d + 4 * block + 2 * d, 4 * block + 2 * d)
+    llama = model_for("llama", "cycle")
+    lblock = 2 * d + 4 * d * d + 3 * d * llama.config.ff_dim
+    assert llama.parameter_count() == 2 * V * d + 4 * lblock + d  # untied head counted
+    assert llama.parameter_count(embeddings=False) == 4 * lblock + d
+
+
+def test_flops_grow_with_effective_depth():
+    base = model_for("gpt2", "base")
+    cyc = model_for("gpt2", "cycle")  # effective depth 12 = 3x
+    cfg = base.config
+    block = sum(p.numel() for p in base.layers[0].parameters())
+    head = 2 * cfg.d_model * cfg.vocab_size
+    per_layer = 2 * block + 2 * cfg.d_model * (16 + 1)
+    assert base.flops_per_token(seq_len=16) == 4 * per_layer + head
+    assert cyc.flops_per_token(seq_len=16) == 12 * per_layer + head
+    assert cyc.flops_per_token(seq_len=16, training=True) == 3 * (12 * per_layer + head)
+
+
+def shared_storage_ok(model):
+    by_base = {}
+    for slot, (base, layer) in enumerate(zip(model.schedule, model.virtual_layers())):
+        ptrs = tuple(p.data_ptr() for p in layer.parameters())
+        assert by_base.setdefault(base, ptrs) == ptrs
+    assert ptrs == tuple(p.data_ptr() for p in model.layers[model.schedule[-1]].parameters())
+    if model.config.tie_embeddings:
+        assert model.lm_head.weight.data_ptr() == model.tok_emb.weight.data_ptr()
+    return True
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_weight_sharing_survives_load_deepcopy_and_save(block, tmp_path):
+    model = model_for(block, "cycle", seed=3).eval()
+    x = tokens()
+    with torch.no_grad():
+        reference = model(x)
+    assert shared_storage_ok(model)
+
+    other = model_for(block, "cycle", seed=4).eval()
+    other.load_state_dict(model.state_dict())
+    assert shared_storage_ok(other)
+    with torch.no_grad():
+        assert torch.equal(other(x), reference)
+    # base layers are stored once: no per-visit copies in the state dict
+    assert sorted({k.split(".")[1] for k in model.state_dict() if k.startswith("layers.")}) == ["0", "1", "2", "3"]
+
+    clone = copy.deepcopy(model)
+    assert shared_storage_ok(clone)
+    assert clone.layers[0].attn.qkv.weight.data_ptr() != model.layers[0].attn.qkv.weight.data_ptr()
+    with torch.no_grad():
+        assert torch.equal(clone(x), reference)
+        clone.layers[1].attn.qkv.weight.add_(1.0)  # one edit reaches every visit of layer 1
+    assert torch.equal(clone.virtual_layers()[5].attn.qkv.weight, clone.layers[1].attn.qkv.weight)
+
+    path = tmp_path / "model.pt"
+    save_model(model, path)
+    loaded = load_model(path).eval()
+    assert loaded.schedule == model.schedule and loaded.config == model.config
+    assert shared_storage_ok(loaded)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), reference)
+
+
+def test_set_schedule_keeps_parameters():
+    model = model_for("gpt2", "base")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.set_schedule([0, 1, 2, 3, 3, 2, 1, 0])
+    assert model.effective_depth == 8 and model.config.schedule == [0, 1, 2, 3, 3, 2, 1, 0]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(UserError, match="^schedule: base layer 3 is never visited$"):
+        model.set_schedule([0, 1, 2])
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_unrolled_loads_into_hugging_face(block):
+    transformers = pytest.importorskip("transformers")
+    model = model_for(block, "inverse_cycle").eval()
+    hf_config, state = hf_state_dict(model)
+    kind = hf_config.pop("model_type")
+    assert kind == block
+    if block == "gpt2":
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config))
+    else:
+        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config))
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    hf.eval()
+    assert hf.config.num_hidden_layers == model.effective_depth
+    x = tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, model(x), rtol=0, atol=2e-5)
+
+
+PROMPTS = [[5, 9, 2, 7, 1, 3, 8], [4], [11, 12, 13]]
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_cached_generation_equals_recompute(block, name):
+    # float64 and a wide init: argmax ties that rounding could flip are practically impossible
+    model = model_for(block, name, init_std=0.3).double()
+    cached = model.generate(PROMPTS, 8, use_cache=True)
+    assert cached == model.generate(PROMPTS, 8, use_cache=False)
+    assert [len(c) for c in cached] == [8, 8, 8]
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_left_padding_does_not_change_a_row(block):
+    model = model_for(block, "inverse_cycle", init_std=0.3).double()
+    batched = model.generate(PROMPTS, 8)
+    for prompt, row in zip(PROMPTS, batched):
+        assert model.generate([prompt], 8) == [row]
+
+
+def test_generation_stops_after_eos_and_is_greedy():
+    model = model_for("gpt2", "cycle", init_std=0.3).double()
+    prompts = [[1, 2, 3], [7, 8]]
+    free = model.generate(prompts, 10)
+    eos = free[0][3]
+    stopped = model.generate(prompts, 10, eos_id=eos)
+    assert stopped[0] == free[0][: free[0].index(eos) + 1]
+    row1 = free[1][: free[1].index(eos) + 1] if eos in free[1] else free[1]
+    assert stopped[1] == row1
+    # greedy: each token is the argmax of the full-sequence logits
+    seq = torch.tensor([prompts[0] + free[0]])
+    with torch.no_grad():
+        expected = model(seq)[0, len(prompts[0]) - 1:-1].argmax(-1).tolist()
+    assert expected == free[0]
+    assert model.training  # restored
+
+
+def test_generation_input_errors():
+    model = model_for("gpt2", "base")
+    with pytest.raises(UserError, match="^generate.max_new_tokens: prompt of 40 tokens \\+ 9 new exceeds max_seq_len 48$"):
+        model.generate([[1] * 40], 9)
+    with pytest.raises(UserError, match="^generate.prompts: needs at least one non-empty prompt$"):
+        model.generate([[1], []], 2)
+
+
+def test_cache_has_one_slot_per_virtual_layer():
+    model = model_for("llama", "cycle")
+    cache = model.new_cache(2, 10)
+    assert cache.keys.shape == (12, 2, 4, 10, 8) and cache.length == 0
+    with torch.no_grad():
+        model(tokens(2, 6), cache=cache)
+    assert cache.length == 6
+    # visits of the same base layer see different inputs, so their slots differ
+    assert not torch.equal(cache.keys[0, :, :, :6], cache.keys[4, :, :, :6])
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_chunked_prefill_through_cache_equals_full_forward(block):
+    model = model_for(block, "inverse_cycle").double().eval()
+    x = tokens(2, 12)
+    cache = model.new_cache(2, 12)
+    with torch.no_grad():
+        full = model(x)
+        parts = [model(x[:, a:b], cache=cache) for a, b in ((0, 6), (6, 11), (11, 12))]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="KV cache holds 12 positions; 13 needed"):
+        model(x[:, :1], cache=cache)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(n_head=5), "model.n_head: 5 heads do not divide d_model 32"),
+        (dict(d_model=92, n_head=12), "model.n_head: 12 heads do not divide d_model 92"),
+        (dict(block="mamba"), "model.block: unknown block 'mamba' (known: gpt2, llama)"),
+        (dict(n_layer=0), "model.n_layer: must be a positive integer, got 0"),
+        (dict(vocab_size=3.5), "model.vocab_size: must be a positive integer, got 3.5"),
+        (dict(dropout=1.0), "model.dropout: must be in [0, 1), got 1.0"),
+        (dict(norm_eps=0), "model.norm_eps: must be a positive number, got 0"),
+        (dict(block="llama", d_model=36, n_head=4), "model.n_head: RoPE needs an even head dimension, got 9"),
+        (dict(schedule=[0, 1, 2, 4]), "model.schedule: layer 4 out of range for 4 base layers"),
+        (dict(schedule=[0, 1, 2]), "model.schedule: base layer 3 is never visited"),
+        (dict(schedule=[]), "model.schedule: empty schedule"),
+        (dict(tie_embeddings="yes"), "model.tie_embeddings: must be true or false, got 'yes'"),
+    ],
+)
+def test_bad_config_one_line_errors(overrides, message):
+    with pytest.raises(UserError) as err:
+        VLDTransformer(config(**overrides))
+    assert str(err.value) == message
+
+
+def test_config_from_dict():
+    cfg = ModelConfig.from_dict({"preset": "tiny", "vocab_size": 99, "n_layer": 3,
+                                 "schedule": {"pattern": "middle_cycle", "k": 2}}, patterns=MIDDLE_CYCLE)
+    assert cfg.vocab_size == 99 and cfg.d_model == 64 and cfg.schedule == [0, 1, 1, 1, 2]
+    assert ModelConfig.from_dict(dataclasses.asdict(cfg)) == cfg
+    with pytest.raises(UserError, match=r"^variants\.a\.model\.widht: unknown key \(known: preset, "):
+        ModelConfig.from_dict({"widht": 3}, where="variants.a.model")
+    with pytest.raises(UserError, match=r"^m\.preset: unknown preset 'huge' \(known: igsm-4l, "):
+        ModelConfig.from_dict({"preset": "huge"}, where="m")
+    with pytest.raises(UserError, match=r"^m\.schedule\.k: must be >= 0, got -2$"):
+        ModelConfig.from_dict({"schedule": {"pattern": "cycle", "k": -2}}, where="m")
+
+
+def test_presets_are_valid_and_protected():
+    for name, cfg in PRESETS.items():
+        cfg.validate(f"presets.{name}")
+    PRESETS["tiny"].n_layer = 99
+    assert PRESETS["tiny"].n_layer == 2
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(UserError, match="model file not found"):
+        load_model(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a readable vld model file"):
+        load_model(bad)
