@@ -1,0 +1,129 @@
+"""What every stage shares: where outputs live, argument parsing, ranks, work directories.
+
+Paths are relative to the repository root, where DVC runs every stage; dvc.yaml declares the
+same paths as outs, so the two must change together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+from vld.pipeline.params import FAMILIES, config_hash
+
+IGSM_TRAIN = Path("data/igsm/train")
+IGSM_TESTS = Path("data/igsm/tests")
+KNOWLEDGE_DATA = Path("data/knowledge")
+PRETRAIN = Path("results/pretrain")
+RETROFIT = Path("results/retrofit")
+EVAL = Path("results/eval")
+REPORT = Path("results/report")
+# Checkpoints of running trainings. DVC deletes a stage's outputs before running it, so a
+# killed training resumes from here; the directory name is a hash of everything that
+# determines the run, so a changed config never resumes a stale checkpoint.
+WORK = Path(".vld-work")
+
+
+def knowledge_dir(name: str) -> Path:
+    return KNOWLEDGE_DATA / name
+
+
+def pretrain_dir(family: str, variant: str) -> Path:
+    return PRETRAIN / family / variant
+
+
+def retrofit_dir(variant: str) -> Path:
+    return RETROFIT / variant
+
+
+def eval_file(family: str, variant: str) -> Path:
+    return EVAL / family / f"{variant}.json"
+
+
+def parser(prog: str, description: str, families: tuple[str, ...] | None = None,
+           variant: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m vld.pipeline.{prog}", description=description)
+    if families:
+        parser.add_argument("--family", required=True, choices=families)
+    if variant:
+        parser.add_argument("--variant", required=True, help="variant name in params.yaml")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    return parser
+
+
+def is_global_zero() -> bool:
+    """True except in the extra processes of a multi-process (DDP) run."""
+    for name in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").strip():
+            return int(os.environ[name]) == 0
+    return int(os.environ.get("LOCAL_RANK", "0") or 0) == 0 and int(os.environ.get("NODE_RANK", "0") or 0) == 0
+
+
+def work_dir(stage: str, variant: str, determinants: Any) -> Path:
+    WORK.mkdir(parents=True, exist_ok=True)
+    ignore = WORK / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("*\n")
+    return WORK / stage / f"{variant}-{config_hash(determinants)}"
+
+
+def drop_work_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
+
+
+def data_sha256(path: str | Path) -> str:
+    """The content hash a token set records in its meta.json."""
+    meta = Path(path) / "meta.json"
+    try:
+        return str(json.loads(meta.read_text()).get("tokens_sha256", "unknown"))
+    except (OSError, ValueError):
+        return "unknown"
+
+
+def data_tags(dirs: dict[str, str | Path]) -> dict[str, str]:
+    return {f"vld.data.{name}.sha256": data_sha256(path) for name, path in dirs.items()}
+
+
+def numeric_leaves(obj: Any, prefix: str = "", depth: int = 3) -> dict[str, float]:
+    """Flatten nested dicts to {'a.b.c': number} (lists are skipped) for MLflow metrics."""
+    out: dict[str, float] = {}
+    if isinstance(obj, dict) and depth >= 0:
+        for key, value in obj.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)):
+                out[name] = float(value)
+            elif isinstance(value, dict):
+                out.update(numeric_leaves(value, name, depth - 1))
+    return out
+
+
+class NullRun:
+    """Stands in for a StageRun on the non-zero ranks of a DDP run (they log nothing)."""
+
+    run_id = None
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+@contextlib.contextmanager
+def tracked(pipeline, stage: str, variant: str | None, params: dict, tags: dict) -> Iterator:
+    if not is_global_zero():
+        yield NullRun()
+        return
+    from vld.pipeline.tracking import stage_run
+
+    with stage_run(pipeline, stage, variant, params, tags) as run:
+        yield run
+
+
+__all__ = ["FAMILIES"]

@@ -1,0 +1,52 @@
+"""Stage `data_knowledge@<dataset>`: one knowledge dataset named under data.knowledge.
+
+    python -m vld.pipeline.data_knowledge --dataset rt16k
+
+kind random_tokens: k tokens drawn IID uniformly from n values (vld.data.knowledge.random_tokens);
+kind biographies: `people` synthetic biographies (vld.data.knowledge.biographies).
+Writes data/knowledge/<dataset>/ (a token set) and results/records/data_knowledge@<dataset>.json.
+"""
+
+from __future__ import annotations
+
+from vld.errors import fail, run_cli
+from vld.pipeline import _stage
+from vld.pipeline.params import load_pipeline
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _stage.parser("data_knowledge", __doc__.splitlines()[0], variant=False)
+    parser.add_argument("--dataset", required=True, help="dataset name under data.knowledge")
+    args = parser.parse_args(argv)
+    pipeline = load_pipeline(args.params)
+    spec = pipeline.knowledge_data.get(args.dataset)
+    if spec is None:
+        fail("--dataset", f"no dataset {args.dataset!r} under data.knowledge (known: "
+             f"{', '.join(pipeline.knowledge_data) or 'none'})")
+    out = _stage.knowledge_dir(args.dataset)
+    from vld.atomic import check_replaceable
+
+    check_replaceable(out)
+    params = {f"data.{key}": value for key, value in spec.items()}
+    with _stage.tracked(pipeline, "data_knowledge", args.dataset, params, {"vld.kind": spec["kind"]}) as run:
+        if spec["kind"] == "random_tokens":
+            from vld.data.knowledge.random_tokens import make_random_tokens
+
+            make_random_tokens(spec["k"], spec["n"], spec.get("seed", 0), out)
+        else:
+            from vld.data.knowledge.biographies import make_biographies
+
+            make_biographies(spec["people"], spec.get("seed", 0), out, mode=spec.get("mode", "fixed"))
+        from vld.data.tokens import TokenSet
+
+        tokens = TokenSet.open(out)
+        run.set_tags(_stage.data_tags({args.dataset: out}))
+        run.log_metrics({"n_tokens": len(tokens.tokens), "n_samples": len(tokens), "vocab_size": tokens.vocab_size,
+                         **{key: value for key, value in tokens.meta.items() if key in ("dataset_bits", "bits_per_token")}})
+        run.add_artifact(out / "meta.json")
+        run.finish()
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,73 @@
+"""Stage `retrofit@<variant>`: give a pretrained reasoning model a reuse schedule, fine-tune it.
+
+    python -m vld.pipeline.retrofit --variant cycle_x1
+
+The source is the reasoning variant named by `retrofit.variants.<variant>.source` (its
+results/pretrain/reasoning/<source>/model.pt); the fine-tuning data is data/igsm/train. A
+variant with `schedule: {pattern: base}` is the paper's "Base" row: the untouched model
+fine-tuned with the same budget. Writes results/retrofit/<variant>/ {model/, metrics.json} and
+the record results/records/retrofit@<variant>.json (vld.retrofit.api does the work).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from vld.errors import run_cli
+from vld.pipeline import _stage
+from vld.pipeline.params import load_pipeline
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _stage.parser("retrofit", __doc__.splitlines()[0]).parse_args(argv)
+    pipeline = load_pipeline(args.params)
+    variant = pipeline.variant("retrofit", args.variant)
+    train_cfg = variant.train_config()
+    # the checkpoint file itself: its directory also holds a config.json (ours, not Hugging Face's)
+    source = _stage.pretrain_dir("reasoning", variant.source) / "model.pt"
+    out = _stage.retrofit_dir(variant.name)
+    rank0 = _stage.is_global_zero()
+
+    from vld.atomic import check_replaceable
+
+    if rank0:
+        check_replaceable(out)
+    from vld.retrofit.sources import inspect_source
+
+    inspect_source(source, f"{variant.key}.source")
+    schedule = {"pattern": variant.pattern, "k": variant.k}
+    if variant.layers is not None:
+        schedule["layers"] = variant.layers
+    tags = {"vld.pattern": variant.pattern, "vld.k": variant.k, "vld.effective_depth": variant.effective_depth,
+            "vld.source": variant.source, "vld.method": variant.method,
+            **_stage.data_tags({"igsm_train": _stage.IGSM_TRAIN})}
+    import hashlib
+
+    source_sha256 = hashlib.sha256(source.read_bytes()).hexdigest()
+    tags["vld.source.sha256"] = source_sha256
+    work = _stage.work_dir("retrofit", variant.name, {
+        "variant": variant.to_dict(), "train": train_cfg.to_dict(),
+        "source": source_sha256, "data": _stage.data_sha256(_stage.IGSM_TRAIN)})
+
+    with _stage.tracked(pipeline, "retrofit", variant.name, variant.flat_params(), tags) as run:
+        from vld.atomic import atomic_dir
+        from vld.retrofit.api import MODEL_DIR, METRICS_FILE, retrofit_and_finetune
+
+        metrics = retrofit_and_finetune(str(source), schedule, variant.method, variant.lora_rank,
+                                        str(_stage.IGSM_TRAIN), train_cfg, work, patterns=pipeline.patterns,
+                                        logger=run.lightning_logger())
+        if not rank0:
+            return 0
+        with atomic_dir(out) as tmp:
+            shutil.copytree(work / MODEL_DIR, tmp / MODEL_DIR)
+            shutil.copy2(work / METRICS_FILE, tmp / METRICS_FILE)
+        run.log_metrics({key: value for key, value in metrics.items() if key != "loss_curve"})
+        run.add_artifact(out / METRICS_FILE)
+        run.add_artifact(out / MODEL_DIR / "retrofit.json")
+        run.finish()
+    _stage.drop_work_dir(work)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

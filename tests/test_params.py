@@ -1,0 +1,230 @@
+"""params.yaml validation: every user error is one line naming the key, before any compute.
+
+Most cases call the validator directly (fast); one bad file goes through a real `dvc repro`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vld.errors import UserError
+from vld.pipeline import params as P
+from vld.pipeline.profile import select
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = sorted((ROOT / "conf" / "profiles").glob("*.yaml"))
+
+
+def default_raw() -> dict:
+    return P.load_yaml(ROOT / "params.yaml")
+
+
+def error_of(raw: dict) -> str:
+    with pytest.raises(UserError) as info:
+        P.validate(raw, "params.yaml")
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_default_params_equal_the_default_profile():
+    assert (ROOT / "params.yaml").read_text() == (ROOT / "conf/profiles/default.yaml").read_text()
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=[p.stem for p in PROFILES])
+def test_every_profile_is_valid_and_named_after_its_file(path):
+    pipeline = P.load_pipeline(path)
+    assert pipeline.profile == path.stem
+    assert pipeline.variants["reasoning"], "every profile has reasoning variants"
+
+
+def test_default_profile_has_the_issue_grid():
+    pipeline = P.load_pipeline(ROOT / "params.yaml")
+    reasoning = pipeline.variants["reasoning"]
+    got = {(v.pattern, v.k, v.model_name) for v in reasoning.values()}
+    base_model = reasoning["base"].model_name
+    for pattern in ("sequence", "cycle", "inverse_cycle"):
+        for k in (1, 2):
+            assert (pattern, k, base_model) in got
+    # native-depth baselines at the same effective depths as x1 and x2
+    native = {v.effective_depth for v in reasoning.values() if v.pattern == "base" and v.model_name != base_model}
+    n_layer = reasoning["base"].model["n_layer"]
+    assert native == {2 * n_layer, 3 * n_layer}
+    retro = pipeline.variants["retrofit"]
+    assert {(v.pattern, v.k) for v in retro.values()} == {("base", 0), ("cycle", 1), ("cycle", 2)}
+    assert {v.source for v in retro.values()} == {"base"}
+    knowledge = pipeline.variants["knowledge"]
+    assert len({v.model_name for v in knowledge.values() if v.pattern == "base"}) >= 3
+
+
+def test_resolved_variant_fields():
+    pipeline = P.load_pipeline(ROOT / "params.yaml")
+    v = pipeline.variant("reasoning", "cycle_x2")
+    assert v.schedule == [0, 1, 0, 1, 0, 1]
+    assert v.effective_depth == 6
+    assert v.train["accelerator"] == "cpu"  # hardware merged in
+    assert v.train_config().max_steps == pipeline.raw["reasoning"]["train"]["max_steps"]
+    assert v.model_config(vocab_size=100).schedule == [0, 1, 0, 1, 0, 1]
+    r = pipeline.variant("retrofit", "cycle_x1")
+    assert r.model_name == pipeline.variant("reasoning", "base").model_name
+    assert r.schedule == [0, 1, 0, 1]
+
+
+def test_variant_train_override_and_user_pattern():
+    raw = default_raw()
+    raw["reasoning"]["variants"]["mid"] = {"model": "r4", "schedule": {"pattern": "middle_cycle", "k": 1},
+                                           "train": {"max_steps": 7}}
+    v = P.validate(raw).variant("reasoning", "mid")
+    assert v.schedule == [0, 1, 2, 1, 2, 3]
+    assert v.train["max_steps"] == 7
+    assert v.train["global_batch_size"] == raw["reasoning"]["train"]["global_batch_size"]
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda r: r["reasoning"]["variants"]["base"]["schedule"].update(pattern="zigzag"),
+         "reasoning.variants.base.schedule.pattern: unknown pattern 'zigzag'"),
+        (lambda r: r["models"]["r2"].update(n_head=3),
+         "models.r2.n_head: 3 heads do not divide d_model 128"),
+        (lambda r: r["reasoning"]["variants"]["base"].pop("model"),
+         "reasoning.variants.base.model: missing"),
+        (lambda r: r["reasoning"]["variants"]["base"].update(model="r9"),
+         "reasoning.variants.base.model: unknown model 'r9'"),
+        (lambda r: r["knowledge"]["variants"]["w32"].update(data="bios"),
+         "knowledge.variants.w32.data: names a missing dataset 'bios'"),
+        (lambda r: r["reasoning"]["eval"].update(tests=["op2", "op20"]),
+         "reasoning.eval.tests: names a missing dataset 'op20'"),
+        (lambda r: r["retrofit"]["variants"]["base"].update(source="nope"),
+         "retrofit.variants.base.source: names a missing reasoning variant 'nope'"),
+        (lambda r: r["retrofit"]["variants"]["base"].update(method="adapter"),
+         "retrofit.variants.base.method: unknown method 'adapter'"),
+        (lambda r: r["patterns"].update(cycle="0..L-1"),
+         "patterns.cycle: built-in pattern"),
+        (lambda r: r["reasoning"]["variants"]["base"]["schedule"].update(k=-1),
+         "reasoning.variants.base.schedule.k: must be >= 0"),
+        (lambda r: r["reasoning"]["variants"]["base"].pop("schedule"),
+         "reasoning.variants.base.schedule: missing"),
+        (lambda r: r["reasoning"]["train"].update(max_step=3),
+         "reasoning.train.max_step: unknown key"),
+        (lambda r: r["reasoning"]["variants"]["base"].update(train={"seq_len": 4096}),
+         "reasoning.variants.base.train.seq_len: 4096 exceeds models.r2.max_seq_len"),
+        (lambda r: r["models"]["r2"].update(vocab_size=100), "models.r2.vocab_size: is set from the dataset"),
+        (lambda r: r.update(sweep=1), "params.sweep: unknown key"),
+        (lambda r: r.pop("hardware"), "hardware: missing section"),
+        (lambda r: r["data"]["knowledge"]["rt16k"].update(kind="wiki"), "data.knowledge.rt16k.kind: unknown kind 'wiki'"),
+        (lambda r: r["reasoning"]["variants"].update({"a.b": {"model": "r2", "schedule": {"pattern": "base"}}}),
+         "reasoning.variants.a.b: 'a.b' is not a valid name"),
+        (lambda r: r["hardware"].update(precision="bf16-mixed"), "reasoning.train.precision: 'bf16-mixed' on CPU"),
+        (lambda r: r["data"]["igsm"]["generator"].update(max_opp=3), "data.igsm.generator.max_opp: unknown key"),
+        (lambda r: r["data"]["igsm"]["tests"]["op4"].update(op=99), "data.igsm.tests.op4.op: 99 is not in 1.."),
+        (lambda r: r["data"]["igsm"]["train"].update(n=0), "data.igsm.train.n: must be >= 1"),
+        (lambda r: r["data"].update(igsm={}), "data.igsm: needs generator, train and tests"),
+        (lambda r: r["data"].pop("knowledge"), "data.knowledge: missing section"),
+    ],
+)
+def test_bad_params_give_one_line_naming_the_key(edit, expected):
+    raw = default_raw()
+    edit(raw)
+    assert error_of(raw).startswith(expected)
+
+
+def test_user_pattern_out_of_range_names_the_variant():
+    raw = default_raw()
+    raw["patterns"]["far"] = "0..L+1"
+    raw["reasoning"]["variants"]["base"]["schedule"] = {"pattern": "far", "k": 0}
+    assert error_of(raw).startswith("reasoning.variants.base.schedule.pattern: pattern 'far'")
+
+
+def test_yaml_syntax_error_is_one_line(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("profile: x\nmodels: {r2: [\n")
+    with pytest.raises(UserError) as info:
+        P.load_pipeline(bad)
+    assert str(info.value).startswith(f"{bad}: not valid YAML")
+
+
+def _cli(args, cwd):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_params_cli_reports_one_line_without_traceback(tmp_path):
+    raw = default_raw()
+    raw["models"]["r2"]["n_head"] = 5
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    proc = _cli(["-m", "vld.pipeline.params"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "vld: error: models.r2.n_head: 5 heads do not divide d_model 128"
+    ok = _cli(["-m", "vld.pipeline.params", "--file", str(ROOT / "params.yaml")], tmp_path)
+    assert ok.returncode == 0 and "profile 'default': valid" in ok.stdout
+
+
+def test_profile_select_writes_params_and_refuses_bad_ones(tmp_path):
+    profiles = tmp_path / "conf" / "profiles"
+    shutil.copytree(ROOT / "conf" / "profiles", profiles)
+    target = tmp_path / "params.yaml"
+    select("tiny", target, profiles)
+    assert target.read_text() == (profiles / "tiny.yaml").read_text()
+    with pytest.raises(UserError, match=r"^profile: no profile 'huge'"):
+        select("huge", target, profiles)
+    raw = P.load_yaml(profiles / "tiny.yaml")
+    broken = copy.deepcopy(raw)
+    broken["models"]["t2"]["n_head"] = 3
+    (profiles / "broken.yaml").write_text(yaml.safe_dump({**broken, "profile": "broken"}))
+    with pytest.raises(UserError, match=r"^models.t2.n_head"):
+        select("broken", target, profiles)
+    assert target.read_text() == (profiles / "tiny.yaml").read_text()  # untouched
+    (profiles / "other.yaml").write_text(yaml.safe_dump(raw))  # says profile: tiny
+    with pytest.raises(UserError, match="must equal the file name 'other'"):
+        select("other", target, profiles)
+
+
+def _dvc_env():
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", VLD_TRACKING="0")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+@pytest.fixture
+def dvc_repo(tmp_path):
+    env = _dvc_env()
+    run = lambda *cmd: subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)
+    run("git", "init", "-q")
+    run("git", "config", "user.email", "t@example.com")
+    run("git", "config", "user.name", "t")
+    run("dvc", "init", "-q")
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    return tmp_path, env
+
+
+@pytest.mark.slow
+def test_bad_params_stop_dvc_repro_at_the_first_stage(dvc_repo):
+    repo, env = dvc_repo
+    raw = P.load_yaml(ROOT / "conf/profiles/tiny.yaml")
+    raw["models"]["t2"]["n_head"] = 3
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw))
+    proc = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if line.startswith("vld: error:")]
+    assert errors == ["vld: error: models.t2.n_head: 3 heads do not divide d_model 32"]
+    assert output.count("Running stage") == 1  # stopped at the first stage
+    assert not (repo / "data").exists() and not (repo / "results").exists()
+
+    # a variant without a model: dvc.yaml cannot even be read; DVC says so in one line
+    del raw["reasoning"]["variants"]["cycle_x1"]["model"]
+    raw["models"]["t2"]["n_head"] = 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw))
+    proc = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in output and "Running stage" not in output
+    assert "item.model" in output and len(output.strip().splitlines()) == 1

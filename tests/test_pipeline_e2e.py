@@ -1,0 +1,180 @@
+"""`dvc repro` of the tiny profile in a temporary git repository, end to end.
+
+Asserts: every output exists and parses; MLflow holds one parent run and one child run per
+stage-variant with the expected metrics; a second `dvc repro` does nothing; editing one
+variant re-runs only its stages and the report, and the report re-attaches the records of
+the stages that did not run (tagged vld.restored=true) to the new parent run; adding a variant
+puts only its own stages out of date.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "VLD_TRACKING")}
+    env.update(DVC_NO_ANALYTICS="1", PYTHONWARNINGS="ignore", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@e",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@e")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+def _run(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=repo, env=_env(), capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def _ran(proc: subprocess.CompletedProcess) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", proc.stdout + proc.stderr))
+
+
+def _lock_outs(repo: Path) -> dict[str, list[str]]:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {name: [o["path"] for o in stage.get("outs", [])] for name, stage in lock["stages"].items()}
+
+
+def _mlflow(repo: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    assert experiment is not None, "one experiment per profile, named after it"
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("vld.role") == "pipeline"]
+    children = {}
+    for run in runs:
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if parent:
+            children.setdefault(parent, []).append(run)
+    return client, parents, children
+
+
+def _check_outputs(repo: Path, outs: dict[str, list[str]]) -> None:
+    from vld.data.tokens import TokenSet
+    from vld.model import load_model
+    from vld.retrofit.api import load_retrofit
+
+    for stage, paths in outs.items():
+        for rel in paths:
+            path = repo / rel
+            assert path.exists(), f"{stage}: {rel} missing"
+            if rel.startswith("results/records/"):
+                record = json.loads(path.read_text())
+                assert record["stage_key"] == stage and record["run_id"]
+            elif rel.startswith("results/eval/"):
+                result = json.loads(path.read_text())
+                assert result["variant"] == stage.split("@")[1] and result["params"] > 0
+            elif rel.startswith("results/pretrain/"):
+                model = load_model(path / "model.pt")
+                assert json.loads((path / "metrics.json").read_text())["steps"] == 4
+                config = json.loads((path / "config.json").read_text())
+                assert model.effective_depth == len(config["variant"]["schedule"])
+            elif rel.startswith("results/retrofit/"):
+                model, meta = load_retrofit(path)
+                assert model.effective_depth == 4 and meta["effective_depth"] == 4
+            elif rel == "data/igsm/tests":
+                assert len(TokenSet.open(path / "op2")) == 8
+            elif rel.startswith("data/"):
+                assert len(TokenSet.open(path)) >= 1
+            elif rel == "results/report":
+                assert (path / "report.md").read_text().startswith("# vld report")
+                json.loads((path / "metrics.json").read_text())
+                assert json.loads((path / "tracking.json").read_text())["stage_key"] == "report"
+
+
+def test_dvc_repro_tiny_profile(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copy(ROOT / "conf/profiles/tiny.yaml", repo / "params.yaml")
+    (repo / ".gitignore").write_text("/mlflow.db\n/mlruns/\n")
+    _run(repo, "git", "init", "-q")
+    _run(repo, "dvc", "init", "-q")
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "commit", "-qm", "tiny")
+
+    first = _run(repo, "dvc", "repro")
+    outs = _lock_outs(repo)
+    stages = set(outs)
+    assert stages == {
+        "data_igsm_train", "data_igsm_tests", "data_knowledge@rt1k", "pretrain_reasoning@base",
+        "pretrain_reasoning@cycle_x1", "pretrain_knowledge@w16", "retrofit@cycle_x1",
+        "evaluate_reasoning@base", "evaluate_reasoning@cycle_x1", "evaluate_knowledge@w16",
+        "evaluate_retrofit@cycle_x1", "report"}
+    assert _ran(first) == stages
+    _check_outputs(repo, outs)
+
+    client, parents, children = _mlflow(repo)
+    assert len(parents) == 1
+    parent = parents[0]
+    kids = {r.data.tags["vld.stage_key"]: r for r in children[parent.info.run_id]}
+    assert set(kids) == stages and len(children[parent.info.run_id]) == len(stages)
+    assert all(r.info.status == "FINISHED" and r.data.tags["vld.restored"] == "false" for r in kids.values())
+    assert parent.data.tags["vld.git_commit"] == _run(repo, "git", "rev-parse", "HEAD").stdout.strip()
+    curve = client.get_metric_history(kids["pretrain_reasoning@cycle_x1"].info.run_id, "train/loss")
+    assert [m.step for m in curve] == [0, 1, 2, 3]  # the training curve, one point per step
+    pre = kids["pretrain_reasoning@cycle_x1"].data
+    assert pre.params["pattern"] == "cycle" and pre.params["effective_depth"] == "4"
+    assert pre.tags["vld.pattern"] == "cycle" and pre.tags["vld.k"] == "1"
+    assert re.fullmatch(r"[0-9a-f]{64}", pre.tags["vld.data.igsm_train.sha256"])
+    assert {"final_loss", "train_tokens_per_s"} <= set(pre.metrics)
+    ev = kids["evaluate_reasoning@base"].data.metrics
+    assert {"igsm.op2.answer_accuracy", "params", "flops_per_token"} <= set(ev), sorted(ev)
+    assert 0.0 <= ev["igsm.op2.answer_accuracy"] <= 1.0
+    assert any(key.startswith("knowledge.") for key in kids["evaluate_knowledge@w16"].data.metrics)
+    assert "final_loss" in kids["retrofit@cycle_x1"].data.metrics
+    artifacts = [a.path for a in client.list_artifacts(kids["report"].info.run_id, "report")]
+    assert "report/report.md" in artifacts
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    config = {a.path for a in client.list_artifacts(parent.info.run_id, "config")}
+    assert config == {"config/params.yaml", "config/resolved_variants.json"}
+
+    # nothing changed: nothing runs
+    second = _run(repo, "dvc", "repro")
+    assert _ran(second) == set()
+    assert "up to date" in _run(repo, "dvc", "status").stdout
+
+    # one variant edited: only its stages and the report run
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["reasoning"]["variants"]["cycle_x1"]["train"] = {"max_steps": 3}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = _run(repo, "dvc", "repro")
+    changed = {"pretrain_reasoning@cycle_x1", "evaluate_reasoning@cycle_x1", "report"}
+    assert _ran(third) == changed
+    assert "re-attached" in third.stdout
+    assert json.loads((repo / "results/pretrain/reasoning/cycle_x1/metrics.json").read_text())["steps"] == 3
+
+    # the new parent (new params.yaml) holds every stage: the re-run ones plus restored records
+    client, parents, children = _mlflow(repo)
+    assert len(parents) == 2
+    new_parent = next(p for p in parents if p.info.run_id != parent.info.run_id)
+    kids = {r.data.tags["vld.stage_key"]: r for r in children[new_parent.info.run_id]}
+    assert set(kids) == stages and len(children[new_parent.info.run_id]) == len(stages)
+    restored = {key for key, r in kids.items() if r.data.tags["vld.restored"] == "true"}
+    assert restored == stages - changed
+    old = kids["pretrain_reasoning@base"]
+    assert old.data.tags["vld.original_run_id"] not in ("", "None", old.info.run_id)
+    assert len(client.get_metric_history(old.info.run_id, "train/loss")) == 4  # curve copied
+    assert kids["evaluate_reasoning@base"].data.metrics["igsm.op2.answer_accuracy"] == ev["igsm.op2.answer_accuracy"]
+
+    # a variant added: only its own stages are out of date (the report follows once they ran)
+    params["knowledge"]["variants"]["w16_cycle"] = {"model": "k16", "data": "rt1k",
+                                                    "schedule": {"pattern": "cycle", "k": 1}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = json.loads(_run(repo, "dvc", "status", "--json").stdout)
+    assert set(status) == {"pretrain_knowledge@w16_cycle", "evaluate_knowledge@w16_cycle"}
