@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# params.yaml is validated first, so a bad file gets vld's one-line message before DVC parses it
 repro: setup
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sh -c 'python -m vld.pipeline.params >/dev/null && dvc repro' 
 
 test: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest

@@ -1,5 +1,5 @@
-"""Cost of a retrofit: training tokens/s of a retrofitted tiny Llama with cycle x(k+1)
-against the same model without reuse (k = 0), and peak memory of a training step with and
+"""Cost of a retrofit: training tokens/s of a retrofitted tiny Llama with cycle xk (k extra
+copies) against the same model without reuse (k = 0), and peak memory of a training step with and
 without activation checkpointing (per virtual layer, non-reentrant).
 
     .venv/bin/python bench/bench_retrofit.py [--device cpu|cuda] [--method lora|full] [--out FILE]
@@ -197,7 +197,7 @@ def main(argv=None) -> None:
         print(f"{'cycle':>7} {'depth':>5} {'tokens/s':>10} {'vs no reuse':>11} {'x depth':>8} {'params':>9} {'trainable':>9}")
         for row in rows:
             row["ratio_to_no_reuse"] = row["tokens_per_s"] / reference
-            print(f"x{row['k'] + 1:<6} {row['effective_depth']:>5} {row['tokens_per_s']:>10.0f} "
+            print(f"x{row['k']:<6} {row['effective_depth']:>5} {row['tokens_per_s']:>10.0f} "
                   f"{row['ratio_to_no_reuse']:>11.3f} {row['ratio_to_no_reuse'] * (row['k'] + 1):>8.2f} "
                   f"{row['params']:>9} {row['trainable_params']:>9}")
         print(f"# peak memory of one training step above weights+optimizer: batch {args.mem_batch} x seq {args.mem_seq}")
@@ -207,9 +207,9 @@ def main(argv=None) -> None:
             checkpointed = peak_memory(args, source, k, True, args.device)
             memory.append({"k": k, "plain_bytes": plain, "checkpointed_bytes": checkpointed})
         base_plain = memory[0]["plain_bytes"] or 1
-        print(f"{'cycle':>7} {'plain MiB':>10} {'ckpt MiB':>10} {'ckpt/plain':>10} {'plain vs x1':>11}")
+        print(f"{'cycle':>7} {'plain MiB':>10} {'ckpt MiB':>10} {'ckpt/plain':>10} {'plain vs x0':>11}")
         for row in memory:
-            print(f"x{row['k'] + 1:<6} {row['plain_bytes'] / 2**20:>10.1f} {row['checkpointed_bytes'] / 2**20:>10.1f} "
+            print(f"x{row['k']:<6} {row['plain_bytes'] / 2**20:>10.1f} {row['checkpointed_bytes'] / 2**20:>10.1f} "
                   f"{row['checkpointed_bytes'] / max(row['plain_bytes'], 1):>10.3f} {row['plain_bytes'] / base_plain:>11.2f}")
     if args.out:
         from vld.atomic import write_json
