@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vld.errors import fail
 from vld.model.config import PRESETS, ModelConfig
+from vld.model.generation import check_request, greedy_decode, left_pad
 from vld.model.schedule import check_order
 
 
@@ -267,10 +268,7 @@ class VLDTransformer(nn.Module):
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], max_new_tokens: int, eos_id: int | None = None, use_cache: bool = True) -> list[list[int]]:
         """Batched greedy decoding. Returns each prompt's continuation (stops after eos, eos kept)."""
-        if not prompts or any(len(p) == 0 for p in prompts):
-            fail("generate.prompts", "needs at least one non-empty prompt")
-        if max_new_tokens < 0:
-            fail("generate.max_new_tokens", f"must be >= 0, got {max_new_tokens}")
+        check_request(prompts, max_new_tokens)
         longest = max(len(p) for p in prompts)
         if longest + max_new_tokens > self.config.max_seq_len:
             fail("generate.max_new_tokens", f"prompt of {longest} tokens + {max_new_tokens} new exceeds max_seq_len {self.config.max_seq_len}")
@@ -282,42 +280,25 @@ class VLDTransformer(nn.Module):
             self.train(was_training)
 
     def _generate(self, prompts, max_new_tokens, eos_id, use_cache):
-        device = self.tok_emb.weight.device
-        batch = len(prompts)
-        longest = max(len(p) for p in prompts)
-        padded = any(len(p) != longest for p in prompts)
-        tokens = torch.zeros(batch, longest, dtype=torch.long, device=device)
-        mask = torch.zeros(batch, longest, dtype=torch.long, device=device)
-        for row, prompt in enumerate(prompts):
-            tokens[row, longest - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-            mask[row, longest - len(prompt):] = 1
+        tokens, mask = left_pad(prompts, self.tok_emb.weight.device)
+        padded = bool((mask == 0).any())
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        outputs: list[list[int]] = [[] for _ in range(batch)]
-        done = [False] * batch
-        if max_new_tokens == 0:
-            return outputs
-        cache = self.new_cache(batch, longest + max_new_tokens) if use_cache else None
-        step_tokens, step_positions = tokens, positions
-        for step in range(max_new_tokens):
-            logits = self(
-                step_tokens if use_cache else tokens,
-                cache=cache,
-                attention_mask=mask if padded else None,
-                position_ids=step_positions if use_cache else positions,
-            )
-            next_tokens = logits[:, -1].argmax(-1)
-            for row, token in enumerate(next_tokens.tolist()):
-                if not done[row]:
-                    outputs[row].append(token)
-                    done[row] = eos_id is not None and token == eos_id
-            if all(done) or step == max_new_tokens - 1:
-                break
-            step_tokens = next_tokens.unsqueeze(1)
-            step_positions = positions[:, -1:] + 1
-            tokens = torch.cat((tokens, step_tokens), dim=1)
-            positions = torch.cat((positions, step_positions), dim=1)
-            mask = torch.cat((mask, torch.ones_like(step_tokens)), dim=1)
-        return outputs
+        cache = self.new_cache(len(prompts), tokens.shape[1] + max_new_tokens) if use_cache else None
+
+        def next_logits(chosen):
+            nonlocal tokens, positions, mask
+            feed, feed_positions = tokens, positions
+            if chosen is not None:
+                new, new_positions = chosen.unsqueeze(1), positions[:, -1:] + 1
+                tokens = torch.cat((tokens, new), dim=1)
+                positions = torch.cat((positions, new_positions), dim=1)
+                mask = torch.cat((mask, torch.ones_like(new)), dim=1)
+                # with the cache only the new token is fed; without it, the whole sequence again
+                feed, feed_positions = (new, new_positions) if use_cache else (tokens, positions)
+            logits = self(feed, cache=cache, attention_mask=mask if padded else None, position_ids=feed_positions)
+            return logits[:, -1]
+
+        return greedy_decode(next_logits, len(prompts), max_new_tokens, eos_id)
 
     # -- accounting
     def parameter_count(self, embeddings: bool = True) -> int:

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vld.errors import fail
+from vld.model.generation import check_request, greedy_decode, left_pad
 
 # peft's LoRA wrappers keep the adapter name here; set per visit for per-visit adapters.
 _ACTIVE_ADAPTER_ATTR = "_active_adapter"
@@ -205,22 +206,26 @@ class RetrofitLlama(nn.Module):
 
 def greedy_generate(model, prompts, max_new_tokens, eos_id=None, use_cache=True, cache=None):
     """Left-padded batched greedy decoding for a module with forward(tokens, attention_mask, cache)."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        fail("generate.prompts", "needs at least one non-empty prompt")
-    if max_new_tokens < 0:
-        fail("generate.max_new_tokens", f"must be >= 0, got {max_new_tokens}")
-    device = next(model.parameters()).device
-    batch, longest = len(prompts), max(len(p) for p in prompts)
-    tokens = torch.zeros(batch, longest, dtype=torch.long, device=device)
-    mask = torch.zeros(batch, longest, dtype=torch.long, device=device)
-    for row, prompt in enumerate(prompts):
-        tokens[row, longest - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        mask[row, longest - len(prompt):] = 1
+    check_request(prompts, max_new_tokens)
+    tokens, mask = left_pad(prompts, next(model.parameters()).device)
     if use_cache and cache is None:
         cache = model.new_cache()
-    outputs: list[list[int]] = [[] for _ in range(batch)]
-    if max_new_tokens == 0:
-        return outputs
+
+    def next_logits(chosen):
+        nonlocal tokens, mask
+        if chosen is not None:
+            mask = torch.cat([mask, torch.ones_like(chosen)[:, None]], dim=1)
+            if use_cache:
+                return model(chosen[:, None], attention_mask=mask, cache=cache)[:, -1]
+            tokens = torch.cat([tokens, chosen[:, None]], dim=1)
+        return model(tokens, attention_mask=mask, cache=cache if use_cache else None)[:, -1]
+
+    was_training = model.training
+    model.eval()
+    try:
+        return greedy_decode(next_logits, len(prompts), max_new_tokens, eos_id)
+    finally:
+        model.train(was_training)
     done = [False] * batch
     was_training = model.training
     model.eval()
