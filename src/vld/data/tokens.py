@@ -28,6 +28,20 @@ from vld.errors import fail
 TOKENS, INDEX, META, TOKENIZER = "tokens.npy", "index.npy", "meta.json", "tokenizer.json"
 
 
+def read_json(path: str | Path, what: str, name_in_dir: str | None = None) -> tuple[Path, Any]:
+    """Read a JSON file given by the user (or the `name_in_dir` file of a data directory);
+    a missing or unreadable file is a one-line UserError naming it."""
+    path = Path(path)
+    if name_in_dir is not None and path.is_dir():
+        path = path / name_in_dir
+    try:
+        return path, json.loads(path.read_text())
+    except FileNotFoundError:
+        fail(str(path), f"{what} file not found")
+    except (OSError, ValueError) as err:
+        fail(str(path), f"unreadable {what} ({err.__class__.__name__})")
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from vld.data.tokens import read_json
 from vld.errors import UserError, fail
 
 DEFAULT_PATH = Path(__file__).with_name("lexicon.json")
@@ -55,15 +56,7 @@ class Lexicon:
         """Load a lexicon file (or the lexicon.json inside a data directory); None = builtin."""
         if path is None:
             return _builtin()
-        path = Path(path)
-        if path.is_dir():
-            path = path / "lexicon.json"
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            fail(str(path), "lexicon file not found")
-        except (OSError, ValueError) as err:
-            fail(str(path), f"unreadable lexicon ({err.__class__.__name__})")
+        path, data = read_json(path, "lexicon", name_in_dir="lexicon.json")
         return cls.from_dict(data, str(path))
 
     @classmethod

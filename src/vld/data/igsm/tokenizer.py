@@ -12,11 +12,11 @@ evaluation prompt is problem <sep>.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from vld.data.igsm.lexicon import Lexicon
+from vld.data.tokens import read_json
 from vld.errors import fail
 
 TYPE = "vld-igsm-word"
@@ -76,15 +76,7 @@ class IgsmTokenizer:
     @classmethod
     def load(cls, path: str | Path) -> "IgsmTokenizer":
         """Load tokenizer.json (or the one inside a data directory)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "tokenizer.json"
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            fail(str(path), "tokenizer file not found")
-        except (OSError, ValueError) as err:
-            fail(str(path), f"unreadable tokenizer ({err.__class__.__name__})")
+        path, data = read_json(path, "tokenizer", name_in_dir="tokenizer.json")
         if not isinstance(data, dict) or data.get("type") != TYPE or data.get("pattern") != PATTERN:
             fail(str(path), f"not a {TYPE} tokenizer (or made by another version)")
         pieces = data.get("pieces")
