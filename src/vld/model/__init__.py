@@ -4,6 +4,7 @@
 (VLDTransformer, save_model, load_model, hf_state_dict, KVCache) import torch on first use.
 """
 
+from vld.lazy import lazy_exports
 from vld.model.config import PRESETS, ModelConfig
 from vld.model.schedule import BUILTIN_PATTERNS, ScheduleSpec, resolve_schedule
 
@@ -15,13 +16,7 @@ _LAZY = {
     "hf_state_dict": "vld.model.hf_compat",
 }
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'vld.model' has no attribute {name!r}")
+__getattr__ = lazy_exports("vld.model", _LAZY)
 
 
 __all__ = [

@@ -8,6 +8,8 @@ Hugging Face export (`export`).
 Importing this package is cheap: the names below load torch/transformers on first use.
 """
 
+from vld.lazy import lazy_exports
+
 _LAZY = {
     "retrofit_and_finetune": "vld.retrofit.api",
     "prepare_retrofit": "vld.retrofit.api",
@@ -26,13 +28,7 @@ _LAZY = {
     "to_unrolled_hf": "vld.retrofit.export",
 }
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'vld.retrofit' has no attribute {name!r}")
+__getattr__ = lazy_exports("vld.retrofit", _LAZY)
 
 
 __all__ = sorted(_LAZY)
