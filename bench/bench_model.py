@@ -24,7 +24,7 @@ def parse_args(argv=None):
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--vocab", type=int, default=2048)
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per model (fastest reported)")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per model (fastest reported)")
     parser.add_argument("--gen-tokens", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="3 timed steps, 128 generated tokens")
@@ -110,11 +110,31 @@ def main(argv=None) -> None:
         tps_base, tps_hf = n_tokens / timed["vld base"], n_tokens / timed["hf gpt2"]
         print(f"{'train tokens/s, HF GPT2LMHeadModel (sdpa)':44s} {tps_hf:>12,.0f} {'1.00':>8s}  reference")
         print(f"{'train tokens/s, VLD identity schedule':44s} {tps_base:>12,.0f} {tps_base / tps_hf:>8.2f}  vs HF (target >= 1.25)")
+        floor = race({"gemm": weight_gemms(base, n_tokens)}, args.steps)["gemm"]
+        print(f"{'step s, its weight GEMMs alone (replayed)':44s} {floor:>12.3f} {floor / timed['vld base']:>8.2f}  of the VLD step")
+        print(f"{'  ceiling if all else were free':44s} {'':>12s} {timed['hf gpt2'] / floor:>8.2f}  vs HF")
 
     if "cycle" in sections:
         cycle_section(args, base, trainer, race, vld_logits, config)
     if "generate" in sections:
         generate_section(args, base)
+
+
+def weight_gemms(model, n_tokens: int):
+    """One training step's weight GEMMs (forward, input grad, weight grad of every linear layer
+    and the head) without anything else: the floor under any implementation of this step."""
+    import torch
+
+    shapes = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    operands = [(torch.randn(n_tokens, i), torch.randn(o, i), torch.randn(n_tokens, o)) for i, o in shapes]
+
+    def step():
+        for x, w, grad_y in operands:
+            x @ w.t()
+            grad_y @ w
+            grad_y.t() @ x
+
+    return step
 
 
 def cycle_section(args, base, trainer, race, vld_logits, config):

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from vld.errors import UserError
+from vld.model.attention import causal_attention
 from vld.model import PRESETS, ModelConfig, ScheduleSpec, VLDTransformer, hf_state_dict, load_model, resolve_schedule, save_model
 
 BLOCKS = ["gpt2", "llama"]
@@ -70,8 +71,8 @@ def plain_forward(model, x):
         q, k, v = qkv.view(batch, seq, 3, cfg.n_head, cfg.head_dim).permute(2, 0, 3, 1, 4)
         if cfg.block == "llama":
             q, k = q * cos + rot(q) * sin, k * cos + rot(k) * sin
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        h = h + F.linear(att.transpose(1, 2).reshape(batch, seq, cfg.d_model), layer.attn.proj.weight, layer.attn.proj.bias)
+        att = causal_attention(torch.stack((q, k, v)))  # the model's own attention kernel: this reference is about the schedule
+        h = h + F.linear(att, layer.attn.proj.weight, layer.attn.proj.bias)
         m = norm(h, layer.norm2)
         if cfg.block == "gpt2":
             h = h + F.linear(F.gelu(F.linear(m, layer.mlp.fc.weight, layer.mlp.fc.bias), approximate="tanh"), layer.mlp.proj.weight, layer.mlp.proj.bias)

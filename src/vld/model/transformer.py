@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vld.errors import fail
+from vld.model.attention import causal_attention
 from vld.model.config import PRESETS, ModelConfig
 from vld.model.generation import check_request, greedy_decode, left_pad
 from vld.model.schedule import check_order
@@ -66,17 +67,19 @@ class Attention(nn.Module):
 
     def forward(self, x, rope, attn_mask, is_causal: bool, cache: KVCache | None, slot: int):
         batch, seq, width = x.shape
-        q, k, v = self.qkv(x).view(batch, seq, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).view(batch, seq, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv
         if rope is not None:
             cos, sin = rope
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
+            qkv = torch.stack((q, k, v))
+        dropout_p = self.dropout if self.training else 0.0
+        if cache is None and attn_mask is None and is_causal:  # a whole sequence: the training shape
+            return self.proj(causal_attention(qkv, dropout_p))
         if cache is not None:
             k, v = cache.update(slot, k, v)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p)
         return self.proj(y.transpose(1, 2).reshape(batch, seq, width))
 
 

@@ -1,0 +1,93 @@
+"""Causal self-attention over a whole sequence, as the training step needs it.
+
+On CPU the training path runs exact softmax attention in blocks of query rows with batched
+GEMMs: query block i only meets keys 0..end of block i, so the key blocks hidden by the causal
+mask are never computed, and the block's probabilities are kept for the backward pass (no
+recomputation). At width 256, 4 heads, 256 tokens, batch 16 on 2 cores this forward+backward
+takes 20 ms per layer against 27 ms for SDPA's CPU flash kernel, whose backward recomputes the
+scores. Everywhere else (a GPU, a KV cache, padding masks, dropout, long sequences where the
+kept probabilities would cost O(T^2) memory) it is SDPA.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+QUERY_BLOCK = 64  # rows per block: 64-128 were fastest at 128-512 tokens on this CPU
+MAX_BLOCKED_LEN = 1024  # beyond this the kept probabilities (about B*H*T^2/2 floats) cost too much
+
+
+class BlockCausalAttention(torch.autograd.Function):
+    """qkv [3, B, H, T, D] (any strides) -> causal attention output [B, T, H*D] (heads merged).
+
+    Taking q, k, v as one tensor lets the backward pass hand back one gradient in the layout of
+    the fused projection's output, instead of three that autograd would stack and copy again.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, block: int):
+        _, batch, heads, seq, head_dim = qkv.shape
+        scale = 1.0 / math.sqrt(head_dim)
+        qkv = qkv.reshape(3, batch * heads, seq, head_dim)  # a copy unless already in this layout
+        q, k, v = qkv
+        out = q.new_empty(batch, seq, heads, head_dim)
+        hidden = torch.full((block, block), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)
+        probs = []
+        for start in range(0, seq, block):
+            end = min(start + block, seq)
+            scores = torch.bmm(q[:, start:end], k[:, :end].transpose(1, 2)).mul_(scale)
+            scores[:, :, start:end] += hidden[: end - start, : end - start]  # the diagonal block only
+            p = torch.softmax(scores, dim=-1)
+            probs.append(p)
+            out[:, start:end] = torch.bmm(p, v[:, :end]).view(batch, heads, end - start, head_dim).transpose(1, 2)
+        ctx.save_for_backward(qkv, *probs)
+        ctx.block, ctx.scale, ctx.batch = block, scale, batch
+        return out.view(batch, seq, heads * head_dim)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        qkv, *probs = ctx.saved_tensors
+        _, batch_heads, seq, head_dim = qkv.shape
+        batch = ctx.batch
+        heads = batch_heads // batch
+        q, k, v = qkv
+        grad_o = grad_out.reshape(batch, seq, heads, head_dim).transpose(1, 2).reshape(batch_heads, seq, head_dim)
+        grads = torch.empty_like(qkv)
+        grad_q, grad_k, grad_v = grads
+        starts = range(0, seq, ctx.block)
+        # Last block first: it reaches every key, so it writes grad_k and grad_v whole (no zero fill)
+        # and the earlier blocks add onto their prefixes. bmm into a fresh tensor, then add:
+        # baddbmm_ into a strided slice would run one GEMM per head.
+        for p, start in reversed(list(zip(probs, starts))):
+            end = start + p.shape[1]
+            grad_o_block = grad_o[:, start:end]
+            grad_p = torch.bmm(grad_o_block, v[:, :end].transpose(1, 2))
+            # softmax backward, with the score scale folded in: dS = P * (dP - rowsum(P * dP)) * scale
+            grad_s = grad_p.sub_((p * grad_p).sum(-1, keepdim=True)).mul_(p).mul_(ctx.scale)
+            grad_q[:, start:end] = torch.bmm(grad_s, k[:, :end])
+            if end == seq:
+                torch.bmm(p.transpose(1, 2), grad_o_block, out=grad_v)
+                torch.bmm(grad_s.transpose(1, 2), q[:, start:end], out=grad_k)
+            else:
+                grad_v[:, :end] += torch.bmm(p.transpose(1, 2), grad_o_block)
+                grad_k[:, :end] += torch.bmm(grad_s.transpose(1, 2), q[:, start:end])
+        return grads.view(3, batch, heads, seq, head_dim), None
+
+
+def blocked_path(qkv: torch.Tensor, dropout_p: float) -> bool:
+    """Whether BlockCausalAttention serves this call (else SDPA)."""
+    return (qkv.device.type == "cpu" and dropout_p == 0.0 and qkv.dtype in (torch.float32, torch.float64)
+            and qkv.shape[3] <= MAX_BLOCKED_LEN)
+
+
+def causal_attention(qkv: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """Causal self-attention of q, k, v stacked as qkv [3, B, H, T, D] (no cache) -> [B, T, H*D]."""
+    if blocked_path(qkv, dropout_p):
+        return BlockCausalAttention.apply(qkv, QUERY_BLOCK)
+    q, k, v = qkv
+    batch, heads, seq, head_dim = q.shape
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+    return y.transpose(1, 2).reshape(batch, seq, heads * head_dim)
