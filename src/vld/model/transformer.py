@@ -73,10 +73,9 @@ class Attention(nn.Module):
             cos, sin = rope
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            qkv = torch.stack((q, k, v))
         dropout_p = self.dropout if self.training else 0.0
         if cache is None and attn_mask is None and is_causal:  # a whole sequence: the training shape
-            return self.proj(causal_attention(qkv, dropout_p))
+            return self.proj(causal_attention(qkv if rope is None else torch.stack((q, k, v)), dropout_p))
         if cache is not None:
             k, v = cache.update(slot, k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p)
