@@ -28,73 +28,56 @@ from pathlib import Path
 from vld.errors import UserError, run_cli
 
 # Generator knobs use the IgsmConfig field names. Budgets were sized for ~2-4 min of training
-# on 2 loaded cores.
+# on 2 loaded cores. Each configuration is its parent with the parts that change.
+
+
+def derive(parent: dict, **changes) -> dict:
+    """`parent` with some knobs of gen, model or train changed (other parts replaced whole)."""
+    child = {part: dict(value) if isinstance(value, dict) else value for part, value in parent.items()}
+    for part, value in changes.items():
+        if part in ("gen", "model", "train"):
+            child[part].update(value)
+        else:
+            child[part] = value
+    return child
+
+
+# the easiest real setting: 2 levels, <= 3 items a layer, 4 names a sub-category, 1 hierarchy,
+# sentences in topological order, op <= 3
+_A = {"gen": {"max_op": 3, "max_edge": 4, "levels": (2,), "min_width": 2, "max_width": 3,
+              "lexicon_size": 4, "hierarchies": 1, "perm_level": 0},
+      "n_train": 20000, "tests": {2: 300, 3: 300},
+      "model": {"n_layer": 2, "d_model": 128, "n_head": 4},
+      "train": {"max_steps": 300, "batch": 32, "seq_len": 128, "lr": 2e-3}}
+# the smallest structures (2 items a layer, <= 4 edges), 3 names a sub-category, op <= 4;
+# smaller batches for more updates in the same time
+_F = derive(_A, gen={"max_op": 4, "max_width": 2, "lexicon_size": 3},
+            train={"max_steps": 700, "batch": 16, "lr": 3e-3})
+# F with a width-64 model (faster steps), a higher lr and more steps
+_G = derive(_F, model={"d_model": 64}, train={"max_steps": 1000, "lr": 5e-3})
+# G with 512-token windows: with 128 tokens most windows cut a ~85-token problem off from
+# its solution; same tokens per step
+_H = derive(_G, train={"batch": 4, "seq_len": 512})
+
 CONFIGS: dict[str, dict] = {
-    # the easiest real setting: 2 levels, <= 3 items a layer, 4 names a sub-category, 1 hierarchy,
-    # sentences in topological order, op <= 3
-    "A": {"gen": {"max_op": 3, "max_edge": 4, "levels": (2,), "min_width": 2, "max_width": 3,
-                  "lexicon_size": 4, "hierarchies": 1, "perm_level": 0},
-          "n_train": 20000, "tests": {2: 300, 3: 300},
-          "model": {"n_layer": 2, "d_model": 128, "n_head": 4},
-          "train": {"max_steps": 300, "batch": 32, "seq_len": 128, "lr": 2e-3}},
+    "A": _A,
     # A with a 4-layer width-64 model
-    "B": {"gen": {"max_op": 3, "max_edge": 4, "levels": (2,), "min_width": 2, "max_width": 3,
-                  "lexicon_size": 4, "hierarchies": 1, "perm_level": 0},
-          "n_train": 20000, "tests": {2: 300, 3: 300},
-          "model": {"n_layer": 4, "d_model": 64, "n_head": 4},
-          "train": {"max_steps": 300, "batch": 32, "seq_len": 128, "lr": 3e-3}},
+    "B": derive(_A, model={"n_layer": 4, "d_model": 64}, train={"lr": 3e-3}),
     # op <= 2 only: the least a "reasoning" step can be (one copy/one operation)
-    "C": {"gen": {"max_op": 2, "max_edge": 4, "levels": (2,), "min_width": 2, "max_width": 2,
-                  "lexicon_size": 3, "hierarchies": 1, "perm_level": 0},
-          "n_train": 20000, "tests": {2: 300},
-          "model": {"n_layer": 2, "d_model": 128, "n_head": 4},
-          "train": {"max_steps": 300, "batch": 32, "seq_len": 128, "lr": 2e-3}},
+    "C": derive(_A, gen={"max_op": 2, "max_width": 2, "lexicon_size": 3}, tests={2: 300}),
     # more arithmetic per problem: op <= 4 (train op-2 problems are all copies; + and * only
     # appear inside op >= 3 problems, so more of those)
-    "E": {"gen": {"max_op": 4, "max_edge": 6, "levels": (2,), "min_width": 2, "max_width": 3,
-                  "lexicon_size": 4, "hierarchies": 1, "perm_level": 0},
-          "n_train": 20000, "tests": {2: 300, 3: 300},
-          "model": {"n_layer": 2, "d_model": 128, "n_head": 4},
-          "train": {"max_steps": 300, "batch": 32, "seq_len": 128, "lr": 2e-3}},
-    # the smallest structures (2 items a layer, <= 4 edges), 3 names a sub-category, op <= 4;
-    # smaller batches for more updates in the same time
-    "F": {"gen": {"max_op": 4, "max_edge": 4, "levels": (2,), "min_width": 2, "max_width": 2,
-                  "lexicon_size": 3, "hierarchies": 1, "perm_level": 0},
-          "n_train": 20000, "tests": {2: 300, 3: 300},
-          "model": {"n_layer": 2, "d_model": 128, "n_head": 4},
-          "train": {"max_steps": 700, "batch": 16, "seq_len": 128, "lr": 3e-3}},
-    # F with a width-64 model (faster steps), a higher lr and more steps
-    "G": {"gen": {"max_op": 4, "max_edge": 4, "levels": (2,), "min_width": 2, "max_width": 2,
-                  "lexicon_size": 3, "hierarchies": 1, "perm_level": 0},
-          "n_train": 20000, "tests": {2: 300, 3: 300},
-          "model": {"n_layer": 2, "d_model": 64, "n_head": 4},
-          "train": {"max_steps": 1000, "batch": 16, "seq_len": 128, "lr": 5e-3}},
-    # G with 512-token windows: with 128 tokens most windows cut a ~85-token problem off from
-    # its solution; same tokens per step
-    "H": {"gen": {"max_op": 4, "max_edge": 4, "levels": (2,), "min_width": 2, "max_width": 2,
-                  "lexicon_size": 3, "hierarchies": 1, "perm_level": 0},
-          "n_train": 20000, "tests": {2: 300, 3: 300},
-          "model": {"n_layer": 2, "d_model": 64, "n_head": 4},
-          "train": {"max_steps": 1000, "batch": 4, "seq_len": 512, "lr": 5e-3}},
+    "E": derive(_A, gen={"max_op": 4, "max_edge": 6}),
+    "F": _F,
+    "G": _G,
+    "H": _H,
     # H with twice the tokens per step and 1.5x the steps (3x the tokens of G)
-    "I": {"gen": {"max_op": 4, "max_edge": 4, "levels": (2,), "min_width": 2, "max_width": 2,
-                  "lexicon_size": 3, "hierarchies": 1, "perm_level": 0},
-          "n_train": 20000, "tests": {2: 300, 3: 300},
-          "model": {"n_layer": 2, "d_model": 64, "n_head": 4},
-          "train": {"max_steps": 1500, "batch": 8, "seq_len": 512, "lr": 5e-3}},
+    "I": derive(_H, train={"max_steps": 1500, "batch": 8}),
     # G with 256-token windows (most problems whole in a window); the best found: at 2,400 steps
-    # op-3 answers reach 0.27 (docs/igsm_learnability.md); `--steps 800` is the short run
-    "J": {"gen": {"max_op": 4, "max_edge": 4, "levels": (2,), "min_width": 2, "max_width": 2,
-                  "lexicon_size": 3, "hierarchies": 1, "perm_level": 0},
-          "n_train": 20000, "tests": {2: 300, 3: 300},
-          "model": {"n_layer": 2, "d_model": 64, "n_head": 4},
-          "train": {"max_steps": 2400, "batch": 8, "seq_len": 256, "lr": 5e-3}},
+    # op-3 answers reach 0.27, at 6,000 all seeds tried pass 3x (docs/igsm_learnability.md)
+    "J": derive(_G, train={"max_steps": 2400, "batch": 8, "seq_len": 256}),
     # A with a larger lexicon and mild shuffling (closer to the real task)
-    "D": {"gen": {"max_op": 3, "max_edge": 6, "levels": (2,), "min_width": 2, "max_width": 3,
-                  "lexicon_size": 5, "hierarchies": 1, "perm_level": 1},
-          "n_train": 20000, "tests": {2: 300, 3: 300},
-          "model": {"n_layer": 2, "d_model": 128, "n_head": 4},
-          "train": {"max_steps": 300, "batch": 32, "seq_len": 128, "lr": 2e-3}},
+    "D": derive(_A, gen={"max_edge": 6, "lexicon_size": 5, "perm_level": 1}),
 }
 
 

@@ -226,25 +226,3 @@ def greedy_generate(model, prompts, max_new_tokens, eos_id=None, use_cache=True,
         return greedy_decode(next_logits, len(prompts), max_new_tokens, eos_id)
     finally:
         model.train(was_training)
-    done = [False] * batch
-    was_training = model.training
-    model.eval()
-    try:
-        logits = model(tokens, attention_mask=mask, cache=cache if use_cache else None)
-        for step in range(max_new_tokens):
-            next_tokens = logits[:, -1].argmax(-1)
-            for row, token in enumerate(next_tokens.tolist()):
-                if not done[row]:
-                    outputs[row].append(token)
-                    done[row] = eos_id is not None and token == eos_id
-            if all(done) or step == max_new_tokens - 1:
-                break
-            mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=device)], dim=1)
-            if use_cache:
-                logits = model(next_tokens[:, None], attention_mask=mask, cache=cache)
-            else:
-                tokens = torch.cat([tokens, next_tokens[:, None]], dim=1)
-                logits = model(tokens, attention_mask=mask)
-    finally:
-        model.train(was_training)
-    return outputs
