@@ -13,7 +13,6 @@ in a fresh subprocess per setting, with glibc returning large blocks at free.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

@@ -282,20 +282,10 @@ def _schedule(raw: Any, where: str, n_layer: int, user_patterns: dict, listed: M
     return spec, order
 
 
-def _igsm_generator(generator: dict):
-    """Checked by vld.data.igsm's own config (torch-free) when that module offers one."""
-    try:
-        import vld.data.igsm.generator  # noqa: F401  (being written concurrently)
-    except ImportError:
-        return None
-    from vld.pipeline.data_igsm import igsm_config
-
-    return igsm_config(generator, "data.igsm.generator")
-
-
 def validate(raw: dict, path: str | Path = PARAMS_FILE) -> Pipeline:
     from vld.eval.variant import SETTING_KEYS
     from vld.model.config import ModelConfig
+    from vld.pipeline.data_igsm import igsm_config  # torch-free; imported here: it imports this module
 
     path = Path(path)
     _known(raw, TOP_KEYS, "params")
@@ -319,27 +309,25 @@ def validate(raw: dict, path: str | Path = PARAMS_FILE) -> Pipeline:
     igsm = _mapping(data.get("igsm"), "data.igsm")
     if not igsm:
         fail("data.igsm", "needs generator, train and tests (dvc.yaml always runs the iGSM data stages)")
-    if igsm:
-        _known(igsm, ("generator", "train", "tests"), "data.igsm")
-        if "generator" not in igsm:
-            fail("data.igsm.generator", "missing (generator settings; it may be empty: {})")
-        generator_cfg = _igsm_generator(_mapping(igsm.get("generator"), "data.igsm.generator", required=False))
-        train = _mapping(igsm.get("train"), "data.igsm.train")
-        _known(train, ("n", "seed"), "data.igsm.train")
-        _int(train.get("n"), "data.igsm.train.n", 1)
-        _int(train.get("seed", 0), "data.igsm.train.seed", 0)
-        tests = _mapping(igsm.get("tests"), "data.igsm.tests")
-        if not tests:
-            fail("data.igsm.tests", "needs at least one test set")
-        for name, test in tests.items():
-            where = f"data.igsm.tests.{_name(name, f'data.igsm.tests.{name}')}"
-            test = _mapping(test, where)
-            _known(test, ("op", "n", "seed"), where)
-            _int(test.get("op"), f"{where}.op", 1)
-            if generator_cfg is not None:
-                generator_cfg.check_op(test["op"], f"{where}.op")
-            _int(test.get("n"), f"{where}.n", 1)
-            _int(test.get("seed", 0), f"{where}.seed", 0)
+    _known(igsm, ("generator", "train", "tests"), "data.igsm")
+    if "generator" not in igsm:
+        fail("data.igsm.generator", "missing (generator settings; it may be empty: {})")
+    generator_cfg = igsm_config(_mapping(igsm.get("generator"), "data.igsm.generator", required=False), "data.igsm.generator")
+    train = _mapping(igsm.get("train"), "data.igsm.train")
+    _known(train, ("n", "seed"), "data.igsm.train")
+    _int(train.get("n"), "data.igsm.train.n", 1)
+    _int(train.get("seed", 0), "data.igsm.train.seed", 0)
+    tests = _mapping(igsm.get("tests"), "data.igsm.tests")
+    if not tests:
+        fail("data.igsm.tests", "needs at least one test set")
+    for name, test in tests.items():
+        where = f"data.igsm.tests.{_name(name, f'data.igsm.tests.{name}')}"
+        test = _mapping(test, where)
+        _known(test, ("op", "n", "seed"), where)
+        _int(test.get("op"), f"{where}.op", 1)
+        generator_cfg.check_op(test["op"], f"{where}.op")
+        _int(test.get("n"), f"{where}.n", 1)
+        _int(test.get("seed", 0), f"{where}.seed", 0)
     kdata = _mapping(data.get("knowledge"), "data.knowledge", required=False)
     for name, spec in kdata.items():
         where = f"data.knowledge.{_name(name, f'data.knowledge.{name}')}"

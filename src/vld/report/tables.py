@@ -237,7 +237,7 @@ def table7(results: list[dict]) -> Table | None:
             rows.append(row)
     notes = ["Layer ranges are 0-based inclusive; the paper's layers 1-4 / 5-8 of its 8-layer "
              "model are our first / second half (0..L/2-1, L/2..L-1).",
-             f"paper: Table 7 (8-layer model, cycle, op15): " + ", ".join(
+             "paper: Table 7 (8-layer model, cycle, op15): " + ", ".join(
                  f"{paper.TABLE7_LABELS[k]} {v}" for k, v in paper.TABLE7.items()) +
              "; exact orders not given."]
     return Table("table7", "Table 7: layer-subset reuse", header, rows, notes)
