@@ -36,37 +36,10 @@ def parse_args(argv=None):
 
 
 def build_model(args):
-    import torch
-    from torch import nn
+    from vld.model import ModelConfig, VLDTransformer
 
-    try:
-        from vld.model.transformer import ModelConfig, VLDTransformer
-
-        config = ModelConfig(vocab_size=args.n, n_layer=args.layers, d_model=args.width, n_head=args.heads, max_seq_len=args.seq)
-        return VLDTransformer(config), "vld.model.VLDTransformer (gpt2 block, tied)"
-    except ImportError:
-        pass
-
-    class StandIn(nn.Module):
-        """GPT-2-style: learned positions, pre-LN blocks, tied head."""
-
-        def __init__(self):
-            super().__init__()
-            self.tok = nn.Embedding(args.n, args.width)
-            self.pos = nn.Embedding(args.seq, args.width)
-            layer = lambda: nn.TransformerEncoderLayer(args.width, args.heads, 4 * args.width, 0.0, "gelu", batch_first=True, norm_first=True)
-            self.blocks = nn.ModuleList(layer() for _ in range(args.layers))
-            self.norm = nn.LayerNorm(args.width)
-
-        def forward(self, tokens):
-            T = tokens.shape[1]
-            h = self.tok(tokens) + self.pos(torch.arange(T, device=tokens.device))
-            mask = nn.Transformer.generate_square_subsequent_mask(T, device=tokens.device)
-            for block in self.blocks:
-                h = block(h, src_mask=mask, is_causal=True)
-            return self.norm(h) @ self.tok.weight.T
-
-    return StandIn(), "stand-in GPT (torch TransformerEncoderLayer, tied)"
+    config = ModelConfig(vocab_size=args.n, n_layer=args.layers, d_model=args.width, n_head=args.heads, max_seq_len=args.seq)
+    return VLDTransformer(config), "vld.model.VLDTransformer (gpt2 block, tied)"
 
 
 def peak_rss_mib() -> float:
