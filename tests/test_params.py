@@ -228,3 +228,18 @@ def test_bad_params_stop_dvc_repro_at_the_first_stage(dvc_repo):
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Traceback" not in output and "Running stage" not in output
     assert "item.model" in output and len(output.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the machine without a GPU")
+@pytest.mark.parametrize("stage", [["vld.pipeline.pretrain", "--family", "reasoning", "--variant", "base"],
+                                   ["vld.pipeline.retrofit", "--variant", "cycle_x1"],
+                                   ["vld.pipeline.evaluate", "--family", "knowledge", "--variant", "w16"]])
+def test_gpu_profile_on_a_machine_without_gpu_stops_each_stage_in_one_line(tmp_path, stage):
+    shutil.copy(ROOT / "conf" / "profiles" / "gpu-smoke.yaml", tmp_path / "params.yaml")
+    if stage[0].endswith("evaluate"):  # past its input check, so the device check is what stops it
+        (tmp_path / "results" / "pretrain" / "knowledge" / "w16").mkdir(parents=True)
+    proc = _cli(["-m", *stage], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("vld: error: hardware.accelerator: 'gpu', but torch ")
+    assert proc.stderr.strip().endswith("sees no CUDA GPU on this machine (the CPU profiles: tiny, default, cpu-2h)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "results"][: 2 if stage[0].endswith("evaluate") else 1]

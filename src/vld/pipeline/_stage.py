@@ -64,6 +64,22 @@ def is_global_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", "0") or 0) == 0 and int(os.environ.get("NODE_RANK", "0") or 0) == 0
 
 
+def stage_device(train_cfg) -> str:
+    """Where a stage computes, from params.yaml's hardware block: "cuda" when it asks for a GPU
+    (or says auto and one is visible), else "cpu". A GPU asked for on a machine without one
+    stops the stage here, in one line, before any work."""
+    from vld.train.config import check_devices
+
+    check_devices(train_cfg, "hardware")
+    if train_cfg.accelerator in ("gpu", "cuda"):
+        return "cuda"
+    if train_cfg.accelerator == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cpu"
+
+
 def work_dir(stage: str, variant: str, determinants: Any) -> Path:
     WORK.mkdir(parents=True, exist_ok=True)
     ignore = WORK / ".gitignore"

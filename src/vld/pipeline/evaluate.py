@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = load_pipeline(args.params)
     variant = pipeline.variant(args.family, args.variant)
     where, data, metrics_file = _inputs(variant)
+    device = _stage.stage_device(variant.train_config())  # evaluate where the training ran
     if not where.is_dir():
         fail(str(where), "not found: run the training stage of this variant first (dvc repro)")
     settings = {key: value for key, value in variant.eval.items() if key != "tests"}
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             from vld.model import load_model
 
             model = load_model(where / "model.pt")
-        model.eval()
+        model.to(device).eval()
         result = evaluate_variant(model, variant.family, data, settings, meta)
         write_json(out, result)
         run.log_metrics(_stage.numeric_leaves({key: result.get(key) for key in (

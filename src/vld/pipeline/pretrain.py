@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = load_pipeline(args.params)  # the whole file, before anything else
     variant = pipeline.variant(args.family, args.variant)
     train_cfg = variant.train_config()
+    _stage.stage_device(train_cfg)  # a GPU asked for and missing: fail now
     data_dir = data_dir_of(pipeline, variant)
     out = _stage.pretrain_dir(variant.family, variant.name)
     rank0 = _stage.is_global_zero()

@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = load_pipeline(args.params)
     variant = pipeline.variant("retrofit", args.variant)
     train_cfg = variant.train_config()
+    _stage.stage_device(train_cfg)  # a GPU asked for and missing: fail now
     # the checkpoint file itself: its directory also holds a config.json (ours, not Hugging Face's)
     source = _stage.pretrain_dir("reasoning", variant.source) / "model.pt"
     out = _stage.retrofit_dir(variant.name)

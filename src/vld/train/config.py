@@ -161,6 +161,21 @@ class TrainConfig:
         return d
 
 
+def check_devices(cfg: TrainConfig, where: str = "train") -> None:
+    """A GPU setting on a machine without (enough) GPUs fails here, in one line, instead of as
+    Lightning's traceback once a stage has started. torch is imported only when a GPU is asked for."""
+    if cfg.accelerator not in ("gpu", "cuda"):
+        return
+    import torch
+
+    visible = torch.cuda.device_count()
+    if visible == 0:
+        fail(f"{where}.accelerator", f"{cfg.accelerator!r}, but torch {torch.__version__} sees no CUDA GPU on this "
+             "machine (the CPU profiles: tiny, default, cpu-2h)")
+    if cfg.devices > visible:
+        fail(f"{where}.devices", f"{cfg.devices} GPUs per node asked for, {visible} visible on this machine")
+
+
 def _check_mapping(d: Any, where: str, cls: type) -> dict[str, Any]:
     if d is None:
         return {}

@@ -23,7 +23,7 @@ from torch import nn
 
 from vld.atomic import write_json
 from vld.errors import fail
-from vld.train.config import TrainConfig
+from vld.train.config import TrainConfig, check_devices
 from vld.train.datamodules import _WindowDataModuleBase
 from vld.train.module import LMModule
 
@@ -108,6 +108,7 @@ def build_trainer(
     `distributed_sampler=False` (our DataModules split each global batch by rank themselves);
     set it for a foreign DataModule so that Lightning adds its DistributedSampler under DDP."""
     cfg.validate()
+    check_devices(cfg)
     out_dir = Path(out_dir)
     deterministic = "warn" if cfg.accelerator == "cpu" else None
     return L.Trainer(
@@ -169,6 +170,7 @@ def run_training(
     final_loss, steps, tokens_seen, train_tokens_per_s, wall_s and loss_curve."""
     start = time.perf_counter()
     cfg.validate()
+    check_devices(cfg)
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / CHECKPOINT_DIR
     resume = _resume_checkpoint(cfg, ckpt_dir)
