@@ -166,8 +166,8 @@ def worker_times(step, n: int, clock) -> dict:
 
 def hf_section(args, argv, n_tokens: int) -> dict:
     """Each model trains in a process of its own, as in a real run. In one process the two
-    models' allocations interact (one model's freed heap spares the other page faults), which
-    skewed the ratio by up to 0.1 either way. Processes alternate over `--rounds` to share
+    models' allocations interact (HF's freed heap spared our step its page faults), which
+    inflated the ratio (1.17-1.30 from run to run, against 1.14 here). Processes alternate over `--rounds` to share
     machine load; the median step is reported. Returns the no-page-fault median step seconds."""
     import statistics
     import subprocess
