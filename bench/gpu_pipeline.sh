@@ -18,15 +18,14 @@ print("data_igsm --split train")
 print("data_igsm --split tests")
 for name in p.knowledge_data:
     print(f"data_knowledge --dataset {name}")
-for action in ("pretrain", "evaluate"):
-    if action == "evaluate":
-        for name in p.variants.get("retrofit", {}):
-            print(f"retrofit --variant {name}")
-    for family in ("reasoning", "knowledge", "retrofit"):
-        if action == "pretrain" and family == "retrofit":
-            continue
-        for name in p.variants.get(family, {}):
-            print(f"{action} --family {family} --variant {name}")
+for family in ("reasoning", "knowledge"):
+    for name in p.variants.get(family, {}):
+        print(f"pretrain --family {family} --variant {name}")
+for name in p.variants.get("retrofit", {}):
+    print(f"retrofit --variant {name}")
+for family in ("reasoning", "knowledge", "retrofit"):
+    for name in p.variants.get(family, {}):
+        print(f"evaluate --family {family} --variant {name}")
 print("report")
 PY
 ) || exit 1

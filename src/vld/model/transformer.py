@@ -283,7 +283,7 @@ class VLDTransformer(nn.Module):
 
     def _generate(self, prompts, max_new_tokens, eos_id, use_cache):
         tokens, mask = left_pad(prompts, self.tok_emb.weight.device)
-        padded = bool((mask == 0).any())
+        padded = len({len(p) for p in prompts}) > 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = self.new_cache(len(prompts), tokens.shape[1] + max_new_tokens) if use_cache else None
 
@@ -292,11 +292,13 @@ class VLDTransformer(nn.Module):
             feed, feed_positions = tokens, positions
             if chosen is not None:
                 new, new_positions = chosen.unsqueeze(1), positions[:, -1:] + 1
-                tokens = torch.cat((tokens, new), dim=1)
-                positions = torch.cat((positions, new_positions), dim=1)
                 mask = torch.cat((mask, torch.ones_like(new)), dim=1)
-                # with the cache only the new token is fed; without it, the whole sequence again
-                feed, feed_positions = (new, new_positions) if use_cache else (tokens, positions)
+                if use_cache:  # only the new token is fed; the cache holds the rest
+                    positions, feed, feed_positions = new_positions, new, new_positions
+                else:  # the whole sequence again
+                    tokens = torch.cat((tokens, new), dim=1)
+                    positions = torch.cat((positions, new_positions), dim=1)
+                    feed, feed_positions = tokens, positions
             logits = self(feed, cache=cache, attention_mask=mask if padded else None, position_ids=feed_positions)
             return logits[:, -1]
 

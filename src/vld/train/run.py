@@ -170,7 +170,6 @@ def run_training(
     final_loss, steps, tokens_seen, train_tokens_per_s, wall_s and loss_curve."""
     start = time.perf_counter()
     cfg.validate()
-    check_devices(cfg)
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / CHECKPOINT_DIR
     resume = _resume_checkpoint(cfg, ckpt_dir)
