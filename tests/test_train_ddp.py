@@ -1,11 +1,13 @@
-"""DDP over 2 CPU processes (gloo), launched as a subprocess running tests/scripts/train_script.py
-(never by re-running pytest): same losses as 1 process at the same global batch, and no
-process left behind."""
+"""DDP on CPU (gloo), launched as subprocesses (never by re-running pytest): 2 processes on one
+node, and 2 nodes of 1 process each on this machine (NODE_RANK 0 and 1, as a cluster runs
+them). Same losses as 1 process at the same global batch, outputs written once, no process
+left behind, and nodes that would resume from different checkpoints stop together."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -34,22 +36,44 @@ def processes_in_group(pgid: int) -> list[int]:
     return pids
 
 
-def launch(args: list[str], env: dict | None = None, timeout: float = 180) -> tuple[subprocess.CompletedProcess, int]:
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), *args],
+def start(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, *cmd],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=full_env,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        cwd=cwd,
         start_new_session=True,  # its own process group: every rank it spawns can be found
     )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 180) -> subprocess.CompletedProcess:
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
         raise
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, None), proc.pid
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, None)
+
+
+def launch(args: list[str], env: dict | None = None, timeout: float = 180) -> tuple[subprocess.CompletedProcess, int]:
+    proc = start([str(SCRIPT), *args], env)
+    return finish(proc, timeout), proc.pid
+
+
+def launch_nodes(per_node: list[tuple[list[str], Path | None]], env: dict | None = None,
+                 timeout: float = 180) -> list[subprocess.CompletedProcess]:
+    """One process per "node" on this machine, started together: (command, cwd) for NODE_RANK 0, 1, ..."""
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    rendezvous = {**(env or {}), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    procs = [start(cmd, {**rendezvous, "NODE_RANK": str(rank)}, cwd) for rank, (cmd, cwd) in enumerate(per_node)]
+    results = [finish(proc, timeout) for proc in procs]
+    for proc in procs:
+        assert processes_in_group(proc.pid) == [], proc.args
+    return results
 
 
 def train_in_process(data: Path, out: Path, **overrides) -> tuple[dict, dict]:

@@ -27,6 +27,7 @@ def main() -> None:
     import lightning as L
     import torch
 
+    from vld.pipeline._stage import is_global_zero
     from vld.train.datamodules import TokenWindowDataModule
     from vld.train.golden import tiny_model, tiny_train_config
     from vld.train.run import run_training
@@ -46,7 +47,7 @@ def main() -> None:
     model = tiny_model(seed=args.model_seed)
     data = TokenWindowDataModule(args.data, cfg.seq_len, cfg.micro_batch_size, seed=cfg.seed, num_workers=cfg.num_workers)
     metrics = run_training(model, data, cfg, args.out, callbacks=callbacks)
-    if int(os.environ.get("RANK", "0")) == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+    if is_global_zero():
         if args.save_model:
             torch.save(model.state_dict(), args.save_model)
         print("METRICS " + json.dumps(metrics), flush=True)

@@ -79,6 +79,34 @@ class StepCheckpoint(Callback):
         trainer.strategy.barrier("vld.train.checkpoint")
 
 
+class SameResumeOnEveryRank(Callback):
+    """Stops a run whose ranks would resume from different steps.
+
+    Each rank looks for last.ckpt on its own filesystem. A node that cannot see it (no shared
+    filesystem) would start from step 0 beside ranks that resume: observed with two nodes on
+    one machine, rank 0 then finished with exit status 0 after averaging its gradients with
+    those of a fresh rank 1. Checked in `setup`, after the process group exists and before
+    Lightning restores the checkpoint; every rank gets the same answer, so all stop together."""
+
+    def __init__(self, checkpoint: Path, resume: bool):
+        self.checkpoint = checkpoint
+        # mmap: reads the small "global_step" entry, not the weights
+        self.step = int(torch.load(checkpoint, mmap=True, weights_only=False)["global_step"]) if resume else -1
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return
+        mine = torch.tensor([self.step], dtype=torch.long, device=trainer.strategy.root_device)
+        gathered = [torch.empty_like(mine) for _ in range(trainer.world_size)]
+        torch.distributed.all_gather(gathered, mine)
+        steps = [int(t.item()) for t in gathered]
+        if len(set(steps)) > 1:
+            seen = ", ".join(f"rank {rank}: {'none' if step < 0 else f'step {step}'}" for rank, step in enumerate(steps))
+            fail("train", f"the ranks would resume from different steps ({seen}; this rank looked for {self.checkpoint});"
+                          " run every node in one directory on a filesystem they all share, or delete the"
+                          " checkpoints to start over")
+
+
 class RunProgressBar(TQDMProgressBar):
     """Counts micro-batches of the whole run (Lightning's own total mixes steps and
     micro-batches when gradients are accumulated)."""
@@ -180,7 +208,8 @@ def run_training(
     _check_vocab(model, datamodule)
     module = LMModule(model, cfg.optim, cfg.max_steps)
     ours = isinstance(datamodule, _WindowDataModuleBase)
-    trainer = build_trainer(cfg, out_dir, logger=logger, callbacks=callbacks, distributed_sampler=not ours)
+    trainer = build_trainer(cfg, out_dir, logger=logger, callbacks=[SameResumeOnEveryRank(ckpt_dir / LAST, resume is not None), *callbacks],
+                            distributed_sampler=not ours)
     if trainer.is_global_zero:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if resume is None:

@@ -1,0 +1,68 @@
+"""A training stage run on two nodes, the way a cluster runs it: the same stage command started
+once per node with NODE_RANK 0 and 1 (here both on this machine, one gloo process each, in one
+directory as on a shared filesystem). It must train exactly like one process at the same global
+batch, and only global rank 0 may write outputs and track the run in MLflow."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_train_ddp import TOLERANCE, finish, launch_nodes, start
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE = ["-m", "vld.pipeline.pretrain", "--family", "knowledge", "--variant", "w16"]
+TRACKED = {"VLD_TRACKING": "1", "MLFLOW_TRACKING_URI": ""}  # each workspace's own mlflow.db
+
+
+def stage_runs(workspace: Path, stage_key: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    runs = [run for experiment in client.search_experiments()
+            for run in client.search_runs([experiment.experiment_id], max_results=1000)]
+    return [run for run in runs if run.data.tags.get("vld.stage_key") == stage_key]
+
+
+@pytest.mark.slow
+def test_pretrain_stage_on_two_nodes_trains_like_one_process(tmp_path):
+    from vld.model import load_model
+
+    profile = yaml.safe_load((ROOT / "conf" / "profiles" / "tiny.yaml").read_text())
+    for family in ("reasoning", "knowledge", "retrofit"):
+        # global batch 4: one process accumulates 2 micro-batches of 2, each node takes one
+        profile[family]["train"]["micro_batch_size"] = 2
+    profile["knowledge"]["train"]["max_steps"] = 6
+    one, nodes = tmp_path / "one", tmp_path / "nodes"
+    one.mkdir()
+    (one / "params.yaml").write_text(yaml.safe_dump(profile))
+    subprocess.run([sys.executable, "-m", "vld.pipeline.data_knowledge", "--dataset", "rt1k"], cwd=one,
+                   check=True, capture_output=True, timeout=120)
+    shutil.copytree(one, nodes)
+    profile["hardware"].update(num_nodes=2, strategy="ddp")
+    (nodes / "params.yaml").write_text(yaml.safe_dump(profile))
+
+    single = finish(start(STAGE, TRACKED, cwd=one))
+    assert single.returncode == 0, single.stdout[-3000:]
+    node0, node1 = launch_nodes([(STAGE, nodes), (STAGE, nodes)], env=TRACKED)
+    assert node0.returncode == 0 and node1.returncode == 0, node0.stdout[-3000:] + node1.stdout[-3000:]
+    assert "Starting with 2 processes" in node0.stdout
+
+    out = Path("results") / "pretrain" / "knowledge" / "w16"
+    a = json.loads((one / out / "metrics.json").read_text())
+    b = json.loads((nodes / out / "metrics.json").read_text())
+    assert b["steps"] == a["steps"] == 6 and b["tokens_seen"] == a["tokens_seen"]
+    assert b["loss_curve"] == pytest.approx(a["loss_curve"], abs=TOLERANCE, rel=0)
+    wa, wb = load_model(one / out / "model.pt").state_dict(), load_model(nodes / out / "model.pt").state_dict()
+    assert wa.keys() == wb.keys() and max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+
+    runs = stage_runs(nodes, "pretrain_knowledge@w16")  # node 1 tracked nothing
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.metrics["final_loss"] == pytest.approx(b["final_loss"], abs=1e-6)
+    assert not list((nodes / ".vld-work").glob("pretrain_knowledge/*"))  # the finished run's checkpoints are gone
