@@ -1,7 +1,8 @@
 """A training stage run on two nodes, the way a cluster runs it: the same stage command started
-once per node with NODE_RANK 0 and 1 (here both on this machine, one gloo process each, in one
-directory as on a shared filesystem). It must train exactly like one process at the same global
-batch, and only global rank 0 may write outputs and track the run in MLflow."""
+once per node, either directly with NODE_RANK 0 and 1 or under torchrun --nnodes 2 (here both
+nodes on this machine, one gloo process each, in one directory as on a shared filesystem). It
+must train like one process at the same global batch, and only global rank 0 may write
+outputs and track the run in MLflow."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ from test_train_ddp import TOLERANCE, finish, launch_nodes, start
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE = ["-m", "vld.pipeline.pretrain", "--family", "knowledge", "--variant", "w16"]
+LAUNCHERS = {
+    "plain": [],  # Lightning reads MASTER_ADDR, MASTER_PORT, NODE_RANK
+    "torchrun": ["-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"],  # reads PET_*
+}
 TRACKED = {"VLD_TRACKING": "1", "MLFLOW_TRACKING_URI": ""}  # each workspace's own mlflow.db
 
 
@@ -31,7 +36,8 @@ def stage_runs(workspace: Path, stage_key: str) -> list:
 
 
 @pytest.mark.slow
-def test_pretrain_stage_on_two_nodes_trains_like_one_process(tmp_path):
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_pretrain_stage_on_two_nodes_trains_like_one_process(tmp_path, launcher):
     from vld.model import load_model
 
     profile = yaml.safe_load((ROOT / "conf" / "profiles" / "tiny.yaml").read_text())
@@ -50,7 +56,8 @@ def test_pretrain_stage_on_two_nodes_trains_like_one_process(tmp_path):
 
     single = finish(start(STAGE, TRACKED, cwd=one))
     assert single.returncode == 0, single.stdout[-3000:]
-    node0, node1 = launch_nodes([(STAGE, nodes), (STAGE, nodes)], env=TRACKED)
+    node_command = LAUNCHERS[launcher] + STAGE
+    node0, node1 = launch_nodes([(node_command, nodes), (node_command, nodes)], env=TRACKED)
     assert node0.returncode == 0 and node1.returncode == 0, node0.stdout[-3000:] + node1.stdout[-3000:]
     assert "Starting with 2 processes" in node0.stdout
 

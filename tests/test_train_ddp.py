@@ -64,12 +64,18 @@ def launch(args: list[str], env: dict | None = None, timeout: float = 180) -> tu
 
 def launch_nodes(per_node: list[tuple[list[str], Path | None]], env: dict | None = None,
                  timeout: float = 180) -> list[subprocess.CompletedProcess]:
-    """One process per "node" on this machine, started together: (command, cwd) for NODE_RANK 0, 1, ..."""
+    """One process per "node" on this machine, started together: (command, cwd) for node 0, 1, ...
+    Each gets the rendezvous as Lightning reads it (MASTER_ADDR, MASTER_PORT, NODE_RANK) and as
+    torchrun reads it (the same with the PET_ prefix)."""
     with socket.socket() as sock:  # a free port for the rendezvous
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    rendezvous = {**(env or {}), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    procs = [start(cmd, {**rendezvous, "NODE_RANK": str(rank)}, cwd) for rank, (cmd, cwd) in enumerate(per_node)]
+
+    def rendezvous(rank: int) -> dict:
+        names = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(rank)}
+        return {**(env or {}), **names, **{f"PET_{name}": value for name, value in names.items()}}
+
+    procs = [start(cmd, rendezvous(rank), cwd) for rank, (cmd, cwd) in enumerate(per_node)]
     results = [finish(proc, timeout) for proc in procs]
     for proc in procs:
         assert processes_in_group(proc.pid) == [], proc.args
