@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -224,6 +225,14 @@ def test_resume_with_other_settings_is_refused(tiny_data, tmp_path):
     train_tiny(tiny_data, tmp_path / "run", max_steps=2)
     with pytest.raises(UserError, match=r"^train\.max_steps: 2 in the checkpoint"):
         train_tiny(tiny_data, tmp_path / "run", max_steps=3)
+
+
+def test_a_truncated_checkpoint_is_one_line_before_training(tiny_data, tmp_path):
+    train_tiny(tiny_data, tmp_path / "run", max_steps=2)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    with pytest.raises(UserError, match=rf"^{re.escape(str(last))}: cannot be read as a training checkpoint \(\w+\);"):
+        train_tiny(tiny_data, tmp_path / "run", max_steps=2)
 
 
 def test_any_module_returning_logits_or_an_output_with_logits(tiny_data, tmp_path):

@@ -88,10 +88,8 @@ class SameResumeOnEveryRank(Callback):
     those of a fresh rank 1. Checked in `setup`, after the process group exists and before
     Lightning restores the checkpoint; every rank gets the same answer, so all stop together."""
 
-    def __init__(self, checkpoint: Path, resume: bool):
-        self.checkpoint = checkpoint
-        # mmap: reads the small "global_step" entry, not the weights
-        self.step = int(torch.load(checkpoint, mmap=True, weights_only=False)["global_step"]) if resume else -1
+    def __init__(self, checkpoint: Path, step: int):
+        self.checkpoint, self.step = checkpoint, step  # step -1: this rank found no checkpoint
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.world_size == 1 or not torch.distributed.is_initialized():
@@ -186,6 +184,14 @@ def _resume_checkpoint(cfg: TrainConfig, ckpt_dir: Path) -> Path | None:
     return last
 
 
+def _checkpoint_step(path: Path) -> int:
+    """The optimizer step a checkpoint was saved at (mmap: the weights are not read)."""
+    try:
+        return int(torch.load(path, mmap=True, weights_only=False, map_location="cpu")["global_step"])
+    except Exception as err:  # truncated or not a checkpoint: say so before any compute
+        fail(str(path), f"cannot be read as a training checkpoint ({type(err).__name__}); delete it to start over")
+
+
 def run_training(
     model: nn.Module,
     datamodule: L.LightningDataModule,
@@ -201,6 +207,7 @@ def run_training(
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / CHECKPOINT_DIR
     resume = _resume_checkpoint(cfg, ckpt_dir)
+    resume_step = _checkpoint_step(resume) if resume else -1
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.accelerator == "cpu":
@@ -208,7 +215,7 @@ def run_training(
     _check_vocab(model, datamodule)
     module = LMModule(model, cfg.optim, cfg.max_steps)
     ours = isinstance(datamodule, _WindowDataModuleBase)
-    trainer = build_trainer(cfg, out_dir, logger=logger, callbacks=[SameResumeOnEveryRank(ckpt_dir / LAST, resume is not None), *callbacks],
+    trainer = build_trainer(cfg, out_dir, logger=logger, callbacks=[SameResumeOnEveryRank(ckpt_dir / LAST, resume_step), *callbacks],
                             distributed_sampler=not ours)
     if trainer.is_global_zero:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
