@@ -1,7 +1,7 @@
-"""DDP on CPU (gloo), launched as subprocesses (never by re-running pytest): 2 processes on one
-node, and 2 nodes of 1 process each on this machine (NODE_RANK 0 and 1, as a cluster runs
-them). Same losses as 1 process at the same global batch, outputs written once, no process
-left behind, and nodes that would resume from different checkpoints stop together."""
+"""DDP over 2 CPU processes (gloo), launched as a subprocess running tests/scripts/train_script.py
+(never by re-running pytest): same losses as 1 process at the same global batch, and no
+process left behind. Also the launch helpers of the other multi-process tests, including
+`launch_nodes` for two "nodes" on this machine (test_multinode.py, test_train_resume.py)."""
 
 from __future__ import annotations
 

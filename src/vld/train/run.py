@@ -99,10 +99,11 @@ class SameResumeOnEveryRank(Callback):
         torch.distributed.all_gather(gathered, mine)
         steps = [int(t.item()) for t in gathered]
         if len(set(steps)) > 1:
-            seen = ", ".join(f"rank {rank}: {'none' if step < 0 else f'step {step}'}" for rank, step in enumerate(steps))
-            fail("train", f"the ranks would resume from different steps ({seen}; this rank looked for {self.checkpoint});"
-                          " run every node in one directory on a filesystem they all share, or delete the"
-                          " checkpoints to start over")
+            seen = ", ".join(f"rank {rank}: {'none' if step < 0 else f'step {step}'}"
+                             for rank, step in enumerate(steps))
+            fail("train", f"the ranks would resume from different steps ({seen}; this rank looked for"
+                          f" {self.checkpoint}); run every node in one directory on a filesystem they all"
+                          " share, or delete the checkpoints to start over")
 
 
 class RunProgressBar(TQDMProgressBar):
@@ -215,8 +216,8 @@ def run_training(
     _check_vocab(model, datamodule)
     module = LMModule(model, cfg.optim, cfg.max_steps)
     ours = isinstance(datamodule, _WindowDataModuleBase)
-    trainer = build_trainer(cfg, out_dir, logger=logger, callbacks=[SameResumeOnEveryRank(ckpt_dir / LAST, resume_step), *callbacks],
-                            distributed_sampler=not ours)
+    callbacks = [SameResumeOnEveryRank(ckpt_dir / LAST, resume_step), *callbacks]
+    trainer = build_trainer(cfg, out_dir, logger=logger, callbacks=callbacks, distributed_sampler=not ours)
     if trainer.is_global_zero:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if resume is None:
