@@ -194,15 +194,14 @@ def _dvc_env():
 
 
 @pytest.fixture
-def dvc_repo(tmp_path):
+def dvc_repo(dvc_project):
     env = _dvc_env()
-    run = lambda *cmd: subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)
+    run = lambda *cmd: subprocess.run(cmd, cwd=dvc_project, env=env, check=True, capture_output=True, timeout=120)
     run("git", "init", "-q")
     run("git", "config", "user.email", "t@example.com")
     run("git", "config", "user.name", "t")
     run("dvc", "init", "-q")
-    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
-    return tmp_path, env
+    return dvc_project, env
 
 
 @pytest.mark.slow

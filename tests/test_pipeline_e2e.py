@@ -97,10 +97,8 @@ def _check_outputs(repo: Path, outs: dict[str, list[str]]) -> None:
                 assert json.loads((path / "tracking.json").read_text())["stage_key"] == "report"
 
 
-def test_dvc_repro_tiny_profile(tmp_path):
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+def test_dvc_repro_tiny_profile(dvc_project):
+    repo = dvc_project
     shutil.copy(ROOT / "conf/profiles/tiny.yaml", repo / "params.yaml")
     (repo / ".gitignore").write_text("/mlflow.db\n/mlruns/\n")
     _run(repo, "git", "init", "-q")
@@ -178,3 +176,21 @@ def test_dvc_repro_tiny_profile(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = json.loads(_run(repo, "dvc", "status", "--json").stdout)
     assert set(status) == {"pretrain_knowledge@w16_cycle", "evaluate_knowledge@w16_cycle"}
+
+    # code is a dependency: an edit puts exactly the stages it feeds out of date; bytecode does not
+    def out_of_date() -> set[str]:
+        return set(json.loads(_run(repo, "dvc", "status", "--json").stdout)) - set(status)
+
+    with open(repo / "src/vld/report/tables.py", "a") as f:
+        f.write("# an edit\n")
+    assert out_of_date() == {"report"}
+    (repo / "src/vld/model/__pycache__").mkdir()
+    (repo / "src/vld/model/__pycache__/transformer.cpython-311.pyc").write_bytes(b"\0")
+    assert out_of_date() == {"report"}
+    with open(repo / "src/vld/eval/compute.py", "a") as f:
+        f.write("# an edit\n")
+    evaluations = {key for key in stages if key.startswith("evaluate_")}
+    assert out_of_date() == {"report"} | evaluations
+    with open(repo / "src/vld/model/transformer.py", "a") as f:
+        f.write("# an edit\n")
+    assert out_of_date() == stages - {"data_igsm_train", "data_igsm_tests", "data_knowledge@rt1k"}
