@@ -4,7 +4,8 @@ Asserts: every output exists and parses; MLflow holds one parent run and one chi
 stage-variant with the expected metrics; a second `dvc repro` does nothing; editing one
 variant re-runs only its stages and the report, and the report re-attaches the records of
 the stages that did not run (tagged vld.restored=true) to the new parent run; adding a variant
-puts only its own stages out of date.
+puts only its own stages out of date; editing code puts exactly the stages it feeds out of
+date (bytecode does not); `dvc exp run -S` runs only what its override touches.
 """
 
 from __future__ import annotations
@@ -194,3 +195,15 @@ def test_dvc_repro_tiny_profile(dvc_project):
     with open(repo / "src/vld/model/transformer.py", "a") as f:
         f.write("# an edit\n")
     assert out_of_date() == stages - {"data_igsm_train", "data_igsm_tests", "data_knowledge@rt1k"}
+
+    # a DVC experiment (`dvc exp run -S`) runs the stages the override touches, and is listed
+    for name in ("report/tables.py", "eval/compute.py", "model/transformer.py"):
+        shutil.copy(ROOT / "src/vld" / name, repo / "src/vld" / name)
+    del params["knowledge"]["variants"]["w16_cycle"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "up to date" in _run(repo, "dvc", "status").stdout
+    experiment = _run(repo, "dvc", "exp", "run", "-S", "knowledge.train.max_steps=3", "-n", "k3")
+    assert _ran(experiment) == {"pretrain_knowledge@w16", "evaluate_knowledge@w16", "report"}
+    assert json.loads((repo / "results/pretrain/knowledge/w16/metrics.json").read_text())["steps"] == 3
+    table = _run(repo, "dvc", "exp", "show", "--csv", "--drop", ".*", "--keep", "Experiment|knowledge.train.max_steps")
+    assert "k3,3" in table.stdout.splitlines(), table.stdout
