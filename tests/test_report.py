@@ -311,3 +311,19 @@ def test_user_defined_pattern_and_unknown_factor_are_reported(tmp_path):
     assert rows[("middle_cycle", "x1")]["paper 4L op15"] == ""  # not a pattern of the paper
     assert rows[("custom", "-")]["4L op15 (ours)"].startswith("41.0 [")
     assert list(rows)[:2] == [("base", "-"), ("cycle", "x1")]  # the paper's patterns first
+
+
+def test_table1_says_whether_any_variant_learned(full_report, tmp_path):
+    out, _ = full_report
+    # best Table 1 group over both tests: r8 cycle x1, (58 + 29) / 200, against 10 / 100 each
+    assert ("- Learned: the best variant (cycle x1, 8 layers) answers 43.5% of its 200 test problems, against "
+            "10.0% for always giving the most common train answer (4.3x; learned means at least 3x).\n"
+            ) in (out / "table1.md").read_text()
+
+    at_chance = [result("base", "reasoning", "base", 0, 2, igsm={"op2": igsm_scores(2, 100, baseline_hits=4)}),
+                 result("cycle", "reasoning", "cycle", 1, 2, igsm={"op2": igsm_scores(3, 100, baseline_hits=4)})]
+    build_report(at_chance, tmp_path / "report", "chance")
+    assert ("- **Not learned**: the best variant (cycle x1, 2 layers) answers 3.0% of its 100 test problems, "
+            "against 4.0% for always giving the most common train answer (0.8x; learned means at least 3x). "
+            "Differences between rows are noise here, not effects of depth; train longer or on an easier "
+            "setting (docs/igsm_learnability.md).\n") in (tmp_path / "report" / "report.md").read_text()

@@ -117,6 +117,39 @@ def _group_sort(group: tuple) -> tuple:
 
 # ---------------------------------------------------------------- Table 1
 
+# A setting counts as learned when the best variant answers at least this many times as often
+# as always giving the most common train answer (the bar of docs/igsm_learnability.md).
+LEARNED_RATIO = 3.0
+
+
+def learning_verdict(pooled: dict[tuple, dict[str, Pooled]]) -> str | None:
+    """One line on whether any variant learned: the best group's answer accuracy over all its
+    tests against the most-common-answer rate over the same problems. Without it, a table of
+    zeros (or of noise around the baseline) reads like a finding about depth."""
+    best = None
+    for group, tests in pooled.items():
+        cells = [c for c in tests.values() if c.n and c.baseline_rate is not None]
+        n = sum(c.n for c in cells)
+        if not n:
+            continue
+        accuracy = sum(c.correct for c in cells) / n
+        baseline = sum(c.baseline_rate * c.n for c in cells) / n
+        if best is None or (accuracy, baseline) > (best[0], best[1]):
+            best = (accuracy, baseline, n, group)
+    if best is None:
+        return None
+    accuracy, baseline, n, (_, pattern, k, layers, n_layer, _) = best
+    name = pattern + (f" {vld_label(k)}" if k else "") + f", {n_layer} layers" + (f", reusing {layers}" if layers else "")
+    ratio = f"{accuracy / baseline:.1f}x" if baseline else "no baseline"
+    facts = (f"the best variant ({name}) answers {pct(accuracy)}% of its {n} test problems, against "
+             f"{pct(baseline)}% for always giving the most common train answer ({ratio}; learned "
+             f"means at least {LEARNED_RATIO:g}x)")
+    if baseline and accuracy >= LEARNED_RATIO * baseline:
+        return f"Learned: {facts}."
+    return (f"**Not learned**: {facts}. Differences between rows are noise here, not effects of "
+            "depth; train longer or on an easier setting (docs/igsm_learnability.md).")
+
+
 def table1(results: list[dict]) -> Table | None:
     """Accuracy by pattern, VLD factor, base layers and test (not layer-subset variants)."""
     reasoning = [r for r in _reasoning(results) if r.get("layers") is None]
@@ -164,6 +197,9 @@ def table1(results: list[dict]) -> Table | None:
         f"paper: Table 1 of {paper.PAPER}, {paper.TABLE1_N_TEST} test problems per test; "
         "columns match ours only where the base-layer count and the test op agree.",
     ]
+    verdict = learning_verdict(pooled)
+    if verdict:
+        notes.insert(0, verdict)
     return Table("table1", "Table 1: iGSM accuracy by pattern, VLD factor and test op",
                  header, rows, notes)
 
