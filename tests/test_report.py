@@ -231,6 +231,9 @@ def test_metrics_json_for_dvc(full_report):
     best = metrics["best_reasoning"]
     assert (best["variant"], best["test"], best["answer_accuracy"]) == ("r8-cycle-x1-second", "op15", 0.61)
     assert best["ratio_to_baseline"] == pytest.approx(6.1)
+    verdict = metrics["reasoning_verdict"]  # Table 1's verdict: all tests, seeds pooled, no layer subsets
+    assert (verdict["variant"], verdict["n"], verdict["learned"]) == ("cycle x1, 8 layers", 200, 1)
+    assert verdict["answer_accuracy"] == pytest.approx(0.435) and verdict["ratio_to_baseline"] == pytest.approx(4.35)
 
 
 def test_missing_pieces_are_skipped_with_notes(tmp_path):
@@ -323,6 +326,7 @@ def test_table1_says_whether_any_variant_learned(full_report, tmp_path):
     at_chance = [result("base", "reasoning", "base", 0, 2, igsm={"op2": igsm_scores(2, 100, baseline_hits=4)}),
                  result("cycle", "reasoning", "cycle", 1, 2, igsm={"op2": igsm_scores(3, 100, baseline_hits=4)})]
     build_report(at_chance, tmp_path / "report", "chance")
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["reasoning_verdict"]["learned"] == 0
     assert ("- **Not learned**: the best variant (cycle x1, 2 layers) answers 3.0% of its 100 test problems, "
             "against 4.0% for always giving the most common train answer (0.8x; learned means at least 3x). "
             "Differences between rows are noise here, not effects of depth; train longer or on an easier "

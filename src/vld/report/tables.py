@@ -122,29 +122,53 @@ def _group_sort(group: tuple) -> tuple:
 LEARNED_RATIO = 3.0
 
 
-def learning_verdict(pooled: dict[tuple, dict[str, Pooled]]) -> str | None:
-    """One line on whether any variant learned: the best group's answer accuracy over all its
-    tests against the most-common-answer rate over the same problems. Without it, a table of
-    zeros (or of noise around the baseline) reads like a finding about depth."""
+@dataclass
+class BestReasoning:
+    """The variant group with the highest answer accuracy over all its test problems."""
+    group: tuple
+    n: int
+    accuracy: float
+    baseline: float  # the most-common-answer rate over the same problems
+
+    @property
+    def ratio(self) -> float | None:
+        return self.accuracy / self.baseline if self.baseline else None
+
+    @property
+    def learned(self) -> bool:
+        return self.ratio is not None and self.ratio >= LEARNED_RATIO
+
+    @property
+    def name(self) -> str:
+        _, pattern, k, layers, n_layer, _ = self.group
+        return (pattern + (f" {vld_label(k)}" if k else "") + f", {n_layer} layers"
+                + (f", reusing {layers}" if layers else ""))
+
+
+def best_reasoning(pooled: dict[tuple, dict[str, Pooled]]) -> BestReasoning | None:
     best = None
     for group, tests in pooled.items():
         cells = [c for c in tests.values() if c.n and c.baseline_rate is not None]
         n = sum(c.n for c in cells)
-        if not n:
-            continue
-        accuracy = sum(c.correct for c in cells) / n
-        baseline = sum(c.baseline_rate * c.n for c in cells) / n
-        if best is None or (accuracy, baseline) > (best[0], best[1]):
-            best = (accuracy, baseline, n, group)
+        if n:
+            found = BestReasoning(group, n, sum(c.correct for c in cells) / n,
+                                  sum(c.baseline_rate * c.n for c in cells) / n)
+            if best is None or (found.accuracy, found.baseline) > (best.accuracy, best.baseline):
+                best = found
+    return best
+
+
+def learning_verdict(pooled: dict[tuple, dict[str, Pooled]]) -> str | None:
+    """One line on whether any variant learned. Without it, a table of zeros (or of noise around
+    the baseline) reads like a finding about depth."""
+    best = best_reasoning(pooled)
     if best is None:
         return None
-    accuracy, baseline, n, (_, pattern, k, layers, n_layer, _) = best
-    name = pattern + (f" {vld_label(k)}" if k else "") + f", {n_layer} layers" + (f", reusing {layers}" if layers else "")
-    ratio = f"{accuracy / baseline:.1f}x" if baseline else "no baseline"
-    facts = (f"the best variant ({name}) answers {pct(accuracy)}% of its {n} test problems, against "
-             f"{pct(baseline)}% for always giving the most common train answer ({ratio}; learned "
-             f"means at least {LEARNED_RATIO:g}x)")
-    if baseline and accuracy >= LEARNED_RATIO * baseline:
+    ratio = f"{best.ratio:.1f}x" if best.ratio is not None else "no baseline"
+    facts = (f"the best variant ({best.name}) answers {pct(best.accuracy)}% of its {best.n} test problems, "
+             f"against {pct(best.baseline)}% for always giving the most common train answer ({ratio}; "
+             f"learned means at least {LEARNED_RATIO:g}x)")
+    if best.learned:
         return f"Learned: {facts}."
     return (f"**Not learned**: {facts}. Differences between rows are noise here, not effects of "
             "depth; train longer or on an easier setting (docs/igsm_learnability.md).")
