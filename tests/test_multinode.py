@@ -1,8 +1,9 @@
-"""A training stage run on two nodes, the way a cluster runs it: the same stage command started
-once per node, either directly with NODE_RANK 0 and 1 or under torchrun --nnodes 2 (here both
-nodes on this machine, one gloo process each, in one directory as on a shared filesystem). It
-must train like one process at the same global batch, and only global rank 0 may write
-outputs and track the run in MLflow."""
+"""A training stage run with DDP the ways a user runs it: on one node with 2 processes (the stage
+command started once; Lightning starts the second rank), and on two nodes, the same command
+started once per node, either directly with NODE_RANK 0 and 1 or under torchrun --nnodes 2
+(here both nodes on this machine, one gloo process each, in one directory as on a shared
+filesystem). It must train like one process at the same global batch, and only global rank 0
+may write outputs and track the run in MLflow."""
 
 from __future__ import annotations
 
@@ -19,9 +20,13 @@ from test_train_ddp import TOLERANCE, finish, launch_nodes, start
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE = ["-m", "vld.pipeline.pretrain", "--family", "knowledge", "--variant", "w16"]
-LAUNCHERS = {
-    "plain": [],  # Lightning reads MASTER_ADDR, MASTER_PORT, NODE_RANK
-    "torchrun": ["-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"],  # reads PET_*
+# name: (hardware, launcher prefix of the stage command, nodes)
+LAUNCHES = {
+    "1 node x 2": ({"devices": 2, "num_nodes": 1}, [], 1),
+    # Lightning reads MASTER_ADDR, MASTER_PORT, NODE_RANK
+    "2 nodes x 1": ({"devices": 1, "num_nodes": 2}, [], 2),
+    "2 nodes x 1, torchrun": ({"devices": 1, "num_nodes": 2},  # torchrun reads PET_*
+                              ["-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"], 2),
 }
 TRACKED = {"VLD_TRACKING": "1", "MLFLOW_TRACKING_URI": ""}  # each workspace's own mlflow.db
 
@@ -36,8 +41,8 @@ def stage_runs(workspace: Path, stage_key: str) -> list:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", LAUNCHERS)
-def test_pretrain_stage_on_two_nodes_trains_like_one_process(tmp_path, launcher):
+@pytest.mark.parametrize("launch", LAUNCHES)
+def test_pretrain_stage_under_ddp_trains_like_one_process(tmp_path, launch):
     from vld.model import load_model
 
     profile = yaml.safe_load((ROOT / "conf" / "profiles" / "tiny.yaml").read_text())
@@ -51,15 +56,15 @@ def test_pretrain_stage_on_two_nodes_trains_like_one_process(tmp_path, launcher)
     subprocess.run([sys.executable, "-m", "vld.pipeline.data_knowledge", "--dataset", "rt1k"], cwd=one,
                    check=True, capture_output=True, timeout=120)
     shutil.copytree(one, nodes)
-    profile["hardware"].update(num_nodes=2, strategy="ddp")
+    hardware, launcher, n_nodes = LAUNCHES[launch]
+    profile["hardware"].update(hardware, strategy="ddp")
     (nodes / "params.yaml").write_text(yaml.safe_dump(profile))
 
     single = finish(start(STAGE, TRACKED, cwd=one))
     assert single.returncode == 0, single.stdout[-3000:]
-    node_command = LAUNCHERS[launcher] + STAGE
-    node0, node1 = launch_nodes([(node_command, nodes), (node_command, nodes)], env=TRACKED)
-    assert node0.returncode == 0 and node1.returncode == 0, node0.stdout[-3000:] + node1.stdout[-3000:]
-    assert "Starting with 2 processes" in node0.stdout
+    done = launch_nodes([(launcher + STAGE, nodes)] * n_nodes, env=TRACKED)
+    assert all(node.returncode == 0 for node in done), "".join(node.stdout[-3000:] for node in done)
+    assert "Starting with 2 processes" in done[0].stdout
 
     out = Path("results") / "pretrain" / "knowledge" / "w16"
     a = json.loads((one / out / "metrics.json").read_text())
@@ -69,7 +74,7 @@ def test_pretrain_stage_on_two_nodes_trains_like_one_process(tmp_path, launcher)
     wa, wb = load_model(one / out / "model.pt").state_dict(), load_model(nodes / out / "model.pt").state_dict()
     assert wa.keys() == wb.keys() and max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
 
-    runs = stage_runs(nodes, "pretrain_knowledge@w16")  # node 1 tracked nothing
+    runs = stage_runs(nodes, "pretrain_knowledge@w16")  # rank 1 tracked nothing
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.metrics["final_loss"] == pytest.approx(b["final_loss"], abs=1e-6)
     assert not list((nodes / ".vld-work").glob("pretrain_knowledge/*"))  # the finished run's checkpoints are gone
