@@ -36,6 +36,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
+from vld.atomic import write_json
 from vld.model import ModelConfig, ScheduleSpec, VLDTransformer, resolve_schedule
 
 SECTIONS = ("env", "exact", "generate", "compile", "memory", "throughput", "hf")
@@ -327,17 +328,6 @@ def sec_hf(args, put):
 
 
 # -- driver
-def write_json(path: str, results: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".gpu_check.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(results, handle, indent=2, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     # exact fp32 for the correctness sections; bf16 autocast ignores this for its matmuls

@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def dvc_project(tmp_path: Path) -> Path:
-    """tmp_path/repo holding the project's DAG: dvc.yaml, .dvcignore and src/ (the stages depend
-    on their code). No params.yaml, no git or DVC repository yet."""
+    """tmp_path/repo holding the project's DAG: dvc.yaml, .dvcignore and src/. The stages run the
+    installed package; the src/ copy is what DVC hashes as their code dependencies, so a test
+    may edit it. No params.yaml, no git or DVC repository yet."""
     repo = tmp_path / "repo"
     repo.mkdir()
     for name in ("dvc.yaml", ".dvcignore"):

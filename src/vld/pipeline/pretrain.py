@@ -15,6 +15,7 @@ from __future__ import annotations
 from vld.errors import fail, run_cli
 from vld.pipeline import _stage
 from vld.pipeline.params import load_pipeline
+from vld.train.config import check_devices
 
 FAMILIES = ("reasoning", "knowledge")
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = load_pipeline(args.params)  # the whole file, before anything else
     variant = pipeline.variant(args.family, args.variant)
     train_cfg = variant.train_config()
-    _stage.stage_device(train_cfg)  # a GPU asked for and missing: fail now
+    check_devices(train_cfg, "hardware")  # a GPU asked for and missing: fail now, before any run
     data_dir = data_dir_of(pipeline, variant)
     out = _stage.pretrain_dir(variant.family, variant.name)
     rank0 = _stage.is_global_zero()

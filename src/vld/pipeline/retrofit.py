@@ -16,6 +16,7 @@ import shutil
 from vld.errors import run_cli
 from vld.pipeline import _stage
 from vld.pipeline.params import load_pipeline
+from vld.train.config import check_devices
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = load_pipeline(args.params)
     variant = pipeline.variant("retrofit", args.variant)
     train_cfg = variant.train_config()
-    _stage.stage_device(train_cfg)  # a GPU asked for and missing: fail now
+    check_devices(train_cfg, "hardware")  # a GPU asked for and missing: fail now, before any run
     # the checkpoint file itself: its directory also holds a config.json (ours, not Hugging Face's)
     source = _stage.pretrain_dir("reasoning", variant.source) / "model.pt"
     out = _stage.retrofit_dir(variant.name)

@@ -121,7 +121,7 @@ def metrics_summary(results: list[dict], profile_name: str) -> dict:
                 "baseline_rate": rate,
                 "ratio_to_baseline": accuracy / rate if rate else None}
         # Table 1's verdict, over all tests and seeds: a number to compare experiments by
-        best = tables.best_reasoning(tables.pooled_igsm([r for r in reasoning if r.get("layers") is None]))
+        best = tables.best_variant(tables.pooled_igsm(tables.table1_results(results)))
         if best is not None:
             summary["reasoning_verdict"] = {
                 "variant": best.name, "n": best.n, "answer_accuracy": best.accuracy,

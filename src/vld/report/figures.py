@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from vld.report import paper
-from vld.report.tables import (MEASURE_LABELS, _reasoning, knowledge_bits,
-                               pattern_key, pooled_igsm, test_names, variant_group)
+from vld.report.tables import (MEASURE_LABELS, knowledge_bits,
+                               pattern_key, pooled_igsm, table1_results, test_names, variant_group)
 
 # Fixed so the same results give the same picture.
 COLORS = {"base": "black", "sequence": "tab:blue", "cycle": "tab:orange",
@@ -40,7 +40,7 @@ def _save(fig, path: Path) -> None:
 def figure3(results: list[dict], path: Path) -> bool:
     """Accuracy vs effective depth: one panel per test, lines per (pattern, base layers),
     native-depth models as a black line; a last panel with the paper's op15 numbers."""
-    reasoning = [r for r in _reasoning(results) if r.get("layers") is None]
+    reasoning = table1_results(results)
     if not reasoning:
         return False
     plt = _pyplot()

@@ -110,6 +110,11 @@ def _reasoning(results: list[dict]) -> list[dict]:
     return [r for r in results if r["kind"] == "reasoning" and r.get("igsm")]
 
 
+def table1_results(results: list[dict]) -> list[dict]:
+    """Reasoning results with iGSM scores, layer-subset variants excepted (those are Table 7's)."""
+    return [r for r in _reasoning(results) if r.get("layers") is None]
+
+
 def _group_sort(group: tuple) -> tuple:
     kind, pattern, k, layers, n_layer, d_model = group
     return (n_layer, d_model or 0, pattern_key(pattern), k, layers or "")
@@ -123,7 +128,7 @@ LEARNED_RATIO = 3.0
 
 
 @dataclass
-class BestReasoning:
+class BestVariant:
     """The variant group with the highest answer accuracy over all its test problems."""
     group: tuple
     n: int
@@ -145,13 +150,13 @@ class BestReasoning:
                 + (f", reusing {layers}" if layers else ""))
 
 
-def best_reasoning(pooled: dict[tuple, dict[str, Pooled]]) -> BestReasoning | None:
+def best_variant(pooled: dict[tuple, dict[str, Pooled]]) -> BestVariant | None:
     best = None
     for group, tests in pooled.items():
         cells = [c for c in tests.values() if c.n and c.baseline_rate is not None]
         n = sum(c.n for c in cells)
         if n:
-            found = BestReasoning(group, n, sum(c.correct for c in cells) / n,
+            found = BestVariant(group, n, sum(c.correct for c in cells) / n,
                                   sum(c.baseline_rate * c.n for c in cells) / n)
             if best is None or (found.accuracy, found.baseline) > (best.accuracy, best.baseline):
                 best = found
@@ -161,7 +166,7 @@ def best_reasoning(pooled: dict[tuple, dict[str, Pooled]]) -> BestReasoning | No
 def learning_verdict(pooled: dict[tuple, dict[str, Pooled]]) -> str | None:
     """One line on whether any variant learned. Without it, a table of zeros (or of noise around
     the baseline) reads like a finding about depth."""
-    best = best_reasoning(pooled)
+    best = best_variant(pooled)
     if best is None:
         return None
     ratio = f"{best.ratio:.1f}x" if best.ratio is not None else "no baseline"
@@ -176,7 +181,7 @@ def learning_verdict(pooled: dict[tuple, dict[str, Pooled]]) -> str | None:
 
 def table1(results: list[dict]) -> Table | None:
     """Accuracy by pattern, VLD factor, base layers and test (not layer-subset variants)."""
-    reasoning = [r for r in _reasoning(results) if r.get("layers") is None]
+    reasoning = table1_results(results)
     if not reasoning:
         return None
     pooled = pooled_igsm(reasoning)
@@ -230,7 +235,7 @@ def table1(results: list[dict]) -> Table | None:
 
 def table1_long(results: list[dict]) -> Table | None:
     """Table 1 in long form (one row per variant group and test), for CSV and plots."""
-    reasoning = [r for r in _reasoning(results) if r.get("layers") is None]
+    reasoning = table1_results(results)
     if not reasoning:
         return None
     pooled = pooled_igsm(reasoning)
@@ -460,7 +465,7 @@ def figure1_pairs(results: list[dict]) -> list[dict]:
     the smallest base-layer count with VLD variants, first test, seeds pooled.
     """
     knowledge = [r for r in results if r["kind"] == "knowledge" and r.get("layers") is None]
-    reasoning = [r for r in _reasoning(results) if r.get("layers") is None]
+    reasoning = table1_results(results)
     if not knowledge or not reasoning:
         return []
     sizes: dict[tuple, int] = {}

@@ -92,7 +92,7 @@ class SameResumeOnEveryRank(Callback):
         self.checkpoint, self.step = checkpoint, step  # step -1: this rank found no checkpoint
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if trainer.world_size == 1 or not torch.distributed.is_initialized():
+        if not torch.distributed.is_initialized():  # one process
             return
         mine = torch.tensor([self.step], dtype=torch.long, device=trainer.strategy.root_device)
         gathered = [torch.empty_like(mine) for _ in range(trainer.world_size)]
