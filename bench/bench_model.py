@@ -3,9 +3,12 @@
     .venv/bin/python bench/bench_model.py            # about 3-4 minutes on 2 CPU cores
     .venv/bin/python bench/bench_model.py --quick    # fewer steps, rougher figures
 
+0. the GEMMs of each layer shape's training step in torch's BLAS (MKL) and in oneDNN, the two
+   choices of `ModelConfig.cpu_gemm` (see vld.model.linear);
 1. identity schedule vs Hugging Face GPT2LMHeadModel (SDPA), same width/depth/heads/seq/batch,
    each trained in its own process (the steady state of a training run; see `hf_section`),
-   under glibc's default allocator and again with freed memory kept (no page faults);
+   under glibc's default allocator and again with freed memory kept (no page faults); our
+   model runs with each cpu_gemm choice;
 2. cycle xk (k = 1..3) vs base: block-stack time against (k+1) x the base block-stack time,
    and against the unrolled (untied) model of the same effective depth (schedule overhead);
 3. greedy generation of 512 tokens with the KV cache vs recomputing the sequence each step.
@@ -18,6 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
+
+
+# section 1's processes: the model each trains (vld: with that cpu_gemm)
+WORKERS = {"vld": "onednn", "vld-blas": "blas", "hf": None}
 
 
 def parse_args(argv=None):
@@ -35,11 +42,11 @@ def parse_args(argv=None):
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu: process CPU time (all threads), less disturbed by other load; "
                              "use with --threads 1 on a busy machine")
-    parser.add_argument("--sections", default="hf,cycle,generate",
-                        help="comma-separated subset of: hf, cycle, generate")
+    parser.add_argument("--sections", default="gemm,hf,cycle,generate",
+                        help="comma-separated subset of: gemm, hf, cycle, generate")
     parser.add_argument("--rounds", type=int, default=2,
                         help="section 1: processes per model and allocator mode, alternated")
-    parser.add_argument("--worker", choices=("vld", "hf"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     parser.add_argument("--keep-freed-memory", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -47,11 +54,11 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     sections = {name.strip() for name in args.sections.split(",") if name.strip()}
-    unknown = sections - {"hf", "cycle", "generate"}
+    unknown = sections - {"gemm", "hf", "cycle", "generate"}
     if unknown:
         from vld.errors import fail
 
-        fail("--sections", f"unknown section {sorted(unknown)[0]!r} (known: hf, cycle, generate)")
+        fail("--sections", f"unknown section {sorted(unknown)[0]!r} (known: gemm, hf, cycle, generate)")
     if args.quick:
         args.steps, args.gen_tokens, args.rounds = 3, 128, 1
     if args.keep_freed_memory:
@@ -67,9 +74,9 @@ def main(argv=None) -> None:
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     n_tokens = args.batch * args.seq
 
-    def config(schedule=None, n_layer=args.layers):
+    def config(schedule=None, n_layer=args.layers, cpu_gemm="onednn"):
         return ModelConfig(vocab_size=args.vocab, n_layer=n_layer, d_model=args.width, n_head=args.heads,
-                           max_seq_len=max(args.seq, 64 + args.gen_tokens), schedule=schedule)
+                           max_seq_len=max(args.seq, 64 + args.gen_tokens), schedule=schedule, cpu_gemm=cpu_gemm)
 
     def trainer(model, logits_of, with_optimizer=True):
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if with_optimizer else None
@@ -102,7 +109,10 @@ def main(argv=None) -> None:
     vld_logits = lambda m, x: m(x)  # noqa: E731
     base = VLDTransformer(config()).train()
     if args.worker:
-        model, logits_of = (base, vld_logits) if args.worker == "vld" else (hf_gpt2(args, base.config.max_seq_len), hf_logits)
+        if args.worker == "hf":
+            model, logits_of = hf_gpt2(args, base.config.max_seq_len), hf_logits
+        else:
+            model, logits_of = VLDTransformer(config(cpu_gemm=WORKERS[args.worker])).train(), vld_logits
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
         print(json.dumps(worker_times(trainer(model, logits_of), args.steps, clock)))
         return
@@ -110,6 +120,8 @@ def main(argv=None) -> None:
     print(f"# fp32, {args.threads} threads, width {args.width}, {args.layers} layers, {args.heads} heads, "
           f"seq {args.seq}, batch {args.batch}, vocab {args.vocab}, {args.clock} clock")
     print(f"{'measurement':44s} {'value':>12s} {'ratio':>8s}  reference")
+    if "gemm" in sections:
+        gemm_section(args, base, race, n_tokens)
     if "hf" in sections:
         step_s = hf_section(args, argv, n_tokens)
         floor = race({"gemm": weight_gemms(base, n_tokens)}, args.steps)["gemm"]
@@ -168,8 +180,8 @@ def worker_times(step, n: int, clock) -> dict:
 def hf_section(args, argv, n_tokens: int) -> dict:
     """Each model trains in a process of its own, as in a real run. In one process the two
     models' allocations interact (HF's freed heap spared our step its page faults), which
-    inflated the ratio (1.17-1.30 from run to run, against 1.14 here). Processes alternate
-    over `--rounds` to share machine load; the median step is reported. Returns the median
+    inflated the ratio (1.17-1.30 from run to run, against 1.14 here, both with the BLAS).
+    Processes alternate over `--rounds` to share machine load; the median step is reported. Returns the median
     step seconds with freed memory kept (no page faults)."""
     import statistics
     import subprocess
@@ -178,9 +190,10 @@ def hf_section(args, argv, n_tokens: int) -> dict:
     passed = sys.argv[1:] if argv is None else list(argv)
     medians = {}
     for mode, extra in (("default allocator", []), ("freed memory kept", ["--keep-freed-memory"])):
-        runs = {"vld": [], "hf": []}
+        runs = {name: [] for name in WORKERS}
         for round_ in range(args.rounds):
-            for name in (("vld", "hf") if round_ % 2 == 0 else ("hf", "vld")):
+            order = list(WORKERS)[round_ % len(WORKERS):] + list(WORKERS)[: round_ % len(WORKERS)]
+            for name in order:
                 out = subprocess.run([sys.executable, __file__, *passed, "--worker", name, *extra],
                                      check=True, capture_output=True, text=True).stdout
                 runs[name].append(json.loads(out.strip().splitlines()[-1]))
@@ -189,27 +202,65 @@ def hf_section(args, argv, n_tokens: int) -> dict:
         print(f"# {mode}: median of {args.rounds} x {args.steps} steps per model, a process each")
         print(f"{'train tokens/s, HF GPT2LMHeadModel (sdpa)':44s} {n_tokens / step['hf']:>12,.0f} {'1.00':>8s}  "
               f"reference; {faults['hf']:,.0f} page faults/step")
-        print(f"{'train tokens/s, VLD identity schedule':44s} {n_tokens / step['vld']:>12,.0f} "
-              f"{step['hf'] / step['vld']:>8.2f}  vs HF (target >= 1.25); {faults['vld']:,.0f} page faults/step")
+        for name, label, note in (("vld", "VLD identity schedule", "target >= 1.25"),
+                                  ("vld-blas", "  the same, cpu_gemm=blas", "HF's GEMM library")):
+            print(f"{'train tokens/s, ' + label:44s} {n_tokens / step[name]:>12,.0f} "
+                  f"{step['hf'] / step[name]:>8.2f}  vs HF ({note}); {faults[name]:,.0f} page faults/step")
         medians = step
     return medians
 
 
-def weight_gemms(model, n_tokens: int):
-    """One training step's weight GEMMs (forward, input grad, weight grad of every linear layer
-    and the head) without anything else: the floor under any implementation of this step."""
+def linear_shapes(model) -> list[tuple[int, int]]:
+    """(in, out) of every linear layer the step runs, the head included."""
+    from vld.model.linear import Linear
+
+    return [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, Linear)]
+
+
+def training_gemms(shapes, n_tokens: int, cpu_gemm: str) -> list[tuple]:
+    """For each (in, out): the three functions running that layer's training GEMMs (forward,
+    input grad, weight grad) in `cpu_gemm`'s library, exactly as the model's backward does."""
     import torch
 
-    shapes = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    operands = [(torch.randn(n_tokens, i), torch.randn(o, i), torch.randn(n_tokens, o)) for i, o in shapes]
+    from vld.model.linear import onednn_input_grad, onednn_linear, onednn_weight_grad
+
+    gemms = []
+    for in_features, out_features in shapes:
+        x, w, grad_y = torch.randn(n_tokens, in_features), torch.randn(out_features, in_features), torch.randn(n_tokens, out_features)
+        if cpu_gemm == "onednn":
+            gemms.append((lambda x=x, w=w: onednn_linear(x, w), lambda w=w, g=grad_y: onednn_input_grad(g, w),
+                          lambda x=x, g=grad_y: onednn_weight_grad(g, x)))
+        else:
+            gemms.append((lambda x=x, w=w: x @ w.t(), lambda w=w, g=grad_y: g @ w, lambda x=x, g=grad_y: g.t() @ x))
+    return gemms
+
+
+def weight_gemms(model, n_tokens: int):
+    """One training step's weight GEMMs (forward, input grad, weight grad of every linear layer
+    and the head) in the model's own GEMM library, without anything else: the floor under any
+    implementation of this step with these kernels."""
+    gemms = training_gemms(linear_shapes(model), n_tokens, model.config.cpu_gemm)
 
     def step():
-        for x, w, grad_y in operands:
-            x @ w.t()
-            grad_y @ w
-            grad_y.t() @ x
+        for three in gemms:
+            for gemm in three:
+                gemm()
 
     return step
+
+
+def gemm_section(args, base, race, n_tokens: int) -> None:
+    """GFLOP/s of each distinct layer shape's training GEMMs: torch's BLAS against oneDNN."""
+    shapes = sorted(set(linear_shapes(base)))
+    libraries = {lib: dict(zip(shapes, training_gemms(shapes, n_tokens, lib))) for lib in ("blas", "onednn")}
+    print(f"# GEMMs of one step's linear layers, {n_tokens} rows, GFLOP/s; fastest of {args.steps}")
+    for shape in shapes:
+        flops = 2 * n_tokens * shape[0] * shape[1]
+        for index, name in enumerate(("forward", "input grad", "weight grad")):
+            timed = race({lib: libraries[lib][shape][index] for lib in libraries}, args.steps)
+            rates = {lib: flops / seconds / 1e9 for lib, seconds in timed.items()}
+            label = f"{name} [{shape[0]} -> {shape[1]}], BLAS | oneDNN"
+            print(f"{label:44s} {rates['blas']:>5.0f} |{rates['onednn']:>5.0f} {rates['onednn'] / rates['blas']:>8.2f}  oneDNN vs BLAS")
 
 
 def cycle_section(args, base, trainer, race, vld_logits, config):

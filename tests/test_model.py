@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from vld.errors import UserError
 from vld.model.attention import causal_attention
+from vld.model.linear import onednn_linear
 from vld.model import PRESETS, ModelConfig, ScheduleSpec, VLDTransformer, hf_state_dict, load_model, resolve_schedule, save_model
 
 BLOCKS = ["gpt2", "llama"]
@@ -43,7 +44,8 @@ def tokens(batch=3, seq=17, vocab=61, seed=1):
 
 # -- a plain reference forward, written without any schedule machinery ---------------------
 
-def plain_forward(model, x):
+def plain_forward(model, x, linear=F.linear):
+    """`linear`: the GEMM kernel the model's layers use (this reference is about the schedule)."""
     cfg = model.config
     h = model.tok_emb.weight[x]
     seq = x.shape[1]
@@ -67,27 +69,28 @@ def plain_forward(model, x):
     batch = x.shape[0]
     for layer in model.layers:  # each base layer once, in order
         a = norm(h, layer.norm1)
-        qkv = F.linear(a, layer.attn.qkv.weight, layer.attn.qkv.bias)
+        qkv = linear(a, layer.attn.qkv.weight, layer.attn.qkv.bias)
         q, k, v = qkv.view(batch, seq, 3, cfg.n_head, cfg.head_dim).permute(2, 0, 3, 1, 4)
         if cfg.block == "llama":
             q, k = q * cos + rot(q) * sin, k * cos + rot(k) * sin
         att = causal_attention(torch.stack((q, k, v)))  # the model's own attention kernel: this reference is about the schedule
-        h = h + F.linear(att, layer.attn.proj.weight, layer.attn.proj.bias)
+        h = h + linear(att, layer.attn.proj.weight, layer.attn.proj.bias)
         m = norm(h, layer.norm2)
         if cfg.block == "gpt2":
-            h = h + F.linear(F.gelu(F.linear(m, layer.mlp.fc.weight, layer.mlp.fc.bias), approximate="tanh"), layer.mlp.proj.weight, layer.mlp.proj.bias)
+            h = h + linear(F.gelu(linear(m, layer.mlp.fc.weight, layer.mlp.fc.bias), approximate="tanh"), layer.mlp.proj.weight, layer.mlp.proj.bias)
         else:
-            gate, up = F.linear(m, layer.mlp.gate_up.weight).split(cfg.ff_dim, -1)
-            h = h + F.linear(F.silu(gate) * up, layer.mlp.proj.weight)
-    return F.linear(norm(h, model.norm_f), model.lm_head.weight)
+            gate, up = linear(m, layer.mlp.gate_up.weight).split(cfg.ff_dim, -1)
+            h = h + linear(F.silu(gate) * up, layer.mlp.proj.weight)
+    return linear(norm(h, model.norm_f), model.lm_head.weight)
 
 
 @pytest.mark.parametrize("block", BLOCKS)
-def test_identity_schedule_bit_identical_to_plain_model(block):
-    model = model_for(block, "base").eval()
+@pytest.mark.parametrize("cpu_gemm,linear", [("blas", F.linear), ("onednn", onednn_linear)])
+def test_identity_schedule_bit_identical_to_plain_model(block, cpu_gemm, linear):
+    model = model_for(block, "base", cpu_gemm=cpu_gemm, d_model=256).eval()  # wide enough for the kernels to differ
     x = tokens()
     with torch.no_grad():
-        assert torch.equal(model(x), plain_forward(model, x))
+        assert torch.equal(model(x), plain_forward(model, x, linear))
 
 
 @pytest.mark.parametrize("block", BLOCKS)
@@ -315,6 +318,7 @@ def test_chunked_prefill_through_cache_equals_full_forward(block):
         (dict(schedule=[0, 1, 2]), "model.schedule: base layer 3 is never visited"),
         (dict(schedule=[]), "model.schedule: empty schedule"),
         (dict(tie_embeddings="yes"), "model.tie_embeddings: must be true or false, got 'yes'"),
+        (dict(cpu_gemm="mkl"), "model.cpu_gemm: unknown CPU GEMM library 'mkl' (known: onednn, blas)"),
     ],
 )
 def test_bad_config_one_line_errors(overrides, message):

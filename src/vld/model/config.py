@@ -11,6 +11,7 @@ from vld.errors import fail
 from vld.model.schedule import ScheduleSpec, check_order, resolve_schedule
 
 BLOCKS = ("gpt2", "llama")
+CPU_GEMMS = ("onednn", "blas")  # see vld.model.linear
 
 
 @dataclass
@@ -35,6 +36,7 @@ class ModelConfig:
     dropout: float = 0.0
     activation_checkpointing: bool = False
     init_std: float = 0.02
+    cpu_gemm: str = "onednn"  # fp32 CPU matmuls: oneDNN, or torch's BLAS (see vld.model.linear)
 
     @property
     def ff_dim(self) -> int:
@@ -70,6 +72,8 @@ class ModelConfig:
             positive_int("d_ff")
         if self.block not in BLOCKS:
             fail(f"{where}.block", f"unknown block {self.block!r} (known: {', '.join(BLOCKS)})")
+        if self.cpu_gemm not in CPU_GEMMS:
+            fail(f"{where}.cpu_gemm", f"unknown CPU GEMM library {self.cpu_gemm!r} (known: {', '.join(CPU_GEMMS)})")
         if self.d_model % self.n_head:
             fail(f"{where}.n_head", f"{self.n_head} heads do not divide d_model {self.d_model}")
         if self.block == "llama" and self.head_dim % 2:

@@ -21,6 +21,7 @@ from vld.errors import fail
 from vld.model.attention import causal_attention
 from vld.model.config import PRESETS, ModelConfig
 from vld.model.generation import check_request, greedy_decode, left_pad
+from vld.model.linear import Linear
 from vld.model.schedule import check_order
 
 
@@ -61,8 +62,8 @@ class Attention(nn.Module):
         bias = config.block == "gpt2"
         self.n_head = config.n_head
         self.head_dim = config.head_dim
-        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=bias)  # fused q, k, v
-        self.proj = nn.Linear(config.d_model, config.d_model, bias=bias)
+        self.qkv = Linear(config.d_model, 3 * config.d_model, bias=bias, cpu_gemm=config.cpu_gemm)  # fused q, k, v
+        self.proj = Linear(config.d_model, config.d_model, bias=bias, cpu_gemm=config.cpu_gemm)
         self.dropout = config.dropout
 
     def forward(self, x, rope, attn_mask, is_causal: bool, cache: KVCache | None, slot: int):
@@ -85,8 +86,8 @@ class Attention(nn.Module):
 class GPT2MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.fc = nn.Linear(config.d_model, config.ff_dim)
-        self.proj = nn.Linear(config.ff_dim, config.d_model)
+        self.fc = Linear(config.d_model, config.ff_dim, cpu_gemm=config.cpu_gemm)
+        self.proj = Linear(config.ff_dim, config.d_model, cpu_gemm=config.cpu_gemm)
 
     def forward(self, x):
         return self.proj(F.gelu(self.fc(x), approximate="tanh"))
@@ -96,8 +97,8 @@ class SwiGLU(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.ff_dim = config.ff_dim
-        self.gate_up = nn.Linear(config.d_model, 2 * config.ff_dim, bias=False)  # fused gate, up
-        self.proj = nn.Linear(config.ff_dim, config.d_model, bias=False)
+        self.gate_up = Linear(config.d_model, 2 * config.ff_dim, bias=False, cpu_gemm=config.cpu_gemm)  # fused gate, up
+        self.proj = Linear(config.ff_dim, config.d_model, bias=False, cpu_gemm=config.cpu_gemm)
 
     def forward(self, x):
         gate, up = self.gate_up(x).split(self.ff_dim, dim=-1)
@@ -156,7 +157,7 @@ class VLDTransformer(nn.Module):
         self.emb_dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm_f = _norm(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False, cpu_gemm=config.cpu_gemm)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         if config.block == "llama":

@@ -1,0 +1,99 @@
+"""Linear layers whose fp32 CPU GEMMs can run in oneDNN instead of the BLAS.
+
+PyTorch's x86 wheels send fp32 matmuls to MKL. On the AMD EPYC (Zen 5, AVX-512) this project
+is developed on, MKL takes a generic code path (MKL_VERBOSE: "Intel(R) Architecture
+processors"; MKL_ENABLE_INSTRUCTIONS=AVX512 changes nothing) and runs at about 210 GFLOP/s on
+2 cores. oneDNN, shipped inside the same wheel, picks its kernels by instruction set
+(ONEDNN_VERBOSE: "isa:Intel AVX-512 ..."). At the `bench` preset's training shapes (4096 rows,
+widths 256-2048) the forward and input-gradient GEMMs run at 415-490 GFLOP/s in oneDNN against
+205-220 in MKL (the head's forward: 252 against 155), the weight gradient at 255-405 against
+195-200 (`bench/bench_model.py --sections gemm` prints each shape).
+
+Both are IEEE fp32 (no reduced-precision mode): results differ from `F.linear` by summation
+order only, a relative 1e-6 (none at all at widths up to 128 here). `ModelConfig.cpu_gemm`
+chooses: "onednn" (the default) or "blas" (exactly `nn.Linear`). GPUs, other dtypes, autocast
+and torch.compile take `F.linear`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MIN_ROWS = 4  # one row (one sequence decoding) is faster in the BLAS; at 4 rows oneDNN already wins
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., in] @ weight[out, in].T + bias, in oneDNN; either operand may be a transposed view."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def onednn_input_grad(grad_rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """dX = dY W for dY [rows, out], W [out, in]."""
+    return onednn_linear(grad_rows, weight.t())
+
+
+def onednn_weight_grad(grad_rows: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """dW = dY^T X [out, in] for dY [rows, out], X [rows, in]: a reduction over all rows.
+
+    oneDNN is fastest with the wider side of the result as its output dimension, so when
+    out is the wider one this computes dW^T and hands back its transpose.
+    """
+    if grad_rows.shape[1] >= rows.shape[1]:
+        return onednn_linear(rows.t(), grad_rows.t()).t()
+    return onednn_linear(grad_rows.t(), rows.t())
+
+
+class OneDNNLinear(torch.autograd.Function):
+    """y = x W^T + b with all three GEMMs of its training step in oneDNN."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return onednn_linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        grad_rows = grad_y.reshape(-1, weight.shape[0])
+        if ctx.needs_input_grad[0]:
+            grad_x = onednn_input_grad(grad_rows, weight).view(x.shape)
+        if ctx.needs_input_grad[1]:
+            grad_w = onednn_weight_grad(grad_rows, x.reshape(-1, weight.shape[1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_rows.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether this call can take oneDNN: fp32 on the CPU, no autocast, enough rows to pay off,
+    not under torch.compile (inductor lowers this op only for frozen, constant weights)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.numel() >= MIN_ROWS * x.shape[-1]
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+    )
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, init and state dict) with a choice of CPU GEMM library."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, cpu_gemm: str = "onednn"):
+        super().__init__(in_features, out_features, bias=bias)
+        self.cpu_gemm = cpu_gemm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cpu_gemm == "onednn" and onednn_applies(x, self.weight):
+            return OneDNNLinear.apply(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, cpu_gemm={self.cpu_gemm}"
