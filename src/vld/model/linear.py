@@ -10,9 +10,8 @@ widths 256-2048) the forward and input-gradient GEMMs run at 415-490 GFLOP/s in 
 195-200 (`bench/bench_model.py --sections gemm` prints each shape).
 
 Both are IEEE fp32 (no reduced-precision mode): results differ from `F.linear` by summation
-order only, a relative 1e-6 (none at all at widths up to 128 here). `ModelConfig.cpu_gemm`
-chooses: "onednn" (the default) or "blas" (exactly `nn.Linear`). GPUs, other dtypes, autocast
-and torch.compile take `F.linear`.
+order only, a relative 1e-6. `ModelConfig.cpu_gemm` chooses: "onednn" (the default) or
+"blas" (exactly `nn.Linear`). GPUs, other dtypes, autocast and torch.compile take `F.linear`.
 """
 
 from __future__ import annotations
