@@ -5,9 +5,9 @@ is developed on, MKL takes a generic code path (MKL_VERBOSE: "Intel(R) Architect
 processors"; MKL_ENABLE_INSTRUCTIONS=AVX512 changes nothing) and runs at about 210 GFLOP/s on
 2 cores. oneDNN, shipped inside the same wheel, picks its kernels by instruction set
 (ONEDNN_VERBOSE: "isa:Intel AVX-512 ..."). At the `bench` preset's training shapes (4096 rows,
-widths 256-2048) the forward and input-gradient GEMMs run at 415-490 GFLOP/s in oneDNN against
-205-220 in MKL (the head's forward: 252 against 155), the weight gradient at 255-405 against
-195-200 (`bench/bench_model.py --sections gemm` prints each shape).
+widths 256-2048) the forward and input-gradient GEMMs run at 431-528 GFLOP/s in oneDNN against
+217-230 in MKL (the head's forward: 267 against 159), the weight gradient at 296-409 against
+201-213 (`bench/bench_model.py --sections gemm` prints each shape; README, Performance).
 
 Both are IEEE fp32 (no reduced-precision mode): results differ from `F.linear` by summation
 order only, a relative 1e-6. `ModelConfig.cpu_gemm` chooses: "onednn" (the default) or
