@@ -181,8 +181,8 @@ def hf_section(args, argv, n_tokens: int) -> dict:
     """Each model trains in a process of its own, as in a real run. In one process the two
     models' allocations interact (HF's freed heap spared our step its page faults), which
     inflated the ratio (1.17-1.30 from run to run, against 1.14 here, both with the BLAS).
-    Processes alternate over `--rounds` to share machine load; the median step is reported. Returns the median
-    step seconds with freed memory kept (no page faults)."""
+    Processes alternate over `--rounds` to share machine load; the median step is reported.
+    Returns the median step seconds with freed memory kept (no page faults)."""
     import statistics
     import subprocess
     import sys
