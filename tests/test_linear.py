@@ -76,3 +76,10 @@ def test_model_layers_follow_the_config():
         assert len(linears) == 2 * 4 + 1 and {m.cpu_gemm for m in linears} == {cpu_gemm}
         logits = model(torch.zeros(2, 8, dtype=torch.long))
         assert (type(logits.grad_fn).__name__ == "OneDNNLinearBackward") == (cpu_gemm == "onednn")
+
+
+def test_second_derivative_is_refused():
+    layer, x = layer_and_input(32, 48, True)
+    (grad_x,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad_x.sum().backward()

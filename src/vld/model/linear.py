@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 MIN_ROWS = 4  # one row (one sequence decoding) is faster in the BLAS; at 4 rows oneDNN already wins
 
@@ -54,6 +55,7 @@ class OneDNNLinear(torch.autograd.Function):
         return onednn_linear(x, weight, bias)
 
     @staticmethod
+    @once_differentiable  # second derivatives (never needed in training) raise instead of going wrong
     def backward(ctx, grad_y):
         x, weight = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
