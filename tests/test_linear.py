@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from vld.model import ModelConfig, VLDTransformer
-from vld.model.linear import Linear, onednn_applies, onednn_linear
+from vld.model.linear import MIN_MACS, Linear, onednn_applies, onednn_linear
 
 
-def layer_and_input(in_features, out_features, bias, rows=96, cpu_gemm="onednn", seed=0):
+def layer_and_input(in_features, out_features, bias, rows=384, cpu_gemm="onednn", seed=0):
     torch.manual_seed(seed)
     layer = Linear(in_features, out_features, bias=bias, cpu_gemm=cpu_gemm)
     x = torch.randn(3, rows // 3, in_features, requires_grad=True)
@@ -50,7 +50,7 @@ def test_blas_choice_is_exactly_nn_linear():
 
 
 def test_onednn_is_deterministic():
-    layer, x = layer_and_input(256, 768, True, rows=4096 * 3 // 3)
+    layer, x = layer_and_input(256, 768, True, rows=4095)
     first, second = layer(x), layer(x)
     assert torch.equal(first, second)
     assert torch.equal(onednn_linear(x.detach(), layer.weight.detach(), layer.bias.detach()), first.detach())
@@ -58,28 +58,30 @@ def test_onednn_is_deterministic():
 
 @pytest.mark.filterwarnings("ignore:TF32 acceleration")
 def test_where_onednn_applies():
-    w = torch.zeros(8, 16)
-    assert onednn_applies(torch.zeros(4, 16), w)
-    assert not onednn_applies(torch.zeros(1, 1, 16), w)  # one row: decoding a single sequence
-    assert not onednn_applies(torch.zeros(4, 16, dtype=torch.float64), w.double())
-    assert not onednn_applies(torch.zeros(4, 16, dtype=torch.bfloat16), w.bfloat16())
+    w = torch.zeros(256, 128)
+    rows = MIN_MACS // (256 * 128) + 1  # just enough multiply-adds to repay oneDNN's per-call cost
+    x = torch.zeros(rows, 128)
+    assert onednn_applies(x, w)
+    assert not onednn_applies(x[1:], w)  # one row fewer: MKL is as fast
+    assert not onednn_applies(x.double(), w.double())
+    assert not onednn_applies(x.bfloat16(), w.bfloat16())
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not onednn_applies(torch.zeros(4, 16), w)
+        assert not onednn_applies(x, w)
     with torch.backends.mkldnn.flags(enabled=False):
-        assert not onednn_applies(torch.zeros(4, 16), w)
+        assert not onednn_applies(x, w)
 
 
 def test_model_layers_follow_the_config():
     for cpu_gemm in ("onednn", "blas"):
-        model = VLDTransformer(ModelConfig(vocab_size=32, n_layer=2, d_model=32, n_head=2, max_seq_len=16, cpu_gemm=cpu_gemm))
+        model = VLDTransformer(ModelConfig(vocab_size=512, n_layer=2, d_model=64, n_head=2, max_seq_len=64, cpu_gemm=cpu_gemm))
         linears = [m for m in model.modules() if isinstance(m, Linear)]
         assert len(linears) == 2 * 4 + 1 and {m.cpu_gemm for m in linears} == {cpu_gemm}
-        logits = model(torch.zeros(2, 8, dtype=torch.long))
+        logits = model(torch.zeros(4, 64, dtype=torch.long))  # the head: 256 rows x 64 x 512, enough for oneDNN
         assert (type(logits.grad_fn).__name__ == "OneDNNLinearBackward") == (cpu_gemm == "onednn")
 
 
 def test_second_derivative_is_refused():
-    layer, x = layer_and_input(32, 48, True)
+    layer, x = layer_and_input(64, 192, True)
     (grad_x,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad_x.sum().backward()
