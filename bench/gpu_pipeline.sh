@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run params.yaml's whole DAG stage by stage, in dvc.yaml's order, on a machine without dvc or
 # mlflow (a lent GPU box, say): what `dvc repro` would run, minus caching and tracking.
+# VLD_LIST_STAGES=1 only prints the stage commands.
 #   python -m vld.pipeline.profile gpu-smoke && bash bench/gpu_pipeline.sh [OUT_DIR]
 # Needs torch, lightning, numpy, pyyaml, omegaconf and matplotlib. Prints each stage's exit
 # status and wall time, the tail of any failing stage's log, and packs results/ into
@@ -11,24 +12,32 @@ OUT_DIR=${1:-results_gpu}
 mkdir -p "$OUT_DIR"
 export VLD_TRACKING=0 PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 stages=$($PY - <<'PY'
+# dvc.yaml's stages in its order (which is a valid run order), each foreach expanded over its
+# params.yaml mapping: the same commands `dvc repro` runs, read from the same file.
+from pathlib import Path
+
+import yaml
+
 from vld.pipeline.params import load_pipeline
 
-p = load_pipeline()
-print("data_igsm --split train")
-print("data_igsm --split tests")
-for name in p.knowledge_data:
-    print(f"data_knowledge --dataset {name}")
-for family in ("reasoning", "knowledge"):
-    for name in p.variants.get(family, {}):
-        print(f"pretrain --family {family} --variant {name}")
-for name in p.variants.get("retrofit", {}):
-    print(f"retrofit --variant {name}")
-for family in ("reasoning", "knowledge", "retrofit"):
-    for name in p.variants.get(family, {}):
-        print(f"evaluate --family {family} --variant {name}")
-print("report")
+load_pipeline()  # bad params: one line, before any stage
+params = yaml.safe_load(Path("params.yaml").read_text())
+PREFIX = "python -m vld.pipeline."
+for name, stage in yaml.safe_load(Path("dvc.yaml").read_text())["stages"].items():
+    if "foreach" in stage:
+        items = params
+        for part in stage["foreach"].removeprefix("${").removesuffix("}").split("."):
+            items = items.get(part) or {}
+        commands = [stage["do"]["cmd"].replace("${key}", str(key)) for key in items]
+    else:
+        commands = [stage["cmd"]]
+    for command in commands:
+        if not command.startswith(PREFIX):
+            raise SystemExit(f"dvc.yaml: stage {name}: {command!r} does not start with {PREFIX!r}")
+        print(command.removeprefix(PREFIX))
 PY
 ) || exit 1
+if [ "${VLD_LIST_STAGES:-0}" = 1 ]; then echo "$stages"; exit 0; fi
 failed=0
 while read -r stage; do
   start=$(date +%s%N)
