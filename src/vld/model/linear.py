@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-# oneDNN costs about 13-15 us per call here; below about 1.5M multiply-adds (rows x in x out) MKL
+# oneDNN costs about 13-17 us per call here; below about 1.5M multiply-adds (rows x in x out) MKL
 # is as fast or faster: 64 -> 192 at 64 rows 11 vs 17 us, 128 -> 384 at 16 rows 12 vs 18 us.
 MIN_MACS = 1_500_000
 AVAILABLE = torch.backends.mkldnn.is_available()  # fixed for the build; `enabled` can change at run time
