@@ -1,61 +1,133 @@
 """One JSON result per variant: everything the report needs about one trained model.
 
-`evaluate_variant(model, kind, data, settings, meta)` runs the evaluations that fit the
-variant's kind and returns one dict with the schema below (also in docs/report.md).
+`evaluate_variant(model, family, data, settings, meta)` measures what the data it is given
+asks for (its task: iGSM test sets, a knowledge set, k-hop test sets) and returns one dict
+with the fields of `VariantResult` (schema "vld.variant/2"; docs/report.md). `family` is a
+label (the pipeline's family name: reasoning, knowledge, retrofit, khop, ...).
 
-Result schema "vld.variant/1" (every key always present; None or empty when not measured):
-  schema            "vld.variant/1"
-  variant           name of the variant (meta["variant"], required)
-  kind              "reasoning" | "knowledge" | "retrofit"
-  pattern, k        reuse pattern name and extra copies (VLD xk); from meta, else "base"/0 for
-                    an identity schedule and "custom"/None otherwise
-  layers            the reused layer range ("a..b", 0-based) of a layer-subset variant, else None
-  seed              training seed (meta) or None
-  n_layer, d_model, n_head, block, vocab_size   model config
-  effective_depth, vld, schedule, native_depth  depth (native_depth: no layer reused, identity
-                    schedule: an ordinary model of that depth)
-  params, params_no_embed, seq_len, flops_per_token, flops_per_token_train  (compute_profile)
-  train_tokens_per_s  measured training throughput (meta) or None
-  igsm              {test name: evaluate_igsm result}   (reasoning, retrofit)
-  knowledge         flat dict of vld.eval.knowledge.all_knowledge_measures  (knowledge)
-  depth             list of per-virtual-layer dicts of vld.eval.depth.layer_usage
-  scores            {benchmark: percent} given by the caller (retrofit; Table 2 analogue)
-Any other meta key is copied to the top level; meta may not override a measured key.
+This module imports no torch at load time: the validator calls `check_settings`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vld.errors import fail
 
-SCHEMA = "vld.variant/1"
-KINDS = ("reasoning", "knowledge", "retrofit")
-DATA_KEYS = ("igsm_test", "igsm_train", "knowledge", "depth")
-SETTING_KEYS = ("seq_len", "max_new_tokens", "batch_size", "limit", "depth_windows",
-                "depth_batch_size", "knowledge", "progress")
+SCHEMA = "vld.variant/2"
+
+# Each task: the data key it needs, the other data keys it reads, and its settings.
+TASKS = {
+    "igsm": {"needs": "igsm_test", "reads": ("igsm_train", "depth"),
+             "settings": ("seq_len", "max_new_tokens", "batch_size", "limit", "depth_windows",
+                          "depth_batch_size", "progress")},
+    "knowledge": {"needs": "knowledge", "reads": ("depth",),
+                  "settings": ("seq_len", "depth_windows", "depth_batch_size", "knowledge", "progress")},
+    "khop": {"needs": "khop_test", "reads": (),
+             "settings": ("batch_size", "bootstrap", "depth_windows", "depth_batch_size", "ablations",
+                          "ablation_sequences", "progress")},
+}
+_POSITIVE = ("seq_len", "max_new_tokens", "batch_size", "limit", "depth_batch_size", "bootstrap",
+             "ablation_sequences")
+
+
+@dataclass
+class VariantResult:
+    """The result schema. Every field is always present (None or empty when not measured)."""
+
+    variant: str  # name of the variant
+    family: str  # reasoning | knowledge | retrofit | khop (the pipeline's family)
+    task: str  # what was measured: igsm | knowledge | khop
+    pattern: str  # reuse pattern ("base" for an identity schedule, "custom" if unnamed)
+    k: int | None  # extra copies (VLD xk)
+    layers: str | None  # the reused range ("a..b", 0-based) of a layer-subset variant
+    seed: int | None
+    n_layer: int
+    d_model: int
+    n_head: int
+    block: str
+    vocab_size: int
+    effective_depth: int
+    vld: int  # effective_depth - n_layer
+    schedule: list[int]
+    native_depth: bool  # identity schedule: an ordinary model of that depth
+    params: int  # tied weights once
+    params_no_embed: int
+    seq_len: int
+    flops_per_token: int
+    flops_per_token_train: int
+    train_tokens_per_s: float | None  # measured by the training stage
+    train_steps: int | None
+    train_tokens: int | None  # tokens (positions) seen in training
+    igsm: dict = field(default_factory=dict)  # {test name: vld.eval.igsm.evaluate_igsm result}
+    knowledge: dict = field(default_factory=dict)  # vld.eval.knowledge.all_knowledge_measures
+    khop: dict = field(default_factory=dict)  # vld.eval.khop.evaluate_khop result
+    depth: list = field(default_factory=list)  # per virtual layer: vld.eval.depth.layer_usage
+    depth_use: dict = field(default_factory=dict)  # ablations and early exit (vld.eval.depth_use)
+    scores: dict = field(default_factory=dict)  # {benchmark: percent} given by the caller
+    schema: str = SCHEMA
+
+    @classmethod
+    def required(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls)
+                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(VariantResult))
 # Keys meta may set (they describe the variant, they are not measured).
-META_KEYS = ("variant", "pattern", "k", "layers", "seed", "train_tokens_per_s", "scores")
-MEASURED_KEYS = ("schema", "kind", "n_layer", "d_model", "n_head", "block", "vocab_size",
-                 "effective_depth", "vld", "schedule", "native_depth", "params",
-                 "params_no_embed", "seq_len", "flops_per_token", "flops_per_token_train",
-                 "igsm", "knowledge", "depth")
-REQUIRED_RESULT_KEYS = ("variant", "kind", "pattern", "k", "n_layer", "effective_depth",
-                        "native_depth", "params")
+DESCRIPTIVE_KEYS = ("variant", "pattern", "k", "layers", "seed", "train_tokens_per_s", "train_steps",
+                    "train_tokens", "scores")
+MEASURED_KEYS = tuple(key for key in FIELDS if key not in DESCRIPTIVE_KEYS)
 
 
-def _check_inputs(kind, data, settings, meta) -> None:
-    if kind not in KINDS:
-        fail("kind", f"unknown variant kind {kind!r} (known: {', '.join(KINDS)})")
+def task_of(data: dict) -> str:
+    """The task a data mapping asks for: the one whose required key it holds."""
+    found = [name for name, task in TASKS.items() if data.get(task["needs"])]
+    if len(found) != 1:
+        needs = " or ".join(task["needs"] for task in TASKS.values())
+        fail("data", f"needs exactly one of {needs}, got {', '.join(sorted(data)) or 'none'}")
+    return found[0]
+
+
+def check_settings(task: str, settings: dict, where: str = "settings") -> dict:
+    """A task's evaluation settings (a family's eval block): one line naming the bad key."""
+    if task not in TASKS:
+        fail("task", f"unknown task {task!r} (known: {', '.join(TASKS)})")
+    if not isinstance(settings, dict):
+        fail(where, f"must be a mapping, got {type(settings).__name__}")
+    allowed = TASKS[task]["settings"]
+    for key, value in settings.items():
+        if key not in allowed:
+            fail(f"{where}.{key}", f"unknown key (known: {', '.join(allowed)})")
+        if key in _POSITIVE and value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            fail(f"{where}.{key}", f"must be a positive integer, got {value!r}")
+    windows = settings.get("depth_windows", 8)
+    if not isinstance(windows, int) or isinstance(windows, bool) or windows < 0:
+        fail(f"{where}.depth_windows", f"must be an integer >= 0, got {windows!r}")
+    for key in ("ablations", "progress"):
+        if settings.get(key) is not None and not isinstance(settings[key], bool):
+            fail(f"{where}.{key}", f"must be true or false, got {settings[key]!r}")
+    if settings.get("knowledge") is not None and not isinstance(settings["knowledge"], dict):
+        fail(f"{where}.knowledge", "must be a mapping of keyword arguments of all_knowledge_measures")
+    return dict(settings)
+
+
+def _check_inputs(family, data, settings, meta) -> str:
+    if not isinstance(family, str) or not family:
+        fail("family", f"must be a family name, got {family!r}")
     for name, mapping in (("data", data), ("settings", settings), ("meta", meta)):
         if not isinstance(mapping, dict):
             fail(name, f"must be a mapping, got {type(mapping).__name__}")
+    known = sorted({key for task in TASKS.values() for key in (task["needs"], *task["reads"])})
     for key in data:
-        if key not in DATA_KEYS:
-            fail(f"data.{key}", f"unknown key (known: {', '.join(DATA_KEYS)})")
-    for key in settings:
-        if key not in SETTING_KEYS:
-            fail(f"settings.{key}", f"unknown key (known: {', '.join(SETTING_KEYS)})")
+        if key not in known:
+            fail(f"data.{key}", f"unknown key (known: {', '.join(known)})")
+    task = task_of(data)
+    check_settings(task, settings)
     for key in meta:
         if key in MEASURED_KEYS:
             fail(f"meta.{key}", "is measured by evaluate_variant and cannot be set")
@@ -64,101 +136,84 @@ def _check_inputs(kind, data, settings, meta) -> None:
     tests = data.get("igsm_test", {})
     if not isinstance(tests, dict):
         fail("data.igsm_test", "must map test names to test-set directories")
-    if kind == "reasoning" and not tests:
-        fail("data.igsm_test", "a reasoning variant needs at least one iGSM test set")
-    if kind == "knowledge" and not data.get("knowledge"):
-        fail("data.knowledge", "a knowledge variant needs its dataset directory")
     paths = {f"data.igsm_test.{n}": p for n, p in tests.items()}
-    paths.update({f"data.{k}": data[k] for k in ("igsm_train", "knowledge", "depth") if data.get(k)})
+    paths.update({f"data.{k}": data[k] for k in ("igsm_train", "knowledge", "khop_test", "depth") if data.get(k)})
     for where, path in paths.items():
         if not Path(path).is_dir():
             fail(where, f"{path} is not a directory")
-    for key in ("seq_len", "max_new_tokens", "batch_size", "limit", "depth_batch_size"):
-        value = settings.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            fail(f"settings.{key}", f"must be a positive integer, got {value!r}")
-    windows = settings.get("depth_windows", 8)
-    if not isinstance(windows, int) or isinstance(windows, bool) or windows < 0:
-        fail("settings.depth_windows", f"must be an integer >= 0, got {windows!r}")
     scores = meta.get("scores")
     if scores is not None and (not isinstance(scores, dict) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores.values())):
         fail("meta.scores", "must map benchmark names to numbers (percent)")
+    return task
 
 
-def evaluate_variant(model, kind: str, data: dict, settings: dict | None = None,
+def evaluate_variant(model, family: str, data: dict, settings: dict | None = None,
                      meta: dict | None = None) -> dict:
-    """Evaluate one trained variant; returns one result with the module's schema.
+    """Evaluate one trained variant; returns a dict with the fields of VariantResult.
 
-    data:     igsm_test {name: dir} (reasoning: required; retrofit: optional),
-              igsm_train dir (most-common-answer baseline from the train set),
-              knowledge dir (knowledge: required), depth dir (token set for the depth probe;
-              default: the first iGSM test set, else the knowledge set).
-    settings: seq_len (default model max_seq_len), max_new_tokens, batch_size, limit (iGSM),
-              depth_windows (default 8; 0 = no depth probe), depth_batch_size (default 8),
-              knowledge (dict of keyword arguments for all_knowledge_measures), progress.
-    meta:     variant (required), pattern, k, layers, seed, train_tokens_per_s, scores, and
-              any other descriptive key (copied to the top level).
+    data:     one task's inputs: igsm_test {name: dir} (+ igsm_train dir for the
+              most-common-answer baseline), or knowledge dir, or khop_test dir; depth dir
+              (token set for the depth probe; default: the first iGSM test set, else the
+              knowledge set; k-hop probes its own test sequences).
+    settings: the task's keys (TASKS), e.g. seq_len, max_new_tokens, batch_size, limit,
+              depth_windows (default 8; 0 = no depth probe), bootstrap (k-hop resamples).
+    meta:     variant (required) and DESCRIPTIVE_KEYS; any other key is copied to the result.
     Inputs are checked (one-line UserError naming the key) before any compute.
     """
     settings = dict(settings or {})
     meta = dict(meta or {})
     data = dict(data or {})
-    _check_inputs(kind, data, settings, meta)
+    task = _check_inputs(family, data, settings, meta)
 
     from vld.eval.compute import compute_profile
-    from vld.eval.depth import layer_usage, probe_windows
-    from vld.eval.igsm import evaluate_igsm
 
     config = model.config
     seq_len = settings.get("seq_len") or int(config.max_seq_len)
     schedule = [int(i) for i in model.schedule]
     native = schedule == list(range(int(config.n_layer)))
-    result: dict = {
-        "schema": SCHEMA,
-        "variant": str(meta.pop("variant")),
-        "kind": kind,
-        "pattern": meta.pop("pattern", "base" if native else "custom"),
-        "k": meta.pop("k", 0 if native else None),
-        "layers": meta.pop("layers", None),
-        "seed": meta.pop("seed", None),
-        "n_layer": int(config.n_layer),
-        "d_model": int(config.d_model),
-        "n_head": int(config.n_head),
-        "block": str(config.block),
-        "vocab_size": int(config.vocab_size),
-        "native_depth": native,
-        "train_tokens_per_s": meta.pop("train_tokens_per_s", None),
-        "scores": meta.pop("scores", None) or {},
-    }
     profile = compute_profile(model, seq_len)
-    result.update({key: profile[key] for key in (
-        "effective_depth", "vld", "schedule", "params", "params_no_embed", "seq_len",
-        "flops_per_token", "flops_per_token_train")})
+    result = VariantResult(
+        variant=str(meta.pop("variant")), family=family, task=task,
+        pattern=meta.pop("pattern", "base" if native else "custom"),
+        k=meta.pop("k", 0 if native else None), layers=meta.pop("layers", None), seed=meta.pop("seed", None),
+        n_layer=int(config.n_layer), d_model=int(config.d_model), n_head=int(config.n_head),
+        block=str(config.block), vocab_size=int(config.vocab_size), native_depth=native,
+        train_tokens_per_s=meta.pop("train_tokens_per_s", None), train_steps=meta.pop("train_steps", None),
+        train_tokens=meta.pop("train_tokens", None), scores=meta.pop("scores", None) or {},
+        **{key: profile[key] for key in ("effective_depth", "vld", "schedule", "params", "params_no_embed",
+                                         "seq_len", "flops_per_token", "flops_per_token_train")})
+    windows = settings.get("depth_windows", 8)
+    probe = None
+    if task == "igsm":
+        from vld.eval.igsm import evaluate_igsm
 
-    tests = data.get("igsm_test") or {}
-    result["igsm"] = {
-        name: evaluate_igsm(model, tests[name], max_new_tokens=settings.get("max_new_tokens"),
-                            batch_size=settings.get("batch_size") or 32,
-                            limit=settings.get("limit"), train_dir=data.get("igsm_train"),
-                            progress=settings.get("progress"))
-        for name in sorted(tests)
-    }
-    result["knowledge"] = {}
-    if data.get("knowledge") and kind == "knowledge":
+        tests = data["igsm_test"]
+        result.igsm = {name: evaluate_igsm(model, tests[name], max_new_tokens=settings.get("max_new_tokens"),
+                                           batch_size=settings.get("batch_size") or 32,
+                                           limit=settings.get("limit"), train_dir=data.get("igsm_train"),
+                                           progress=settings.get("progress"))
+                       for name in sorted(tests)}
+        probe = data.get("depth") or tests[sorted(tests)[0]]
+    elif task == "knowledge":
         from vld.eval.knowledge import all_knowledge_measures
 
-        result["knowledge"] = dict(all_knowledge_measures(
-            model, data["knowledge"], seq_len, **(settings.get("knowledge") or {})))
+        result.knowledge = dict(all_knowledge_measures(model, data["knowledge"], seq_len,
+                                                       **(settings.get("knowledge") or {})))
+        probe = data.get("depth") or data["knowledge"]
+    else:
+        from vld.eval.khop import evaluate_khop
 
-    result["depth"] = []
-    windows = settings.get("depth_windows", 8)
-    probe_dir = data.get("depth") or (tests[sorted(tests)[0]] if tests else data.get("knowledge"))
-    if windows and probe_dir:
-        tokens = probe_windows(probe_dir, seq_len, windows)
-        result["depth"] = layer_usage(model, tokens, batch_size=settings.get("depth_batch_size") or 8)
-    result.update(meta)
-    return result
+        result.khop = evaluate_khop(model, data["khop_test"], batch_size=settings.get("batch_size") or 256,
+                                    bootstrap=settings.get("bootstrap") or 1000)
+    if windows and probe:
+        from vld.eval.depth import layer_usage, probe_windows
+
+        tokens = probe_windows(probe, seq_len, windows)
+        result.depth = layer_usage(model, tokens, batch_size=settings.get("depth_batch_size") or 8)
+    out = dataclasses.asdict(result)
+    out.update(meta)
+    return out
 
 
 def check_result(result, where: str) -> dict:
@@ -166,10 +221,9 @@ def check_result(result, where: str) -> dict:
     if not isinstance(result, dict):
         fail(where, f"a variant result must be a JSON object, got {type(result).__name__}")
     if result.get("schema") != SCHEMA:
-        fail(f"{where}.schema", f"expected {SCHEMA!r}, got {result.get('schema')!r}")
-    for key in REQUIRED_RESULT_KEYS:
+        fail(f"{where}.schema", f"expected {SCHEMA!r}, got {result.get('schema')!r}"
+             " (results of an older vld: re-run the evaluation stages, dvc repro)")
+    for key in VariantResult.required():
         if key not in result:
             fail(f"{where}.{key}", "missing from the variant result")
-    if result["kind"] not in KINDS:
-        fail(f"{where}.kind", f"unknown kind {result['kind']!r}")
     return result

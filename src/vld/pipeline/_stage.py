@@ -8,41 +8,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
-from vld.pipeline.params import FAMILIES, config_hash
+from vld.pipeline.paths import *  # noqa: F401,F403  (the stages read paths from here)
+from vld.pipeline.paths import WORK
 
-IGSM_TRAIN = Path("data/igsm/train")
-IGSM_TESTS = Path("data/igsm/tests")
-KNOWLEDGE_DATA = Path("data/knowledge")
-PRETRAIN = Path("results/pretrain")
-RETROFIT = Path("results/retrofit")
-EVAL = Path("results/eval")
-REPORT = Path("results/report")
-# Checkpoints of running trainings. DVC deletes a stage's outputs before running it, so a
-# killed training resumes from here; the directory name is a hash of everything that
-# determines the run, so a changed config never resumes a stale checkpoint.
-WORK = Path(".vld-work")
-
-
-def knowledge_dir(name: str) -> Path:
-    return KNOWLEDGE_DATA / name
-
-
-def pretrain_dir(family: str, variant: str) -> Path:
-    return PRETRAIN / family / variant
-
-
-def retrofit_dir(variant: str) -> Path:
-    return RETROFIT / variant
-
-
-def eval_file(family: str, variant: str) -> Path:
-    return EVAL / family / f"{variant}.json"
+def config_hash(obj: Any) -> str:
+    """A short stable hash of a JSON-able config (names work directories)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def parser(prog: str, description: str, families: tuple[str, ...] | None = None,
@@ -141,5 +119,3 @@ def tracked(pipeline, stage: str, variant: str | None, params: dict, tags: dict)
     with stage_run(pipeline, stage, variant, params, tags) as run:
         yield run
 
-
-__all__ = ["FAMILIES"]

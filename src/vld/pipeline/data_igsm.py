@@ -14,36 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from vld.errors import run_cli
-from vld.pipeline import _stage
+from vld.pipeline import _stage, paths
 from vld.pipeline.params import load_pipeline
 
 
-def igsm_config(generator: dict, where: str = "data.igsm.generator"):
-    """The generator's IgsmConfig from params.yaml: `preset: med|hard` (optional) + any field."""
-    import dataclasses
-
-    from vld.data.igsm.generator import PRESETS, IgsmConfig
-    from vld.errors import fail
-
-    values = dict(generator or {})
-    preset = values.pop("preset", None)
-    if preset is not None and preset not in PRESETS:
-        fail(f"{where}.preset", f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
-    known = [f.name for f in dataclasses.fields(IgsmConfig)]
-    for key in values:
-        if key not in known:
-            fail(f"{where}.{key}", f"unknown key (known: preset, {', '.join(known)})")
-    if isinstance(values.get("levels"), list):
-        values["levels"] = tuple(values["levels"])
-    base = PRESETS[preset] if preset is not None else IgsmConfig()
-    return dataclasses.replace(base, **values).validate(where)
-
-
-def generate(generator: dict, split: str, n: int, seed: int, out: Path, op: int | None = None) -> None:
+def generate(igsm, split: str, spec, out: Path) -> None:
     """One iGSM token set through vld.data.igsm (imported here: it is the heavy part)."""
     from vld.data.igsm import generate_dataset
 
-    generate_dataset(igsm_config(generator), split, n, seed, out, op=op)
+    generate_dataset(igsm.generator, split, spec.n, spec.seed, out, op=spec.op)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,31 +30,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", required=True, choices=("train", "tests"))
     args = parser.parse_args(argv)
     pipeline = load_pipeline(args.params)
-    igsm = pipeline.igsm
-    from vld.errors import fail
-
-    if not igsm:
-        fail("data.igsm", "missing from params.yaml")
-    generator = igsm.get("generator") or {}
-    out = _stage.IGSM_TRAIN if args.split == "train" else _stage.IGSM_TESTS
+    igsm = pipeline.data["igsm"]
+    out = paths.IGSM_TRAIN if args.split == "train" else paths.IGSM_TESTS
     from vld.atomic import atomic_dir, check_replaceable
 
     check_replaceable(out)
-    section = igsm["train"] if args.split == "train" else igsm["tests"]
-    params = {**{f"generator.{k}": v for k, v in generator.items()},
-              **({f"train.{k}": v for k, v in section.items()} if args.split == "train" else
-                 {f"tests.{name}.{k}": v for name, t in section.items() for k, v in t.items()})}
+    params = {f"generator.{k}": v for k, v in igsm.generator_settings.items()}
+    if args.split == "train":
+        params.update({f"train.{k}": v for k, v in igsm.train.to_dict().items()})
+    else:
+        params.update({f"tests.{name}.{k}": v for name, t in igsm.tests.items() for k, v in t.to_dict().items()})
     with _stage.tracked(pipeline, f"data_igsm_{args.split}", None, params, {}) as run:
         from vld.data.tokens import TokenSet
 
         if args.split == "train":
-            generate(generator, "train", section["n"], section.get("seed", 0), out)
+            generate(igsm, "train", igsm.train, out)
             sets = {"igsm_train": out}
         else:
             with atomic_dir(out) as tmp:
-                for name, test in section.items():
-                    generate(generator, "test", test["n"], test.get("seed", 0), tmp / name, op=test["op"])
-            sets = {name: out / name for name in section}
+                for name, test in igsm.tests.items():
+                    generate(igsm, "test", test, tmp / name)
+            sets = {name: out / name for name in igsm.tests}
         for name, path in sets.items():
             tokens = TokenSet.open(path)
             run.log_metrics({f"{name}.problems": len(tokens), f"{name}.tokens": len(tokens.tokens),

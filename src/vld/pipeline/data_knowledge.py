@@ -10,7 +10,7 @@ Writes data/knowledge/<dataset>/ (a token set) and results/records/data_knowledg
 from __future__ import annotations
 
 from vld.errors import fail, run_cli
-from vld.pipeline import _stage
+from vld.pipeline import _stage, paths
 from vld.pipeline.params import load_pipeline
 
 
@@ -19,24 +19,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True, help="dataset name under data.knowledge")
     args = parser.parse_args(argv)
     pipeline = load_pipeline(args.params)
-    spec = pipeline.knowledge_data.get(args.dataset)
-    if spec is None:
-        fail("--dataset", f"no dataset {args.dataset!r} under data.knowledge (known: "
-             f"{', '.join(pipeline.knowledge_data) or 'none'})")
-    out = _stage.knowledge_dir(args.dataset)
+    datasets = pipeline.data["knowledge"]
+    if args.dataset not in datasets:
+        fail("--dataset", f"no dataset {args.dataset!r} under data.knowledge (known: {', '.join(datasets) or 'none'})")
+    spec = datasets[args.dataset]
+    out = paths.knowledge_dir(args.dataset)
+    from dataclasses import asdict
+
     from vld.atomic import check_replaceable
 
     check_replaceable(out)
-    params = {f"data.{key}": value for key, value in spec.items()}
-    with _stage.tracked(pipeline, "data_knowledge", args.dataset, params, {"vld.kind": spec["kind"]}) as run:
-        if spec["kind"] == "random_tokens":
-            from vld.data.knowledge.random_tokens import make_random_tokens
-
-            make_random_tokens(spec["k"], spec["n"], spec.get("seed", 0), out)
-        else:
-            from vld.data.knowledge.biographies import make_biographies
-
-            make_biographies(spec["people"], spec.get("seed", 0), out, mode=spec.get("mode", "fixed"))
+    params = {f"data.{key}": value for key, value in asdict(spec).items()}
+    with _stage.tracked(pipeline, "data_knowledge", args.dataset, params, {"vld.data.kind": spec.kind}) as run:
+        spec.make(out)
         from vld.data.tokens import TokenSet
 
         tokens = TokenSet.open(out)

@@ -1,57 +1,57 @@
-"""Stage `pretrain_<family>@<variant>`: train one reasoning or knowledge variant from scratch.
+"""Stage `pretrain_<family>@<variant>`: train one variant of a pretrained family from scratch.
 
     python -m vld.pipeline.pretrain --family reasoning --variant cycle_x1
 
 Reads the variant, its model, the family's train block and the hardware block of params.yaml;
-trains on data/igsm/train (reasoning) or data/knowledge/<data> (knowledge); writes
-results/pretrain/<family>/<variant>/ {model.pt, metrics.json, config.json} and the tracking
-record results/records/pretrain_<family>@<variant>.json. A killed run resumes from its last
-checkpoint (under .vld-work/) when the stage runs again with the same settings.
+trains on the family's data (vld.pipeline.families: data/igsm/train, data/knowledge/<data>, or
+the k-hop stream); writes results/pretrain/<family>/<variant>/ {model.pt, metrics.json,
+config.json} and the tracking record results/records/pretrain_<family>@<variant>.json. A killed
+run resumes from its last checkpoint (under .vld-work/) when the stage runs again with the same
+settings.
 """
 
 from __future__ import annotations
 
-
 from vld.errors import fail, run_cli
-from vld.pipeline import _stage
+from vld.pipeline import _stage, paths
+from vld.pipeline.families import FAMILIES, trained_by
 from vld.pipeline.params import load_pipeline
 from vld.train.config import check_devices
 
-FAMILIES = ("reasoning", "knowledge")
-
-
-def data_dir_of(pipeline, variant):
-    if variant.family == "reasoning":
-        return _stage.IGSM_TRAIN
-    return _stage.knowledge_dir(variant.data)
-
 
 def main(argv: list[str] | None = None) -> int:
-    args = _stage.parser("pretrain", __doc__.splitlines()[0], FAMILIES).parse_args(argv)
+    args = _stage.parser("pretrain", __doc__.splitlines()[0], trained_by("pretrain")).parse_args(argv)
     pipeline = load_pipeline(args.params)  # the whole file, before anything else
     variant = pipeline.variant(args.family, args.variant)
-    train_cfg = variant.train_config()
+    family = FAMILIES[variant.family]
+    train_cfg = variant.train
     check_devices(train_cfg, "hardware")  # a GPU asked for and missing: fail now, before any run
-    data_dir = data_dir_of(pipeline, variant)
-    out = _stage.pretrain_dir(variant.family, variant.name)
+    data_dir = family.train_data(variant)
+    out = paths.pretrain_dir(variant.family, variant.name)
     rank0 = _stage.is_global_zero()
 
     from vld.atomic import check_replaceable
-    from vld.data.tokens import TokenSet
 
     if rank0:
         check_replaceable(out)
-    tokens = TokenSet.open(data_dir)
-    model_cfg = variant.model_config(tokens.vocab_size)
-    if len(tokens.tokens) < train_cfg.seq_len + 1:
-        fail(f"{variant.key}.train.seq_len", f"{train_cfg.seq_len} is longer than the data ({len(tokens.tokens)} tokens)")
-    data_hash = _stage.data_sha256(data_dir)
+    if data_dir is None:  # a stream: its settings are the data
+        from dataclasses import asdict
+
+        model_cfg = variant.model
+        data_id = {"stream": variant.data, "spec": asdict(pipeline.data[variant.family][variant.data])}
+        tags = variant.tags()
+    else:
+        from vld.data.tokens import TokenSet
+
+        tokens = TokenSet.open(data_dir)
+        model_cfg = variant.model_config(tokens.vocab_size)
+        if len(tokens.tokens) < train_cfg.seq_len + 1:
+            fail(f"{variant.key}.train.seq_len", f"{train_cfg.seq_len} is longer than the data ({len(tokens.tokens)} tokens)")
+        data_id = {"data": _stage.data_sha256(data_dir), "dataset": str(data_dir)}
+        tags = {**variant.tags(), **_stage.data_tags({data_dir.name if variant.family == "knowledge"
+                                                      else "igsm_train": data_dir})}
     stage = f"pretrain_{variant.family}"
-    tags = {"vld.pattern": variant.pattern, "vld.k": variant.k, "vld.effective_depth": variant.effective_depth,
-            "vld.model": variant.model_name, **_stage.data_tags({data_dir.name if variant.family == "knowledge"
-                                                                else "igsm_train": data_dir})}
-    work = _stage.work_dir(stage, variant.name, {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
-                                                 "data": data_hash, "dataset": str(data_dir)})
+    work = _stage.work_dir(stage, variant.name, {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), **data_id})
 
     with _stage.tracked(pipeline, stage, variant.name, variant.flat_params(), tags) as run:
         import torch
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.manual_seed(variant.seed)  # the initial weights depend on the seed only
         model = VLDTransformer(model_cfg)
-        datamodule = _datamodule(pipeline, variant, train_cfg, data_dir)
+        datamodule = family.datamodule(variant, pipeline)
         metrics = run_training(model, datamodule, train_cfg, work, logger=run.lightning_logger())
         if not rank0:
             return 0
@@ -70,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             save_model(model, tmp / "model.pt")
             write_json(tmp / "metrics.json", metrics)
             write_json(tmp / "config.json", {"variant": variant.to_dict(), "model": model_cfg.to_dict(),
-                                             "train": train_cfg.to_dict(), "data": str(data_dir),
-                                             "data_sha256": data_hash})
+                                             "train": train_cfg.to_dict(), **data_id})
         run.log_metrics({key: value for key, value in metrics.items() if key != "loss_curve"})
         run.log_params({"params": model.parameter_count(), "effective_depth": model.effective_depth})
         run.add_artifact(out / "metrics.json")
@@ -79,19 +78,6 @@ def main(argv: list[str] | None = None) -> int:
         run.finish()
     _stage.drop_work_dir(work)
     return 0
-
-
-def _datamodule(pipeline, variant, train_cfg, data_dir):
-    if variant.family == "knowledge" and pipeline.knowledge_data[variant.data]["kind"] == "biographies":
-        from vld.train.datamodules import BiographyDataModule
-
-        mode = pipeline.knowledge_data[variant.data].get("mode", "fixed")
-        return BiographyDataModule(data_dir, train_cfg.seq_len, train_cfg.micro_batch_size, seed=train_cfg.seed,
-                                   mode=mode, num_workers=train_cfg.num_workers)
-    from vld.train.datamodules import TokenWindowDataModule
-
-    return TokenWindowDataModule(data_dir, train_cfg.seq_len, train_cfg.micro_batch_size, seed=train_cfg.seed,
-                                 num_workers=train_cfg.num_workers)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 
 from vld.errors import run_cli
-from vld.pipeline import _stage
+from vld.pipeline import _stage, paths
 from vld.pipeline.params import load_pipeline
 from vld.train.config import check_devices
 
@@ -23,11 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _stage.parser("retrofit", __doc__.splitlines()[0]).parse_args(argv)
     pipeline = load_pipeline(args.params)
     variant = pipeline.variant("retrofit", args.variant)
-    train_cfg = variant.train_config()
+    train_cfg = variant.train
     check_devices(train_cfg, "hardware")  # a GPU asked for and missing: fail now, before any run
     # the checkpoint file itself: its directory also holds a config.json (ours, not Hugging Face's)
-    source = _stage.pretrain_dir("reasoning", variant.source) / "model.pt"
-    out = _stage.retrofit_dir(variant.name)
+    source = paths.pretrain_dir("reasoning", variant.source) / "model.pt"
+    out = paths.retrofit_dir(variant.name)
     rank0 = _stage.is_global_zero()
 
     from vld.atomic import check_replaceable
@@ -37,26 +37,22 @@ def main(argv: list[str] | None = None) -> int:
     from vld.retrofit.sources import inspect_source
 
     inspect_source(source, f"{variant.key}.source")
-    schedule = {"pattern": variant.pattern, "k": variant.k}
-    if variant.layers is not None:
-        schedule["layers"] = variant.layers
-    tags = {"vld.pattern": variant.pattern, "vld.k": variant.k, "vld.effective_depth": variant.effective_depth,
-            "vld.source": variant.source, "vld.method": variant.method,
-            **_stage.data_tags({"igsm_train": _stage.IGSM_TRAIN})}
+    schedule = variant.schedule_spec
+    tags = {**variant.tags(), **_stage.data_tags({"igsm_train": paths.IGSM_TRAIN})}
     import hashlib
 
     source_sha256 = hashlib.sha256(source.read_bytes()).hexdigest()
     tags["vld.source.sha256"] = source_sha256
     work = _stage.work_dir("retrofit", variant.name, {
         "variant": variant.to_dict(), "train": train_cfg.to_dict(),
-        "source": source_sha256, "data": _stage.data_sha256(_stage.IGSM_TRAIN)})
+        "source": source_sha256, "data": _stage.data_sha256(paths.IGSM_TRAIN)})
 
     with _stage.tracked(pipeline, "retrofit", variant.name, variant.flat_params(), tags) as run:
         from vld.atomic import atomic_dir
         from vld.retrofit.api import MODEL_DIR, METRICS_FILE, retrofit_and_finetune
 
         metrics = retrofit_and_finetune(str(source), schedule, variant.method, variant.lora_rank,
-                                        str(_stage.IGSM_TRAIN), train_cfg, work, patterns=pipeline.patterns,
+                                        str(paths.IGSM_TRAIN), train_cfg, work, patterns=pipeline.patterns,
                                         logger=run.lightning_logger())
         if not rank0:
             return 0

@@ -1,8 +1,9 @@
 """Build the report: markdown + CSV tables, PNG figures, report.md and metrics.json.
 
 `build_report(results, out_dir, profile_name)` writes everything into `out_dir` in one
-atomic directory swap and returns the written paths. Pieces without results (no knowledge
-variants, no layer-subset variants, no retrofit) are skipped with a note in report.md.
+atomic directory swap and returns the written paths. The report is the list of pieces in
+`_pieces()`, in order; a piece without results (no knowledge variants, no layer-subset
+variants, no retrofit) prints its skip note in report.md instead.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from vld.atomic import atomic_dir, check_replaceable
 from vld.errors import fail
@@ -39,15 +42,15 @@ def load_results(sources) -> list[dict]:
             results.append(check_result(_read_json(path), str(path)))
         else:
             fail(str(path), "no such results file or directory")
-    # Variant names are unique within a kind (reasoning "base" and retrofit "base" may coexist).
+    # Variant names are unique within a family (reasoning "base" and retrofit "base" may coexist).
     names: dict[tuple[str, str], int] = {}
     for result in results:
-        key = (result["kind"], str(result["variant"]))
+        key = (result["family"], str(result["variant"]))
         names[key] = names.get(key, 0) + 1
     duplicated = sorted(key for key, count in names.items() if count > 1)
     if duplicated:
-        kind, name = duplicated[0]
-        fail(f"results.{kind}.{name}", "more than one result for this variant")
+        family, name = duplicated[0]
+        fail(f"results.{family}.{name}", "more than one result for this variant")
     return results
 
 
@@ -87,11 +90,11 @@ def _finite(value):
 
 
 def metrics_summary(results: list[dict], profile_name: str) -> dict:
-    """Numbers for `dvc metrics show`: per kind and variant (variants: {kind: {name: {...}}}),
-    and the best reasoning variant against the most-common-answer baseline (accuracy /
-    baseline rate, on the first test)."""
+    """Numbers for `dvc metrics show`: per family and variant (variants: {family: {name: {...}}}),
+    the best reasoning variant against the most-common-answer baseline (accuracy / baseline
+    rate, on the first test), and every claim's verdict (vld.report.claims)."""
     variants: dict[str, dict] = {}
-    for r in sorted(results, key=lambda r: (r["kind"], r["variant"])):
+    for r in sorted(results, key=lambda r: (r["family"], r["variant"])):
         entry = {key: r[key] for key in ("params", "params_no_embed", "effective_depth",
                                           "flops_per_token", "train_tokens_per_s")
                  if _finite(r.get(key))}
@@ -105,9 +108,11 @@ def metrics_summary(results: list[dict], profile_name: str) -> dict:
             bits = tables.knowledge_bits(r, measure)
             if bits is not None:
                 entry[f"knowledge_{measure}_absorbed_bits"] = bits
-        variants.setdefault(r["kind"], {})[r["variant"]] = {k: v for k, v in entry.items() if _finite(v)}
+        for hops, cell in sorted(((r.get("khop") or {}).get("hops") or {}).items(), key=lambda kv: int(kv[0])):
+            entry[f"khop_k{hops}_error"] = cell["error"]
+        variants.setdefault(r["family"], {})[r["variant"]] = {k: v for k, v in entry.items() if _finite(v)}
     summary: dict = {"profile": profile_name, "n_variants": len(results), "variants": variants}
-    reasoning = [r for r in results if r["kind"] == "reasoning" and r.get("igsm")]
+    reasoning = [r for r in results if r["family"] == "reasoning" and r.get("igsm")]
     if reasoning:
         first = tables.test_names(reasoning)[0]
         scored = [(r["igsm"][first]["answer_accuracy"], r["variant"], r["igsm"][first])
@@ -126,18 +131,58 @@ def metrics_summary(results: list[dict], profile_name: str) -> dict:
             summary["reasoning_verdict"] = {
                 "variant": best.name, "n": best.n, "answer_accuracy": best.accuracy,
                 "baseline_rate": best.baseline, "ratio_to_baseline": best.ratio, "learned": int(best.learned)}
+    if results:
+        from vld.report.claims import claims_metrics
+
+        summary["claims"] = claims_metrics(results)
     return summary
 
 
-SKIP_NOTES = {
-    "table1": "Table 1 skipped: no reasoning variants with iGSM results.",
-    "figure3": "Figure 3 skipped: no reasoning variants with iGSM results.",
-    "figure4": "Figure 4 skipped: no knowledge variants with absorbed-bits measures.",
-    "figure1": "Figure 1 skipped: needs a knowledge and a reasoning result of the same pattern and factor.",
-    "table7": "Table 7 skipped: no layer-subset variants (a `layers` range) in this profile.",
-    "table2": "Table 2 analogue skipped: no retrofit variants in this profile.",
-    "depth": "Depth use skipped: no variant has per-layer depth measurements.",
-}
+@dataclass(frozen=True)
+class Piece:
+    """One part of the report: a table (markdown + CSV), figures, or both, and the note printed
+    instead when the results hold nothing for it."""
+
+    skip: str
+    table: Callable[[list], Table | None] | None = None
+    figures: Callable[[list, Path], list[str]] | None = None  # writes PNGs into a dir, returns names
+    csv_only: tuple[Callable[[list], Table | None], ...] = ()  # long forms, written as CSV
+    caption: str = ""  # under the figures
+
+
+def _one(name: str, draw: Callable[[list, Path], bool]) -> Callable[[list, Path], list[str]]:
+    return lambda results, where: [name] if draw(results, where / name) else []
+
+
+def _depth_figures(results: list, where: Path) -> list[str]:
+    from vld.report import figures
+
+    return [f"depth_{family}.png" for family in sorted({r["family"] for r in results})
+            if figures.depth_figure(results, where / f"depth_{family}.png", family)]
+
+
+def _pieces() -> list[Piece]:
+    from vld.report import claims, figures, khop
+
+    figure1 = lambda results, path: figures.figure1(tables.figure1_pairs(results), path)
+    return [
+        Piece("Claims skipped: no results.", claims.claims_table),
+        Piece("Table 1 skipped: no reasoning variants with iGSM results.", tables.table1,
+              csv_only=(tables.table1_long, lambda results: tables.table1_paper() if tables.table1_results(results) else None)),
+        Piece("Figure 3 skipped: no reasoning variants with iGSM results.", None, _one("figure3.png", figures.figure3),
+              caption="Figure 3: accuracy vs effective depth. Points from table1_long.csv; error bars are 95% Wilson "
+                      "intervals; the last panel is the paper's Table 1 (op15) and 12-layer native value."),
+        Piece("k-hop skipped: no k-hop variants in this profile.", khop.khop_table, _one("khop.png", khop.khop_figure),
+              csv_only=(khop.khop_long,)),
+        Piece("Figure 4 skipped: no knowledge variants with absorbed-bits measures.", tables.knowledge_table,
+              _one("figure4.png", figures.figure4)),
+        Piece("Figure 1 skipped: needs a knowledge and a reasoning result of the same pattern and factor.",
+              lambda results: tables.figure1_table(tables.figure1_pairs(results)), _one("figure1.png", figure1)),
+        Piece("Table 7 skipped: no layer-subset variants (a `layers` range) in this profile.", tables.table7),
+        Piece("Table 2 analogue skipped: no retrofit variants in this profile.", tables.table2),
+        Piece("Compute skipped: no results.", tables.compute_table),
+        Piece("Depth use skipped: no variant has per-layer depth measurements.", tables.depth_table, _depth_figures),
+    ]
 
 
 def build_report(results, out_dir, profile_name: str = "default") -> list[Path]:
@@ -147,81 +192,42 @@ def build_report(results, out_dir, profile_name: str = "default") -> list[Path]:
     check_replaceable(out_dir)
     results = load_results(results)
     written: list[str] = []
-    from vld.report import figures
 
     with atomic_dir(out_dir) as tmp:
-        def put(name: str, text: str) -> str:
+        def put(name: str, text: str) -> None:
             (tmp / name).write_text(text, encoding="utf-8")
             written.append(name)
-            return name
 
         sections = [f"# vld report: profile `{profile_name}`", "",
                     f"{len(results)} variant results. Numbers labelled **paper** are the paper's "
                     "own (arXiv 2506.18233); everything else was measured by this pipeline.", ""]
-
-        def add_table(table: Table | None, skip_key: str | None, figure: str | None = None):
-            if table is None:
-                if skip_key:
-                    sections.extend([f"> {SKIP_NOTES[skip_key]}", ""])
-                return
-            put(f"{table.name}.md", markdown(table))
-            put(f"{table.name}.csv", csv_text(table))
-            if table.paper is not None:
-                put(f"{table.paper.name}.csv", csv_text(table.paper))
-            sections.append(markdown(table))
-            links = [f"[{table.name}.csv]({table.name}.csv)"]
-            if table.paper is not None:
-                links.append(f"[{table.paper.name}.csv]({table.paper.name}.csv)")
-            if figure:
-                links.append(f"[{figure}]({figure})")
-                sections.extend([f"![{table.title}]({figure})", ""])
+        for piece in _pieces():
+            table = piece.table(results) if piece.table else None
+            pictures = piece.figures(results, tmp) if piece.figures else []
+            written.extend(pictures)
+            if table is None and not pictures:
+                sections.extend([f"> {piece.skip}", ""])
+                continue
+            links = []
+            if table is not None:
+                put(f"{table.name}.md", markdown(table))
+                put(f"{table.name}.csv", csv_text(table))
+                links.append(f"[{table.name}.csv]({table.name}.csv)")
+                if table.paper is not None:
+                    put(f"{table.paper.name}.csv", csv_text(table.paper))
+                    links.append(f"[{table.paper.name}.csv]({table.paper.name}.csv)")
+                sections.append(markdown(table))
+            for extra in piece.csv_only:
+                long_form = extra(results)
+                if long_form is not None:
+                    put(f"{long_form.name}.csv", csv_text(long_form))
+                    links.append(f"[{long_form.name}.csv]({long_form.name}.csv)")
+            for picture in pictures:
+                sections.extend([f"![{picture}]({picture})", ""])
+                links.append(f"[{picture}]({picture})")
+            if piece.caption:
+                sections.extend([f"- {piece.caption}", ""])
             sections.extend(["Files: " + ", ".join(links), ""])
-
-        add_table(tables.table1(results), "table1")
-        long_form = tables.table1_long(results)
-        if long_form is not None:
-            put("table1_long.csv", csv_text(long_form))
-            put("table1_paper.csv", csv_text(tables.table1_paper()))
-            sections.append(markdown(tables.table1_paper(), 3))
-            sections.extend(["Files: [table1_long.csv](table1_long.csv), "
-                             "[table1_paper.csv](table1_paper.csv)", ""])
-
-        if figures.figure3(results, tmp / "figure3.png"):
-            written.append("figure3.png")
-            sections.extend(["## Figure 3: accuracy vs effective depth", "",
-                             "![Figure 3](figure3.png)", "",
-                             "- Points from [table1_long.csv](table1_long.csv); error bars are 95% "
-                             "Wilson intervals; the last panel is the paper's Table 1 (op15) and "
-                             "12-layer native value.", ""])
-        else:
-            sections.extend([f"> {SKIP_NOTES['figure3']}", ""])
-
-        knowledge = tables.knowledge_table(results)
-        has_figure4 = figures.figure4(results, tmp / "figure4.png")
-        if has_figure4:
-            written.append("figure4.png")
-        add_table(knowledge, "figure4", "figure4.png" if has_figure4 else None)
-        if knowledge is not None and not has_figure4:
-            sections.extend([f"> {SKIP_NOTES['figure4']}", ""])
-
-        pairs = tables.figure1_pairs(results)
-        has_figure1 = figures.figure1(pairs, tmp / "figure1.png")
-        if has_figure1:
-            written.append("figure1.png")
-        add_table(tables.figure1_table(pairs), "figure1", "figure1.png" if has_figure1 else None)
-
-        add_table(tables.table7(results), "table7")
-        add_table(tables.table2(results), "table2")
-        add_table(tables.compute_table(results), None)
-
-        depth = tables.depth_table(results)
-        add_table(depth, "depth")
-        if depth is not None:
-            for kind in ("reasoning", "knowledge", "retrofit"):
-                name = f"depth_{kind}.png"
-                if figures.depth_figure(results, tmp / name, kind):
-                    written.append(name)
-                    sections.extend([f"![depth use, {kind}]({name})", ""])
 
         summary = metrics_summary(results, profile_name)
         put("metrics.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -48,7 +48,7 @@ def figure3(results: list[dict], path: Path) -> bool:
     depth = {variant_group(r): r["effective_depth"] for r in reasoning}
     native = {variant_group(r) for r in reasoning if r["native_depth"]}
     tests = test_names(reasoning)
-    patterns = sorted({g[1] for g in pooled}, key=pattern_key)
+    patterns = sorted({g.pattern for g in pooled}, key=pattern_key)
     fig, axes = plt.subplots(1, len(tests) + 1, figsize=(4.6 * (len(tests) + 1), 4), squeeze=False)
     for ax, test in zip(axes[0], tests):
         points_of: dict[tuple, tuple] = {}
@@ -64,13 +64,13 @@ def figure3(results: list[dict], path: Path) -> bool:
                         yerr=[[p[2] for p in native_points], [p[3] for p in native_points]],
                         color="black", marker="s", linestyle="--", capsize=3,
                         label="native depth (untied)")
-        for size_index, n_layer in enumerate(sorted({g[4] for g in points_of})):
+        for size_index, n_layer in enumerate(sorted({g.n_layer for g in points_of})):
             for pattern in patterns:
-                vld = [g for g in points_of if g[1] == pattern and g[4] == n_layer and g not in native]
+                vld = [g for g in points_of if g.pattern == pattern and g.n_layer == n_layer and g not in native]
                 if pattern == "base" or not vld:
                     continue
                 # Each VLD curve starts at its base model (k = 0) when there is one.
-                start_points = [g for g in points_of if g[4] == n_layer and g[1] == "base" and g[2] == 0]
+                start_points = [g for g in points_of if g.n_layer == n_layer and g.pattern == "base" and g.k == 0]
                 points = sorted(points_of[g] for g in vld + start_points)
                 ax.errorbar([p[0] for p in points], [p[1] for p in points],
                             yerr=[[p[2] for p in points], [p[3] for p in points]],
@@ -110,7 +110,7 @@ def figure3(results: list[dict], path: Path) -> bool:
 def figure4(results: list[dict], path: Path) -> bool:
     """Absorbed bits: (a) vs parameters for models without VLD, (b, c) vs VLD factor per
     pattern at each fixed size, under the paper's measure and the cross-entropy one."""
-    knowledge = [r for r in results if r["kind"] == "knowledge"]
+    knowledge = [r for r in results if r["family"] == "knowledge"]
     if not any(knowledge_bits(r, m) is not None for r in knowledge for m in MEASURE_LABELS):
         return False
     plt = _pyplot()
@@ -180,7 +180,7 @@ def figure1(pairs: list[dict], path: Path) -> bool:
 
 def depth_figure(results: list[dict], path: Path, kind: str) -> bool:
     """Per-virtual-layer depth use of every variant of one kind, four panels."""
-    chosen = sorted((r for r in results if r["kind"] == kind and r.get("depth")),
+    chosen = sorted((r for r in results if r["family"] == kind and r.get("depth")),
                     key=lambda r: (r["n_layer"], pattern_key(r["pattern"]), r["k"] or 0, r["variant"]))
     if not chosen:
         return False

@@ -1,15 +1,16 @@
-"""The report's tables, computed from variant results (schema vld.variant/1).
+"""The report's tables, computed from variant results (schema vld.variant/2, vld.eval.variant.VariantResult).
 
 Every builder returns a `Table` (our numbers, with the paper's beside where it gives them)
-or None when the results hold nothing for it; `skip_reason` says why in the report.
+or None when the results hold nothing for it (the report then prints its piece's skip note).
 Accuracies are percentages; intervals are 95% Wilson; seeds of the same variant
-(same kind, pattern, k, layers, n_layer, d_model) are pooled: correct and n summed.
+(same VariantGroup: family, pattern, k, layers, n_layer, d_model) are pooled: correct and n summed.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from vld.report import paper
 from vld.report.stats import wilson_interval
@@ -55,12 +56,31 @@ def fmt_int(value) -> str:
     return "" if value is None else f"{round(value):,}"
 
 
-def variant_group(result: dict) -> tuple:
-    """Results differing only in seed share this key and are pooled."""
+class VariantGroup(NamedTuple):
+    """What makes a variant, apart from its seed: results with the same group are pooled."""
+
+    family: str
+    pattern: str
+    k: int
+    layers: str | None
+    n_layer: int
+    d_model: int | None
+    train_steps: int | None = None  # a compute-matched baseline trains longer: not a seed of base
+
+
+def variant_group(result: dict) -> VariantGroup:
     layers = result.get("layers")
-    return (result["kind"], str(result["pattern"]), int(result["k"] or 0),
-            None if layers is None else str(layers), int(result["n_layer"]),
-            result.get("d_model"))
+    return VariantGroup(result["family"], str(result["pattern"]), int(result["k"] or 0),
+                        None if layers is None else str(layers), int(result["n_layer"]), result.get("d_model"),
+                        result.get("train_steps"))
+
+
+def group_name(group: VariantGroup, steps: bool = False) -> str:
+    """A readable name: "cycle x1, 2 layers", "base, 4 layers", "cycle x1, 8 layers, reusing 4..7"
+    (with `steps`, the training steps too: "base, 2 layers, 4000 steps")."""
+    return (group.pattern.replace("_", " ") + (f" {vld_label(group.k)}" if group.k else "")
+            + f", {group.n_layer} layers" + (f", reusing {group.layers}" if group.layers else "")
+            + (f", {group.train_steps} steps" if steps and group.train_steps else ""))
 
 
 @dataclass
@@ -86,7 +106,7 @@ class Pooled:
         return f"{pct(self.accuracy)} [{pct(low)}, {pct(high)}] n={self.n}"
 
 
-def pooled_igsm(results: list[dict]) -> dict[tuple, dict[str, Pooled]]:
+def pooled_igsm(results: list[dict]) -> dict[VariantGroup, dict[str, Pooled]]:
     """variant group -> test name -> pooled counts over seeds."""
     out: dict[tuple, dict[str, Pooled]] = {}
     for result in results:
@@ -107,7 +127,7 @@ def test_names(results: list[dict]) -> list[str]:
 
 
 def _reasoning(results: list[dict]) -> list[dict]:
-    return [r for r in results if r["kind"] == "reasoning" and r.get("igsm")]
+    return [r for r in results if r["family"] == "reasoning" and r.get("igsm")]
 
 
 def table1_results(results: list[dict]) -> list[dict]:
@@ -115,9 +135,9 @@ def table1_results(results: list[dict]) -> list[dict]:
     return [r for r in _reasoning(results) if r.get("layers") is None]
 
 
-def _group_sort(group: tuple) -> tuple:
-    kind, pattern, k, layers, n_layer, d_model = group
-    return (n_layer, d_model or 0, pattern_key(pattern), k, layers or "")
+def group_sort(group: VariantGroup) -> tuple:
+    return (group.n_layer, group.d_model or 0, pattern_key(group.pattern), group.k, group.layers or "",
+            group.train_steps or 0)
 
 
 # ---------------------------------------------------------------- Table 1
@@ -130,7 +150,7 @@ LEARNED_RATIO = 3.0
 @dataclass
 class BestVariant:
     """The variant group with the highest answer accuracy over all its test problems."""
-    group: tuple
+    group: VariantGroup
     n: int
     accuracy: float
     baseline: float  # the most-common-answer rate over the same problems
@@ -145,9 +165,7 @@ class BestVariant:
 
     @property
     def name(self) -> str:
-        _, pattern, k, layers, n_layer, _ = self.group
-        return (pattern + (f" {vld_label(k)}" if k else "") + f", {n_layer} layers"
-                + (f", reusing {layers}" if layers else ""))
+        return group_name(self.group)
 
 
 def best_variant(pooled: dict[tuple, dict[str, Pooled]]) -> BestVariant | None:
@@ -186,15 +204,15 @@ def table1(results: list[dict]) -> Table | None:
         return None
     pooled = pooled_igsm(reasoning)
     tests = test_names(reasoning)
-    sizes = sorted({g[4] for g in pooled})
+    sizes = sorted({g.n_layer for g in pooled})
     columns = [(size, test) for size in sizes for test in tests]
-    row_keys = sorted({(g[1], g[2]) for g in pooled}, key=lambda pk: (pattern_key(pk[0]), pk[1]))
+    row_keys = sorted({(g.pattern, g.k) for g in pooled}, key=lambda pk: (pattern_key(pk[0]), pk[1]))
 
     def cell(pattern, k, size, test) -> Pooled | None:
         # Several widths at one depth would be distinct rows of the paper; keep them apart
         # by pooling only identical groups and reporting the first width's cell.
-        for group in sorted(pooled, key=_group_sort):
-            if group[1] == pattern and group[2] == k and group[4] == size and test in pooled[group]:
+        for group in sorted(pooled, key=group_sort):
+            if group.pattern == pattern and group.k == k and group.n_layer == size and test in pooled[group]:
                 return pooled[group][test]
         return None
 
@@ -215,7 +233,7 @@ def table1(results: list[dict]) -> Table | None:
                     else "always the most common answer", ""]
     for size, test in columns:
         rates = [p[test].baseline_rate for g, p in pooled.items()
-                 if g[4] == size and test in p and p[test].baseline_rate is not None]
+                 if g.n_layer == size and test in p and p[test].baseline_rate is not None]
         baseline_row.append(pct(rates[0]) if rates else "")
     baseline_row += [""] * len(paper.TABLE1_COLUMNS)
     rows.append(baseline_row)
@@ -245,8 +263,8 @@ def table1_long(results: list[dict]) -> Table | None:
               "seeds", "n", "answer_correct", "answer_accuracy_pct", "ci95_low_pct",
               "ci95_high_pct", "solution_accuracy_pct", "baseline_rate_pct", "paper_accuracy_pct"]
     rows = []
-    for group in sorted(pooled, key=_group_sort):
-        _, pattern, k, _, n_layer, d_model = group
+    for group in sorted(pooled, key=group_sort):
+        pattern, k, n_layer, d_model = group.pattern, group.k, group.n_layer, group.d_model
         for test in sorted(pooled[group], key=test_key):
             cell = pooled[group][test]
             low, high = cell.interval
@@ -283,20 +301,20 @@ def table7(results: list[dict]) -> Table | None:
     rows = []
     for n_layer in sorted({r["n_layer"] for r in subsets}):
         sub_groups = sorted({variant_group(r) for r in subsets if r["n_layer"] == n_layer},
-                            key=_group_sort)
-        ks = sorted({g[2] for g in sub_groups})
-        patterns = sorted({g[1] for g in sub_groups}, key=pattern_key)
+                            key=group_sort)
+        ks = sorted({g.k for g in sub_groups})
+        patterns = sorted({g.pattern for g in sub_groups}, key=pattern_key)
         wanted = [(g, "no VLD", "none") for g in pooled
-                  if g[0] == "reasoning" and g[4] == n_layer and g[1] == "base" and g[3] is None]
-        wanted += [(g, "all layers", "all") for g in sorted(pooled, key=_group_sort)
-                   if g[0] == "reasoning" and g[4] == n_layer and g[1] in patterns
-                   and g[2] in ks and g[3] is None]
+                  if g.family == "reasoning" and g.n_layer == n_layer and g.pattern == "base" and g.layers is None]
+        wanted += [(g, "all layers", "all") for g in sorted(pooled, key=group_sort)
+                   if g.family == "reasoning" and g.n_layer == n_layer and g.pattern in patterns
+                   and g.k in ks and g.layers is None]
         half = n_layer // 2
         for g in sub_groups:
-            which = {f"0..{half - 1}": "first_half", f"{half}..{n_layer - 1}": "second_half"}.get(g[3])
-            wanted.append((g, f"layers {g[3]} only", which))
+            which = {f"0..{half - 1}": "first_half", f"{half}..{n_layer - 1}": "second_half"}.get(g.layers)
+            wanted.append((g, f"layers {g.layers} only", which))
         for group, label, paper_key in wanted:
-            row = [n_layer, label, group[1], vld_label(group[2]), group[3] or "all"]
+            row = [n_layer, label, group.pattern, vld_label(group.k), group.layers or "all"]
             row += [pooled[group][t].cell() if t in pooled[group] else "" for t in tests]
             row.append(fmt_num(paper.TABLE7.get(paper_key)) if paper_key else "")
             rows.append(row)
@@ -311,7 +329,7 @@ def table7(results: list[dict]) -> Table | None:
 # ---------------------------------------------------------------- Table 2 (retrofit)
 
 def table2(results: list[dict]) -> Table | None:
-    retrofit = [r for r in results if r["kind"] == "retrofit"]
+    retrofit = [r for r in results if r["family"] == "retrofit"]
     if not retrofit:
         return None
     benchmarks = sorted({b for r in retrofit for b in (r.get("scores") or {})})
@@ -346,19 +364,19 @@ def table2(results: list[dict]) -> Table | None:
 def compute_table(results: list[dict]) -> Table | None:
     if not results:
         return None
-    native_flops = {(r["kind"], r["n_layer"], r.get("d_model")): r.get("flops_per_token")
+    native_flops = {(r["family"], r["n_layer"], r.get("d_model")): r.get("flops_per_token")
                     for r in results if r["native_depth"]}
-    header = ["variant", "kind", "pattern", "VLD", "layers", "base layers", "d_model",
+    header = ["variant", "family", "pattern", "VLD", "layers", "base layers", "d_model",
               "effective depth", "params", "params w/o embeddings", "seq_len",
               "forward FLOPs/token", "training FLOPs/token", "FLOPs vs native same params",
               "train tokens/s"]
     rows = []
-    for r in sorted(results, key=lambda r: (r["kind"], r["n_layer"], r.get("d_model") or 0,
+    for r in sorted(results, key=lambda r: (r["family"], r["n_layer"], r.get("d_model") or 0,
                                             pattern_key(r["pattern"]), r["k"] or 0, r["variant"])):
-        base = native_flops.get((r["kind"], r["n_layer"], r.get("d_model")))
+        base = native_flops.get((r["family"], r["n_layer"], r.get("d_model")))
         flops = r.get("flops_per_token")
         ratio = f"{flops / base:.2f}" if base and flops else ""
-        rows.append([r["variant"], r["kind"], r["pattern"], vld_label(r["k"]), r.get("layers") or "",
+        rows.append([r["variant"], r["family"], r["pattern"], vld_label(r["k"]), r.get("layers") or "",
                      r["n_layer"], r.get("d_model", ""), r["effective_depth"], fmt_int(r["params"]),
                      fmt_int(r.get("params_no_embed")), r.get("seq_len", ""), fmt_int(flops),
                      fmt_int(r.get("flops_per_token_train")), ratio,
@@ -401,7 +419,7 @@ def knowledge_per_param(result: dict, key: str) -> float | None:
 
 
 def knowledge_table(results: list[dict]) -> Table | None:
-    knowledge = [r for r in results if r["kind"] == "knowledge"]
+    knowledge = [r for r in results if r["family"] == "knowledge"]
     if not knowledge:
         return None
     has_bio = any(_number((r.get("knowledge") or {}).get(BIO_KEY)) is not None for r in knowledge)
@@ -436,13 +454,13 @@ def depth_table(results: list[dict]) -> Table | None:
     with_depth = [r for r in results if r.get("depth")]
     if not with_depth:
         return None
-    header = ["variant", "kind", "pattern", "VLD", "virtual layer", "base layer", "visit",
+    header = ["variant", "family", "pattern", "VLD", "virtual layer", "base layer", "visit",
               "update norm", "update / |h|", "angle (deg)", "cos(next update)", "logit-lens loss"]
     rows = []
-    for r in sorted(with_depth, key=lambda r: (r["kind"], r["n_layer"], pattern_key(r["pattern"]),
+    for r in sorted(with_depth, key=lambda r: (r["family"], r["n_layer"], pattern_key(r["pattern"]),
                                                r["k"] or 0, r["variant"])):
         for layer in r["depth"]:
-            rows.append([r["variant"], r["kind"], r["pattern"], vld_label(r["k"]),
+            rows.append([r["variant"], r["family"], r["pattern"], vld_label(r["k"]),
                          layer["virtual_layer"], layer["base_layer"], layer.get("visit", ""),
                          fmt_num(layer.get("update_norm"), 3), fmt_num(layer.get("relative_update"), 3),
                          fmt_num(layer.get("angle_deg"), 1), fmt_num(layer.get("update_cosine_next"), 3),
@@ -464,7 +482,7 @@ def figure1_pairs(results: list[dict]) -> list[dict]:
     pattern sweep), cross-entropy absorbed bits (paper measure if absent). Reasoning side:
     the smallest base-layer count with VLD variants, first test, seeds pooled.
     """
-    knowledge = [r for r in results if r["kind"] == "knowledge" and r.get("layers") is None]
+    knowledge = [r for r in results if r["family"] == "knowledge" and r.get("layers") is None]
     reasoning = table1_results(results)
     if not knowledge or not reasoning:
         return []
@@ -483,13 +501,13 @@ def figure1_pairs(results: list[dict]) -> list[dict]:
                 know.setdefault((str(r["pattern"]), int(r["k"] or 0)), (bits, measure))
     pooled = pooled_igsm(reasoning)
     tests = test_names(reasoning)
-    vld_sizes = sorted({g[4] for g in pooled if g[2] > 0}) or sorted({g[4] for g in pooled})
+    vld_sizes = sorted({g.n_layer for g in pooled if g.k > 0}) or sorted({g.n_layer for g in pooled})
     n_layer = vld_sizes[0]
     depth = {variant_group(r): r["effective_depth"] for r in reasoning}
     pairs = []
-    for group in sorted(pooled, key=_group_sort):
-        key = (group[1], group[2])
-        if group[4] != n_layer or key not in know or tests[0] not in pooled[group]:
+    for group in sorted(pooled, key=group_sort):
+        key = (group.pattern, group.k)
+        if group.n_layer != n_layer or key not in know or tests[0] not in pooled[group]:
             continue
         cell = pooled[group][tests[0]]
         pairs.append({"pattern": key[0], "k": key[1], "knowledge_bits": know[key][0],

@@ -9,13 +9,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from vld.errors import fail
+from vld.errors import UserError, fail
 
 # Precisions Lightning accepts that make sense here; "auto" picks bf16-mixed on GPU, fp32 on CPU.
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
+# The TrainConfig fields params.yaml's hardware block may set (where training runs).
+HARDWARE_FIELDS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "num_workers")
+_LAYERED = "<train>"  # placeholder location, replaced by the layer that set the bad value
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "single_device")
 
 
@@ -108,6 +111,39 @@ class TrainConfig:
         cfg = cls(optim=optim, **kwargs)
         cfg.validate(where)
         return cfg
+
+    @classmethod
+    def from_layers(cls, layers: Sequence[tuple[Mapping[str, Any] | None, str]]) -> "TrainConfig":
+        """One config from settings written in several places, e.g. params.yaml's hardware
+        block, a family's train block and a variant's overrides, as (mapping, where) pairs.
+
+        Later layers override earlier ones key by key (optim too). Each value is validated once,
+        and an error names the layer that set the value (`hardware.precision: ...`)."""
+        merged: dict[str, Any] = {}
+        origin: dict[str, str] = {}
+        for layer, where in layers:
+            layer = _check_mapping(layer, where, cls)
+            for key, value in layer.items():
+                if key == "optim" and isinstance(value, Mapping) and isinstance(merged.get("optim"), Mapping):
+                    merged["optim"] = {**merged["optim"], **value}
+                    origin.update({f"optim.{name}": f"{where}.optim" for name in value})
+                else:
+                    merged[key] = dict(value) if isinstance(value, Mapping) else value
+                    if key == "optim" and isinstance(value, Mapping):
+                        origin.update({f"optim.{name}": f"{where}.optim" for name in value})
+                origin[key] = where
+        try:
+            return cls.from_dict(merged, where=_LAYERED)
+        except UserError as err:
+            text = str(err)
+            path = text.split(":", 1)[0][len(_LAYERED) + 1:]
+            key = path if path in origin else path.split(".")[0]
+            where = origin.get(key, layers[-1][1])
+            if key.startswith("optim."):
+                named = f"{where}.{path.split('.', 1)[1]}"
+            else:
+                named = f"{where}.{path}" if path else where
+            raise UserError(named + text[len(_LAYERED) + 1 + len(path):]) from None
 
     def validate(self, where: str = "train") -> None:
         for key in ("max_steps", "global_batch_size", "micro_batch_size", "seq_len", "devices", "num_nodes", "log_every"):

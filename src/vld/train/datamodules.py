@@ -299,3 +299,56 @@ class BiographyDataModule(_WindowDataModuleBase):
 
     def _epoch_size(self, epoch: int) -> int:
         return len(self._fixed.windows) if self.mode == "fixed" else self.fresh.epoch_size(epoch)
+
+
+class _KHopStream(Dataset):
+    """Item (step, j) -> sequence j of optimizer step `step`'s batch of the k-hop stream.
+
+    Data epoch e of the StepSampler is optimizer step e (an epoch holds one global batch), and
+    a step's batch is a pure function of (spec.seed, step): generated once per step, vectorised,
+    whichever process or worker asks for it."""
+
+    def __init__(self, spec, global_batch_size: int):
+        self.spec, self.global_batch_size = spec, int(global_batch_size)
+        self._step, self._batch = None, None
+
+    def __len__(self) -> int:
+        return self.global_batch_size
+
+    def _sequences(self, step: int):
+        if step != self._step:
+            from vld.data.khop import training_batch
+
+            inputs, labels = training_batch(self.spec, step, self.global_batch_size)
+            self._step, self._batch = step, (torch.from_numpy(inputs), torch.from_numpy(labels))
+        return self._batch
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
+        step, j = item
+        inputs, labels = self._sequences(int(step))
+        return {"inputs": inputs[j], "labels": labels[j]}
+
+    def __getitems__(self, items: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        return [self[item] for item in items]
+
+
+class KHopDataModule(_WindowDataModuleBase):
+    """Fresh k-hop sequences every step (vld.data.khop), labelled at every position."""
+
+    def __init__(self, spec, global_batch_size: int, micro_batch_size: int, num_workers: int = 0):
+        super().__init__()
+        self.spec = spec
+        self.seq_len, self.micro_batch_size = spec.seq_len, int(micro_batch_size)
+        self.seed, self.num_workers = int(spec.seed), int(num_workers)
+        self.global_batch_size = int(global_batch_size)
+        self.stream = _KHopStream(spec, self.global_batch_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.spec.vocab_size
+
+    def _dataset(self) -> Dataset:
+        return self.stream
+
+    def _epoch_size(self, epoch: int) -> int:
+        return self.global_batch_size

@@ -1,7 +1,9 @@
-"""The LightningModule: next-token cross-entropy around any plain `nn.Module`.
+"""The LightningModule: cross-entropy around any plain `nn.Module`.
 
 No model code lives here: the wrapped module only has to map tokens [B, T] to logits
-[B, T, V] (a `VLDTransformer`, or a Hugging Face model behind a thin adapter).
+[B, T, V] (a `VLDTransformer`, or a Hugging Face model behind a thin adapter). Two batch
+forms: windows (each token predicts the next one) and labelled positions (each position
+carries its own label, e.g. k-hop; see `unpack_batch`).
 """
 
 from __future__ import annotations
@@ -17,14 +19,24 @@ from torch import nn
 from vld.train.config import OptimConfig
 
 
-def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A batch is a tensor of windows [B, T+1] or a dict with "tokens" and an optional
-    "loss_mask" ([B, T], aligned with the targets tokens[:, 1:]; 1 = counts in the loss)."""
+def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(inputs, targets, loss_mask) of a batch.
+
+    Windows: a tensor [B, T+1] or a dict with "tokens" and an optional "loss_mask" ([B, T],
+    aligned with the targets tokens[:, 1:]; 1 = counts in the loss); targets are the next tokens.
+    Labelled positions: a dict with "inputs" [B, T] and "labels" [B, T]; label -1 means the
+    position has none and is left out of the loss."""
+    if isinstance(batch, dict) and "labels" in batch:
+        labels = batch["labels"]
+        has_label = labels >= 0
+        return batch["inputs"], labels.clamp_min(0), has_label
     if isinstance(batch, dict):
-        return batch["tokens"], batch.get("loss_mask")
-    if isinstance(batch, (list, tuple)):
-        return batch[0], (batch[1] if len(batch) > 1 else None)
-    return batch, None
+        windows, loss_mask = batch["tokens"], batch.get("loss_mask")
+    elif isinstance(batch, (list, tuple)):
+        windows, loss_mask = batch[0], (batch[1] if len(batch) > 1 else None)
+    else:
+        windows, loss_mask = batch, None
+    return windows[:, :-1], windows[:, 1:], loss_mask
 
 
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -94,8 +106,7 @@ class LMModule(L.LightningModule):
         return out.logits if hasattr(out, "logits") else out
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        windows, loss_mask = unpack_batch(batch)
-        inputs, targets = windows[:, :-1], windows[:, 1:]
+        inputs, targets, loss_mask = unpack_batch(batch)
         logits = self(inputs)
         loss = next_token_loss(logits, targets, loss_mask)
         self._micro_losses.append(loss.detach())

@@ -214,18 +214,19 @@ def dataset_entropy(lists: BioLists, n_people: int) -> dict[str, float]:
     }
 
 
-def validate(n_people: int, seed: int, mode: str, lists: BioLists) -> None:
+def validate(n_people: int, seed: int, mode: str, lists: BioLists, prefix: str = "") -> None:
+    """One-line UserError for impossible parameters (`prefix` locates the keys)."""
     for key, value in (("people", n_people), ("seed", seed)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            fail(key, f"must be an integer, got {value!r}")
+            fail(prefix + key, f"must be an integer, got {value!r}")
     if n_people < 1:
-        fail("people", f"must be >= 1, got {n_people}")
+        fail(prefix + "people", f"must be >= 1, got {n_people}")
     if n_people > lists.n_names:
-        fail("people", f"{n_people} people but only {lists.n_names} unique names (first x middle x last)")
+        fail(prefix + "people", f"{n_people} people but only {lists.n_names} unique names (first x middle x last)")
     if seed < 0:
-        fail("seed", f"must be >= 0, got {seed}")
+        fail(prefix + "seed", f"must be >= 0, got {seed}")
     if mode not in MODES:
-        fail("mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
+        fail(prefix + "mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
 
 
 def draw_people(lists: BioLists, n_people: int, seed: int) -> dict[str, np.ndarray]:

@@ -24,19 +24,20 @@ from vld.errors import fail, run_cli
 GENERATOR = "vld.data.knowledge.random_tokens"
 
 
-def validate(k: int, n: int, seed: int) -> None:
-    """One-line UserError for impossible parameters, before any compute."""
+def validate(k: int, n: int, seed: int, prefix: str = "") -> None:
+    """One-line UserError for impossible parameters, before any compute (`prefix` locates
+    the keys, e.g. "data.knowledge.rt16k.")."""
     for key, value in (("k", k), ("n", n), ("seed", seed)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            fail(key, f"must be an integer, got {value!r}")
+            fail(prefix + key, f"must be an integer, got {value!r}")
     if k < 1:
-        fail("k", f"must be >= 1 (number of tokens), got {k}")
+        fail(prefix + "k", f"must be >= 1 (number of tokens), got {k}")
     if n < 2:
-        fail("n", f"must be >= 2 (a 1-value vocabulary holds no information), got {n}")
+        fail(prefix + "n", f"must be >= 2 (a 1-value vocabulary holds no information), got {n}")
     if n > 2**32:
-        fail("n", f"must be <= 2**32 (token ids are stored as uint32), got {n}")
+        fail(prefix + "n", f"must be <= 2**32 (token ids are stored as uint32), got {n}")
     if seed < 0:
-        fail("seed", f"must be >= 0, got {seed}")
+        fail(prefix + "seed", f"must be >= 0, got {seed}")
 
 
 def random_tokens(k: int, n: int, seed: int) -> np.ndarray:

@@ -1,0 +1,76 @@
+"""k-hop evaluation: per hop count, the per-position error and the per-sequence exact match.
+
+Positions of one sequence share its letters, so they are not independent draws: the error's
+95% interval is a bootstrap over sequences (vld.report.stats.bootstrap_ratio_interval); exact
+match is one Bernoulli draw per sequence (Wilson interval). The chance line is the error of the
+best constant prediction on the same test labels. Each result also keeps the wrong-position
+count of every sequence, so the report can pool seeds and bootstrap again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vld.errors import fail
+
+SETTING_KEYS = ("batch_size", "bootstrap", "depth_windows", "depth_batch_size", "ablations",
+                "ablation_sequences", "progress")
+
+
+def wrong_positions(model, inputs: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Number of labelled positions the model's argmax gets wrong, per sequence."""
+    import torch
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    wrong = np.zeros(len(inputs), dtype=np.int64)
+    from vld.model import eval_mode
+
+    with eval_mode(model), torch.inference_mode():
+        for start in range(0, len(inputs), batch_size):
+            x = torch.as_tensor(inputs[start:start + batch_size], device=device)
+            y = torch.as_tensor(labels[start:start + batch_size], device=device)
+            predicted = model(x).argmax(dim=-1)
+            wrong[start:start + len(x)] = ((predicted != y) & (y >= 0)).sum(dim=1).cpu().numpy()
+    return wrong
+
+
+def summarise(wrong, positions, chance_error: float, resamples: int = 1000, seed: int = 0) -> dict:
+    """Error and exact match of per-sequence wrong counts (positions = labelled per sequence)."""
+    from vld.report.stats import bootstrap_ratio_interval, wilson_interval
+
+    wrong = np.asarray(wrong, dtype=np.int64)
+    positions = np.broadcast_to(np.asarray(positions, dtype=np.int64), wrong.shape)
+    exact = int((wrong == 0).sum())
+    return {
+        "sequences": int(len(wrong)),
+        "positions": int(positions.sum()),
+        "error": float(wrong.sum() / max(1, positions.sum())),
+        "error_ci95": list(bootstrap_ratio_interval(wrong, positions, resamples, seed)),
+        "exact_match": exact / max(1, len(wrong)),
+        "exact_match_ci95": list(wilson_interval(exact, len(wrong))),
+        "chance_error": chance_error,
+    }
+
+
+def evaluate_khop(model, test_dir: str | Path, batch_size: int = 256, bootstrap: int = 1000) -> dict:
+    """{"hops": {"<k>": summary + wrong_per_sequence, labelled_per_sequence}, "spec": {...}}."""
+    from dataclasses import asdict
+
+    from vld.data.khop import NO_LABEL, constant_predictor_error, read_test_sets
+
+    if not Path(test_dir).is_dir():
+        fail(str(test_dir), "not a directory of k-hop test sets (run the data stage: dvc repro)")
+    spec, sets = read_test_sets(test_dir)
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", spec.vocab_size))
+    if vocab < spec.vocab_size:
+        fail(str(test_dir), f"needs a vocabulary of {spec.vocab_size}, the model has {vocab}")
+    hops = {}
+    for k, (inputs, labels) in sorted(sets.items()):
+        wrong = wrong_positions(model, inputs, labels, batch_size)
+        labelled = (labels != NO_LABEL).sum(axis=1)
+        summary = summarise(wrong, labelled, constant_predictor_error(labels), bootstrap, seed=k)
+        summary.update(wrong_per_sequence=wrong.tolist(), labelled_per_sequence=int(labelled[0]))
+        hops[str(k)] = summary
+    return {"spec": asdict(spec), "bootstrap": int(bootstrap), "hops": hops}

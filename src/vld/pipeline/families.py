@@ -1,0 +1,207 @@
+"""The pipeline's families: one object each, saying what a family's variants are made of.
+
+A family names the keys its variants may have, checks them, says where its training data
+comes from, builds its datamodule, names the task its evaluation measures (vld.eval.variant)
+and the inputs that evaluation reads. The validator (vld.pipeline.params), the training and
+evaluation stages and the report all read FAMILIES; adding a family is one entry here plus
+its own data, datamodule, evaluation and report modules (docs/pipeline.md, "Adding a family").
+
+Torch-free: the validator imports this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from vld.errors import fail
+from vld.pipeline import paths
+
+if TYPE_CHECKING:
+    from vld.pipeline.params import Pipeline, Variant
+
+COMMON_VARIANT_KEYS = ("schedule", "seed", "train")
+
+
+class Family:
+    name: str
+    task: str  # what vld.eval.variant measures: igsm | knowledge | khop
+    trained_by = "pretrain"  # the stage that trains it
+    variant_keys: tuple[str, ...] = ("model",)  # besides COMMON_VARIANT_KEYS
+
+    # ---- validation (torch-free) ------------------------------------------------------
+    def check_variant(self, spec: Mapping[str, Any], where: str, pipeline: "Pipeline") -> dict[str, Any]:
+        """Family-specific keys of one variant -> Variant fields (model_name, data, source, ...)."""
+        model_name = spec.get("model")
+        if model_name is None:
+            fail(f"{where}.model", "missing: every variant names a model under models:")
+        if model_name not in pipeline.models:
+            fail(f"{where}.model", f"unknown model {model_name!r} (known: {', '.join(pipeline.models) or 'none'})")
+        return {"model_name": model_name}
+
+    def fixed_train(self, extras: Mapping[str, Any], pipeline: "Pipeline") -> dict[str, Any]:
+        """Train settings the data decides (merged last; the user may not set them)."""
+        return {}
+
+    def vocab_size(self, variant: "Variant", pipeline: "Pipeline") -> int | None:
+        """The vocabulary when params.yaml decides it; None when the data files do."""
+        return None
+
+    def check_eval(self, settings: dict, where: str, pipeline: "Pipeline") -> dict:
+        """The family's eval block, checked by the evaluation of its task."""
+        from vld.eval.variant import check_settings
+
+        return check_settings(self.task, settings, where)
+
+    def check_train(self, variant: "Variant", pipeline: "Pipeline") -> None:
+        """Checks of a variant's training against its data, before any compute."""
+
+    # ---- stages ------------------------------------------------------------------------
+    def train_data(self, variant: "Variant") -> Path | None:
+        """The token set it trains on (None: a generated stream)."""
+        raise NotImplementedError
+
+    def datamodule(self, variant: "Variant", pipeline: "Pipeline"):
+        from vld.train.datamodules import TokenWindowDataModule
+
+        cfg = variant.train
+        return TokenWindowDataModule(self.train_data(variant), cfg.seq_len, cfg.micro_batch_size,
+                                     seed=cfg.seed, num_workers=cfg.num_workers)
+
+    def model_dir(self, variant: "Variant") -> Path:
+        return paths.pretrain_dir(self.name, variant.name)
+
+    def eval_data(self, variant: "Variant") -> dict[str, Any]:
+        """The `data` argument of vld.eval.variant.evaluate_variant."""
+        raise NotImplementedError
+
+
+class IgsmEvaluated(Family):
+    task = "igsm"
+
+    def check_eval(self, settings, where, pipeline):
+        tests = settings.pop("tests", None)
+        available = pipeline.data["igsm"].tests
+        if tests is None:
+            tests = list(available)
+        if not isinstance(tests, list) or not tests:
+            fail(f"{where}.tests", "must be a non-empty list of test-set names")
+        for test in tests:
+            if test not in available:
+                fail(f"{where}.tests", f"names a missing dataset {test!r} (data.igsm.tests has: {', '.join(available)})")
+        return {"tests": tests, **super().check_eval(settings, where, pipeline)}
+
+    def eval_data(self, variant):
+        return {"igsm_test": {name: str(paths.IGSM_TESTS / name) for name in variant.eval["tests"]},
+                "igsm_train": str(paths.IGSM_TRAIN)}
+
+    def train_data(self, variant):
+        return paths.IGSM_TRAIN
+
+
+class Reasoning(IgsmEvaluated):
+    name = "reasoning"
+
+
+class Knowledge(Family):
+    name, task = "knowledge", "knowledge"
+    variant_keys = ("model", "data")
+
+    def check_variant(self, spec, where, pipeline):
+        out = super().check_variant(spec, where, pipeline)
+        out["data"] = _dataset(spec, where, pipeline, "knowledge")
+        return out
+
+    def train_data(self, variant):
+        return paths.knowledge_dir(variant.data)
+
+    def check_train(self, variant, pipeline):
+        n_tokens = pipeline.data["knowledge"][variant.data].n_tokens
+        if n_tokens is not None and variant.train.seq_len + 1 > n_tokens:
+            fail(f"{variant.key}.train.seq_len", f"{variant.train.seq_len} + 1 tokens per window, but data.knowledge."
+                 f"{variant.data} has {n_tokens} tokens")
+
+    def datamodule(self, variant, pipeline):
+        spec = pipeline.data["knowledge"][variant.data]
+        if spec.kind != "biographies":
+            return super().datamodule(variant, pipeline)
+        from vld.train.datamodules import BiographyDataModule
+
+        cfg = variant.train
+        return BiographyDataModule(self.train_data(variant), cfg.seq_len, cfg.micro_batch_size, seed=cfg.seed,
+                                   mode=spec.mode, num_workers=cfg.num_workers)
+
+    def eval_data(self, variant):
+        return {"knowledge": str(paths.knowledge_dir(variant.data))}
+
+
+class Retrofit(IgsmEvaluated):
+    name = "retrofit"
+    trained_by = "retrofit"
+    variant_keys = ("source", "method", "lora_rank")
+
+    def check_variant(self, spec, where, pipeline):
+        from vld.retrofit.methods import DEFAULT_LORA_RANK, check_method
+
+        source = spec.get("source")
+        if source is None:
+            fail(f"{where}.source", "missing: name the reasoning variant to retrofit")
+        reasoning = pipeline.variants.get("reasoning", {})
+        if source not in reasoning:
+            fail(f"{where}.source", f"names a missing reasoning variant {source!r} (known:"
+                 f" {', '.join(reasoning) or 'none'})")
+        method = spec.get("method", "full")
+        rank = spec.get("lora_rank", DEFAULT_LORA_RANK)
+        check_method(method, rank, where)
+        return {"model_name": reasoning[source].model_name, "source": source, "method": method, "lora_rank": rank}
+
+    def model_dir(self, variant):
+        return paths.retrofit_dir(variant.name)
+
+
+class KHop(Family):
+    name, task = "khop", "khop"
+    variant_keys = ("model", "data")
+
+    def check_variant(self, spec, where, pipeline):
+        out = super().check_variant(spec, where, pipeline)
+        out["data"] = _dataset(spec, where, pipeline, "khop")
+        return out
+
+    def fixed_train(self, extras, pipeline):
+        return {"seq_len": pipeline.data["khop"][extras["data"]].seq_len}
+
+    def vocab_size(self, variant, pipeline):
+        return pipeline.data["khop"][variant.data].vocab_size
+
+    def train_data(self, variant):
+        return None  # a stream generated from (seed, step)
+
+    def datamodule(self, variant, pipeline):
+        from vld.train.datamodules import KHopDataModule
+
+        cfg = variant.train
+        return KHopDataModule(pipeline.data["khop"][variant.data], cfg.global_batch_size, cfg.micro_batch_size,
+                              num_workers=cfg.num_workers)
+
+    def eval_data(self, variant):
+        return {"khop_test": str(paths.khop_tests_dir(variant.data))}
+
+
+def _dataset(spec: Mapping[str, Any], where: str, pipeline: "Pipeline", section: str) -> str:
+    name = spec.get("data")
+    sets = pipeline.data.get(section, {})
+    if name is None:
+        fail(f"{where}.data", f"missing: name a dataset under data.{section}")
+    if name not in sets:
+        fail(f"{where}.data", f"names a missing dataset {name!r} (data.{section} has: {', '.join(sets) or 'none'})")
+    return name
+
+
+# Validation order matters: retrofit variants name reasoning variants.
+FAMILIES: dict[str, Family] = {f.name: f for f in (Reasoning(), Knowledge(), Retrofit(), KHop())}
+
+
+def trained_by(stage: str) -> tuple[str, ...]:
+    """Names of the families a training stage trains (its --family choices)."""
+    return tuple(name for name, family in FAMILIES.items() if family.trained_by == stage)

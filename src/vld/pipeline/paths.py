@@ -1,0 +1,40 @@
+"""Where the pipeline's data and results live, relative to the repository root (where DVC runs
+every stage). dvc.yaml declares the same paths as outs, so the two change together; data/README.md
+and results/README.md say which stage writes what."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+IGSM_TRAIN = Path("data/igsm/train")
+IGSM_TESTS = Path("data/igsm/tests")
+KNOWLEDGE_DATA = Path("data/knowledge")
+KHOP_DATA = Path("data/khop")
+PRETRAIN = Path("results/pretrain")
+RETROFIT = Path("results/retrofit")
+EVAL = Path("results/eval")
+REPORT = Path("results/report")
+# Checkpoints of running trainings. DVC deletes a stage's outputs before running it, so a
+# killed training resumes from here; the directory name is a hash of everything that
+# determines the run, so a changed config never resumes a stale checkpoint.
+WORK = Path(".vld-work")
+
+
+def knowledge_dir(name: str) -> Path:
+    return KNOWLEDGE_DATA / name
+
+
+def khop_tests_dir(name: str) -> Path:
+    return KHOP_DATA / name
+
+
+def pretrain_dir(family: str, variant: str) -> Path:
+    return PRETRAIN / family / variant
+
+
+def retrofit_dir(variant: str) -> Path:
+    return RETROFIT / variant
+
+
+def eval_file(family: str, variant: str) -> Path:
+    return EVAL / family / f"{variant}.json"
