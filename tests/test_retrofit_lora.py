@@ -11,6 +11,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from vld.errors import UserError  # noqa: E402
+from vld.model import Backend  # noqa: E402
 from vld.retrofit.api import load_retrofit, prepare_retrofit, retrofit_and_finetune  # noqa: E402
 from vld.retrofit.lora import LLAMA_PROJECTIONS, add_lora, lora_modules, merge_lora  # noqa: E402
 
@@ -235,11 +236,16 @@ def test_per_visit_adapters_under_activation_checkpointing_give_the_same_gradien
         torch.manual_seed(enabled)  # the adapters' init must not depend on the global RNG
         model, _ = prepare_retrofit(
             request.getfixturevalue(source), {"pattern": "cycle", "k": 1}, method="lora_per_visit",
-            activation_checkpointing=enabled,
+            backend=Backend(activation_checkpointing=enabled),
         )
         randomize_lora_b(model)
         model.train()
+        layers = model.hf.model.layers if source == "llama_dir" else model.layers
+        calls = []  # one per base-layer call (pre-hook: recomputation may stop a layer early)
+        for layer in layers:
+            layer.register_forward_pre_hook(lambda module, args: calls.append(module))
         model(tokens()).logsumexp(-1).mean().backward()
+        assert len(calls) == (2 if enabled else 1) * model.effective_depth  # checkpointing recomputed each visit
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:

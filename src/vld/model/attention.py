@@ -91,3 +91,21 @@ def causal_attention(qkv: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
     batch, heads, seq, head_dim = q.shape
     y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
     return y.transpose(1, 2).reshape(batch, seq, heads * head_dim)
+
+
+def causal_mask(n_new: int, n_past: int, device, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Which keys each new query may see: bool [B or 1, 1, n_new, n_past + n_new], True = attend.
+
+    Causal over positions n_past..n_past+n_new-1 against keys 0..n_past+n_new-1. With
+    `attention_mask` [B, n_past + n_new] (1 = real token, 0 = padding) padding keys are hidden,
+    except that every query sees itself: a padding query would otherwise see no key at all (a
+    NaN row in SDPA). Shared by VLDTransformer and the retrofitted Llama.
+    """
+    total = n_past + n_new
+    query_pos = torch.arange(n_past, total, device=device).unsqueeze(1)
+    key_pos = torch.arange(total, device=device).unsqueeze(0)
+    allowed = (key_pos <= query_pos)[None, None]
+    if attention_mask is not None:
+        real_key = attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :total]
+        allowed = (allowed & real_key) | (key_pos == query_pos)
+    return allowed
