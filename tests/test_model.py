@@ -398,6 +398,17 @@ def test_run_settings_are_a_backend_not_the_config(tmp_path):
     assert set(torch.load(tmp_path / "new.pt", weights_only=True)["config"]) == set(dataclasses.asdict(model.config))
 
 
+def test_settings_checks_import_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, vld.model, vld.model.backend, vld.retrofit.api, vld.retrofit.methods; "
+            "vld.model.Backend.from_dict({'cpu_gemm': 'blas'}); vld.retrofit.api.check_method('lora', 4, 'v'); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_eval_mode_restores_the_mode_also_on_error():
     model = model_for("gpt2", "base")
     for training in (True, False):

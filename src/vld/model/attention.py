@@ -3,9 +3,9 @@
 On CPU the training path runs exact softmax attention in blocks of query rows with batched
 GEMMs: query block i only meets keys 0..end of block i, so the key blocks hidden by the causal
 mask are never computed, and the block's probabilities are kept for the backward pass (no
-recomputation). At width 256, 4 heads, 256 tokens, batch 16 on 2 cores this forward+backward
-takes 17.2 ms per layer against 24.6 ms for SDPA's CPU flash kernel, whose backward recomputes the
-scores. Everywhere else (a GPU, a KV cache, padding masks, dropout, long sequences where the
+recomputation). That is why it beats SDPA's CPU flash kernel at training shapes: the flash
+backward recomputes the scores (measured figures: docs/model.md, bench/bench_model.py).
+Everywhere else (a GPU, a KV cache, padding masks, dropout, long sequences where the
 kept probabilities would cost O(T^2) memory) it is SDPA.
 """
 
@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-QUERY_BLOCK = 64  # rows per block: 64-128 were fastest at 128-512 tokens on this CPU
+QUERY_BLOCK = 64  # rows per block: big enough for efficient GEMMs, small enough to skip most masked keys
 MAX_BLOCKED_LEN = 1024  # beyond this the kept probabilities (about B*H*T^2/2 floats) cost too much
 
 
