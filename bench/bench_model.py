@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_model.py --quick    # fewer steps, rougher figures
 
 0. the GEMMs of each layer shape's training step in torch's BLAS (MKL) and in oneDNN, the two
-   choices of `ModelConfig.cpu_gemm` (see vld.model.linear);
+   choices of `Backend.cpu_gemm` (see vld.model.linear);
 1. identity schedule vs Hugging Face GPT2LMHeadModel (SDPA), same width/depth/heads/seq/batch,
    each trained in its own process (the steady state of a training run; see `hf_section`),
    under glibc's default allocator and again with freed memory kept (no page faults); our
@@ -66,7 +66,7 @@ def main(argv=None) -> None:
     import torch
     import torch.nn.functional as F
 
-    from vld.model import ModelConfig, VLDTransformer
+    from vld.model import Backend, ModelConfig, VLDTransformer
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -74,9 +74,9 @@ def main(argv=None) -> None:
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     n_tokens = args.batch * args.seq
 
-    def config(schedule=None, n_layer=args.layers, cpu_gemm="onednn"):
+    def config(schedule=None, n_layer=args.layers):
         return ModelConfig(vocab_size=args.vocab, n_layer=n_layer, d_model=args.width, n_head=args.heads,
-                           max_seq_len=max(args.seq, 64 + args.gen_tokens), schedule=schedule, cpu_gemm=cpu_gemm)
+                           max_seq_len=max(args.seq, 64 + args.gen_tokens), schedule=schedule)
 
     def trainer(model, logits_of, with_optimizer=True):
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if with_optimizer else None
@@ -112,7 +112,7 @@ def main(argv=None) -> None:
         if args.worker == "hf":
             model, logits_of = hf_gpt2(args, base.config.max_seq_len), hf_logits
         else:
-            model, logits_of = VLDTransformer(config(cpu_gemm=WORKERS[args.worker])).train(), vld_logits
+            model, logits_of = VLDTransformer(config(), backend=Backend(cpu_gemm=WORKERS[args.worker])).train(), vld_logits
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
         print(json.dumps(worker_times(trainer(model, logits_of), args.steps, clock)))
         return
@@ -239,7 +239,7 @@ def weight_gemms(model, n_tokens: int):
     """One training step's weight GEMMs (forward, input grad, weight grad of every linear layer
     and the head) in the model's own GEMM library, without anything else: the floor under any
     implementation of this step with these kernels."""
-    gemms = training_gemms(linear_shapes(model), n_tokens, model.config.cpu_gemm)
+    gemms = training_gemms(linear_shapes(model), n_tokens, model.backend.cpu_gemm)
 
     def step():
         for three in gemms:

@@ -34,10 +34,11 @@ def build_source(path: Path, hidden: int, layers: int, vocab: int) -> None:
 
 
 def make_model(source, k, method, checkpointing, device):
+    from vld.model import Backend
     from vld.retrofit.api import prepare_retrofit
 
     model, info = prepare_retrofit(
-        source, {"pattern": "cycle", "k": k}, method=method, activation_checkpointing=checkpointing
+        source, {"pattern": "cycle", "k": k}, method=method, backend=Backend(activation_checkpointing=checkpointing)
     )
     return model.to(device).train(), info
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from vld.atomic import write_json
-from vld.model import ModelConfig, ScheduleSpec, VLDTransformer, resolve_schedule
+from vld.model import Backend, ModelConfig, ScheduleSpec, VLDTransformer, resolve_schedule
 
 SECTIONS = ("env", "exact", "generate", "compile", "memory", "throughput", "hf")
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM
@@ -232,7 +232,7 @@ def sec_memory(args, put):
         model = build(config(d, schedule=cycle(d.layers, k)), args.device).train()
         row = {"depth": model.effective_depth}
         for checkpointing in (False, True):
-            model.config.activation_checkpointing = checkpointing  # read at every forward
+            model.set_backend(Backend(activation_checkpointing=checkpointing))
             gc.collect()
             if args.cuda:
                 torch.cuda.empty_cache()
@@ -259,7 +259,7 @@ def sec_memory(args, put):
     model = build(config(t, schedule=cycle(t.layers, 1)), args.device).train()
     grads = []
     for checkpointing in (False, True):
-        model.config.activation_checkpointing = checkpointing
+        model.set_backend(Backend(activation_checkpointing=checkpointing))
         loss_of(model(x), y).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
         model.zero_grad(set_to_none=True)

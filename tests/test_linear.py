@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vld.model import ModelConfig, VLDTransformer
+from vld.model import Backend, ModelConfig, VLDTransformer
 from vld.model.linear import MIN_MACS, Linear, onednn_applies, onednn_linear
 
 
@@ -71,13 +71,23 @@ def test_where_onednn_applies():
         assert not onednn_applies(x, w)
 
 
-def test_model_layers_follow_the_config():
-    for cpu_gemm in ("onednn", "blas"):
-        model = VLDTransformer(ModelConfig(vocab_size=512, n_layer=2, d_model=64, n_head=2, max_seq_len=64, cpu_gemm=cpu_gemm))
+def test_model_layers_follow_the_backend():
+    config = ModelConfig(vocab_size=512, n_layer=2, d_model=64, n_head=2, max_seq_len=64)
+
+    def check(model, cpu_gemm):
         linears = [m for m in model.modules() if isinstance(m, Linear)]
         assert len(linears) == 2 * 4 + 1 and {m.cpu_gemm for m in linears} == {cpu_gemm}
         logits = model(torch.zeros(4, 64, dtype=torch.long))  # the head: 256 rows x 64 x 512, enough for oneDNN
         assert (type(logits.grad_fn).__name__ == "OneDNNLinearBackward") == (cpu_gemm == "onednn")
+
+    check(VLDTransformer(config), "onednn")  # the default
+    for cpu_gemm in ("onednn", "blas"):
+        model = VLDTransformer(config, backend=Backend(cpu_gemm=cpu_gemm))
+        check(model, cpu_gemm)
+        check(model.unrolled(), cpu_gemm)  # an unrolled copy runs as its source does
+        other = "blas" if cpu_gemm == "onednn" else "onednn"
+        model.set_backend(Backend(cpu_gemm=other))
+        check(model, other)
 
 
 def test_second_derivative_is_refused():

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from vld.errors import UserError
 from vld.model.attention import causal_attention
 from vld.model.linear import linear as vld_linear
-from vld.model import PRESETS, ModelConfig, ScheduleSpec, VLDTransformer, hf_state_dict, load_model, resolve_schedule, save_model
+from vld.model import (PRESETS, Backend, ModelConfig, ScheduleSpec, VLDTransformer, eval_mode, hf_state_dict, load_model,
+                       resolve_schedule, save_model)
 
 BLOCKS = ["gpt2", "llama"]
 MIDDLE_CYCLE = {"middle_cycle": "0, cycle(1..L-2, k+1), L-1"}
@@ -32,10 +33,10 @@ def config(block="gpt2", schedule=None, **overrides):
     return ModelConfig(**values)
 
 
-def model_for(block, name, seed=0, **overrides):
+def model_for(block, name, seed=0, backend=None, **overrides):
     torch.manual_seed(seed)
     order = resolve_schedule(SCHEDULES[name], 4, MIDDLE_CYCLE)
-    return VLDTransformer(config(block, order, **overrides))
+    return VLDTransformer(config(block, order, **overrides), backend=backend)
 
 
 def tokens(batch=3, seq=17, vocab=61, seed=1):
@@ -87,7 +88,7 @@ def plain_forward(model, x, linear=F.linear):
 @pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("cpu_gemm", ["blas", "onednn"])
 def test_identity_schedule_bit_identical_to_plain_model(block, cpu_gemm):
-    model = model_for(block, "base", cpu_gemm=cpu_gemm, d_model=256).eval()  # wide enough for the kernels to differ
+    model = model_for(block, "base", backend=Backend(cpu_gemm=cpu_gemm), d_model=256).eval()  # wide enough for the kernels to differ
     x = tokens()
     with torch.no_grad():
         assert torch.equal(model(x), plain_forward(model, x, lambda *a: vld_linear(*a, cpu_gemm=cpu_gemm)))
@@ -123,15 +124,37 @@ def test_shared_gradient_is_sum_of_unrolled_copies(block):
     torch.testing.assert_close(model.tok_emb.weight.grad, unrolled.tok_emb.weight.grad, rtol=1e-10, atol=1e-12)
 
 
+def count_block_calls(model):
+    """A list that grows by one per call of any base layer (forward, or recomputation in backward).
+    A pre-hook: checkpoint's recomputation stops a layer early once it has what backward needs."""
+    calls = []
+    for layer in model.layers:
+        layer.register_forward_pre_hook(lambda module, args: calls.append(module))
+    return calls
+
+
 @pytest.mark.parametrize("block", BLOCKS)
-def test_activation_checkpointing_gives_same_gradients(block):
+def test_activation_checkpointing_recomputes_each_visit_and_gives_same_gradients(block):
     plain = model_for(block, "cycle")
-    ckpt = model_for(block, "cycle", activation_checkpointing=True)
+    ckpt = model_for(block, "cycle", backend=Backend(activation_checkpointing=True))
+    depth = ckpt.effective_depth
     x = tokens()
-    for m in (plain, ckpt):
-        F.cross_entropy(m(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).backward()
+    for m, calls_in_backward in ((plain, 0), (ckpt, depth)):
+        calls = count_block_calls(m)
+        loss = F.cross_entropy(m(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+        assert len(calls) == depth  # the forward visits
+        loss.backward()
+        # checkpointing kept no activations: backward ran every visit again
+        assert len(calls) == depth + calls_in_backward
     for (name, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7, msg=name)
+    # the backend applies to training only, and can be switched off later
+    calls = count_block_calls(ckpt)
+    with torch.no_grad():
+        ckpt(x)
+    ckpt.set_backend(Backend())
+    ckpt(x).sum().backward()
+    assert len(calls) == 2 * depth
 
 
 def test_parameter_count_identical_across_schedules():
@@ -318,7 +341,6 @@ def test_chunked_prefill_through_cache_equals_full_forward(block):
         (dict(schedule=[0, 1, 2]), "model.schedule: base layer 3 is never visited"),
         (dict(schedule=[]), "model.schedule: empty schedule"),
         (dict(tie_embeddings="yes"), "model.tie_embeddings: must be true or false, got 'yes'"),
-        (dict(cpu_gemm="mkl"), "model.cpu_gemm: unknown CPU GEMM library 'mkl' (known: onednn, blas)"),
     ],
 )
 def test_bad_config_one_line_errors(overrides, message):
@@ -338,6 +360,67 @@ def test_config_from_dict():
         ModelConfig.from_dict({"preset": "huge"}, where="m")
     with pytest.raises(UserError, match=r"^m\.schedule\.k: must be >= 0, got -2$"):
         ModelConfig.from_dict({"schedule": {"pattern": "cycle", "k": -2}}, where="m")
+
+
+def test_run_settings_are_a_backend_not_the_config(tmp_path):
+    for key, value, spelling in (("cpu_gemm", "blas", "hardware.cpu_gemm"),
+                                 ("activation_checkpointing", True, "<family>.train.activation_checkpointing")):
+        with pytest.raises(UserError) as err:
+            ModelConfig.from_dict({"preset": "tiny", key: value}, where="models.t")
+        assert str(err.value) == (f"models.t.{key}: is a run setting, not part of the model: set {spelling} "
+                                  f"(vld.model.Backend.{key})")
+        assert key not in ModelConfig().to_dict()
+    assert Backend() == Backend.from_dict({}) == Backend("onednn", False)
+    assert Backend.from_dict({"cpu_gemm": "blas", "activation_checkpointing": True}) == Backend("blas", True)
+    for values, message in (
+        ({"cpu_gemm": "mkl"}, "hardware.cpu_gemm: unknown CPU GEMM library 'mkl' (known: onednn, blas)"),
+        ({"activation_checkpointing": "yes"}, "hardware.activation_checkpointing: must be true or false, got 'yes'"),
+        ({"gemm": "blas"}, "hardware.gemm: unknown key (known: cpu_gemm, activation_checkpointing)"),
+        (["blas"], "hardware: must be a mapping, got list"),
+    ):
+        with pytest.raises(UserError) as err:
+            Backend.from_dict(values, where="hardware")
+        assert str(err.value) == message
+    with pytest.raises(UserError, match=r"^backend\.cpu_gemm: unknown CPU GEMM library 'mkl'"):
+        Backend(cpu_gemm="mkl")
+    # a checkpoint saved when the config still carried them loads, with the backend asked for
+    model = model_for("gpt2", "cycle").eval()
+    old = {"config": {**dataclasses.asdict(model.config), "cpu_gemm": "blas", "activation_checkpointing": True},
+           "state_dict": model.state_dict()}
+    torch.save(old, tmp_path / "old.pt")
+    loaded = load_model(tmp_path / "old.pt").eval()
+    assert loaded.config == model.config and loaded.backend == Backend()
+    x = tokens()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert load_model(tmp_path / "old.pt", backend=Backend(cpu_gemm="blas")).lm_head.cpu_gemm == "blas"
+    save_model(loaded, tmp_path / "new.pt")
+    assert set(torch.load(tmp_path / "new.pt", weights_only=True)["config"]) == set(dataclasses.asdict(model.config))
+
+
+def test_settings_checks_import_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, vld.model, vld.model.backend, vld.retrofit.api, vld.retrofit.methods; "
+            "vld.model.Backend.from_dict({'cpu_gemm': 'blas'}); vld.retrofit.api.check_method('lora', 4, 'v'); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_eval_mode_restores_the_mode_also_on_error():
+    model = model_for("gpt2", "base")
+    for training in (True, False):
+        model.train(training)
+        with eval_mode(model) as inside:
+            assert inside is model and not model.training and not model.layers[0].training
+        assert model.training == training and model.layers[0].training == training
+    model.train()
+    with pytest.raises(RuntimeError, match="boom"):
+        with eval_mode(model):
+            raise RuntimeError("boom")
+    assert model.training
 
 
 def test_presets_are_valid_and_protected():

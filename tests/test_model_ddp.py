@@ -35,8 +35,8 @@ def test_ddp_step_with_checkpointing_matches_single_process(tmp_path):
 
     result = torch.load(out, weights_only=True)
     config = ModelConfig(vocab_size=53, n_layer=2, d_model=32, n_head=4, max_seq_len=32,
-                         schedule=[0, 1, 0, 1, 0, 1], activation_checkpointing=False)
-    model = VLDTransformer(config).double()
+                         schedule=[0, 1, 0, 1, 0, 1])
+    model = VLDTransformer(config).double()  # no checkpointing: the reference
     model.load_state_dict(result["initial"])
     batch = result["batch"]
     F.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten()).backward()

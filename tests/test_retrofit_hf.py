@@ -12,6 +12,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from vld.errors import UserError  # noqa: E402
+from vld.model import Backend  # noqa: E402
 from vld.retrofit import sources as sources_module  # noqa: E402
 from vld.retrofit.api import prepare_retrofit  # noqa: E402
 from vld.retrofit.hf_llama import RetrofitLlama  # noqa: E402
@@ -146,13 +147,21 @@ def test_naive_reuse_of_hf_layers_breaks_hf_cache_but_not_ours(llama_dir):
     assert ours.generate([prompt[0].tolist()], 16, use_cache=False) == [naive_uncached]
 
 
-def test_activation_checkpointing_gives_the_same_gradients(llama_dir):
+def test_activation_checkpointing_recomputes_each_visit_and_gives_the_same_gradients(llama_dir):
     tokens = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(3))
     grads = []
     for enabled in (False, True):
-        model, _ = prepare_retrofit(llama_dir, {"pattern": "cycle", "k": 1}, activation_checkpointing=enabled)
+        model, _ = prepare_retrofit(llama_dir, {"pattern": "cycle", "k": 1}, backend=Backend(activation_checkpointing=enabled))
+        assert model.backend.activation_checkpointing is enabled
         model.train()
-        model(tokens).float().logsumexp(-1).mean().backward()
+        calls = []  # one per decoder-layer call; a pre-hook, as recomputation may stop a layer early
+        for layer in model.hf.model.layers:
+            layer.register_forward_pre_hook(lambda module, args: calls.append(module))
+        loss = model(tokens).float().logsumexp(-1).mean()
+        assert len(calls) == model.effective_depth == 8
+        loss.backward()
+        # with checkpointing nothing was kept: backward ran every visit again
+        assert len(calls) == (2 if enabled else 1) * model.effective_depth
         grads.append([p.grad.clone() for p in model.parameters()])
     for plain, checkpointed in zip(*grads):
         torch.testing.assert_close(plain, checkpointed, rtol=0, atol=1e-6)

@@ -11,6 +11,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from vld.errors import UserError  # noqa: E402
+from vld.model import Backend  # noqa: E402
 from vld.retrofit.api import load_retrofit, prepare_retrofit, retrofit_and_finetune  # noqa: E402
 from vld.retrofit.lora import LLAMA_PROJECTIONS, add_lora, lora_modules, merge_lora  # noqa: E402
 
@@ -130,6 +131,29 @@ def test_merging_adapters_gives_the_same_logits(request, source, method):
         assert list(merged.schedule) == list(range(info["effective_depth"]))
 
 
+@pytest.mark.parametrize("method", ["lora", "lora_per_visit"])
+def test_vld_unrolled_merges_each_visits_adapter(vld_checkpoint, method):
+    """VLDTransformer.unrolled is the one way to unroll a vld model, adapters or not: visit v
+    of base layer j gets W_j + scale * B A of its adapter (the layer's shared one, or its own)."""
+    model, info = prepare_retrofit(vld_checkpoint, {"pattern": "cycle", "k": 1}, method=method)
+    randomize_lora_b(model)
+    model.eval()
+    unrolled = model.unrolled()
+    assert not lora_modules(unrolled) and unrolled.schedule == tuple(range(info["effective_depth"]))
+    assert not unrolled.training and lora_modules(model)  # the source keeps its adapters
+    scale = 2.0  # add_lora's default alpha = 2 * rank
+    for visit, base in enumerate(model.schedule):
+        wrapped = model.layers[base].attn.qkv
+        adapter = f"visit_{visit}" if method == "lora_per_visit" else "default"
+        expected = wrapped.base_layer.weight + scale * wrapped.lora_B[adapter].weight @ wrapped.lora_A[adapter].weight
+        torch.testing.assert_close(unrolled.layers[visit].attn.qkv.weight, expected, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(unrolled(tokens()), model(tokens()), rtol=0, atol=1e-5)
+    if method == "lora_per_visit":  # merging per-visit adapters is unrolling
+        with torch.no_grad():
+            assert torch.equal(merge_lora(model)(tokens()), unrolled(tokens()))
+
+
 def test_full_fine_tuning_trains_every_parameter(llama_dir):
     model, info = prepare_retrofit(llama_dir, {"pattern": "cycle", "k": 1}, method="full")
     assert all(p.requires_grad for p in model.parameters()) and not lora_modules(model)
@@ -137,6 +161,20 @@ def test_full_fine_tuning_trains_every_parameter(llama_dir):
 
 
 def test_lora_rank_and_method_are_validated(llama_dir):
+    from vld.retrofit.api import DEFAULT_LORA_RANK, METHODS, check_method
+
+    assert METHODS == ("full", "lora", "lora_per_visit") and DEFAULT_LORA_RANK == 4
+    for method, rank, message in (
+        ("adapter", 4, "v.method: unknown method 'adapter' (known: full, lora, lora_per_visit)"),
+        (None, 4, "v.method: unknown method nothing (known: full, lora, lora_per_visit)"),
+        ("lora", 0, "v.lora_rank: must be a positive integer, got 0"),
+        ("full", True, "v.lora_rank: must be a positive integer, got True"),
+        ("lora", 2.0, "v.lora_rank: must be a positive integer, got 2.0"),
+    ):
+        with pytest.raises(UserError) as err:
+            check_method(method, rank, "v")
+        assert str(err.value) == message
+    check_method("lora_per_visit", 1, "v")
     with pytest.raises(UserError, match=r"^retrofit\.lora_rank:"):
         prepare_retrofit(llama_dir, None, method="lora", lora_rank=0)
     model, _ = prepare_retrofit(llama_dir, None, method="lora")
@@ -197,9 +235,13 @@ def test_one_lora_step_through_the_trainer_then_load_and_export(llama_dir, tmp_p
         torch.testing.assert_close(hf(tokens()).logits, model(tokens()), rtol=0, atol=1e-5)
 
 
-def test_one_full_step_on_a_vld_checkpoint_then_identity_base_row(vld_checkpoint, tmp_path):
+def test_one_full_step_on_a_vld_checkpoint_then_identity_base_row(vld_checkpoint, tmp_path, monkeypatch):
     from vld.model import load_model
+    from vld.retrofit import sources
 
+    inspected = []
+    inspect = sources.inspect_source
+    monkeypatch.setattr(sources, "inspect_source", lambda *args: inspected.append(args) or inspect(*args))
     train_dir = _token_set(tmp_path / "tokens")
     cycle = retrofit_and_finetune(
         str(vld_checkpoint), {"pattern": "cycle", "k": 1}, "full", 4, str(train_dir), _train_cfg(), tmp_path / "cycle"
@@ -208,6 +250,7 @@ def test_one_full_step_on_a_vld_checkpoint_then_identity_base_row(vld_checkpoint
         str(vld_checkpoint), {"pattern": "base"}, "full", 4, str(train_dir), _train_cfg(), tmp_path / "base"
     )
     assert cycle["steps"] == base["steps"] == 1
+    assert len(inspected) == 2  # the source checkpoint is read once per variant
     assert cycle["params"] == base["params"] and cycle["effective_depth"] == 6 and base["effective_depth"] == 3
     # The saved model is an ordinary vld checkpoint with the retrofit schedule.
     saved = load_model(tmp_path / "cycle" / "model" / "model.pt")
@@ -235,11 +278,16 @@ def test_per_visit_adapters_under_activation_checkpointing_give_the_same_gradien
         torch.manual_seed(enabled)  # the adapters' init must not depend on the global RNG
         model, _ = prepare_retrofit(
             request.getfixturevalue(source), {"pattern": "cycle", "k": 1}, method="lora_per_visit",
-            activation_checkpointing=enabled,
+            backend=Backend(activation_checkpointing=enabled),
         )
         randomize_lora_b(model)
         model.train()
+        layers = model.hf.model.layers if source == "llama_dir" else model.layers
+        calls = []  # one per base-layer call (pre-hook: recomputation may stop a layer early)
+        for layer in layers:
+            layer.register_forward_pre_hook(lambda module, args: calls.append(module))
         model(tokens()).logsumexp(-1).mean().backward()
+        assert len(calls) == (2 if enabled else 1) * model.effective_depth  # checkpointing recomputed each visit
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
@@ -251,3 +299,16 @@ def test_a_vld_output_directory_is_a_vld_source(vld_checkpoint):
     (vld_checkpoint.parent / "config.json").write_text('{"model": "vld"}')
     model, info = prepare_retrofit(vld_checkpoint.parent, {"pattern": "cycle", "k": 1})
     assert info["source_kind"] == "vld" and model.schedule == (0, 1, 2, 0, 1, 2)
+
+
+def test_an_inspected_source_is_not_inspected_again(vld_checkpoint, monkeypatch):
+    from vld.retrofit import sources
+
+    info = sources.inspect_source(vld_checkpoint)
+
+    def refuse(*args):
+        raise AssertionError("inspected twice")
+
+    monkeypatch.setattr(sources, "inspect_source", refuse)
+    model, meta = prepare_retrofit(info, {"pattern": "cycle", "k": 1}, method="lora")
+    assert meta["source"] == str(vld_checkpoint) and model.schedule == (0, 1, 2, 0, 1, 2)

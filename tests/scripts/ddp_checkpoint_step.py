@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from vld.model import ModelConfig, VLDTransformer
+from vld.model import Backend, ModelConfig, VLDTransformer
 
 
 def main(out_path: str) -> None:
@@ -20,8 +20,8 @@ def main(out_path: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=53, n_layer=2, d_model=32, n_head=4, max_seq_len=32,
-                         schedule=[0, 1, 0, 1, 0, 1], activation_checkpointing=True)
-    model = VLDTransformer(config).double()
+                         schedule=[0, 1, 0, 1, 0, 1])
+    model = VLDTransformer(config, backend=Backend(activation_checkpointing=True)).double()
     initial = {name: value.clone() for name, value in model.state_dict().items()}
     batch = torch.randint(0, 53, (4, 17), generator=torch.Generator().manual_seed(1))
     ddp = DistributedDataParallel(model)

@@ -3,9 +3,9 @@
 On CPU the training path runs exact softmax attention in blocks of query rows with batched
 GEMMs: query block i only meets keys 0..end of block i, so the key blocks hidden by the causal
 mask are never computed, and the block's probabilities are kept for the backward pass (no
-recomputation). At width 256, 4 heads, 256 tokens, batch 16 on 2 cores this forward+backward
-takes 17.2 ms per layer against 24.6 ms for SDPA's CPU flash kernel, whose backward recomputes the
-scores. Everywhere else (a GPU, a KV cache, padding masks, dropout, long sequences where the
+recomputation). That is why it beats SDPA's CPU flash kernel at training shapes: the flash
+backward recomputes the scores (measured figures: docs/model.md, bench/bench_model.py).
+Everywhere else (a GPU, a KV cache, padding masks, dropout, long sequences where the
 kept probabilities would cost O(T^2) memory) it is SDPA.
 """
 
@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-QUERY_BLOCK = 64  # rows per block: 64-128 were fastest at 128-512 tokens on this CPU
+QUERY_BLOCK = 64  # rows per block: big enough for efficient GEMMs, small enough to skip most masked keys
 MAX_BLOCKED_LEN = 1024  # beyond this the kept probabilities (about B*H*T^2/2 floats) cost too much
 
 
@@ -91,3 +91,21 @@ def causal_attention(qkv: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
     batch, heads, seq, head_dim = q.shape
     y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
     return y.transpose(1, 2).reshape(batch, seq, heads * head_dim)
+
+
+def causal_mask(n_new: int, n_past: int, device, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Which keys each new query may see: bool [B or 1, 1, n_new, n_past + n_new], True = attend.
+
+    Causal over positions n_past..n_past+n_new-1 against keys 0..n_past+n_new-1. With
+    `attention_mask` [B, n_past + n_new] (1 = real token, 0 = padding) padding keys are hidden,
+    except that every query sees itself: a padding query would otherwise see no key at all (a
+    NaN row in SDPA). Shared by VLDTransformer and the retrofitted Llama.
+    """
+    total = n_past + n_new
+    query_pos = torch.arange(n_past, total, device=device).unsqueeze(1)
+    key_pos = torch.arange(total, device=device).unsqueeze(0)
+    allowed = (key_pos <= query_pos)[None, None]
+    if attention_mask is not None:
+        real_key = attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :total]
+        allowed = (allowed & real_key) | (key_pos == query_pos)
+    return allowed

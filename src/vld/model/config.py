@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from vld.errors import fail
+from vld.model.backend import PARAMS_SPELLING, moved_to_backend
 from vld.model.schedule import ScheduleSpec, check_order, resolve_schedule
 
 BLOCKS = ("gpt2", "llama")
-CPU_GEMMS = ("onednn", "blas")  # see vld.model.linear
 
 
 @dataclass
@@ -19,7 +19,8 @@ class ModelConfig:
     """One config for both block types.
 
     n_layer is the number of base (distinct) layers L; `schedule` lists the base layer
-    visited at each virtual layer (None = identity, each layer once).
+    visited at each virtual layer (None = identity, each layer once). How the model runs
+    (CPU GEMM library, activation checkpointing) is not here: see vld.model.backend.
     """
 
     vocab_size: int = 50257
@@ -34,9 +35,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     dropout: float = 0.0
-    activation_checkpointing: bool = False
     init_std: float = 0.02
-    cpu_gemm: str = "onednn"  # fp32 CPU matmuls: oneDNN, or torch's BLAS (see vld.model.linear)
 
     @property
     def ff_dim(self) -> int:
@@ -54,10 +53,6 @@ class ModelConfig:
     def effective_depth(self) -> int:
         return self.n_layer if self.schedule is None else len(self.schedule)
 
-    @property
-    def resolved_schedule(self) -> list[int]:
-        return list(range(self.n_layer)) if self.schedule is None else list(self.schedule)
-
     def validate(self, where: str = "model") -> "ModelConfig":
         """Check every field; raise a one-line UserError naming the first bad key."""
 
@@ -72,15 +67,12 @@ class ModelConfig:
             positive_int("d_ff")
         if self.block not in BLOCKS:
             fail(f"{where}.block", f"unknown block {self.block!r} (known: {', '.join(BLOCKS)})")
-        if self.cpu_gemm not in CPU_GEMMS:
-            fail(f"{where}.cpu_gemm", f"unknown CPU GEMM library {self.cpu_gemm!r} (known: {', '.join(CPU_GEMMS)})")
         if self.d_model % self.n_head:
             fail(f"{where}.n_head", f"{self.n_head} heads do not divide d_model {self.d_model}")
         if self.block == "llama" and self.head_dim % 2:
             fail(f"{where}.n_head", f"RoPE needs an even head dimension, got {self.head_dim}")
-        for name in ("tie_embeddings", "activation_checkpointing"):
-            if not isinstance(getattr(self, name), bool):
-                fail(f"{where}.{name}", f"must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.tie_embeddings, bool):
+            fail(f"{where}.tie_embeddings", f"must be true or false, got {self.tie_embeddings!r}")
         for name in ("norm_eps", "rope_theta", "init_std"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
@@ -94,6 +86,11 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @staticmethod
+    def without_run_settings(data: Mapping) -> dict:
+        """`data` (a saved config) less the keys that moved to vld.model.Backend."""
+        return {key: value for key, value in data.items() if key not in PARAMS_SPELLING}
+
     @classmethod
     def from_dict(
         cls,
@@ -105,10 +102,13 @@ class ModelConfig:
 
         `preset: NAME` starts from a preset and the other keys override it. `schedule` may be
         a list of base indices or a ScheduleSpec mapping ({pattern, k, layers, order}),
-        resolved against `patterns` (the params.yaml `patterns:` section).
+        resolved against `patterns` (the params.yaml `patterns:` section). The run settings
+        that once lived here (cpu_gemm, activation_checkpointing) are a one-line UserError
+        naming their new place; `load_model` strips them from old checkpoints.
         """
         if not isinstance(data, Mapping):
             fail(where, f"must be a mapping, got {type(data).__name__}")
+        moved_to_backend(data, where)
         values = dict(data)
         base: dict = {}
         if "preset" in values:

@@ -2,15 +2,13 @@
 
 PyTorch's x86 wheels send fp32 matmuls to MKL. On the AMD EPYC (Zen 5, AVX-512) this project
 is developed on, MKL takes a generic code path (MKL_VERBOSE: "Intel(R) Architecture
-processors"; MKL_ENABLE_INSTRUCTIONS=AVX512 changes nothing) and runs at about 210 GFLOP/s on
-2 cores. oneDNN, shipped inside the same wheel, picks its kernels by instruction set
-(ONEDNN_VERBOSE: "isa:Intel AVX-512 ..."). At the `bench` preset's training shapes (4096 rows,
-widths 256-2048) the forward and input-gradient GEMMs run at 431-528 GFLOP/s in oneDNN against
-217-230 in MKL (the head's forward: 267 against 159), the weight gradient at 296-409 against
-201-213 (`bench/bench_model.py --sections gemm` prints each shape; README, Performance).
+processors"; MKL_ENABLE_INSTRUCTIONS=AVX512 changes nothing), while oneDNN, shipped inside the
+same wheel, picks its kernels by instruction set (ONEDNN_VERBOSE: "isa:Intel AVX-512 ..."), so
+at training shapes its GEMMs are the faster ones (the measured rates per shape: docs/model.md
+and README, Performance; `bench/bench_model.py --sections gemm` prints them).
 
 Both are IEEE fp32 (no reduced-precision mode): results differ from `F.linear` by summation
-order only, a relative 1e-6. `ModelConfig.cpu_gemm` chooses: "onednn" (the default) or
+order only, a relative 1e-6. `vld.model.Backend.cpu_gemm` chooses: "onednn" (the default) or
 "blas" (exactly `nn.Linear`). GPUs, other dtypes, autocast, torch.compile and calls too small
 to repay oneDNN's per-call cost take `F.linear`.
 """
@@ -22,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-# oneDNN costs about 13-17 us per call here; below about 1.5M multiply-adds (rows x in x out) MKL
-# is as fast or faster: 64 -> 192 at 64 rows 11 vs 17 us, 128 -> 384 at 16 rows 12 vs 18 us.
+# oneDNN has a fixed cost per call that MKL does not: below about 1.5M multiply-adds
+# (rows x in x out) MKL is as fast or faster (the measurement: docs/model.md, CPU GEMMs).
 MIN_MACS = 1_500_000
 AVAILABLE = torch.backends.mkldnn.is_available()  # fixed for the build; `enabled` can change at run time
 

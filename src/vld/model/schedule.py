@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from vld.errors import UserError, fail
+from vld.errors import fail
 
 # Built-in patterns, written in the same notation a user would write.
 BUILTIN_PATTERNS: dict[str, str] = {
@@ -361,20 +361,13 @@ def resolve_schedule(
     return order
 
 
-def describe_schedule(order: Sequence[int]) -> str:
-    """A compact 0-based rendering for logs, e.g. '0,1,2,3,0,1,2,3'."""
-    return ",".join(str(i) for i in order)
-
-
 __all__ = [
     "BUILTIN_PATTERNS",
     "MAX_SCHEDULE_LENGTH",
     "NotationError",
     "ScheduleSpec",
     "check_order",
-    "describe_schedule",
     "expand_notation",
     "known_patterns",
     "resolve_schedule",
-    "UserError",
 ]

@@ -18,10 +18,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vld.errors import fail
-from vld.model.attention import causal_attention
+from vld.model.adapters import plain_state_dict
+from vld.model.attention import causal_attention, causal_mask
+from vld.model.backend import Backend
 from vld.model.config import PRESETS, ModelConfig
 from vld.model.generation import check_request, greedy_decode, left_pad
 from vld.model.linear import Linear
+from vld.model.modes import eval_mode
 from vld.model.schedule import check_order
 
 
@@ -62,8 +65,8 @@ class Attention(nn.Module):
         bias = config.block == "gpt2"
         self.n_head = config.n_head
         self.head_dim = config.head_dim
-        self.qkv = Linear(config.d_model, 3 * config.d_model, bias=bias, cpu_gemm=config.cpu_gemm)  # fused q, k, v
-        self.proj = Linear(config.d_model, config.d_model, bias=bias, cpu_gemm=config.cpu_gemm)
+        self.qkv = Linear(config.d_model, 3 * config.d_model, bias=bias)  # fused q, k, v
+        self.proj = Linear(config.d_model, config.d_model, bias=bias)
         self.dropout = config.dropout
 
     def forward(self, x, rope, attn_mask, is_causal: bool, cache: KVCache | None, slot: int):
@@ -86,8 +89,8 @@ class Attention(nn.Module):
 class GPT2MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.fc = Linear(config.d_model, config.ff_dim, cpu_gemm=config.cpu_gemm)
-        self.proj = Linear(config.ff_dim, config.d_model, cpu_gemm=config.cpu_gemm)
+        self.fc = Linear(config.d_model, config.ff_dim)
+        self.proj = Linear(config.ff_dim, config.d_model)
 
     def forward(self, x):
         return self.proj(F.gelu(self.fc(x), approximate="tanh"))
@@ -97,8 +100,8 @@ class SwiGLU(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.ff_dim = config.ff_dim
-        self.gate_up = Linear(config.d_model, 2 * config.ff_dim, bias=False, cpu_gemm=config.cpu_gemm)  # fused gate, up
-        self.proj = Linear(config.ff_dim, config.d_model, bias=False, cpu_gemm=config.cpu_gemm)
+        self.gate_up = Linear(config.d_model, 2 * config.ff_dim, bias=False)  # fused gate, up
+        self.proj = Linear(config.ff_dim, config.d_model, bias=False)
 
     def forward(self, x):
         gate, up = self.gate_up(x).split(self.ff_dim, dim=-1)
@@ -146,9 +149,13 @@ class Block(nn.Module):
 
 
 class VLDTransformer(nn.Module):
-    """A decoder whose depth is a schedule over `config.n_layer` tied base layers."""
+    """A decoder whose depth is a schedule over `config.n_layer` tied base layers.
 
-    def __init__(self, config: ModelConfig):
+    `config` is what the model is (saved with it); `backend` how it runs here (default:
+    oneDNN GEMMs, no activation checkpointing), changeable with `set_backend`, never saved.
+    """
+
+    def __init__(self, config: ModelConfig, backend: Backend | None = None):
         super().__init__()
         config = copy.deepcopy(config).validate()
         self.config = config
@@ -157,7 +164,7 @@ class VLDTransformer(nn.Module):
         self.emb_dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm_f = _norm(config)
-        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False, cpu_gemm=config.cpu_gemm)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         if config.block == "llama":
@@ -168,6 +175,8 @@ class VLDTransformer(nn.Module):
             self.register_buffer("rope_sin", angles.sin(), persistent=False)
         self.schedule: tuple[int, ...] = ()
         self.set_schedule(config.schedule)
+        self.backend = Backend()
+        self.set_backend(Backend() if backend is None else backend)
         self._init_weights()
 
     # -- structure
@@ -180,6 +189,15 @@ class VLDTransformer(nn.Module):
             order = check_order(order, self.config.n_layer, "schedule")
             self.schedule = tuple(order)
             self.config.schedule = list(order)
+
+    def set_backend(self, backend: Backend) -> None:
+        """Run with `backend` from now on (parameters and results, up to summation order, unchanged)."""
+        if not isinstance(backend, Backend):
+            raise TypeError(f"set_backend: expected a vld.model.Backend, got {type(backend).__name__}")
+        self.backend = backend.validate()
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.cpu_gemm = backend.cpu_gemm
 
     @property
     def effective_depth(self) -> int:
@@ -232,7 +250,7 @@ class VLDTransformer(nn.Module):
         if self.config.block == "llama":
             rope = (self.rope_cos[position_ids].unsqueeze(1).to(x.dtype), self.rope_sin[position_ids].unsqueeze(1).to(x.dtype))
         attn_mask, is_causal = self._attention_mask(attention_mask, batch, seq, past, tokens.device)
-        use_checkpoint = self.config.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
+        use_checkpoint = self.backend.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         hidden = [x] if return_hidden else None
         layers = self.layers
         for slot, index in enumerate(self.schedule):
@@ -257,15 +275,7 @@ class VLDTransformer(nn.Module):
                 return None, seq > 1
             if seq == 1:
                 return None, False
-        total = past + seq
-        query_pos = torch.arange(past, total, device=device).unsqueeze(1)
-        key_pos = torch.arange(total, device=device).unsqueeze(0)
-        mask = (key_pos <= query_pos).unsqueeze(0).unsqueeze(0)  # [1, 1, T, total]
-        if attention_mask is not None:
-            mask = mask & attention_mask.bool()[:, None, None, :total]
-            # A padded query would see no key at all (NaN in SDPA): let it see itself.
-            mask = mask | (key_pos == query_pos)
-        return mask.expand(batch, 1, seq, total) if mask.shape[0] == 1 else mask, False
+        return causal_mask(seq, past, device, attention_mask).expand(batch, 1, seq, past + seq), False
 
     # -- generation
     @torch.no_grad()
@@ -275,12 +285,8 @@ class VLDTransformer(nn.Module):
         longest = max(len(p) for p in prompts)
         if longest + max_new_tokens > self.config.max_seq_len:
             fail("generate.max_new_tokens", f"prompt of {longest} tokens + {max_new_tokens} new exceeds max_seq_len {self.config.max_seq_len}")
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return self._generate(prompts, max_new_tokens, eos_id, use_cache)
-        finally:
-            self.train(was_training)
 
     def _generate(self, prompts, max_new_tokens, eos_id, use_cache):
         tokens, mask = left_pad(prompts, self.tok_emb.weight.device)
@@ -329,18 +335,26 @@ class VLDTransformer(nn.Module):
         return 3 * forward if training else forward
 
     # -- export
+    @torch.no_grad()
     def unrolled(self) -> "VLDTransformer":
-        """An ordinary untied model: one copy of the weights per virtual layer."""
+        """An ordinary untied model computing the same function: one copy of the weights per
+        virtual layer, in `self`'s backend, dtype, device and training mode.
+
+        LoRA adapters (peft's wrappers) are merged: a shared adapter into every visit of its
+        layer; per-visit adapters (`self.visit_adapters`, one name per visit, see
+        vld.retrofit.lora) each into its own visit. `self` is left untouched.
+        """
         config = dataclasses.replace(copy.deepcopy(self.config), n_layer=self.effective_depth, schedule=None)
         param = self.tok_emb.weight
-        model = VLDTransformer(config).to(device=param.device, dtype=param.dtype)
-        own = self.state_dict()
-        state = {name: value for name, value in own.items() if not name.startswith("layers.")}
+        model = VLDTransformer(config, backend=self.backend).to(device=param.device, dtype=param.dtype)
+        visit_adapters = getattr(self, "visit_adapters", None)
+        state = {name: value for name, value in plain_state_dict(self, None).items() if not name.startswith("layers.")}
         for slot, index in enumerate(self.schedule):
-            prefix = f"layers.{index}."
-            for name, value in own.items():
-                if name.startswith(prefix):
-                    state[f"layers.{slot}.{name[len(prefix):]}"] = value.clone()
+            adapter = None if visit_adapters is None else visit_adapters[slot]
+            for name, value in plain_state_dict(self.layers[index], adapter).items():
+                state[f"layers.{slot}.{name}"] = value
+        if config.tie_embeddings:
+            state["lm_head.weight"] = state["tok_emb.weight"]
         model.load_state_dict(state)
         model.train(self.training)
         return model
@@ -353,8 +367,9 @@ def save_model(model: VLDTransformer, path) -> None:
     save_torch(path, {"config": dataclasses.asdict(model.config), "state_dict": model.state_dict()})
 
 
-def load_model(path, map_location="cpu") -> VLDTransformer:
-    """Rebuild a model saved by save_model; tied weights share storage again."""
+def load_model(path, map_location="cpu", backend: Backend | None = None) -> VLDTransformer:
+    """Rebuild a model saved by save_model, to run with `backend`; tied weights share storage
+    again. Run settings saved by older versions inside the config are dropped."""
     from pathlib import Path
 
     path = Path(path)
@@ -364,12 +379,12 @@ def load_model(path, map_location="cpu") -> VLDTransformer:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # a truncated or foreign file
         fail(str(path), f"not a readable vld model file ({type(err).__name__})")
-    if not isinstance(payload, dict) or "config" not in payload or "state_dict" not in payload:
+    if not isinstance(payload, dict) or not isinstance(payload.get("config"), dict) or "state_dict" not in payload:
         fail(str(path), "not a vld model file (expected keys config, state_dict)")
-    config = ModelConfig.from_dict(payload["config"], where=f"{path}:config")
-    model = VLDTransformer(config)
+    config = ModelConfig.from_dict(ModelConfig.without_run_settings(payload["config"]), where=f"{path}:config")
+    model = VLDTransformer(config, backend=backend)
     model.load_state_dict(payload["state_dict"])
     return model.to(next(iter(payload["state_dict"].values())).dtype)
 
 
-__all__ = ["PRESETS", "KVCache", "ModelConfig", "VLDTransformer", "load_model", "save_model"]
+__all__ = ["PRESETS", "Backend", "KVCache", "ModelConfig", "VLDTransformer", "load_model", "save_model"]

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from vld.errors import fail
+from vld.retrofit.methods import DEFAULT_LORA_RANK, METHODS, check_method
 
-METHODS = ("full", "lora", "lora_per_visit")
 MODEL_DIR = "model"
 TRAIN_DIR = "train"
 META_FILE = "retrofit.json"
@@ -34,61 +34,63 @@ METRICS_FILE = "metrics.json"
 FORMAT_VERSION = 1
 
 
-def _check_method(method: str, lora_rank: int, where: str) -> None:
-    if method not in METHODS:
-        fail(f"{where}.method", f"unknown {method!r} (known: {', '.join(METHODS)})")
-    if not isinstance(lora_rank, int) or isinstance(lora_rank, bool) or lora_rank < 1:
-        fail(f"{where}.lora_rank", f"must be a positive integer, got {lora_rank!r}")
-
-
 def validate_variant(
-    source: str | Path,
+    source,
     schedule: Mapping[str, Any] | None,
     method: str = "full",
-    lora_rank: int = 4,
+    lora_rank: int = DEFAULT_LORA_RANK,
     patterns: Mapping[str, str] | None = None,
     where: str = "retrofit",
 ):
     """Check a retrofit variant without loading weights: (SourceInfo, resolved schedule).
 
+    `source`: a path, or the SourceInfo of one already inspected (not inspected again).
     One-line UserError naming the key: an unknown method, a bad rank, a missing or
     unsupported source, a schedule that does not fit the source's layers."""
     from vld.model import resolve_schedule
-    from vld.retrofit.sources import inspect_source
+    from vld.retrofit.sources import SourceInfo, inspect_source
 
-    _check_method(method, lora_rank, where)
-    info = inspect_source(source, f"{where}.source")
+    check_method(method, lora_rank, where)
+    info = source if isinstance(source, SourceInfo) else inspect_source(source, f"{where}.source")
     return info, resolve_schedule(schedule, info.n_layers, patterns, where=f"{where}.schedule")
 
 
 def prepare_retrofit(
-    source: str | Path,
+    source,
     schedule: Mapping[str, Any] | None,
     method: str = "full",
-    lora_rank: int = 4,
+    lora_rank: int = DEFAULT_LORA_RANK,
     patterns: Mapping[str, str] | None = None,
     lora_alpha: float | None = None,
-    activation_checkpointing: bool = False,
+    backend=None,
     dtype: str = "float32",
     where: str = "retrofit",
     seed: int = 0,
 ):
     """Load `source`, apply the schedule, add LoRA if asked: (model, info dict), no training.
 
-    Every input is validated (one-line UserError) before any weights are loaded."""
-    from vld.retrofit import sources
-
+    `source`: a path or an inspected SourceInfo. `backend`: a vld.model.Backend (default: the
+    default one). Every input is validated (one-line UserError) before any weights are loaded."""
     info, order = validate_variant(source, schedule, method, lora_rank, patterns, where)
+    return _load_and_prepare(source, info, order, method, lora_rank, lora_alpha, backend, dtype, seed)
+
+
+def _load_and_prepare(source, info, order, method, lora_rank, lora_alpha, backend, dtype, seed):
+    """prepare_retrofit once the variant is validated."""
+    from vld.model import Backend
+    from vld.retrofit import sources
+    from vld.retrofit.sources import SourceInfo
+
     model = sources.load_source(info, dtype)
     base_params = model.parameter_count()
     model.set_schedule(order)
-    _set_activation_checkpointing(model, activation_checkpointing)
+    model.set_backend(Backend() if backend is None else backend)
     if method in ("lora", "lora_per_visit"):
         from vld.retrofit.lora import add_lora
 
         add_lora(model, lora_rank, alpha=lora_alpha, per_visit=method == "lora_per_visit", seed=seed)
     return model, {
-        "source": str(source),
+        "source": str(info.path if isinstance(source, SourceInfo) else source),
         "source_kind": info.kind,
         "schedule": list(order),
         "effective_depth": len(order),
@@ -97,15 +99,6 @@ def prepare_retrofit(
         "lora_rank": lora_rank if method != "full" else None,
         "base_params": base_params,
     }
-
-
-def _set_activation_checkpointing(model, enabled: bool) -> None:
-    from vld.retrofit.hf_llama import RetrofitLlama
-
-    if isinstance(model, RetrofitLlama):
-        model.activation_checkpointing = bool(enabled)
-    else:
-        model.config.activation_checkpointing = bool(enabled)
 
 
 def parameter_summary(model) -> dict[str, int]:
@@ -117,7 +110,7 @@ def parameter_summary(model) -> dict[str, int]:
 
 
 def retrofit_and_finetune(
-    source: str,
+    source,
     schedule: Mapping[str, Any] | None,
     method: str,
     lora_rank: int,
@@ -127,19 +120,21 @@ def retrofit_and_finetune(
     patterns: Mapping[str, str] | None = None,
     logger=None,
     lora_alpha: float | None = None,
-    activation_checkpointing: bool = False,
+    backend=None,
 ) -> dict[str, Any]:
     """A whole retrofit variant: validate, apply the schedule, fine-tune, save; returns metrics.
 
-    schedule: ScheduleSpec fields ({"pattern": "base"} is the paper's "Base" row).
-    method: "full" | "lora" | "lora_per_visit". train_dir: a token set (vld.data.tokens).
+    source: a path, or a SourceInfo the caller already inspected (the source is inspected
+    once per call either way). schedule: ScheduleSpec fields ({"pattern": "base"} is the
+    paper's "Base" row). method: one of METHODS. train_dir: a token set (vld.data.tokens).
+    backend: a vld.model.Backend (activation checkpointing, CPU GEMMs), default the default.
     """
     from vld.atomic import check_replaceable, write_json
     from vld.data.tokens import TokenSet
 
     where = "retrofit"
     out_dir = Path(out_dir)
-    info, _ = validate_variant(source, schedule, method, lora_rank, patterns, where)
+    info, order = validate_variant(source, schedule, method, lora_rank, patterns, where)
     train_cfg.validate()
     tokens = TokenSet.open(train_dir)
     check_replaceable(out_dir / MODEL_DIR)
@@ -147,9 +142,8 @@ def retrofit_and_finetune(
     if isinstance(model_vocab, int) and tokens.vocab_size > model_vocab:
         fail(f"{where}.train_dir", f"{train_dir} has vocab_size {tokens.vocab_size} > the model's {model_vocab}")
 
-    model, meta = prepare_retrofit(
-        source, schedule, method, lora_rank, patterns, lora_alpha, activation_checkpointing,
-        where=where, seed=train_cfg.seed,
+    model, meta = _load_and_prepare(
+        source, info, order, method, lora_rank, lora_alpha, backend, "float32", train_cfg.seed
     )
     effective_alpha = float(2 * lora_rank if lora_alpha is None else lora_alpha)  # add_lora's default
     meta.update(parameter_summary(model), lora_alpha=effective_alpha if method != "full" else None)

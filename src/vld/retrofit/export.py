@@ -12,7 +12,6 @@ SOURCE: a retrofit output dir, a vld model file (model.pt), or a Hugging Face Ll
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 
 from vld.errors import fail, run_cli
@@ -31,7 +30,7 @@ def to_unrolled_hf(model):
     """The transformers model (LlamaForCausalLM or GPT2LMHeadModel) computing what `model` does:
     its layers unrolled in schedule order, adapters merged. `model` is left untouched."""
     from vld.retrofit.hf_llama import RetrofitLlama
-    from vld.retrofit.lora import lora_modules, merge_lora, unroll_hf_llama, unroll_vld
+    from vld.retrofit.lora import lora_modules, unroll_hf_llama
 
     if isinstance(model, RetrofitLlama):
         return unroll_hf_llama(model)  # merges shared or per-visit adapters itself
@@ -40,14 +39,8 @@ def to_unrolled_hf(model):
 
     if not isinstance(model, VLDTransformer):
         raise TypeError(f"export_hf: expected a VLDTransformer or RetrofitLlama, got {type(model).__name__}")
-
-    if getattr(model, "visit_adapters", None) is not None:
-        plain = unroll_vld(model)
-    elif lora_modules(model):
-        plain = merge_lora(copy.deepcopy(model))
-    else:
-        plain = model
-    return to_hf_model(plain)  # unrolls a non-identity schedule itself
+    # to_hf_model unrolls a plain model itself; one with adapters is unrolled here, merging them
+    return to_hf_model(model.unrolled() if lora_modules(model) else model)
 
 
 def export_hf(model_or_path, out_dir: str | Path) -> Path:

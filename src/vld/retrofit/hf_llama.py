@@ -22,7 +22,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vld.errors import fail
+from vld.model.attention import causal_mask
+from vld.model.backend import Backend
 from vld.model.generation import check_request, greedy_decode, left_pad
+from vld.model.modes import eval_mode
 
 # peft's LoRA wrappers keep the adapter name here; set per visit for per-visit adapters.
 _ACTIVE_ADAPTER_ATTR = "_active_adapter"
@@ -67,14 +70,16 @@ class RetrofitLlama(nn.Module):
 
     forward(tokens[B,T], attention_mask[B,P+T] | None, cache | None, position_ids | None)
     -> logits [B,T,V]. `attention_mask` (1 = real token, 0 = padding) covers past and current
-    tokens, as in HF. `generate` is batched greedy decoding with left padding.
+    tokens, as in HF. `generate` is batched greedy decoding with left padding. `backend` (set
+    with `set_backend`): its activation_checkpointing applies; its cpu_gemm does not (the
+    layers are transformers' own `nn.Linear`s).
     """
 
     def __init__(self, hf_model: nn.Module, schedule: Sequence[int] | None = None):
         super().__init__()
         self.hf = hf_model
         self.n_base_layers = len(hf_model.model.layers)
-        self.activation_checkpointing = False
+        self.backend = Backend()
         # Per-visit LoRA: adapter name of each visit (None: one adapter per layer, or none).
         self.visit_adapters: list[str] | None = None
         self.set_schedule(list(range(self.n_base_layers)) if schedule is None else schedule)
@@ -90,6 +95,11 @@ class RetrofitLlama(nn.Module):
         if self.visit_adapters is not None and len(order) != len(self.visit_adapters):
             fail("schedule", "cannot change the schedule of a model with per-visit adapters")
         self.schedule = tuple(order)
+
+    def set_backend(self, backend: Backend) -> None:
+        if not isinstance(backend, Backend):
+            raise TypeError(f"set_backend: expected a vld.model.Backend, got {type(backend).__name__}")
+        self.backend = backend.validate()
 
     @property
     def effective_depth(self) -> int:
@@ -115,15 +125,7 @@ class RetrofitLlama(nn.Module):
         implementation = getattr(self.hf.config, "_attn_implementation", "sdpa") or "sdpa"
         if attention_mask is None and n_past == 0 and implementation == "sdpa":
             return None  # sdpa's own is_causal path, exactly as HF runs an unpadded prompt
-        n_total = n_past + n_new
-        query_pos = torch.arange(n_past, n_total, device=device)[:, None]
-        key_pos = torch.arange(n_total, device=device)[None, :]
-        allowed = (key_pos <= query_pos)[None, None]  # [1,1,T,P+T]
-        if attention_mask is not None:
-            real_key = attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
-            # A padding query may attend to itself only, so its softmax row is never empty.
-            allowed = (allowed & real_key) | (key_pos == query_pos)[None, None]
-        allowed = allowed.expand(batch, 1, n_new, n_total)
+        allowed = causal_mask(n_new, n_past, device, attention_mask).expand(batch, 1, n_new, n_past + n_new)
         if implementation == "sdpa":
             return allowed
         if implementation != "eager":
@@ -179,7 +181,7 @@ class RetrofitLlama(nn.Module):
                 position_ids = counted.clamp(min=0)[:, n_past:]
         mask = self._attention_mask(attention_mask, batch, n_new, n_past, hidden.dtype, hidden.device)
         cos, sin = self.hf.model.rotary_emb(hidden, position_ids=position_ids)
-        use_checkpoint = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        use_checkpoint = self.backend.activation_checkpointing and self.training and torch.is_grad_enabled()
         for visit in range(self.effective_depth):
             if use_checkpoint and cache is None:
                 hidden = checkpoint(
@@ -220,9 +222,5 @@ def greedy_generate(model, prompts, max_new_tokens, eos_id=None, use_cache=True,
             tokens = torch.cat([tokens, chosen[:, None]], dim=1)
         return model(tokens, attention_mask=mask, cache=cache if use_cache else None)[:, -1]
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return greedy_decode(next_logits, len(prompts), max_new_tokens, eos_id)
-    finally:
-        model.train(was_training)

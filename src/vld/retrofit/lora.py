@@ -8,7 +8,8 @@ transformer a forward pre-hook on each base layer does it from the visit's cache
 
 Merging: shared adapters merge into the base weights in place (the model stays tied).
 Per-visit adapters cannot merge into one shared weight, so `merge_lora` unrolls the model:
-one layer per visit, each with its own adapter merged (see `unroll_hf_llama`).
+one layer per visit, each with its own adapter merged (`VLDTransformer.unrolled`, or
+`unroll_hf_llama` here).
 """
 
 from __future__ import annotations
@@ -22,18 +23,11 @@ import torch
 from torch import nn
 
 from vld.errors import fail
+from vld.model.adapters import is_lora_module, lora_modules, plain_state_dict
+from vld.retrofit.methods import DEFAULT_LORA_RANK
 
 # The seven linear projections of a Llama block (paper: LoRA on all of them).
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-DEFAULT_RANK = 4
-
-
-def _is_lora_module(module: nn.Module) -> bool:
-    return hasattr(module, "lora_A") and hasattr(module, "get_delta_weight")
-
-
-def lora_modules(model: nn.Module) -> dict[str, nn.Module]:
-    return {name: m for name, m in model.named_modules() if _is_lora_module(m)}
 
 
 def _target_names(model: nn.Module, layer_indices) -> list[str]:
@@ -51,7 +45,7 @@ def _target_names(model: nn.Module, layer_indices) -> list[str]:
     for j in layer_indices:
         for name, module in model.layers[j].named_modules():
             inside_lora = "lora_" in name or name.endswith("base_layer") or ".base_layer." in name
-            if _is_lora_module(module) or (isinstance(module, nn.Linear) and not inside_lora):
+            if is_lora_module(module) or (isinstance(module, nn.Linear) and not inside_lora):
                 names.append(f"layers.{j}.{name}")
     if not names:
         fail("retrofit.method", "the model has no linear layers inside its base layers to adapt")
@@ -80,7 +74,7 @@ def _install_visit_hooks(model: nn.Module, adapter_of_visit: list[str]) -> None:
         def activate(module, args, kwargs, signature=signature):
             slot = signature.bind(*args, **kwargs).arguments.get("slot", 0)
             for sub in module.modules():
-                if _is_lora_module(sub):
+                if is_lora_module(sub):
                     sub._active_adapter = [adapter_of_visit[slot]]  # see hf_llama._ACTIVE_ADAPTER_ATTR
 
         block.register_forward_pre_hook(activate, with_kwargs=True)
@@ -88,7 +82,7 @@ def _install_visit_hooks(model: nn.Module, adapter_of_visit: list[str]) -> None:
 
 def add_lora(
     model: nn.Module,
-    rank: int = DEFAULT_RANK,
+    rank: int = DEFAULT_LORA_RANK,
     alpha: float | None = None,
     dropout: float = 0.0,
     per_visit: bool = False,
@@ -128,10 +122,6 @@ def _add_adapters(model, schedule, rank, alpha, dropout, per_visit) -> None:
         _inject(model, _target_names(model, sorted(set(schedule))), rank, alpha, dropout, "default")
 
 
-def trainable_parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
-
-
 def _replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -150,7 +140,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     if getattr(model, "visit_adapters", None) is not None:
         if isinstance(model, RetrofitLlama):
             return RetrofitLlama(unroll_hf_llama(model))
-        return unroll_vld(model)
+        return model.unrolled()
     for name, module in lora_modules(model).items():
         base = module.get_base_layer()
         for adapter in list(module.lora_A.keys()):
@@ -159,17 +149,6 @@ def merge_lora(model: nn.Module) -> nn.Module:
     for param in model.parameters():
         param.requires_grad_(True)
     return model
-
-
-@torch.no_grad()
-def _merged_weight(linear: nn.Module, adapter: str | None) -> torch.Tensor:
-    """A linear layer's weight with one adapter folded in (or the plain weight)."""
-    if _is_lora_module(linear):
-        weight = linear.get_base_layer().weight.detach().clone()
-        if adapter is not None and adapter in linear.lora_A:
-            weight += linear.get_delta_weight(adapter).to(weight.dtype)
-        return weight
-    return linear.weight.detach().clone()
 
 
 @torch.no_grad()
@@ -187,12 +166,12 @@ def unroll_hf_llama(model) -> nn.Module:
     with torch.device("meta"):
         unrolled = LlamaForCausalLM(config)
     state = {}
-    for key, tensor in _plain_state_dict(source, adapter=None, prefix="").items():
+    for key, tensor in plain_state_dict(source, None).items():
         if not key.startswith("model.layers."):
             state[key] = tensor
     for visit, base_index in enumerate(model.schedule):
-        adapter = model.visit_adapters[visit] if model.visit_adapters is not None else "default"
-        layer_state = _plain_state_dict(source.model.layers[base_index], adapter=adapter, prefix="")
+        adapter = model.visit_adapters[visit] if model.visit_adapters is not None else None
+        layer_state = plain_state_dict(source.model.layers[base_index], adapter)
         for key, tensor in layer_state.items():
             state[f"model.layers.{visit}.{key}"] = tensor
     if config.tie_word_embeddings:
@@ -206,42 +185,3 @@ def unroll_hf_llama(model) -> nn.Module:
     if missing:
         raise RuntimeError(f"unrolling left parameters unset: {missing[:3]}")
     return unrolled.to(dtype=dtype).eval()
-
-
-def _plain_state_dict(module: nn.Module, adapter: str | None, prefix: str) -> dict[str, torch.Tensor]:
-    """`module`'s parameters under their plain (LoRA-free) names, adapters merged, copied."""
-    state: dict[str, torch.Tensor] = {}
-    wrappers = lora_modules(module)
-    for name, sub in wrappers.items():
-        key = f"{prefix}{name}.weight" if name else f"{prefix}weight"
-        state[key] = _merged_weight(sub, adapter)
-        bias = sub.get_base_layer().bias
-        if bias is not None:
-            state[key[: -len("weight")] + "bias"] = bias.detach().clone()
-    for name, param in module.named_parameters():
-        if "lora_" in name or ".base_layer." in f".{name}":
-            continue
-        state[prefix + name] = param.detach().clone()
-    return state
-
-
-@torch.no_grad()
-def unroll_vld(model) -> nn.Module:
-    """vld's own transformer unrolled (one layer per visit), LoRA adapters merged per visit."""
-    import dataclasses
-
-    from vld.model import VLDTransformer
-
-    config = dataclasses.replace(copy.deepcopy(model.config), n_layer=model.effective_depth, schedule=None)
-    param = model.tok_emb.weight
-    unrolled = VLDTransformer(config).to(device=param.device, dtype=param.dtype)
-    state = {k: v for k, v in _plain_state_dict(model, None, "").items() if not k.startswith("layers.")}
-    visit_adapters = getattr(model, "visit_adapters", None)
-    for visit, base_index in enumerate(model.schedule):
-        adapter = visit_adapters[visit] if visit_adapters is not None else "default"
-        for key, tensor in _plain_state_dict(model.layers[base_index], adapter, "").items():
-            state[f"layers.{visit}.{key}"] = tensor
-    if config.tie_embeddings:
-        state["lm_head.weight"] = state["tok_emb.weight"]
-    unrolled.load_state_dict(state)
-    return unrolled.eval()

@@ -52,8 +52,9 @@ def write_tiny_token_set(out_dir: str | Path, n_tokens: int = TINY_DATA_TOKENS, 
     return write_token_set(out_dir, tokens, np.array([0, n_tokens]), vocab_size, {"generator": "vld.train.golden", "seed": seed})
 
 
-def tiny_model(seed: int = 0, **overrides: Any):
-    """The tiny VLDTransformer, initialised from `seed` (independent of the global RNG state)."""
+def tiny_model(seed: int = 0, backend=None, **overrides: Any):
+    """The tiny VLDTransformer, initialised from `seed` (independent of the global RNG state);
+    `overrides`: ModelConfig fields, `backend`: a vld.model.Backend (default: the default)."""
     import torch
 
     from vld.model import ModelConfig, VLDTransformer
@@ -62,7 +63,7 @@ def tiny_model(seed: int = 0, **overrides: Any):
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        return VLDTransformer(config)
+        return VLDTransformer(config, backend=backend)
     finally:
         torch.random.set_rng_state(state)
 

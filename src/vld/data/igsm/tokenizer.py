@@ -29,10 +29,6 @@ TEMPLATE_TEXT = (
 )
 
 
-def _pieces_of(text: str, pattern: re.Pattern) -> list[str]:
-    return pattern.findall(text)
-
-
 def build_vocab(lexicon: Lexicon) -> list[str]:
     """The vocabulary (ids from 4 on, after the specials), sorted so it depends only on the lexicon."""
     pattern = re.compile(PATTERN)

@@ -1,0 +1,54 @@
+"""A module's weights with its LoRA adapters folded in, for unrolling.
+
+LoRA wrappers are recognised by what peft's have (`lora_A`, `get_base_layer`,
+`get_delta_weight`), so vld.model needs no peft import. Used by `VLDTransformer.unrolled` and
+by vld.retrofit.lora for the retrofitted Llama.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def is_lora_module(module: nn.Module) -> bool:
+    return hasattr(module, "lora_A") and hasattr(module, "get_delta_weight")
+
+
+def lora_modules(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if is_lora_module(m)}
+
+
+@torch.no_grad()
+def merged_weight(linear: nn.Module, adapter: str | None) -> torch.Tensor:
+    """A linear layer's weight, copied, with adapter `adapter` folded in where the layer has it
+    (None: every adapter it has)."""
+    if is_lora_module(linear):
+        weight = linear.get_base_layer().weight.detach().clone()
+        names = list(linear.lora_A.keys()) if adapter is None else [adapter]
+        for name in names:
+            if name in linear.lora_A:
+                weight += linear.get_delta_weight(name).to(weight.dtype)
+        return weight
+    return linear.weight.detach().clone()
+
+
+@torch.no_grad()
+def plain_state_dict(module: nn.Module, adapter: str | None) -> dict[str, torch.Tensor]:
+    """`module`'s parameters under their plain (LoRA-free) names, copied, with `adapter` merged
+    (None: every adapter)."""
+    state: dict[str, torch.Tensor] = {}
+    for name, sub in lora_modules(module).items():
+        key = f"{name}.weight" if name else "weight"
+        state[key] = merged_weight(sub, adapter)
+        bias = sub.get_base_layer().bias
+        if bias is not None:
+            state[key[: -len("weight")] + "bias"] = bias.detach().clone()
+    for name, param in module.named_parameters():
+        if "lora_" in name or ".base_layer." in f".{name}":
+            continue
+        state[name] = param.detach().clone()
+    return state
+
+
+__all__ = ["is_lora_module", "lora_modules", "merged_weight", "plain_state_dict"]
