@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         from vld.train.run import run_training
 
         torch.manual_seed(variant.seed)  # the initial weights depend on the seed only
-        model = VLDTransformer(model_cfg)
+        model = VLDTransformer(model_cfg, backend=train_cfg.backend)
         datamodule = family.datamodule(variant, pipeline)
         metrics = run_training(model, datamodule, train_cfg, work, logger=run.lightning_logger())
         if not rank0:

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         check_replaceable(out)
     from vld.retrofit.sources import inspect_source
 
-    inspect_source(source, f"{variant.key}.source")
+    info = inspect_source(source, f"{variant.key}.source")
     schedule = variant.schedule_spec
     tags = {**variant.tags(), **_stage.data_tags({"igsm_train": paths.IGSM_TRAIN})}
     import hashlib
@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         from vld.atomic import atomic_dir
         from vld.retrofit.api import MODEL_DIR, METRICS_FILE, retrofit_and_finetune
 
-        metrics = retrofit_and_finetune(str(source), schedule, variant.method, variant.lora_rank,
+        metrics = retrofit_and_finetune(info, schedule, variant.method, variant.lora_rank,
                                         str(paths.IGSM_TRAIN), train_cfg, work, patterns=pipeline.patterns,
-                                        logger=run.lightning_logger())
+                                        logger=run.lightning_logger(), backend=train_cfg.backend)
         if not rank0:
             return 0
         with atomic_dir(out) as tmp:

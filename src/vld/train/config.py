@@ -17,7 +17,7 @@ from vld.errors import UserError, fail
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 # The TrainConfig fields params.yaml's hardware block may set (where training runs).
-HARDWARE_FIELDS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "num_workers")
+HARDWARE_FIELDS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "num_workers", "cpu_gemm")
 _LAYERED = "<train>"  # placeholder location, replaced by the layer that set the bad value
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "single_device")
 
@@ -91,6 +91,9 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end
     log_every: int = 1
     num_workers: int = 0
+    # How the model runs (vld.model.Backend): not part of the model, chosen per run.
+    cpu_gemm: str = "onednn"
+    activation_checkpointing: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     @classmethod
@@ -102,7 +105,9 @@ class TrainConfig:
                 fail(f"{where}.{key}", "missing (required)")
         kwargs: dict[str, Any] = {}
         for key, value in d.items():
-            if key in ("accelerator", "strategy", "precision"):
+            if key == "activation_checkpointing":
+                kwargs[key] = value
+            elif key in ("accelerator", "strategy", "precision", "cpu_gemm"):
                 if not isinstance(value, str):
                     fail(f"{where}.{key}", f"expected a string, got {value!r}")
                 kwargs[key] = value
@@ -169,9 +174,19 @@ class TrainConfig:
                 f"{self.global_batch_size} is not a multiple of micro_batch_size * devices * num_nodes"
                 f" = {self.micro_batch_size} * {self.devices} * {self.num_nodes} = {per_step}",
             )
+        from vld.model.backend import Backend
+
+        Backend.from_dict({"cpu_gemm": self.cpu_gemm, "activation_checkpointing": self.activation_checkpointing}, where)
         if not isinstance(self.optim, OptimConfig):
             fail(f"{where}.optim", "must be an OptimConfig")
         self.optim.validate(f"{where}.optim")
+
+    @property
+    def backend(self):
+        """The vld.model.Backend the trained model runs with."""
+        from vld.model.backend import Backend
+
+        return Backend(self.cpu_gemm, self.activation_checkpointing)
 
     @property
     def accumulate_grad_batches(self) -> int:
