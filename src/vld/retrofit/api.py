@@ -217,3 +217,21 @@ def load_retrofit(path: str | Path, dtype: str = "float32"):
     model = load_source(info, dtype)
     model.set_schedule(meta["saved_schedule"])
     return model.eval(), meta
+
+
+__all__ = [  # METHODS, DEFAULT_LORA_RANK, check_method live in the torch-free vld.retrofit.methods
+    "DEFAULT_LORA_RANK",
+    "FORMAT_VERSION",
+    "META_FILE",
+    "METHODS",
+    "METRICS_FILE",
+    "MODEL_DIR",
+    "TRAIN_DIR",
+    "check_method",
+    "load_retrofit",
+    "parameter_summary",
+    "prepare_retrofit",
+    "retrofit_and_finetune",
+    "save_retrofit",
+    "validate_variant",
+]
