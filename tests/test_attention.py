@@ -1,10 +1,11 @@
-"""Block-causal attention (the CPU training path) against SDPA: outputs and gradients."""
+"""Block-causal attention (the CPU training path) against SDPA: outputs and gradients; the
+attention mask of padded and cached calls against a loop."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from vld.model.attention import MAX_BLOCKED_LEN, BlockCausalAttention, blocked_path, causal_attention
+from vld.model.attention import MAX_BLOCKED_LEN, BlockCausalAttention, blocked_path, causal_attention, causal_mask
 
 HEADS, HEAD_DIM = 3, 8
 
@@ -56,3 +57,19 @@ def test_dispatch_uses_sdpa_where_blocks_do_not_fit():
     lin, split = projection(seq=MAX_BLOCKED_LEN + 1, batch=1)
     with torch.no_grad():
         torch.testing.assert_close(causal_attention(split(lin)), sdpa(split(lin)), rtol=0, atol=0)
+
+
+def test_causal_mask_against_a_loop():
+    padding = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])  # row 0 left-padded by 2
+    for n_past, n_new in ((0, 6), (2, 4), (5, 1)):
+        for mask in (None, padding):
+            got = causal_mask(n_new, n_past, "cpu", mask)
+            rows = 1 if mask is None else 2
+            assert got.dtype == torch.bool and got.shape == (rows, 1, n_new, n_past + n_new)
+            for b in range(rows):
+                for i in range(n_new):
+                    query = n_past + i
+                    for key in range(n_past + n_new):
+                        real = mask is None or bool(mask[b, key])
+                        expected = (key <= query and real) or key == query
+                        assert bool(got[b, 0, i, key]) == expected, (n_past, n_new, b, i, key)

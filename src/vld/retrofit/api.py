@@ -25,7 +25,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from vld.errors import fail
+from vld.model.backend import Backend
 from vld.retrofit.methods import DEFAULT_LORA_RANK, METHODS, check_method
+from vld.retrofit import sources
+from vld.retrofit.sources import SourceInfo
 
 MODEL_DIR = "model"
 TRAIN_DIR = "train"
@@ -35,7 +38,7 @@ FORMAT_VERSION = 1
 
 
 def validate_variant(
-    source,
+    source: str | Path | SourceInfo,
     schedule: Mapping[str, Any] | None,
     method: str = "full",
     lora_rank: int = DEFAULT_LORA_RANK,
@@ -48,21 +51,20 @@ def validate_variant(
     One-line UserError naming the key: an unknown method, a bad rank, a missing or
     unsupported source, a schedule that does not fit the source's layers."""
     from vld.model import resolve_schedule
-    from vld.retrofit.sources import SourceInfo, inspect_source
 
     check_method(method, lora_rank, where)
-    info = source if isinstance(source, SourceInfo) else inspect_source(source, f"{where}.source")
+    info = source if isinstance(source, SourceInfo) else sources.inspect_source(source, f"{where}.source")
     return info, resolve_schedule(schedule, info.n_layers, patterns, where=f"{where}.schedule")
 
 
 def prepare_retrofit(
-    source,
+    source: str | Path | SourceInfo,
     schedule: Mapping[str, Any] | None,
     method: str = "full",
     lora_rank: int = DEFAULT_LORA_RANK,
     patterns: Mapping[str, str] | None = None,
     lora_alpha: float | None = None,
-    backend=None,
+    backend: Backend | None = None,
     dtype: str = "float32",
     where: str = "retrofit",
     seed: int = 0,
@@ -77,10 +79,6 @@ def prepare_retrofit(
 
 def _load_and_prepare(source, info, order, method, lora_rank, lora_alpha, backend, dtype, seed):
     """prepare_retrofit once the variant is validated."""
-    from vld.model import Backend
-    from vld.retrofit import sources
-    from vld.retrofit.sources import SourceInfo
-
     model = sources.load_source(info, dtype)
     base_params = model.parameter_count()
     model.set_schedule(order)
@@ -110,7 +108,7 @@ def parameter_summary(model) -> dict[str, int]:
 
 
 def retrofit_and_finetune(
-    source,
+    source: str | Path | SourceInfo,
     schedule: Mapping[str, Any] | None,
     method: str,
     lora_rank: int,
@@ -120,7 +118,7 @@ def retrofit_and_finetune(
     patterns: Mapping[str, str] | None = None,
     logger=None,
     lora_alpha: float | None = None,
-    backend=None,
+    backend: Backend | None = None,
 ) -> dict[str, Any]:
     """A whole retrofit variant: validate, apply the schedule, fine-tune, save; returns metrics.
 
@@ -219,3 +217,21 @@ def load_retrofit(path: str | Path, dtype: str = "float32"):
     model = load_source(info, dtype)
     model.set_schedule(meta["saved_schedule"])
     return model.eval(), meta
+
+
+__all__ = [  # METHODS, DEFAULT_LORA_RANK, check_method live in the torch-free vld.retrofit.methods
+    "DEFAULT_LORA_RANK",
+    "FORMAT_VERSION",
+    "META_FILE",
+    "METHODS",
+    "METRICS_FILE",
+    "MODEL_DIR",
+    "TRAIN_DIR",
+    "check_method",
+    "load_retrofit",
+    "parameter_summary",
+    "prepare_retrofit",
+    "retrofit_and_finetune",
+    "save_retrofit",
+    "validate_variant",
+]
