@@ -25,7 +25,8 @@ from __future__ import annotations
 import math
 import random
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
+from functools import lru_cache
 
 from vld.data.igsm.lexicon import Lexicon
 from vld.errors import fail
@@ -89,11 +90,32 @@ class IgsmConfig:
         d["levels"] = list(self.levels)
         return d
 
+    @classmethod
+    def from_dict(cls, values, where: str = "igsm") -> "IgsmConfig":
+        """A validated config from a mapping: `preset: med|hard` (optional; default: the
+        dataclass defaults) plus any field. Unknown keys and bad values fail with one line
+        naming `<where>.<key>`; lists become tuples."""
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            fail(where, f"must be a mapping of generator settings, not {type(values).__name__}")
+        values = dict(values)
+        preset = values.pop("preset", None)
+        if preset is not None and preset not in PRESETS:
+            fail(f"{where}.preset", f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+        known = [f.name for f in fields(cls)]
+        for key in values:
+            if key not in known:
+                fail(f"{where}.{key}", f"unknown key (known: preset, {', '.join(known)})")
+        for key, value in values.items():
+            if isinstance(value, list):
+                values[key] = tuple(value)
+        base = PRESETS[preset] if preset is not None else cls()
+        return replace(base, **values).validate(where)
+
     def lexicon(self) -> Lexicon:
-        lex = Lexicon.load(self.lexicon_path)
-        if self.lexicon_size or self.hierarchies:
-            lex = lex.reduced(self.lexicon_size, self.hierarchies)
-        return lex
+        """The lexicon this config names, read once per process (cached by path and reduction)."""
+        return _lexicon(self.lexicon_path, self.lexicon_size, self.hierarchies)
 
     def max_edges_possible(self) -> int:
         return min(self.max_edge, (max(self.levels) - 1) * self.max_width**2)
@@ -127,6 +149,14 @@ class IgsmConfig:
     def check_op(self, op, where: str = "op") -> None:
         if not isinstance(op, int) or isinstance(op, bool) or not 1 <= op <= self.max_feasible_op():
             fail(where, f"{op} is not in 1..{self.max_feasible_op()} (the most that max_edge={self.max_edge} allows)")
+
+
+@lru_cache(maxsize=16)
+def _lexicon(path, size, hierarchies) -> Lexicon:
+    lex = Lexicon.load(path)
+    if size or hierarchies:
+        lex = lex.reduced(size, hierarchies)
+    return lex
 
 
 PRESETS = {
