@@ -232,3 +232,36 @@ def test_builtin_lexicon_is_well_formed():
     small = lex.reduced(5, 2)
     assert len(small.hierarchies) == 2 and small.min_items == 5
     assert Lexicon.from_dict(small.to_dict()).to_dict() == small.to_dict()
+
+
+def test_config_from_dict_is_the_preset_plus_fields():
+    cfg = IgsmConfig.from_dict({"preset": "hard", "levels": [2, 3], "perm_level": 6}, "data.igsm.generator")
+    assert cfg == dataclasses.replace(PRESETS["hard"], levels=(2, 3), perm_level=6)
+    assert IgsmConfig.from_dict({}, "x") == IgsmConfig() and IgsmConfig.from_dict(None) == IgsmConfig()
+    for values, message in (
+        ({"preset": "easy"}, r"^data\.igsm\.generator\.preset: unknown preset 'easy'"),
+        ({"max_opp": 3}, r"^data\.igsm\.generator\.max_opp: unknown key \(known: preset, max_op, "),
+        ({"max_op": "7"}, r"^data\.igsm\.generator\.max_op: must be an integer"),
+        ({"preset": "med", "perm_level": 7}, r"^data\.igsm\.generator\.perm_level: must be in 0\.\.6"),
+        ([1, 2], r"^data\.igsm\.generator: must be a mapping"),
+    ):
+        with pytest.raises(UserError, match=message):
+            IgsmConfig.from_dict(values, "data.igsm.generator")
+
+
+def test_lexicon_is_read_once_per_process_and_the_shape_once_per_problem(monkeypatch):
+    a = dataclasses.replace(PRESETS["med"], lexicon_size=6)
+    assert a.lexicon() is dataclasses.replace(PRESETS["hard"], lexicon_size=6).lexicon()
+    assert PRESETS["med"].lexicon() is Lexicon.load()
+    gen = Generator(PRESETS["med"])
+    calls = collections.Counter()
+    shape = gen._shape
+
+    def counted(*args):
+        calls["shape"] += 1
+        return shape(*args)
+
+    monkeypatch.setattr(gen, "_shape", counted)
+    before = gen.bin_rejects
+    P = gen.make(random.Random(3), 9, "train")
+    assert calls["shape"] == gen.bin_rejects - before + 1 and P.shape == shape(P, P.query, gen.necessary(P, P.query))
