@@ -5,8 +5,10 @@ A problem is built for the op it must have, never by rejecting at random on op:
 1. structure: one hierarchy, d consecutive levels, a layer of w items per level, e edges
    between consecutive layers (every lower item has a parent); each edge (A, B) is an
    instance parameter "each A's B". Abstract parameters "each A's Category" are implied.
+   d and the widths are drawn from an op-dependent softmax, as the reference does.
 2. necessary graph: parameters are defined one after another, each from earlier ones, with an
-   op budget. Every option (constant, copy, sum, difference, "more than", "times as much as",
+   op budget, of which a drawn part n goes to abstract parameters first (planned, smallest
+   layer gap first, their support edges defined early). Every option (constant, copy, sum, difference, "more than", "times as much as",
    abstract references) is checked against invariants that keep the budget reachable and every
    defined parameter an ancestor of the query, so the last parameter closes the budget exactly.
 3. distractors: every remaining edge gets a sentence depending on earlier parameters.

@@ -8,7 +8,9 @@ it was defined; each defined parameter depends on exactly the predecessors the p
 for; its value is the answer.
 
 The true answer is recomputed here from the problem text (sentences + structure implied by the
-instance parameters + the lexicon's categories), independently of the generator.
+instance parameters; a layer's category is the one its items share), independently of the
+generator. Each step is checked as a computation: its temporaries used exactly once, the
+final symbol's polynomial over the parameters it reads equal to the stated definition.
 
 `Verdict.reason` is None when both are right, else "<code>: <detail>" with code one of
 unparseable, undefined symbol, arithmetic error, wrong dependency, wrong final parameter,
