@@ -138,7 +138,8 @@ def test_cli(tmp_path):
     again = run_cli("--split", "train", "--n", "5", "--out", str(out), "--workers", "1", "--no-progress")  # ours: replaced
     assert again.returncode == 0, again.stderr
     for args, text in (
-        (["--preset", "easy"], "--preset: unknown preset 'easy'"),
+        (["--preset", "easy"], "igsm.preset: unknown preset 'easy'"),
+        (["--perm-level", "9"], "igsm.perm_level: must be in 0..6"),
         (["--op", "99"], "op: 99 is not in"),
         (["--n", "0"], "n: must be a positive integer"),
         (["--n", "x"], "invalid int value"),

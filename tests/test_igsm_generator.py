@@ -80,7 +80,7 @@ def test_every_problem_is_exact_and_judged_correct(preset, ops, fmt, reask):
             if not reask:
                 assert P.op == op and P.query == P.base_query
             else:  # a new question of the same problem: its own op, the base problem's is `op`
-                assert P.query != P.base_query and P.query < ABS
+                assert P.query != P.base_query
                 assert gen.op_of(P, gen.necessary(P, P.base_query)) == op
                 assert P.op == gen.op_of(P, gen.necessary(P, P.query))
             assert written_op(P.solution) == P.op
@@ -208,7 +208,7 @@ def test_op_limits_and_config_errors():
         (dict(max_op=40), "max_op"),
         (dict(levels=(5,)), "levels"),
         (dict(format="pp"), "format"),
-        (dict(perm_level=6), "perm_level"),
+        (dict(perm_level=7), "perm_level"),
         (dict(train_bins=23), "train_bins"),
         (dict(lexicon_size=3), "lexicon_size"),
         (dict(min_width=3, max_width=2), "min_width"),
@@ -232,3 +232,36 @@ def test_builtin_lexicon_is_well_formed():
     small = lex.reduced(5, 2)
     assert len(small.hierarchies) == 2 and small.min_items == 5
     assert Lexicon.from_dict(small.to_dict()).to_dict() == small.to_dict()
+
+
+def test_config_from_dict_is_the_preset_plus_fields():
+    cfg = IgsmConfig.from_dict({"preset": "hard", "levels": [2, 3], "perm_level": 6}, "data.igsm.generator")
+    assert cfg == dataclasses.replace(PRESETS["hard"], levels=(2, 3), perm_level=6)
+    assert IgsmConfig.from_dict({}, "x") == IgsmConfig() and IgsmConfig.from_dict(None) == IgsmConfig()
+    for values, message in (
+        ({"preset": "easy"}, r"^data\.igsm\.generator\.preset: unknown preset 'easy'"),
+        ({"max_opp": 3}, r"^data\.igsm\.generator\.max_opp: unknown key \(known: preset, max_op, "),
+        ({"max_op": "7"}, r"^data\.igsm\.generator\.max_op: must be an integer"),
+        ({"preset": "med", "perm_level": 7}, r"^data\.igsm\.generator\.perm_level: must be in 0\.\.6"),
+        ([1, 2], r"^data\.igsm\.generator: must be a mapping"),
+    ):
+        with pytest.raises(UserError, match=message):
+            IgsmConfig.from_dict(values, "data.igsm.generator")
+
+
+def test_lexicon_is_read_once_per_process_and_the_shape_once_per_problem(monkeypatch):
+    a = dataclasses.replace(PRESETS["med"], lexicon_size=6)
+    assert a.lexicon() is dataclasses.replace(PRESETS["hard"], lexicon_size=6).lexicon()
+    assert PRESETS["med"].lexicon() is Lexicon.load()
+    gen = Generator(PRESETS["med"])
+    calls = collections.Counter()
+    shape = gen._shape
+
+    def counted(*args):
+        calls["shape"] += 1
+        return shape(*args)
+
+    monkeypatch.setattr(gen, "_shape", counted)
+    before = gen.bin_rejects
+    P = gen.make(random.Random(3), 9, "train")
+    assert calls["shape"] == gen.bin_rejects - before + 1 and P.shape == shape(P, P.query, gen.necessary(P, P.query))

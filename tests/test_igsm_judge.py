@@ -252,3 +252,82 @@ def test_repeated_names_are_refused_for_generation_but_judged(tmp_path):
     lex = Lexicon.load(path)  # the judge still reads it (a reference generator's lexicon does this)
     P = Generator(PRESETS["med"]).make(random.Random(0), 5, "train")
     assert judge(P.text, P.solution, str(P.answer), lex).answer_correct
+
+
+# ---- hand-made wrong solutions (issue 15): each step is checked as a computation ----------------
+CROISSANT = ("The number of each Ashford's Golden Crust equals 5. The number of each Ashford's Morning Loaf equals 0. "
+             "The number of each Golden Crust's Croissant equals 2 times as much as the sum of each Ashford's Golden Crust "
+             "and each Ashford's Morning Loaf. How many Croissant does Golden Crust have?")
+HEAD = "Define Ashford's Golden Crust as a; so a = 5. Define Ashford's Morning Loaf as b; so b = 0. Define Golden Crust's Croissant as c; "
+
+
+@pytest.mark.parametrize("last,reason", [
+    ("t = a + b = 5 + 0 = 5; so c = 2 * t = 2 * 5 = 10.", None),
+    ("t = b + a = 0 + 5 = 5; so c = t * 2 = 5 * 2 = 10.", None),  # the same computation, operands swapped
+    # a temporary never consumed (the value is right because b = 0)
+    ("t = a + b = 5 + 0 = 5; so c = 2 * a = 2 * 5 = 10.", "wrong dependency: step 3 computes t but never uses it"),
+    # every predecessor read once, the value right by coincidence, the wrong expression (2a + b)
+    ("t = 2 * a = 2 * 5 = 10; so c = t + b = 10 + 0 = 10.", "wrong dependency: step 3 combines"),
+    # a temporary reused (t + t = 2 t, right value)
+    ("t = a + b = 5 + 0 = 5; so c = t + t = 5 + 5 = 10.", "wrong dependency: step 3 uses its temporary t twice"),
+    # a symbol of an earlier step defined again
+    ("a = a + b = 5 + 0 = 5; so c = 2 * a = 2 * 5 = 10.", "undefined symbol: step 3 defines a again"),
+    # a predecessor missing, the value right by coincidence
+    ("so c = 2 * a = 2 * 5 = 10.", "wrong dependency: step 3 (Golden Crust's Croissant) misses Ashford's Morning Loaf"),
+])
+def test_hand_made_wrong_solutions_are_rejected_with_a_reason(last, reason):
+    v = judge(CROISSANT, HEAD + last, "10", LEX)
+    assert v.answer_correct
+    if reason is None:
+        assert v == Verdict(True, True, None)
+    else:
+        assert not v.solution_correct and v.reason.startswith(reason), v
+
+
+def two_category_lexicon():
+    cat = lambda name, items: {"categories": [{"name": name, "items": items}]}
+    return Lexicon.from_dict({"hierarchies": [{"name": "shops", "levels": [
+        cat("Town", ["Oldtown", "Newtown"]), cat("Shop", ["Corner Shop", "Kiosk"]),
+        cat("Product", ["Crisps", "Popcorn", "Toffee"]), cat("Ingredient", ["Salt", "Corn", "Popcorn"]),
+    ]}]})
+
+
+def test_a_name_in_two_categories_is_judged_by_its_layer():
+    """Popcorn is a product and an ingredient; here it sits in the product layer, so the
+    Kiosk's ingredients count Popcorn's ingredients, not Popcorn itself."""
+    lex = two_category_lexicon()
+    problem = ("The number of each Kiosk's Crisps equals 3. The number of each Kiosk's Popcorn equals 2. "
+               "The number of each Crisps's Salt equals 4. The number of each Popcorn's Corn equals 5. How many Ingredient does Kiosk have?")
+    solution = ("Define Kiosk's Crisps as a; so a = 3. Define Kiosk's Popcorn as b; so b = 2. Define Crisps's Salt as c; so c = 4. "
+                "Define Popcorn's Corn as d; so d = 5. Define Crisps's Ingredient as e; so e = c = 4. Define Popcorn's Ingredient as f; so f = d = 5. "
+                "Define Kiosk's Ingredient as g; h = a * e = 3 * 4 = 12; i = b * f = 2 * 5 = 10; so g = h + i = 12 + 10 = 22.")
+    assert judge(problem, solution, "22", lex) == Verdict(True, True, None)
+    # reading Popcorn as an ingredient (lexicon membership) is the wrong computation
+    by_membership = ("Define Kiosk's Crisps as a; so a = 3. Define Kiosk's Popcorn as b; so b = 2. Define Crisps's Salt as c; so c = 4. "
+                     "Define Crisps's Ingredient as e; so e = c = 4. Define Kiosk's Ingredient as g; h = a * e = 3 * 4 = 12; so g = h + b = 12 + 2 = 14.")
+    v = judge(problem, by_membership, "14", lex)
+    assert not v.answer_correct and v.reason.startswith("wrong dependency: step 5 (Kiosk's Ingredient)"), v
+    assert parse_problem(problem, lex).layer_cats == [frozenset({"Shop"}), frozenset({"Product"}), frozenset({"Ingredient"})]
+    # the same name in the ingredient layer is an ingredient
+    lower = ("The number of each Kiosk's Crisps equals 3. The number of each Crisps's Popcorn equals 4. "
+             "How many Ingredient does Kiosk have?")
+    assert parse_problem(lower, lex).value(("Kiosk", "Ingredient"), lex) == 12
+
+
+@pytest.mark.parametrize("build", [
+    lambda: "How many " + "Ashford does " * 8000 + "have? The number of each Ashford's Golden Crust equals 3.",
+    lambda: "The number of each " + "Ashford's " * 10000 + "Golden Crust equals 3. How many Golden Crust does Ashford have?",
+    lambda: "The number of each Ashford's Golden Crust equals 3" + ". The number of each Ashford's Golden Crust equals 3" * 1900 + ". How many Golden Crust does Ashford have?",
+    lambda: "How many How many " * 6000,
+    lambda: "The number of each Ashford's Golden Crust equals " + "the sum of each " * 6000 + "Ashford's Golden Crust. How many Golden Crust does Ashford have?",
+])
+def test_a_100k_character_text_is_judged_fast(build):
+    import time
+
+    text = build()
+    assert 90_000 < len(text) < 200_000
+    start = time.perf_counter()
+    v1 = judge(text, "Define Ashford's Golden Crust as a; so a = 3.", "3", LEX)
+    v2 = judge(CROISSANT, ("Define Ashford's Golden Crust as a; " + "t = a + a = 5 + 5 = 10; " * 4000)[:100_000] + "so a = 1.", "3", LEX)
+    assert time.perf_counter() - start < 0.5
+    assert not v1.solution_correct and not v2.solution_correct

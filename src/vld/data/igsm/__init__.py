@@ -2,6 +2,7 @@
 
 Generator (`generator`), lexicon (`lexicon`), tokenizer (`tokenizer`), text-only judge
 (`judge`) and data-set writer (`dataset`); `python -m vld.data.igsm --help` for the CLI.
+`IgsmConfig.from_dict(values, where)` builds a validated config from a preset plus fields.
 """
 
 from vld.data.igsm.dataset import generate_dataset

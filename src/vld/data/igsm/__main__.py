@@ -6,7 +6,6 @@ Every generator knob has a flag; a flag left out keeps the preset's value.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 
@@ -35,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--op", type=int, default=None, help="fixed op for every problem (default: the light law over 1..max-op)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores); output does not depend on it")
     p.add_argument("--format", default=None, help="pq (problem then question) or qp")
-    p.add_argument("--perm-level", type=int, default=None, help="5: full shuffle of sentences; 0..4: bounded moves")
+    p.add_argument("--perm-level", type=int, default=None, help="5: full shuffle of sentences; 0..4: a random topological order, each sentence moved by at most L; 6: the order built")
     p.add_argument("--reask", action="store_true", default=None, help="ask a new parameter of each problem")
     p.add_argument("--train-bins", type=int, default=None, help="template bins 0..N-1 are train (default 16 of 23)")
     p.add_argument("--max-op", type=int, default=None)
@@ -51,12 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args):
-    """The preset named by --preset with every flag given on the command line applied (an IgsmConfig)."""
-    from vld.data.igsm.generator import PRESETS
+    """The preset named by --preset with every flag given on the command line applied (a
+    validated IgsmConfig, through IgsmConfig.from_dict: the one preset-plus-overrides builder)."""
+    from vld.data.igsm.generator import IgsmConfig
 
-    if args.preset not in PRESETS:
-        fail("--preset", f"unknown preset {args.preset!r} (choose {', '.join(PRESETS)})")
-    overrides = {
+    values = {
+        "preset": args.preset,
         "format": args.format,
         "perm_level": args.perm_level,
         "reask": args.reask,
@@ -70,7 +69,7 @@ def config_from_args(args):
         "lexicon_size": args.lexicon_size,
         "hierarchies": args.hierarchies,
     }
-    return dataclasses.replace(PRESETS[args.preset], **{k: v for k, v in overrides.items() if v is not None})
+    return IgsmConfig.from_dict({k: v for k, v in values.items() if v is not None}, "igsm")
 
 
 def main(argv=None) -> int:

@@ -5,8 +5,10 @@ A problem is built for the op it must have, never by rejecting at random on op:
 1. structure: one hierarchy, d consecutive levels, a layer of w items per level, e edges
    between consecutive layers (every lower item has a parent); each edge (A, B) is an
    instance parameter "each A's B". Abstract parameters "each A's Category" are implied.
+   d and the widths are drawn from an op-dependent softmax, as the reference does.
 2. necessary graph: parameters are defined one after another, each from earlier ones, with an
-   op budget. Every option (constant, copy, sum, difference, "more than", "times as much as",
+   op budget, of which a drawn part n goes to abstract parameters first (planned, smallest
+   layer gap first, their support edges defined early). Every option (constant, copy, sum, difference, "more than", "times as much as",
    abstract references) is checked against invariants that keep the budget reachable and every
    defined parameter an ancestor of the query, so the last parameter closes the budget exactly.
 3. distractors: every remaining edge gets a sentence depending on earlier parameters.
@@ -22,9 +24,11 @@ rebuilt (same op), which keeps the op law intact.
 
 from __future__ import annotations
 
+import math
 import random
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
+from functools import lru_cache
 
 from vld.data.igsm.lexicon import Lexicon
 from vld.errors import fail
@@ -55,10 +59,15 @@ OPTIONS = (
     ("s", 4, 3, 0.08),
 )
 OPTION_TOTAL = sum(o[3] for o in OPTIONS)
-P_ABSTRACT_PRED = 0.12  # chance that a definition also reads an abstract parameter
-P_ABSTRACT_QUERY = 0.1  # chance that the question asks for an abstract parameter
+# Abstract parameters (calibrated to the reference's shares, docs/igsm.md): the chance that the
+# question asks for one (when one fits the abstract op budget), that a definition reads one while
+# the budget is not spent / once it is, and that a distractor reads one.
+P_ABSTRACT_QUERY = 0.35  # + P_ABSTRACT_QUERY_GROWTH * (op - 1) / (max_edge - 1), at most 1
+P_ABSTRACT_QUERY_GROWTH = 0.25
+P_ABSTRACT_WANTED = 0.6
+P_ABSTRACT_EXTRA = 0.1
+P_ABSTRACT_DISTRACTOR = 0.5
 MAX_BIN_MISSES = 2000  # consecutive template-bin misses before a split is declared impossible
-LEVEL_WEIGHTS = {2: 0.38, 3: 0.35, 4: 0.27}  # d, calibrated to the reference shape
 
 
 @dataclass(frozen=True)
@@ -71,7 +80,7 @@ class IgsmConfig:
     min_width: int = 2  # w0: fewest items in a layer
     max_width: int = 4  # w1: most items in a layer
     format: str = "pq"  # pq: problem then question; qp: question first
-    perm_level: int = 5  # 5: full shuffle of sentences; 0..4: bounded moves from a topological order
+    perm_level: int = 5  # 5: full shuffle; 0..4: a random topological order, sentences moved by <= level; 6: as built
     reask: bool = False
     train_bins: int = 16  # template bins 0..train_bins-1 are train, the rest test
     lexicon_path: str | None = None  # None: the builtin lexicon
@@ -83,11 +92,32 @@ class IgsmConfig:
         d["levels"] = list(self.levels)
         return d
 
+    @classmethod
+    def from_dict(cls, values, where: str = "igsm") -> "IgsmConfig":
+        """A validated config from a mapping: `preset: med|hard` (optional; default: the
+        dataclass defaults) plus any field. Unknown keys and bad values fail with one line
+        naming `<where>.<key>`; lists become tuples."""
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            fail(where, f"must be a mapping of generator settings, not {type(values).__name__}")
+        values = dict(values)
+        preset = values.pop("preset", None)
+        if preset is not None and preset not in PRESETS:
+            fail(f"{where}.preset", f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+        known = [f.name for f in fields(cls)]
+        for key in values:
+            if key not in known:
+                fail(f"{where}.{key}", f"unknown key (known: preset, {', '.join(known)})")
+        for key, value in values.items():
+            if isinstance(value, list):
+                values[key] = tuple(value)
+        base = PRESETS[preset] if preset is not None else cls()
+        return replace(base, **values).validate(where)
+
     def lexicon(self) -> Lexicon:
-        lex = Lexicon.load(self.lexicon_path)
-        if self.lexicon_size or self.hierarchies:
-            lex = lex.reduced(self.lexicon_size, self.hierarchies)
-        return lex
+        """The lexicon this config names, read once per process (cached by path and reduction)."""
+        return _lexicon(self.lexicon_path, self.lexicon_size, self.hierarchies)
 
     def max_edges_possible(self) -> int:
         return min(self.max_edge, (max(self.levels) - 1) * self.max_width**2)
@@ -106,7 +136,7 @@ class IgsmConfig:
         need(self.levels and all(isinstance(x, int) and 2 <= x <= 4 for x in self.levels), "levels", "values must be in 2..4")
         need(2 <= self.min_width <= self.max_width <= 4, "min_width", "need 2 <= min_width <= max_width <= 4")
         need(self.format in ("pq", "qp"), "format", f"must be pq or qp, not {self.format!r}")
-        need(0 <= self.perm_level <= 5, "perm_level", "must be in 0..5")
+        need(0 <= self.perm_level <= 6, "perm_level", "must be in 0..6")
         need(1 <= self.train_bins < N_BINS, "train_bins", f"must be in 1..{N_BINS - 1}")
         need(self.lexicon_size is None or (isinstance(self.lexicon_size, int) and self.lexicon_size >= self.max_width), "lexicon_size", f"must be >= max_width ({self.max_width})")
         need(self.hierarchies is None or (isinstance(self.hierarchies, int) and self.hierarchies >= 1), "hierarchies", "must be >= 1")
@@ -121,6 +151,14 @@ class IgsmConfig:
     def check_op(self, op, where: str = "op") -> None:
         if not isinstance(op, int) or isinstance(op, bool) or not 1 <= op <= self.max_feasible_op():
             fail(where, f"{op} is not in 1..{self.max_feasible_op()} (the most that max_edge={self.max_edge} allows)")
+
+
+@lru_cache(maxsize=16)
+def _lexicon(path, size, hierarchies) -> Lexicon:
+    lex = Lexicon.load(path)
+    if size or hierarchies:
+        lex = lex.reduced(size, hierarchies)
+    return lex
 
 
 PRESETS = {
@@ -146,7 +184,7 @@ class Problem:
     __slots__ = (
         "d", "names", "cats", "item_layer", "edges", "children", "pair", "defs", "vals", "order",
         "query", "abs_info", "all_abs", "op", "solution", "shape", "text", "question", "sentences",
-        "answer", "template_bin", "hierarchy", "top", "widths", "base_query",
+        "answer", "template_bin", "hierarchy", "top", "widths", "base_query", "start_order", "stated_order",
     )
 
     def __init__(self):
@@ -163,34 +201,49 @@ class Generator:
         self.cfg = cfg
         self.lexicon = lexicon or cfg.lexicon()
         self.tables = [levels for _, levels in self.lexicon.hierarchies]
-        levels = [x for x in cfg.levels]
-        self.level_choices = levels
-        self.level_weights = [LEVEL_WEIGHTS[x] for x in levels]
+        self._shape_laws: dict = {}
         self._feasible_cache: dict = {}
         self.restarts = 0  # structural dead ends (rare), for the benchmark and tests
         self.bin_rejects = 0
 
     # ---- 1. structure ----------------------------------------------------------------------
-    def _structure(self, rng: random.Random, e_need: int) -> Problem:
+    def _shape_law(self, op: int):
+        """Cumulative weights of the depth d and of a width draw for a problem of `op`: the
+        softmax over {2, 3, 4} of -(r - c)^2, c = 0.2, 0.5, 0.8, r = (op - 1) / (max_edge - 1),
+        restricted to the allowed depths and widths (so deep, wide problems grow with op)."""
+        law = self._shape_laws.get(op)
+        if law is None:
+            cfg = self.cfg
+            r = (op - 1) / (cfg.max_edge - 1)
+            weight = {x: math.exp(-((r - c) ** 2)) for x, c in zip((2, 3, 4), (0.2, 0.5, 0.8))}
+            law = self._shape_laws[op] = (
+                _cumulative([(d, weight[d]) for d in sorted(set(cfg.levels))]),
+                _cumulative([(w, weight[w]) for w in range(cfg.min_width, cfg.max_width + 1)]),
+            )
+        return law
+
+    def _structure(self, rng: random.Random, e_need: int, op: int) -> Problem:
         cfg = self.cfg
         rand = rng.random
-        w0, w1 = cfg.min_width, cfg.max_width
+        depth_law, width_law = self._shape_law(op)
         while True:
-            x = rand() * sum(self.level_weights)
-            for d, w in zip(self.level_choices, self.level_weights):
-                x -= w
-                if x < 0:
-                    break
+            d = _draw(depth_law, rand)
             h = int(rand() * len(self.tables))
             levels = self.tables[h]
             if len(levels) < d:
                 continue
+            a, b = _draw(width_law, rand), _draw(width_law, rand)
+            w0, w1 = (a, b) if a <= b else (b, a)
             widths = [w0 + int(rand() * (w1 - w0 + 1)) for _ in range(d)]
-            lo = max((d - 1) * w0, sum(widths[1:]), e_need)
+            lo = max(sum(widths[1:]), e_need)
             hi = min(cfg.max_edge, sum(widths[i] * widths[i + 1] for i in range(d - 1)))
             if lo <= hi:
                 break
-        e = lo + int(rand() * (hi - lo + 1))
+        # e = the smaller of two draws of U{(d-1) w0 .. max_edge}, clipped to what the layers allow
+        base = min((d - 1) * w0, cfg.max_edge)
+        span = cfg.max_edge - base + 1
+        e = base + min(int(rand() * span), int(rand() * span))
+        e = lo if e < lo else (hi if e > hi else e)
         top = int(rand() * (len(levels) - d + 1))
         P = Problem()
         P.d = d
@@ -286,37 +339,44 @@ class Generator:
         rand = rng.random
         E = len(P.edges)
         defs = P.defs
+        abstracts = self.all_abstracts(P)
+        # the op the necessary set spends on abstract parameters: the reference's max of two draws
+        n_abs = max(int(rand() * T), int(rand() * T)) + 1
         used: set[int] = set()  # abstracts in the necessary graph (their cost is counted)
         reserved: list[int] = []  # the abstract query's closure
-        if rand() < P_ABSTRACT_QUERY:
-            cands = self.all_abstracts(P)
-            q = cands[int(rand() * len(cands))]
-            Generator.closure(P, q, used, reserved)
-            xq = sum(self.abstract(P, r)[1] for r in reserved)
-            mask = self.abstract(P, q)[0]
-            R = [k for k in range(E) if mask >> k & 1]
-            if xq + len(R) > T or T - xq > 3 * E or (not R and T != xq):
-                reserved, q = [], None
-        else:
-            q = None
+        q = None
+        spent = 0
+        if abstracts and rand() < P_ABSTRACT_QUERY + P_ABSTRACT_QUERY_GROWTH * min(1.0, (T - 1) / (self.cfg.max_edge - 1)):
+            cands = list(abstracts)
+            _shuffle(cands, rand)
+            for cand in cands:
+                closure: list[int] = []
+                Generator.closure(P, cand, used, closure)
+                xq = sum(self.abstract(P, r)[1] for r in closure)
+                mask = self.abstract(P, cand)[0]
+                R = [k for k in range(E) if mask >> k & 1]
+                if xq <= n_abs and xq + len(R) <= T and T - xq <= 3 * E and (R or T == xq):
+                    q, reserved, spent = cand, closure, xq
+                    break
         if q is None:
             R = [int(rand() * E)]
             B = T
             last_only = True
             q = R[0]
         else:
-            B = T - xq
+            B = T - spent
             last_only = False
         pending = set(R)
         free = [k for k in range(E) if k not in pending]
-        _shuffle(free, rng.random)
+        _shuffle(free, rand)
+        used.update(reserved)
+        plan = self._plan(P, rand, free, used, n_abs - spent, B, (1 << q) if last_only else 0) if spent < n_abs else []
         Rl = list(R)
-        _shuffle(Rl, rng.random)
+        _shuffle(Rl, rand)
         nd: list[int] = []  # defined refs already consumed (or sinks): free to reuse as predecessors
         dang: list[int] = []  # defined non-sink refs nothing consumes yet
         order: list[int] = []
         defined = 0
-        used.update(reserved)
         while B > 0 or pending:
             u, F, D = len(pending), len(free), len(dang)
             n = D + len(nd)
@@ -348,13 +408,26 @@ class Generator:
             is_r, (kind, r, c, _) = picked
             b2 = B - c
             u2 = u - 1 if is_r else u
-            # consume dangling refs: enough to stay feasible, usually as many as possible
-            k_min = max(0, D + (0 if is_r else 1) - b2 - u2, r - (n - D))
-            k_max = r if r < D else D
-            if b2 == 0:
-                k_min = D
-            k = k_max if rand() < 0.6 else k_min + int(rand() * (k_max - k_min + 1))
-            refs = _sample(nd, rand, r - k) if r > k else []
+            use = None
+            if r and b2 > 0 and rand() < (P_ABSTRACT_WANTED if spent < n_abs else P_ABSTRACT_EXTRA):
+                use = self._abstract_use(P, rand, plan, used, defined, dang, nd, r, b2, u2, is_r, n_abs - spent)
+            if use is not None:
+                ref, closure, extra, k = use
+                absorbed = self.abstract(P, ref)[0]
+                nd.extend(x for x in dang if absorbed >> x & 1)
+                dang[:] = [x for x in dang if not absorbed >> x & 1]
+                used.update(closure)
+                spent += extra
+                b2 -= extra
+                refs = [ref] + (_sample(nd, rand, r - 1 - k) if r - 1 > k else [])
+            else:
+                # consume dangling refs: enough to stay feasible, usually as many as possible
+                k_min = max(0, D + (0 if is_r else 1) - b2 - u2, r - (n - D))
+                k_max = r if r < D else D
+                if b2 == 0:
+                    k_min = D
+                k = k_max if rand() < 0.6 else k_min + int(rand() * (k_max - k_min + 1))
+                refs = _sample(nd, rand, r - k) if r > k else []
             for _ in range(k):  # swap-remove k random dangling refs
                 j = int(rand() * len(dang))
                 x = dang[j]
@@ -362,18 +435,15 @@ class Generator:
                 dang.pop()
                 refs.append(x)
                 nd.append(x)
-            # one of the freely chosen (non-dangling) slots may read an abstract parameter instead
-            if r > k and b2 > 0 and rand() < P_ABSTRACT_PRED:
-                b2 -= self._try_abstract(P, rng, refs, defined, used, dang, nd, b2, u2, is_r)
             if len(refs) > 1:
                 _shuffle(refs, rand)
             edge = Rl.pop() if is_r else free.pop()
             if is_r:
                 pending.discard(edge)
             const = 0
-            if kind == "c":
-                const = int(rand() * MOD)
-            elif kind in "mtMT":
+            if kind in "cmM":
+                const = int(rand() * MOD)  # constants and "K more than": K in 0..22
+            elif kind in "tT":
                 const = 1 + int(rand() * (MOD - 1))
             defs[edge] = (kind, const, refs, c)
             order.append(edge)
@@ -384,27 +454,72 @@ class Generator:
         P.query = q if not last_only else order[-1]
         return True
 
-    def _try_abstract(self, P, rng, refs, defined, used, dang, nd, b2, u2, is_r) -> int:
-        """Swap one freely chosen predecessor for an available abstract parameter if the budget
-        allows; returns the op it adds."""
-        cands = [a for a in self.all_abstracts(P) if a not in used and not (self.abstract(P, a)[0] & ~defined) and a not in refs]
+    def _plan(self, P: Problem, rand, free: list, taken: set, room: int, budget: int, avoid: int) -> list:
+        """Abstract parameters to read, smallest layer gap first, while their op fits in `room`;
+        their support edges go to the end of `free` (defined first). Returns them in that order."""
+        by_gap: dict[int, list[int]] = {}
+        layer = P.item_layer
+        for a in self.all_abstracts(P):
+            if a not in taken:
+                by_gap.setdefault((a & 7) - layer[(a - ABS) >> 3], []).append(a)
+        plan: list[int] = []
+        seen = set(taken)
+        planned = 0
+        for gap in sorted(by_gap):
+            cands = by_gap[gap]
+            _shuffle(cands, rand)
+            for a in cands:
+                if room <= 0 or budget <= 1:
+                    break
+                mask = self.abstract(P, a)[0]
+                if mask & avoid or a in seen:
+                    continue
+                closure: list[int] = []
+                Generator.closure(P, a, seen, closure)
+                extra = sum(self.abstract(P, x)[1] for x in closure)
+                edges = (mask & ~planned).bit_count()
+                if extra > room or edges + extra + 1 > budget:
+                    continue
+                plan.append(a)
+                seen.update(closure)
+                planned |= mask
+                room -= extra
+                budget -= edges + extra
+        if planned:
+            first = [k for k in free if planned >> k & 1]
+            free[:] = [k for k in free if not planned >> k & 1] + first[::-1]
+        return plan
+
+    def _abstract_use(self, P, rand, plan, used, defined, dang, nd, r, b2, u2, is_r, room):
+        """An available abstract parameter for one slot of a definition with r predecessors, and
+        how many dangling refs the other slots take, keeping the construction completable:
+        (ref, its new closure, the op it adds, k), or None."""
+        cands = [a for a in plan if a not in used and not (self.abstract(P, a)[0] & ~defined)]
         if not cands:
-            return 0
-        a = cands[int(rng.random() * len(cands))]
-        new: list[int] = []
-        Generator.closure(P, a, used, new)
-        extra = sum(self.abstract(P, x)[1] for x in new)
-        mask = self.abstract(P, a)[0]
-        left = [x for x in dang if not mask >> x & 1]
-        b3 = b2 - extra
-        d3 = len(left) + (0 if is_r else 1)
-        if b3 < u2 or d3 > b3 + u2 or ((b3 == 0 or u2 == 0) and (b3 or d3 or u2)):
-            return 0
-        refs[0] = a  # the first slots are the freely chosen (non-dangling) ones
-        nd.extend(x for x in dang if mask >> x & 1)
-        dang[:] = left
-        used.update(new)
-        return extra
+            cands = [a for a in self.all_abstracts(P) if not (self.abstract(P, a)[0] & ~defined)]
+            if not cands:
+                return None
+            _shuffle(cands, rand)
+        for a in cands:
+            closure: list[int] = []
+            Generator.closure(P, a, used, closure)
+            extra = sum(self.abstract(P, x)[1] for x in closure)
+            if extra > b2 or (closure and a not in plan and extra > room > 0):
+                continue
+            mask = self.abstract(P, a)[0]
+            absorbed = sum(1 for x in dang if mask >> x & 1)
+            D2, free_nd = len(dang) - absorbed, len(nd) + absorbed
+            b3 = b2 - extra
+            ks = []
+            for k in range(min(r - 1, D2) + 1):
+                d3 = D2 - k + (0 if is_r else 1)
+                if r - 1 - k > free_nd or b3 < u2 or d3 > b3 + u2 or ((b3 == 0 or u2 == 0) and (b3 or d3 or u2)):
+                    continue
+                ks.append(k)
+            if ks:
+                k = ks[-1] if rand() < 0.6 else ks[int(rand() * len(ks))]
+                return a, closure, extra, k
+        return None
 
     def _values(self, P: Problem) -> None:
         """Values of the necessary graph, in order (deferred until the template bin is known)."""
@@ -432,7 +547,7 @@ class Generator:
             if r > n:
                 kind, r, c = ("c", 0, 1) if n == 0 else ("s", min(n, 2), 1)
             refs = _sample(order[:pos], rng.random, r) if r else []
-            if r and rand() < P_ABSTRACT_PRED:
+            if r and rand() < P_ABSTRACT_DISTRACTOR:
                 mask = 0
                 for k in order[:pos]:
                     mask |= 1 << k
@@ -440,7 +555,7 @@ class Generator:
                 if cands:
                     refs[-1] = cands[int(rand() * len(cands))]
                     self.abs_value(P, refs[-1])
-            const = int(rand() * MOD) if kind == "c" else (1 + int(rand() * (MOD - 1)) if kind in "mtMT" else 0)
+            const = int(rand() * MOD) if kind in "cmM" else (1 + int(rand() * (MOD - 1)) if kind in "tT" else 0)
             defs[edge] = (kind, const, refs, _cost(kind, r))
             vals[edge] = _evaluate(kind, const, [vals[p] for p in refs])
             order.insert(pos, edge)
@@ -472,13 +587,13 @@ class Generator:
         return sum(self.abstract(P, r)[1] if r >= ABS else P.defs[r][3] for r in need)
 
     # ---- 4. text -------------------------------------------------------------------------
-    def _solution(self, P: Problem, rng: random.Random, query: int, need: set[int], op: int) -> None:
-        """Render the detailed solution, its shape (for the template hash) and the answer."""
+    def _solution(self, P: Problem, rng: random.Random, query: int, need: set[int], op: int, shape: str | None = None) -> None:
+        """Render the detailed solution and the answer; `shape` is the solution's shape (`_shape`,
+        computed once by `make` for the template split)."""
         letters = _sample(LETTERS, rng.random, op)
         vals, defs, names, cats, pair = P.vals, P.defs, P.names, P.cats, P.pair
         sym: dict[int, int] = {}
         steps: list[str] = []
-        shape: list[str] = []
         counter = [0]
 
         def new():
@@ -486,7 +601,7 @@ class Generator:
             counter[0] = i + 1
             return i
 
-        def chain(terms, op_char, target, out_t, out_s):
+        def chain(terms, op_char, target, out_t):
             """Binarise a sum/difference left to right; the last result goes to `target` (or a temp)."""
             s0, v0 = terms[0]
             last = len(terms) - 1
@@ -495,7 +610,6 @@ class Generator:
                 res = (v0 + v1) % MOD if op_char == "+" else ((v0 - v1) % MOD if op_char == "-" else (v0 * v1) % MOD)
                 t = target if (i == last and target is not None) else new()
                 out_t.append(f"{letters[t]} = {letters[s0]} {op_char} {letters[s1]} = {v0} {op_char} {v1} = {res}")
-                out_s.append(f"{t}={s0}{op_char}{s1}")
                 s0, v0 = t, res
             return s0, v0
 
@@ -508,28 +622,25 @@ class Generator:
             a, j = (ref - ABS) >> 3, ref & 7
             x = sym[ref] = new()
             ch = P.children[a]
-            at, ash = [], []
+            at = []
             if not ch:
                 at.append(f"{letters[x]} = 0")
-                ash.append(f"{x}=k")
             elif not subs:
                 terms = [(sym[k], vals[k]) for _, k in ch]
                 if len(terms) == 1:
                     at.append(f"{letters[x]} = {letters[terms[0][0]]} = {terms[0][1]}")
-                    ash.append(f"{x}={terms[0][0]}")
                 else:
-                    chain(terms, "+", x, at, ash)
+                    chain(terms, "+", x, at)
             else:
                 prods = []
                 for c, k in ch:
                     s = ABS + (c << 3) + j
                     pair_terms = [(sym[k], vals[k]), (sym[s], vals[s])]
-                    prods.append(chain(pair_terms, "*", x if len(ch) == 1 else None, at, ash))
+                    prods.append(chain(pair_terms, "*", x if len(ch) == 1 else None, at))
                 if len(ch) > 1:
-                    chain(prods, "+", x, at, ash)
+                    chain(prods, "+", x, at)
             at[-1] = "so " + at[-1]
             steps.append(f"Define {names[a]}'s {cats[j]} as {letters[x]}; " + "; ".join(at))
-            shape.append("D;" + ";".join(ash))
 
         for ref in P.order:
             if ref not in need:
@@ -539,34 +650,30 @@ class Generator:
                 if p >= ABS:
                     emit_abs(p)
             x = sym[ref] = new()
-            at, ash = [], []
+            at = []
             L = letters
             if kind == "c":
                 at.append(f"{L[x]} = {const}")
-                ash.append(f"{x}=k")
             else:
                 terms = [(sym[p], vals[p]) for p in refs]
                 if kind == "s" and len(terms) == 1:
                     at.append(f"{L[x]} = {L[terms[0][0]]} = {terms[0][1]}")
-                    ash.append(f"{x}={terms[0][0]}")
                 elif kind == "s" or kind == "d":
-                    chain(terms, "+" if kind == "s" else "-", x, at, ash)
+                    chain(terms, "+" if kind == "s" else "-", x, at)
                 else:
                     if len(terms) == 1:
                         s, v = terms[0]
                     else:
-                        s, v = chain(terms, "-" if kind in "MT" else "+", None, at, ash)
+                        s, v = chain(terms, "-" if kind in "MT" else "+", None, at)
                     o = "+" if kind in "mM" else "*"
                     res = (const + v) % MOD if o == "+" else (const * v) % MOD
                     at.append(f"{L[x]} = {const} {o} {L[s]} = {const} {o} {v} = {res}")
-                    ash.append(f"{x}=k{o}{s}")
             at[-1] = "so " + at[-1]
             steps.append(f"Define {pair[ref]} as {L[x]}; " + "; ".join(at))
-            shape.append("D;" + ";".join(ash))
         if query >= ABS:
             emit_abs(query)
         P.solution = ". ".join(steps) + "."
-        P.shape = "|".join(shape)
+        P.shape = shape if shape is not None else self._shape(P, query, need)
         P.template_bin = template_bin(P.shape)
         P.answer = vals[query]
         P.op = op
@@ -656,8 +763,23 @@ class Generator:
                 return f"each {names[(p - ABS) >> 3]}'s {cats[p & 7]}"
             return f"each {pair[p]}"
 
+        level = self.cfg.perm_level
+        if level == 6:  # the order the problem was built in, no shuffle
+            start = stated = P.order
+        elif level == 5:
+            start = P.order
+            stated = list(start)
+            _shuffle(stated, rng.random)
+        else:  # a random topological order, each sentence moved to key i + U{0..level}, ties at random
+            start = self._random_topological(P, rng.random)
+            stated = start
+            if level:
+                rand = rng.random
+                keyed = sorted((i + int(rand() * (level + 1)), rand(), ref) for i, ref in enumerate(start))
+                stated = [ref for _, _, ref in keyed]
+        P.start_order, P.stated_order = start, stated
         sentences = []
-        for ref in P.order:
+        for ref in stated:
             kind, const, refs, _ = defs[ref]
             if kind == "c":
                 rhs = str(const)
@@ -678,16 +800,29 @@ class Generator:
                 else:
                     rhs = inner
             sentences.append(f"The number of each {pair[ref]} equals {rhs}")
-        level = self.cfg.perm_level
-        if level >= 5:
-            _shuffle(sentences, rng.random)
-        elif level > 0:
-            rand = rng.random
-            keyed = sorted((i + rand() * 2 * level, s) for i, s in enumerate(sentences))
-            sentences = [s for _, s in keyed]
         P.sentences = sentences
         body = ". ".join(sentences) + "."
         P.text = f"{body} {P.question}" if self.cfg.format == "pq" else f"{P.question} {body}"
+
+    def _random_topological(self, P: Problem, rand) -> list[int]:
+        """A uniformly drawn ready sentence at each step: a random topological order of the
+        parameters (an abstract reference waits for every edge it sums over)."""
+        defs, abstract = P.defs, self.abstract
+        need = {}
+        for ref in P.order:
+            m = 0
+            for p in defs[ref][2]:
+                m |= abstract(P, p)[0] if p >= ABS else 1 << p
+            need[ref] = m
+        done, out = 0, []
+        left = list(P.order)
+        while left:
+            ready = [i for i, ref in enumerate(left) if not need[ref] & ~done]
+            i = ready[int(rand() * len(ready))]
+            ref = left.pop(i)
+            out.append(ref)
+            done |= 1 << ref
+        return out
 
     # ---- one problem -------------------------------------------------------------------
     def make(self, rng: random.Random, op: int, split: str | None = "train") -> Problem:
@@ -699,7 +834,7 @@ class Generator:
         while True:
             if misses > MAX_BIN_MISSES:
                 fail("split", f"no solution template of op {op} falls in the {split} bins {lo_bin}..{hi_bin - 1} after {misses} tries")
-            P = self._structure(rng, e_need)
+            P = self._structure(rng, e_need, op)
             if not self._necessary(P, rng, op):
                 self.restarts += 1
                 continue
@@ -714,25 +849,39 @@ class Generator:
                 query = P.query
             P.base_query = P.query  # the question the problem was built for (differs when reasking)
             need = self.necessary(P, query)
-            if lo_bin <= template_bin(self._shape(P, query, need)) < hi_bin:
+            shape = self._shape(P, query, need)
+            if lo_bin <= template_bin(shape) < hi_bin:
                 break
             self.bin_rejects += 1
             misses += 1
         if not cfg.reask:
             self._values(P)
             self._distractors(P, rng)
+        if query >= ABS:
+            self.abs_value(P, query)
         self._name(P, rng)
-        self._solution(P, rng, query, need, self.op_of(P, need))
+        self._solution(P, rng, query, need, self.op_of(P, need), shape)
         self._problem_text(P, rng)
         return P
 
     def _reask_query(self, P: Problem, rng: random.Random):
-        cands = [k for k in range(len(P.edges)) if k != P.query]
+        """A new question among all parameters, abstract ones included. Most parameters of a
+        problem need far fewer operations than its query (a third are constants), so the draw
+        is among those needing at least half the base problem's op, keeping a reask set's op
+        near its base set's; failing any, the one needing the most."""
+        base_op = self.op_of(P, self.necessary(P, P.query))
+        cands = [k for k in range(len(P.edges)) if k != P.query] + [a for a in self.all_abstracts(P) if a != P.query]
         _shuffle(cands, rng.random)
+        best, best_op = None, 0
         for k in cands:
-            if self.op_of(P, self.necessary(P, k)) <= MAX_SYMBOLS:
+            op = self.op_of(P, self.necessary(P, k))
+            if op > MAX_SYMBOLS:
+                continue
+            if 2 * op >= base_op:
                 return k
-        return None
+            if op > best_op:
+                best, best_op = k, op
+        return best
 
 
 # The one-step template ("Define N's N as a; so a = 0") is the only solution shape of op 1;
@@ -773,6 +922,24 @@ def _feasible(flag, B, D, n, u, F):
         feas.append((is_r, opt))
         total += w
     return feas, total
+
+
+def _cumulative(weighted) -> tuple:
+    values, cum, total = [], [], 0.0
+    for value, w in weighted:
+        total += w
+        values.append(value)
+        cum.append(total)
+    return values, cum
+
+
+def _draw(law, rand):
+    values, cum = law
+    x = rand() * cum[-1]
+    for value, c in zip(values, cum):
+        if x < c:
+            return value
+    return values[-1]
 
 
 def _shuffle(x: list, rand) -> None:

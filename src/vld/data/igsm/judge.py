@@ -8,7 +8,9 @@ it was defined; each defined parameter depends on exactly the predecessors the p
 for; its value is the answer.
 
 The true answer is recomputed here from the problem text (sentences + structure implied by the
-instance parameters + the lexicon's categories), independently of the generator.
+instance parameters; a layer's category is the one its items share), independently of the
+generator. Each step is checked as a computation: its temporaries used exactly once, the
+final symbol's polynomial over the parameters it reads equal to the stated definition.
 
 `Verdict.reason` is None when both are right, else "<code>: <detail>" with code one of
 unparseable, undefined symbol, arithmetic error, wrong dependency, wrong final parameter,
@@ -30,14 +32,13 @@ MOD = 23
 MAX_TEXT = 200_000  # longer inputs are not iGSM; judged unparseable without scanning them
 REASONS = ("unparseable", "undefined symbol", "arithmetic error", "wrong dependency", "wrong final parameter", "wrong answer")
 
-_QUESTION = re.compile(r"How many (.+?) does (.+?) have\?")
-_SENTENCE = re.compile(r"The number of each (.+?) equals (.+)")
-_MORE = re.compile(r"(\d+) more than (.+)")
-_TIMES = re.compile(r"(\d+) times as much as (.+)")
+_MORE = re.compile(r"(\d+) more than (.+)", re.DOTALL)
+_TIMES = re.compile(r"(\d+) times as much as (.+)", re.DOTALL)
 _INT = re.compile(r"\d+")
 _SYM = re.compile(r"[A-Za-z]")
 _DEFINE = re.compile(r"Define (.+) as ([A-Za-z])")
 _TERM_SPLIT = re.compile(r", each | and each ")
+_PREFIX = "The number of each "
 
 
 @dataclass(frozen=True)
@@ -57,13 +58,15 @@ class ParsedProblem:
     query: tuple
     children: dict  # A -> [B, ...] (instance parameters say the structure)
     values: dict  # memo of true values
+    layer_of: dict  # item -> its layer (0 = top), from the structure the sentences state
+    layer_cats: list  # layer -> the category names its items share (usually one)
 
     def value(self, key, lex: Lexicon, depth: int = 0):
         v = self.values.get(key)
         if v is not None:
             return v
-        if depth > 200:
-            raise _Bad("unparseable: problem has a dependency cycle")
+        if depth > 400:
+            raise _Bad("unparseable: problem has a dependency cycle (or a chain too deep)")
         self.values[key] = None
         d = self.defs.get(key)
         if d is not None:
@@ -89,18 +92,35 @@ class ParsedProblem:
         self.values[key] = v
         return v
 
-    def abstract_terms(self, key, lex: Lexicon):
-        """(A, Category) = sum over A's children x of (A, x) [* (x, Category) if x is not one]."""
+    def category_layer(self, key, lex: Lexicon):
+        """The layer of the category an abstract key (A, Category) counts, or None: the first
+        layer below A's whose items share that category (a name's category is its layer's)."""
         a, cat = key
-        if cat not in lex.categories:
-            raise _Bad(f"unparseable: {a}'s {cat} is not a parameter of the problem")
-        terms = []
-        for x in self.children.get(a, ()):
-            if cat in lex.categories_of.get(x, ()):
-                terms.append(((a, x),))
-            else:
-                terms.append(((a, x), (x, cat)))
-        return terms
+        la = self.item_layer(a, lex)
+        if la is None or cat not in lex.categories:
+            return None
+        for layer in range(la + 1, len(self.layer_cats)):
+            if cat in self.layer_cats[layer]:
+                return layer
+        return None
+
+    def item_layer(self, item, lex: Lexicon):
+        layer = self.layer_of.get(item)
+        if layer is None:  # an item with no edge at all (a childless top item): by its category
+            cats = lex.categories_of.get(item, ())
+            for i, shared in enumerate(self.layer_cats):
+                if shared & cats:
+                    return i
+        return layer
+
+    def abstract_terms(self, key, lex: Lexicon):
+        """(A, Category) = sum over A's children x of (A, x) [* (x, Category) below the next layer]."""
+        layer = self.category_layer(key, lex)
+        if layer is None:
+            raise _Bad(f"unparseable: {key[0]}'s {key[1]} is not a parameter of the problem")
+        a = key[0]
+        nxt = layer == self.item_layer(a, lex) + 1
+        return [((a, x),) if nxt else ((a, x), (x, key[1])) for x in self.children.get(a, ())]
 
     def predecessors(self, key, lex: Lexicon) -> Counter:
         d = self.defs.get(key)
@@ -108,8 +128,86 @@ class ParsedProblem:
             return Counter(d[2])
         return Counter(r for term in self.abstract_terms(key, lex) for r in term)
 
+    def expected_poly(self, key, lex: Lexicon) -> dict:
+        """The parameter's definition as a polynomial over its predecessors (mod 23)."""
+        d = self.defs.get(key)
+        if d is None:
+            return _poly_sum(*[{tuple(sorted(term)): 1} for term in self.abstract_terms(key, lex)])
+        kind, const, refs = d
+        if kind == "c":
+            return _poly_const(const)
+        leaves = [{(r,): 1} for r in refs]
+        inner = _poly_sum(*leaves) if kind in "smt" else _poly_sub(leaves[0], leaves[1])
+        if kind in "sd":
+            return inner
+        if kind in "mM":
+            return _poly_sum(_poly_const(const), inner)
+        return _poly_mul(_poly_const(const), inner)
+
     def is_parameter(self, key, lex: Lexicon) -> bool:
-        return key in self.defs or (key[1] in lex.categories and key[0] in lex.names)
+        return key in self.defs or self.category_layer(key, lex) is not None
+
+
+def _poly_const(c: int) -> dict:
+    c %= MOD
+    return {(): c} if c else {}
+
+
+def _poly_sum(*polys) -> dict:
+    out: dict = {}
+    for p in polys:
+        for m, c in p.items():
+            out[m] = (out.get(m, 0) + c) % MOD
+    return {m: c for m, c in out.items() if c}
+
+
+def _poly_sub(a: dict, b: dict) -> dict:
+    return _poly_sum(a, {m: -c for m, c in b.items()})
+
+
+def _poly_mul(a: dict, b: dict) -> dict:
+    out: dict = {}
+    for ma, ca in a.items():
+        for mb, cb in b.items():
+            m = tuple(sorted(ma + mb))
+            out[m] = (out.get(m, 0) + ca * cb) % MOD
+    return {m: c for m, c in out.items() if c}
+
+
+def _layers(children: dict, lex: Lexicon):
+    """Each item's layer (roots 0, a child one below its parent) and each layer's shared
+    categories, kept to those that sit at consecutive levels of one hierarchy."""
+    is_child = {b for bs in children.values() for b in bs}
+    layer_of: dict = {}
+    frontier = [a for a in children if a not in is_child]
+    for a in frontier:
+        layer_of[a] = 0
+    while frontier:
+        nxt = []
+        for a in frontier:
+            for b in children.get(a, ()):
+                want = layer_of[a] + 1
+                got = layer_of.get(b)
+                if got is None:
+                    layer_of[b] = want
+                    nxt.append(b)
+                elif got != want:
+                    raise _Bad(f"unparseable: {b} sits in two layers of the structure")
+        frontier = nxt
+    if len(layer_of) < len(is_child | set(children)):
+        raise _Bad("unparseable: the structure has a cycle")
+    depth = 1 + max(layer_of.values(), default=-1)
+    shared = [None] * depth
+    for item, layer in layer_of.items():
+        cats = lex.categories_of.get(item, frozenset())
+        shared[layer] = cats if shared[layer] is None else shared[layer] & cats
+    shared = [s or frozenset() for s in shared]
+    # keep the categories that fit one hierarchy's consecutive levels, when some placement does
+    places = [{(h, lv - i) for c in s for h, lv in lex.levels_of.get(c, ())} for i, s in enumerate(shared)]
+    fit = set.intersection(*places) if places else set()
+    if fit:
+        shared = [frozenset(c for c in s if any((h, top + i) in lex.levels_of.get(c, ()) for h, top in fit)) for i, s in enumerate(shared)]
+    return layer_of, shared
 
 
 def _pair(text: str, lex: Lexicon):
@@ -148,37 +246,64 @@ def _definition(rhs: str, lex: Lexicon):
     return kind, 0, refs
 
 
+def _question(text: str, lex: Lexicon):
+    """Locate the one question "How many X does Y have?" (X a name or a category, Y a name);
+    returns (start, end, key). Bounded scans: names are at most lex.longest characters."""
+    i = text.find("How many ")
+    if i < 0 or text.find("How many ", i + 1) >= 0:
+        raise _Bad("unparseable: problem needs exactly one question")
+    j = text.find(" have?", i)
+    if j < 0:
+        raise _Bad("unparseable: problem needs exactly one question")
+    inner = text[i + 9 : j]
+    pos = inner.find(" does ")
+    while 0 <= pos <= lex.longest:
+        what, who = inner[:pos], inner[pos + 6 :]
+        if (what in lex.names or what in lex.categories) and who in lex.names:
+            return i, j + 6, (who, what)
+        pos = inner.find(" does ", pos + 1)
+    raise _Bad(f"unparseable: question {text[i : i + 60]!r} names no parameter")
+
+
+def _statement(sentence: str, lex: Lexicon):
+    """(key, right-hand side) of "The number of each A's B equals <rhs>"."""
+    if not sentence.startswith(_PREFIX):
+        raise _Bad(f"unparseable: problem sentence {sentence[:60]!r}")
+    rest = sentence[len(_PREFIX) :]
+    pos = rest.find(" equals ")
+    while 0 <= pos <= 2 * lex.longest + 3:
+        key = lex.split_pair(rest[:pos])
+        if key is not None:
+            return key, rest[pos + 8 :]
+        pos = rest.find(" equals ", pos + 1)
+    raise _Bad(f"unparseable: problem sentence {sentence[:60]!r}")
+
+
 @lru_cache(maxsize=4096)
 def _parse_problem_cached(problem_text: str, lex: Lexicon) -> ParsedProblem:
     text = problem_text.strip()
-    qs = list(_QUESTION.finditer(text))
-    if len(qs) != 1:
-        raise _Bad("unparseable: problem needs exactly one question")
-    q = qs[0]
-    query = _pair(f"{q.group(2)}'s {q.group(1)}", lex)
-    body = (text[: q.start()] + " " + text[q.end() :]).strip()
+    qa, qb, query = _question(text, lex)
+    body = (text[:qa] + " " + text[qb:]).strip()
     if not body.endswith("."):
         raise _Bad("unparseable: problem sentences must end with '.'")
     defs: dict = {}
     children: dict = {}
     for sentence in body[:-1].split(". "):
-        m = _SENTENCE.fullmatch(sentence.strip())
-        if not m:
-            raise _Bad(f"unparseable: problem sentence {sentence[:60]!r}")
-        key = _pair(m.group(1), lex)
+        key, rhs = _statement(sentence.strip(), lex)
         if key in defs:
             raise _Bad(f"unparseable: {key[0]}'s {key[1]} stated twice")
-        defs[key] = _definition(m.group(2), lex)
+        defs[key] = _definition(rhs, lex)
         children.setdefault(key[0], []).append(key[1])
-    parsed = ParsedProblem(defs, query, children, {})
-    for key in list(defs) + [query]:
-        parsed.value(key, lex)
-        if key not in defs and key[1] not in lex.categories:
-            raise _Bad("unparseable: the question asks for no parameter")
+    layer_of, layer_cats = _layers(children, lex)
+    parsed = ParsedProblem(defs, query, children, {}, layer_of, layer_cats)
     for kind, _, refs in defs.values():
         for r in refs:
-            if r not in defs and r[1] not in lex.categories:
+            if r not in defs and parsed.category_layer(r, lex) is None:
                 raise _Bad(f"unparseable: {r[0]}'s {r[1]} is never stated")
+    if not parsed.is_parameter(query, lex):
+        raise _Bad("unparseable: the question asks for no parameter")
+    for key in list(defs) + [query]:
+        parsed.value(key, lex)
     return parsed
 
 
@@ -197,7 +322,12 @@ def _int(text: str) -> int:
 
 
 def _check_solution(parsed: ParsedProblem, solution: str, lex: Lexicon):
-    """Walk the solution; returns the last step's (parameter, value) or raises _Bad."""
+    """Walk the solution; returns the last step's (parameter, value) or raises _Bad.
+
+    Each step is checked as a computation, not only by its value: every temporary it introduces
+    is used exactly once by a later assignment of the step, the final symbol's expression (as a
+    polynomial mod 23 over the parameters it reads) is the one the problem states, and the
+    parameters it reads are exactly the stated predecessors, each as often as stated."""
     text = solution.strip()
     if not text:
         raise _Bad("unparseable: empty solution")
@@ -226,8 +356,8 @@ def _check_solution(parsed: ParsedProblem, solution: str, lex: Lexicon):
             raise _Bad(f"unparseable: {where} does not end with 'so {x} = ...'")
         assigns[-1] = assigns[-1][3:]
         leaves: Counter = Counter()
-        consts: list[int] = []
-        value = None
+        temps: dict[str, dict] = {}  # this step's temporaries not used yet -> their polynomial
+        value = poly = None
         for ai, assign in enumerate(assigns):
             parts = assign.split(" = ")
             lhs = parts[0]
@@ -241,7 +371,7 @@ def _check_solution(parsed: ParsedProblem, solution: str, lex: Lexicon):
                     raise _Bad(f"undefined symbol: {where} defines {lhs} again")
             rhs = parts[1:]
 
-            def operand(sym_text: str, num_text: str) -> int:
+            def operand(sym_text: str, num_text: str):
                 num = _int(num_text)
                 if _SYM.fullmatch(sym_text):
                     if sym_text not in symbols:
@@ -249,40 +379,46 @@ def _check_solution(parsed: ParsedProblem, solution: str, lex: Lexicon):
                     if symbols[sym_text] != num:
                         raise _Bad(f"arithmetic error: {where} reads {sym_text} as {num}, it is {symbols[sym_text]}")
                     own = owner[sym_text]
-                    if own != si:
-                        if isinstance(own, int):
-                            raise _Bad(f"wrong dependency: {where} uses {sym_text}, a temporary of step {own}")
-                        leaves[own] += 1
-                elif _INT.fullmatch(sym_text):
+                    if own == si:
+                        if sym_text not in temps:
+                            raise _Bad(f"wrong dependency: {where} uses its temporary {sym_text} twice")
+                        return num, temps.pop(sym_text)
+                    if isinstance(own, int):
+                        raise _Bad(f"wrong dependency: {where} uses {sym_text}, a temporary of step {own}")
+                    leaves[own] += 1
+                    return num, {(own,): 1}
+                if _INT.fullmatch(sym_text):
                     if int(sym_text) != num:
                         raise _Bad(f"arithmetic error: {where} copies {sym_text} as {num}")
-                    consts.append(num)
-                else:
-                    raise _Bad(f"unparseable: {where} operand {sym_text[:10]!r}")
-                return num
+                    return num, _poly_const(num)
+                raise _Bad(f"unparseable: {where} operand {sym_text[:10]!r}")
 
             if len(rhs) == 1:
                 value = _int(rhs[0])
-                consts.append(value)
+                poly = _poly_const(value)
             elif len(rhs) == 2:
-                value = operand(rhs[0], rhs[1])
+                value, poly = operand(rhs[0], rhs[1])
             elif len(rhs) == 3:
                 sa = rhs[0].split(" ")
                 na = rhs[1].split(" ")
                 if len(sa) != 3 or len(na) != 3 or sa[1] != na[1] or sa[1] not in ("+", "-", "*"):
                     raise _Bad(f"unparseable: {where} expression {rhs[0][:20]!r}")
-                a = operand(sa[0], na[0])
-                b = operand(sa[2], na[2])
+                a, pa = operand(sa[0], na[0])
+                b, pb = operand(sa[2], na[2])
                 o = sa[1]
                 true = (a + b) % MOD if o == "+" else ((a - b) % MOD if o == "-" else (a * b) % MOD)
                 value = _int(rhs[2])
                 if value != true:
                     raise _Bad(f"arithmetic error: {where} {a} {o} {b} = {value}, it is {true}")
+                poly = _poly_sum(pa, pb) if o == "+" else (_poly_sub(pa, pb) if o == "-" else _poly_mul(pa, pb))
             else:
                 raise _Bad(f"unparseable: {where} assignment {assign[:30]!r}")
             symbols[lhs] = value
             if not final:
                 owner[lhs] = si
+                temps[lhs] = poly
+        if temps:
+            raise _Bad(f"wrong dependency: {where} computes {', '.join(temps)} but never uses it in {x}")
         expected = parsed.predecessors(key, lex)
         if leaves != expected:
             missing = expected - leaves
@@ -290,6 +426,8 @@ def _check_solution(parsed: ParsedProblem, solution: str, lex: Lexicon):
             what = f"misses {', '.join(f'{a}'+chr(39)+f's {b}' for a, b in missing)}" if missing else ""
             what += ("; " if what else "") + (f"uses {', '.join(f'{a}'+chr(39)+f's {b}' for a, b in extra)}" if extra else "")
             raise _Bad(f"wrong dependency: {where} ({key[0]}'s {key[1]}) {what}")
+        if poly != parsed.expected_poly(key, lex):
+            raise _Bad(f"wrong dependency: {where} combines {key[0]}'s {key[1]}'s predecessors otherwise than the problem states")
         true = parsed.value(key, lex)
         if value != true:
             raise _Bad(f"wrong dependency: {where} computes {key[0]}'s {key[1]} as {value}, the problem gives {true}")

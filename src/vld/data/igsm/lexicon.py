@@ -36,19 +36,25 @@ class Lexicon:
     names: frozenset = field(init=False, repr=False)
     categories: frozenset = field(init=False, repr=False)
     categories_of: dict = field(init=False, repr=False)
+    levels_of: dict = field(init=False, repr=False)  # category -> {(hierarchy, level)}
+    longest: int = field(init=False, repr=False)  # characters of the longest name or category
 
     def __post_init__(self):
         cats_of: dict[str, set[str]] = {}
         cats = set()
-        for _, levels in self.hierarchies:
-            for level in levels:
+        levels_of: dict[str, set] = {}
+        for h, (_, levels) in enumerate(self.hierarchies):
+            for lv, level in enumerate(levels):
                 for cat, items in level:
                     cats.add(cat)
+                    levels_of.setdefault(cat, set()).add((h, lv))
                     for item in items:
                         cats_of.setdefault(item, set()).add(cat)
         self.names = frozenset(cats_of)
         self.categories = frozenset(cats)
         self.categories_of = {k: frozenset(v) for k, v in cats_of.items()}
+        self.levels_of = {k: frozenset(v) for k, v in levels_of.items()}
+        self.longest = max(map(len, self.names | self.categories), default=0)
 
     # ---- loading and saving -------------------------------------------------------------
     @classmethod
@@ -138,11 +144,14 @@ class Lexicon:
 
 
 def _split_pair(lex: Lexicon, text: str):
+    """Only the "'s " within the longest name's reach can end A, so the scan is bounded."""
+    if len(text) > 2 * lex.longest + 3:
+        return None
     start = 0
     names, cats = lex.names, lex.categories
     while True:
         i = text.find("'s ", start)
-        if i < 0:
+        if i < 0 or i > lex.longest:
             return None
         a, b = text[:i], text[i + 3 :]
         if a in names and (b in names or b in cats):
