@@ -248,18 +248,14 @@ def evaluate_igsm(
     config = getattr(model, "config", None)
     context_len = getattr(config, "max_seq_len", None)
     eos_id = tokenizer.eos_id
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            result = score_problems(
-                problems,
-                lambda prompts, budget: model.generate(prompts, max_new_tokens=budget,
-                                                       eos_id=eos_id),
-                tokenizer, judge, lexicon, max_new_tokens, batch_size=batch_size,
-                context_len=context_len, records=records, progress=progress, where=str(test_dir))
-    finally:
-        model.train(was_training)
+    from vld.model import eval_mode
+
+    with eval_mode(model), torch.inference_mode():
+        result = score_problems(
+            problems,
+            lambda prompts, budget: model.generate(prompts, max_new_tokens=budget, eos_id=eos_id),
+            tokenizer, judge, lexicon, max_new_tokens, batch_size=batch_size,
+            context_len=context_len, records=records, progress=progress, where=str(test_dir))
     result = {"test_dir": str(test_dir), **result}
     result["baseline"] = answer_baseline(problems, train_dir)
     result["decoding"] = {"strategy": "greedy", "kv_cache": True, "max_new_tokens": max_new_tokens,

@@ -94,20 +94,16 @@ def _check_args(seq_len: int, batch_size: int, chunk: int) -> None:
             fail(key, f"must be an integer >= 1, got {value!r}")
 
 
-class _Eval:
-    """Puts the model in eval mode (no dropout) for the measure and restores its mode after."""
+def _measuring(model: nn.Module):
+    """Eval mode (no dropout) and no autograd for a measure; the model's mode is restored after."""
+    import contextlib
 
-    def __init__(self, model: nn.Module):
-        self.model, self.was_training = model, model.training
+    from vld.model import eval_mode
 
-    def __enter__(self):
-        self.model.eval()
-        self.grad = torch.inference_mode()
-        self.grad.__enter__()
-
-    def __exit__(self, *exc):
-        self.grad.__exit__(*exc)
-        self.model.train(self.was_training)
+    stack = contextlib.ExitStack()
+    stack.enter_context(eval_mode(model))
+    stack.enter_context(torch.inference_mode())
+    return stack
 
 
 def _logits(model: nn.Module, inputs: torch.Tensor, min_vocab: int) -> torch.Tensor:
@@ -201,7 +197,7 @@ def token_stats(
     ent_sum = torch.zeros((), dtype=torch.float64, device=device)
     n_predicted = 0
     model_vocab = None
-    with _Eval(model):
+    with _measuring(model):
         for lo in range(0, len(starts), batch_size):
             batch_starts = starts[lo : lo + batch_size]
             windows = np.stack([np.asarray(tokens[s : s + length + 1], dtype=np.int64) for s in batch_starts])
@@ -326,7 +322,7 @@ def bio_capacity(
             "all": torch.zeros((), dtype=torch.float64, device=device)}
     counts = {"name": 0, "value": 0, "all": 0}
     model_vocab = None
-    with _Eval(model):
+    with _measuring(model):
         for lo in range(0, n_people, batch_size):
             people = range(lo, min(lo + batch_size, n_people))
             width = int(lengths[lo : lo + batch_size].max())

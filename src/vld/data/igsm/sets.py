@@ -71,7 +71,7 @@ class IgsmData:
         if "generator" not in values:
             fail(f"{where}.generator", "missing (generator settings; it may be empty: {})")
         settings = dict(values["generator"] or {})
-        generator = _TEMP_from_dict(settings, f"{where}.generator")
+        generator = IgsmConfig.from_dict(settings, f"{where}.generator")
         train = IgsmSet.from_dict(values.get("train"), f"{where}.train", test=False)
         tests_raw = _mapping(values.get("tests"), f"{where}.tests")
         if not tests_raw:
@@ -82,23 +82,3 @@ class IgsmData:
             generator.check_op(tests[name].op, f"{where}.tests.{name}.op")
         return cls(generator, settings, train, tests)
 
-
-def _TEMP_from_dict(generator, where):  # TEMP until the h-igsm merge brings IgsmConfig.from_dict
-    if hasattr(IgsmConfig, "from_dict"):
-        return IgsmConfig.from_dict(generator, where)
-    import dataclasses
-
-    from vld.data.igsm.generator import PRESETS
-
-    values = dict(generator or {})
-    preset = values.pop("preset", None)
-    if preset is not None and preset not in PRESETS:
-        fail(f"{where}.preset", f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
-    known = [f.name for f in dataclasses.fields(IgsmConfig)]
-    for key in values:
-        if key not in known:
-            fail(f"{where}.{key}", f"unknown key (known: preset, {', '.join(known)})")
-    if isinstance(values.get("levels"), list):
-        values["levels"] = tuple(values["levels"])
-    base = PRESETS[preset] if preset is not None else IgsmConfig()
-    return dataclasses.replace(base, **values).validate(where)
