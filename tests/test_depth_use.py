@@ -139,7 +139,7 @@ def test_revisit_all_replaces_every_later_visit():
     assert len(every) == 1 and every[0]["virtual_layers"] == [1, 2]
     with torch.no_grad():
         h0 = embedded(model, tokens)
-        update = MAPS_MODULES[0].scale * 0 + (2.0 * h0 + torch.tensor(maps[0][1]) - h0)
+        update = (2.0 * h0 + torch.tensor(maps[0][1])) - h0  # the first visit's update
         x = h0 + 3 * update  # one real visit, then the same update twice more
         expected = sequence_loss(model.lm_head(model.norm_f(x)), tokens)
     assert every[0]["value"]["loss"] == pytest.approx(float(expected.double().mean()), abs=1e-6)

@@ -426,41 +426,47 @@ def regime(result: Mapping, metric: str = "loss", chance: float | None = None) -
 A_GRID = np.linspace(0.01, 4.0, 400)  # exponents searched (then refined) by the fit
 
 
-def _linear_fit(depth: np.ndarray, loss: np.ndarray, a: float):
-    x = np.stack([depth ** -a, np.ones_like(depth)], axis=1)
-    coef, *_ = np.linalg.lstsq(x, loss, rcond=None)
-    residual = loss - x @ coef
-    return float(coef[0]), float(coef[1]), float(residual @ residual)
+def _profile_sse(depth: np.ndarray, loss: np.ndarray, a) -> tuple:
+    """(c, L0, sse) of the best linear fit loss ~ c * depth^-a + L0, for each exponent in a
+    (closed-form simple regression, vectorised over a)."""
+    a = np.atleast_1d(np.asarray(a, dtype=np.float64))
+    x = depth[None, :] ** -a[:, None]
+    x_mean = x.mean(axis=1, keepdims=True)
+    loss_mean = loss.mean()
+    dx = x - x_mean
+    sxx = (dx * dx).sum(axis=1)
+    sxy = (dx * (loss - loss_mean)).sum(axis=1)
+    syy = float(((loss - loss_mean) ** 2).sum())
+    c = np.where(sxx > 0, sxy / np.where(sxx > 0, sxx, 1.0), 0.0)
+    l0 = loss_mean - c * x_mean[:, 0]
+    sse = np.maximum(syy - c * sxy, 0.0)
+    return c, l0, sse
 
 
 def fit_power_law(depth, loss) -> dict | None:
     """Least-squares L = c * depth^-a + L0: for each a, c and L0 are linear; a is found on
-    A_GRID and refined by golden-section search around the best grid point.
+    A_GRID, then on four successively finer grids around the best point.
     Returns {"c", "a", "L0", "sse", "n", "a_at_bound"} or None with < 3 distinct depths."""
     depth = np.asarray(depth, dtype=np.float64)
     loss = np.asarray(loss, dtype=np.float64)
     if depth.size != loss.size or np.unique(depth).size < 3 or np.any(depth <= 0):
         return None
-    sse = np.array([_linear_fit(depth, loss, a)[2] for a in A_GRID])
+    sse = _profile_sse(depth, loss, A_GRID)[2]
     best = int(np.argmin(sse))
-    lo, hi = A_GRID[max(best - 1, 0)], A_GRID[min(best + 1, A_GRID.size - 1)]
-    ratio = (math.sqrt(5) - 1) / 2
-    x1, x2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    f1, f2 = _linear_fit(depth, loss, x1)[2], _linear_fit(depth, loss, x2)[2]
-    for _ in range(60):
-        if f1 < f2:
-            hi, x2, f2 = x2, x1, f1
-            x1 = hi - ratio * (hi - lo)
-            f1 = _linear_fit(depth, loss, x1)[2]
-        else:
-            lo, x1, f1 = x1, x2, f2
-            x2 = lo + ratio * (hi - lo)
-            f2 = _linear_fit(depth, loss, x2)[2]
-    a = (lo + hi) / 2
-    if _linear_fit(depth, loss, a)[2] > sse[best]:
-        a = float(A_GRID[best])
-    c, l0, error = _linear_fit(depth, loss, a)
-    return {"c": c, "a": float(a), "L0": l0, "sse": error, "n": int(depth.size),
+    a, best_sse = float(A_GRID[best]), float(sse[best])
+    step = float(A_GRID[1] - A_GRID[0])
+    # Refinement: finer grids around the best point (the profile is smooth in a).
+    for _ in range(4):
+        grid = np.linspace(max(a - step, 1e-6), a + step, 101)
+        fine = _profile_sse(depth, loss, grid)[2]
+        index = int(np.argmin(fine))
+        if fine[index] <= best_sse:
+            a, best_sse = float(grid[index]), float(fine[index])
+        step = float(grid[1] - grid[0])
+    c, l0, _ = (float(v[0]) for v in _profile_sse(depth, loss, a))
+    # The closed-form sse can lose digits at an exact fit: recompute from the residuals.
+    residual = loss - (c * depth ** -a + l0)
+    return {"c": c, "a": float(a), "L0": l0, "sse": float(residual @ residual), "n": int(depth.size),
             "a_at_bound": bool(best in (0, A_GRID.size - 1))}
 
 
