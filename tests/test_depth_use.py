@@ -357,3 +357,44 @@ def test_tied_share_verdicts():
     assert unmatched["tied_share"]["verdict"] == du.NOT_SHOWN
     with pytest.raises(UserError, match="base_depth"):
         du.depth_law([{"depth": 2, "loss": 1.0, "tied": True}])
+
+
+# ---------------------------------------------------------------- report pieces
+
+def test_report_tables_and_figures(tmp_path):
+    from vld.report import depth_use as report
+
+    results = []
+    for name, schedule, maps in (("base", [0, 1], MAPS[:2]), ("cycle x1", [0, 1, 0, 1], MAPS[:2])):
+        use = du.depth_use(affine_model(schedule, maps), [tokens_batch()], sequence_loss,
+                           chance={"loss": math.log(VOCAB)})
+        results.append({"variant": name, "kind": "knowledge", "depth_use": use})
+    results.append({"variant": "no depth use", "kind": "knowledge"})
+    table = report.depth_use_table(results)
+    assert table.name == "depth_use"
+    # intact + 2 skips + 1 swap; intact + 4 skips + 3 swaps + 2 revisits.
+    assert len(table.rows) == 4 + 10
+    cycle = {row[2]: row for row in table.rows if row[0] == "cycle x1"}
+    skip = results[1]["depth_use"]["ablations"][0]["delta"]["loss"]
+    assert cycle["skip 0"][5] == f"{skip['mean']:+.3f} [{skip['low']:.3f}, {skip['high']:.3f}]"
+    assert "revisit 2 <- 0" in cycle and cycle["revisit 2 <- 0"][5].startswith("+0.000")
+    exits = report.early_exit_table(results)
+    assert [row[2] for row in exits.rows] == [0, 1, 2, 0, 1, 2, 3, 4]
+    regimes = report.regime_table(results)
+    assert [row[3] for row in regimes.rows] == [r["depth_use"]["regime"]["loss"]["verdict"] for r in results[:2]]
+    assert report.regime_lines(results)[0].startswith("knowledge: base (loss): ")
+    law = du.depth_law(law_points(lambda native, d: native(d)))
+    law_table = report.depth_law_table({"knowledge loss": law})
+    assert [row[1] for row in law_table.rows] == ["native", "tied", "tied / native gain"]
+    assert law_table.rows[-1][-1] == du.AS_MUCH
+    for path in (report.depth_use_figure(results, tmp_path / "use.png"),
+                 report.early_exit_figure(results, tmp_path / "exit.png"),
+                 report.depth_law_figure(law, tmp_path / "law.png")):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Nothing to show: None, and no file.
+    assert report.depth_use_table([]) is None and report.early_exit_table(results[2:]) is None
+    assert report.regime_table([]) is None and report.depth_law_table({}) is None
+    assert report.depth_use_figure(results, tmp_path / "x.png", metric="error") is None
+    assert report.early_exit_figure([], tmp_path / "y.png") is None
+    assert report.depth_law_figure(None, tmp_path / "z.png") is None
+    assert not any((tmp_path / n).exists() for n in ("x.png", "y.png", "z.png"))
