@@ -248,6 +248,13 @@ def test_bad_arguments_are_user_errors():
         du.depth_use(model, [tokens_batch()], sequence_loss, max_sequences=0)
     with pytest.raises(UserError, match="depth_use.batches"):
         du.depth_use(model, [], sequence_loss)
+    with pytest.raises(UserError, match="depth_use.kinds"):
+        du.depth_use(model, [tokens_batch()], sequence_loss, kinds=("skip", "drop"))
+    only = du.depth_use(model, [tokens_batch()], sequence_loss, kinds=("skip",), early_exit=False)
+    assert {a["kind"] for a in only["ablations"]} == {"skip"} and only["early_exit"] == []
+    assert only["cost"]["layer_runs_ablations"] == 3 + 2 + 1 + 0
+    timed = du.depth_use(model, [tokens_batch()], sequence_loss, measure_time=True)
+    assert set(timed["cost"]["seconds"]) == {"intact", "ablations", "early_exit"}
     with pytest.raises(UserError, match="depth_use.batches"):
         du.depth_use(model, [{"labels": tokens_batch()}], sequence_loss)
 
