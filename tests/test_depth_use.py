@@ -257,6 +257,8 @@ def test_bad_arguments_are_user_errors():
     assert set(timed["cost"]["seconds"]) == {"intact", "ablations", "early_exit"}
     with pytest.raises(UserError, match="depth_use.batches"):
         du.depth_use(model, [{"labels": tokens_batch()}], sequence_loss)
+    with pytest.raises(UserError, match="depth_use.batches"):
+        du.depth_use(model, [[1, 2, 3]], sequence_loss, max_sequences=None)
 
 
 # ---------------------------------------------------------------- regime rule

@@ -241,6 +241,16 @@ def _take(batch, n: int):
     return out
 
 
+def _to_device(batch, device):
+    """The batch with its tensors on the model's device (what score_fn then receives)."""
+    import torch
+
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    return {key: value.to(device) if isinstance(value, torch.Tensor) else value
+            for key, value in batch.items()}
+
+
 # ---------------------------------------------------------------- the entry point
 
 def depth_use(model, batches: Iterable, score_fn: Callable, max_sequences: int | None = 256,
@@ -251,7 +261,8 @@ def depth_use(model, batches: Iterable, score_fn: Callable, max_sequences: int |
 
     batches: token tensors [B, T] or mappings with "tokens" [B, T] (what the model reads),
       optional "attention_mask" [B, T] (1 = real token) and any keys `score_fn` needs.
-    score_fn(logits [B, T, V], batch) -> tensor [B] or {metric: tensor [B]} (module docstring).
+    score_fn(logits [B, T, V], batch) -> tensor [B] or {metric: tensor [B]} (module docstring);
+      it receives the batch with its tensors moved to the model's device.
     max_sequences: use only the first N sequences (None = all), so the ablations stay a small
       share of an evaluation.
     chance: {metric: value of a chance-level predictor}, for the regime rule (metrics
@@ -292,13 +303,12 @@ def depth_use(model, batches: Iterable, score_fn: Callable, max_sequences: int |
             for batch in batches:
                 if max_sequences is not None and seen >= max_sequences:
                     break
+                _tokens_of(batch)  # a malformed batch is a user error before any compute
                 if max_sequences is not None:
                     batch = _take(batch, max_sequences - seen)
+                batch = _to_device(batch, model.tok_emb.weight.device)
                 tokens = _tokens_of(batch)
-                device = model.tok_emb.weight.device
-                tokens = tokens.to(device)
                 mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
-                mask = None if mask is None else torch.as_tensor(mask).to(device)
                 seen += int(tokens.shape[0])
 
                 started = time.perf_counter()
