@@ -187,6 +187,13 @@ def test_early_exit_at_the_last_layer_is_the_model_output_exactly(block):
         lens1 = sequence_loss(exits[1], tokens).double().numpy()
     assert result["intact"]["loss"]["mean"] == float(own.mean())
     assert result["early_exit"][1]["value"]["loss"]["mean"] == pytest.approx(float(lens1.mean()), rel=1e-12)
+    # Every layer skipped: the embedding-only model (embeddings -> final norm -> head).
+    with torch.no_grad():
+        x = model.tok_emb(tokens)
+        if model.pos_emb is not None:
+            x = x + model.pos_emb(torch.arange(tokens.shape[1]))
+        embedding_only = sequence_loss(model.lm_head(model.norm_f(x)), tokens).double().mean()
+    assert result["early_exit"][0]["value"]["loss"]["mean"] == pytest.approx(float(embedding_only), rel=1e-9)
 
 
 @pytest.mark.parametrize("block", ["gpt2", "llama"])

@@ -198,6 +198,11 @@ class _Bootstrap:
         return {"mean": mean, "low": float(low), "high": float(high), "n": n}
 
 
+def _mean(values: np.ndarray) -> float | None:
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else None
+
+
 def _paired(ablated: np.ndarray, intact: np.ndarray) -> np.ndarray:
     """Per-sequence ablated - intact; NaN where either is undefined."""
     return ablated - intact
@@ -292,6 +297,14 @@ def depth_use(model, batches: Iterable, score_fn: Callable, max_sequences: int |
     runs = {"intact": 0, "ablations": 0, "early_exit_readouts": 0}
     seen = 0
 
+    device = model.tok_emb.weight.device
+
+    def clock() -> float:
+        # Queued GPU work belongs to the phase that queued it.
+        if measure_time and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
     def collect(store: dict, values) -> None:
         for name, array in _as_metrics(values).items():
             store.setdefault(name, []).append(array)
@@ -306,18 +319,18 @@ def depth_use(model, batches: Iterable, score_fn: Callable, max_sequences: int |
                 _tokens_of(batch)  # a malformed batch is a user error before any compute
                 if max_sequences is not None:
                     batch = _take(batch, max_sequences - seen)
-                batch = _to_device(batch, model.tok_emb.weight.device)
+                batch = _to_device(batch, device)
                 tokens = _tokens_of(batch)
                 mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
                 seen += int(tokens.shape[0])
 
-                started = time.perf_counter()
+                started = clock()
                 logits, hidden = model(tokens, attention_mask=mask, return_hidden=True)
                 collect(intact_values, score_fn(logits, batch))
-                seconds["intact"] += time.perf_counter() - started
+                seconds["intact"] += clock() - started
                 runs["intact"] += depth
 
-                started = time.perf_counter()
+                started = clock()
                 context = _context(model, tokens, mask)
                 if depth:
                     # Guards the re-run against a context that differs from the forward's.
@@ -330,13 +343,13 @@ def depth_use(model, batches: Iterable, score_fn: Callable, max_sequences: int |
                     state, cost = ablated_final(model, schedule, ablation, hidden, context)
                     collect(ablated_values[index], score_fn(readout(model, state), batch))
                     runs["ablations"] += cost
-                seconds["ablations"] += time.perf_counter() - started
+                seconds["ablations"] += clock() - started
 
                 if early_exit:
-                    started = time.perf_counter()
+                    started = clock()
                     for j in range(depth):
                         collect(exit_values[j], score_fn(readout(model, hidden[j]), batch))
-                    seconds["early_exit"] += time.perf_counter() - started
+                    seconds["early_exit"] += clock() - started
                     runs["early_exit_readouts"] += depth
     finally:
         model.train(was_training)
@@ -363,7 +376,7 @@ def depth_use(model, batches: Iterable, score_fn: Callable, max_sequences: int |
     for ablation, values in zip(plan, ablated_values):
         record = dict(ablation)
         ablated = {name: np.concatenate(values[name]) for name in metrics}
-        record["value"] = {name: boot.summary(ablated[name])["mean"] for name in metrics}
+        record["value"] = {name: _mean(ablated[name]) for name in metrics}
         record["delta"] = {name: boot.summary(_paired(ablated[name], intact[name]))
                            for name in metrics}
         result["ablations"].append(record)
