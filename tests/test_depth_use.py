@@ -414,3 +414,20 @@ def test_report_tables_and_figures(tmp_path):
     assert report.early_exit_figure([], tmp_path / "y.png") is None
     assert report.depth_law_figure(None, tmp_path / "z.png") is None
     assert not any((tmp_path / n).exists() for n in ("x.png", "y.png", "z.png"))
+
+
+def test_depth_law_points_from_variant_results():
+    results = [{"variant": "base", "effective_depth": 2, "n_layer": 2, "native_depth": True,
+                "seed": 0, "loss": 2.0},
+               {"variant": "cycle x1", "effective_depth": 4, "n_layer": 2, "native_depth": False,
+                "seed": 0, "loss": 1.8},
+               {"variant": "native 4", "effective_depth": 4, "n_layer": 4, "native_depth": True,
+                "seed": 0, "loss": 1.5},
+               {"variant": "unmeasured", "effective_depth": 6, "n_layer": 2, "native_depth": False,
+                "seed": 0, "loss": None}]
+    points = du.depth_law_points(results, lambda r: r["loss"])
+    assert [(p["variant"], p["depth"], p["tied"], p.get("base_depth")) for p in points] == [
+        ("base", 2, False, None), ("cycle x1", 4, True, 2), ("native 4", 4, False, None)]
+    share = du.depth_law(points)["tied_share"]
+    assert share["share"] == pytest.approx((2.0 - 1.8) / (2.0 - 1.5))
+    assert share["verdict"] == du.LESS and share["interval"] is None

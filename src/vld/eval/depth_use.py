@@ -648,3 +648,22 @@ def depth_law(points: list[dict], seed: int = 0) -> dict:
     tied = [p for p in points if p["tied"]] + [p for p in native if int(p["depth"]) in bases]
     return {"native": fit_with_interval(native, seed), "tied": fit_with_interval(tied, seed),
             "tied_share": tied_share(points, seed), "points": points}
+
+
+def depth_law_points(results: list[dict], value_of: Callable[[dict], float | None]) -> list[dict]:
+    """depth_law points from variant results (schema vld.variant/1) of one width and family.
+
+    value_of(result) gives the metric (lower is better) or None to leave a result out; a
+    result is tied unless `native_depth`, and a tied one's base depth is its `n_layer`."""
+    points = []
+    for r in results:
+        value = value_of(r)
+        if value is None or not math.isfinite(float(value)):
+            continue
+        tied = not r.get("native_depth")
+        point = {"depth": int(r["effective_depth"]), "loss": float(value), "seed": r.get("seed"),
+                 "tied": tied, "variant": r.get("variant")}
+        if tied:
+            point["base_depth"] = int(r["n_layer"])
+        points.append(point)
+    return points
