@@ -431,3 +431,69 @@ def test_depth_law_points_from_variant_results():
     share = du.depth_law(points)["tied_share"]
     assert share["share"] == pytest.approx((2.0 - 1.8) / (2.0 - 1.5))
     assert share["verdict"] == du.LESS and share["interval"] is None
+
+
+class LinearBlock(nn.Module):
+    """A stand-in block: x -> x @ W^T + b."""
+
+    def __init__(self, weight, bias):
+        super().__init__()
+        self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float32))
+        self.register_buffer("bias", torch.as_tensor(bias, dtype=torch.float32))
+
+    def forward(self, x, rope=None, attn_mask=None, is_causal=False, cache=None, slot=0):
+        return x @ self.weight.T + self.bias
+
+
+def logits_are_states_model(blocks, schedule):
+    """A model whose logits are the residual state itself (zero embeddings, no final norm,
+    identity head), so a block's effect on the loss is known in closed form."""
+    width = 5
+    config = ModelConfig(vocab_size=width, n_layer=len(blocks), d_model=width, n_head=1,
+                         max_seq_len=8, schedule=schedule, tie_embeddings=False).validate()
+    model = VLDTransformer(config)
+    model.layers = nn.ModuleList(blocks)
+    model.norm_f = nn.Identity()
+    with torch.no_grad():
+        model.tok_emb.weight.zero_()
+        model.pos_emb.weight.zero_()
+        model.lm_head.weight.copy_(torch.eye(width))
+    return model
+
+
+def class_zero_loss(logits, batch):
+    return F.cross_entropy(logits[:, -1], torch.zeros(logits.shape[0], dtype=torch.long),
+                           reduction="none")
+
+
+def test_regime_of_a_composing_and_an_averaging_model_end_to_end():
+    eye = torch.eye(5)
+    tokens = tokens_batch(n=4, length=6) % 5
+    chance = {"loss": math.log(5)}
+    # Composition: A writes feature 1; B reads feature 1 and writes the answer (feature 0).
+    write = LinearBlock(eye, 4 * eye[1])
+    read = eye.clone()
+    read[0, 1], read[1, 1] = 2.0, 0.0
+    composing = logits_are_states_model([write, LinearBlock(read, torch.zeros(5))], None)
+    result = du.depth_use(composing, [tokens], class_zero_loss, chance=chance)
+    final = torch.tensor([8.0, 0, 0, 0, 0])
+    intact = float(F.cross_entropy(final[None], torch.tensor([0])))
+    assert result["intact"]["loss"]["mean"] == pytest.approx(intact, abs=1e-6)
+    skips = {a["label"]: a["delta"]["loss"]["mean"] for a in result["ablations"]}
+    wrong = float(F.cross_entropy(4 * eye[1][None], torch.tensor([0])))  # only feature 1
+    assert skips["skip 0"] == pytest.approx(math.log(5) - intact, abs=1e-6)  # B(0) = 0
+    assert skips["skip 1"] == pytest.approx(wrong - intact, abs=1e-6)
+    assert skips["swap 0-1"] == pytest.approx(wrong - intact, abs=1e-6)  # A(B(0)) = 4 e1
+    assert result["regime"]["loss"]["verdict"] == du.COMPOSITIONAL
+    # Averaging: eight visits of one layer, each adding the same small step toward the answer.
+    step = LinearBlock(eye, eye[0])
+    averaging = logits_are_states_model([step], [0] * 8)
+    result = du.depth_use(averaging, [tokens], class_zero_loss, chance=chance)
+    costs = [a["delta"]["loss"]["mean"] for a in result["ablations"] if a["kind"] == "skip"]
+    seven = float(F.cross_entropy(7 * eye[0][None], torch.tensor([0])))
+    eight = float(F.cross_entropy(8 * eye[0][None], torch.tensor([0])))
+    assert costs == pytest.approx([seven - eight] * 8, abs=1e-6)
+    assert result["regime"]["loss"]["verdict"] == du.ENSEMBLE
+    # Its revisits re-add the same step: replacing any of them changes nothing.
+    assert all(abs(a["delta"]["loss"]["mean"]) < 1e-6 for a in result["ablations"]
+               if a["kind"] in ("revisit", "revisit_all"))
