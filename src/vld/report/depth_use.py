@@ -1,0 +1,347 @@
+"""Report pieces for depth use: ablation deltas, early exit, the regime line, the depth law.
+
+Inputs are per-variant entries: either a variant result holding the output of
+`vld.eval.depth_use.depth_use` under "depth_use" (with "variant" and "kind" or "family"), or
+that output itself with "variant" (and optionally "family") added. Table builders return a
+`vld.report.tables.Table` or None when there is nothing to show; figure writers return the
+PNG's path or None (nothing written). Rules: docs/depth_use.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from vld.eval.depth_use import SCHEMA
+from vld.report.tables import Table
+
+KIND_ORDER = ("skip", "swap", "revisit", "revisit_all")
+SERIES_COLORS = ("black", "tab:orange", "tab:blue", "tab:green", "tab:red", "tab:purple",
+                 "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
+
+def entries(results: list[dict]) -> list[dict]:
+    """[{"variant", "family", "use"}] for every result that holds a depth-use record."""
+    out = []
+    for r in results or []:
+        use = r.get("depth_use") if isinstance(r.get("depth_use"), Mapping) else (
+            r if r.get("schema") == SCHEMA else None)
+        if not use or not use.get("metrics"):
+            continue
+        out.append({"variant": str(r.get("variant", use.get("variant", "?"))),
+                    "family": str(r.get("family") or r.get("kind") or use.get("family") or ""),
+                    "use": use})
+    return sorted(out, key=lambda e: (e["family"], e["variant"]))
+
+
+def _metrics(chosen: list[dict], metric: str | None) -> list[str]:
+    if metric is not None:
+        return [metric] if any(metric in e["use"]["metrics"] for e in chosen) else []
+    return sorted({m for e in chosen for m in e["use"]["metrics"]})
+
+
+def _cell(summary: Mapping | None, digits: int = 3) -> str:
+    """'mean [low, high]' (or the mean alone without an interval; '' when undefined)."""
+    if not summary or summary.get("mean") is None:
+        return ""
+    text = f"{summary['mean']:+.{digits}f}" if summary.get("signed") else f"{summary['mean']:.{digits}f}"
+    if summary.get("low") is not None and summary.get("high") is not None:
+        text += f" [{summary['low']:.{digits}f}, {summary['high']:.{digits}f}]"
+    return text
+
+
+def _delta(summary: Mapping | None) -> str:
+    return _cell(dict(summary, signed=True) if summary else None)
+
+
+def _num(value, digits: int = 3) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+# ---------------------------------------------------------------- tables
+
+def depth_use_table(results: list[dict], metric: str | None = None) -> Table | None:
+    """Every ablation of every variant: change of each metric vs the intact model."""
+    chosen = entries(results)
+    metrics = _metrics(chosen, metric)
+    if not chosen or not metrics:
+        return None
+    header = ["variant", "family", "ablation", "virtual layers", "base layers"]
+    header += [f"intact-relative change: {m}" for m in metrics]
+    rows = []
+    for e in chosen:
+        use = e["use"]
+        rows.append([e["variant"], e["family"], "intact (value)", "", ""]
+                    + [_cell(use["intact"].get(m)) for m in metrics])
+        for a in sorted(use["ablations"], key=lambda a: (KIND_ORDER.index(a["kind"]),
+                                                         a["virtual_layers"])):
+            rows.append([e["variant"], e["family"], a["label"],
+                         " ".join(str(v) for v in a["virtual_layers"]),
+                         " ".join(str(b) for b in a["base_layers"])]
+                        + [_delta(a["delta"].get(m)) for m in metrics])
+    first = chosen[0]["use"]["interval"]
+    notes = [
+        "Change = ablated - intact per test sequence, mean [95% interval: "
+        f"{first['method']}, {first['resamples']} resamples, seed {first['seed']}]. "
+        "Higher metric = worse, so a positive change is a cost.",
+        "skip i: virtual layer i passes its input through; swap i-j: virtual layers i and j "
+        "run in the other order; revisit i <- f: the later visit i of a tied base layer adds "
+        "the update its first visit f made instead of running again.",
+        "Sequences: " + ", ".join(f"{e['variant']} {e['use']['sequences']}" for e in chosen) + ".",
+    ]
+    return Table("depth_use", "Depth use: causal ablations per virtual layer", header, rows, notes)
+
+
+def early_exit_table(results: list[dict], metric: str | None = None) -> Table | None:
+    """The metric when the final norm and head read the residual after each virtual layer."""
+    chosen = [e for e in entries(results) if e["use"].get("early_exit")]
+    metrics = _metrics(chosen, metric)
+    if not chosen or not metrics:
+        return None
+    header = ["variant", "family", "layers run", "last virtual layer", "base layer", "visit"]
+    header += metrics
+    rows = []
+    for e in chosen:
+        for x in e["use"]["early_exit"]:
+            rows.append([e["variant"], e["family"], x["layers_run"],
+                         "embeddings" if x["virtual_layer"] is None else x["virtual_layer"],
+                         "" if x["base_layer"] is None else x["base_layer"],
+                         "" if x["visit"] is None else x["visit"]]
+                        + [_cell(x["value"].get(m)) for m in metrics])
+    notes = ["Final norm + head read after `layers run` virtual layers (0 = the embeddings); the "
+             "last row of a variant is the model's own output. Mean [95% bootstrap interval "
+             "over test sequences]."]
+    return Table("early_exit", "Early exit through the logit lens", header, rows, notes)
+
+
+def regime_table(results: list[dict]) -> Table | None:
+    """One row per variant and metric: the regime the ablations point to, and why."""
+    chosen = entries(results)
+    rows = []
+    for e in chosen:
+        for m in e["use"]["metrics"]:
+            r = (e["use"].get("regime") or {}).get(m)
+            if not r:
+                continue
+            rows.append([e["variant"], e["family"], m, r["verdict"], _num(r["gain"]),
+                         _num(r["skip_max_share"], 2), _num(r["skip_spread_share"], 2),
+                         _num(r["skip_median"]), _num(r["swap_median"]), r["why"]])
+    if not rows:
+        return None
+    from vld.eval import depth_use as rule
+
+    header = ["variant", "family", "metric", "regime", "gain over chance", "largest skip / gain",
+              "skip spread / gain", "median skip", "median swap", "why"]
+    notes = [f"compositional: some skip's interval low > {rule.COMPOSITIONAL_SKIP_SHARE:g} x gain "
+             "over chance and the median swap costs more than the median skip; ensemble: every "
+             f"skip's interval high < {rule.ENSEMBLE_SKIP_SHARE:g} x gain and skip costs differ by "
+             f"<= {rule.ENSEMBLE_EVEN_SHARE:g} x gain; otherwise not shown (docs/depth_use.md)."]
+    return Table("depth_regime", "Depth use: regime per variant", header, rows, notes)
+
+
+def regime_lines(results: list[dict], metric: str | None = None) -> list[str]:
+    """One line per family: the verdict of each of its variants (computed by the rule)."""
+    by_family: dict[str, list[str]] = {}
+    for e in entries(results):
+        metrics = [metric] if metric else e["use"]["metrics"]
+        for m in metrics:
+            r = (e["use"].get("regime") or {}).get(m)
+            if r:
+                by_family.setdefault(e["family"] or "-", []).append(f"{e['variant']} ({m}): {r['verdict']}")
+    return [f"{family}: " + "; ".join(parts) for family, parts in sorted(by_family.items())]
+
+
+def _interval(fit: Mapping, key: str) -> str:
+    interval = (fit.get("interval") or {}).get(key)
+    return "" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def depth_law_table(laws: Mapping[str, dict]) -> Table | None:
+    """The fitted law per family/metric ({label: vld.eval.depth_use.depth_law(...)})."""
+    rows = []
+    for label, law in (laws or {}).items():
+        if not law:
+            continue
+        for curve in ("native", "tied"):
+            fit = law.get(curve)
+            if fit:
+                rows.append([label, curve, f"{fit['a']:.3f}", _interval(fit, "a"),
+                             f"{fit['L0']:.3f}", _interval(fit, "L0"), f"{fit['c']:.3f}",
+                             fit["n"], fit["seeds"], fit["interval_method"],
+                             "yes" if fit["a_at_bound"] else ""])
+        share = law.get("tied_share") or {}
+        interval = share.get("interval")
+        rows.append([label, "tied / native gain", _num(share.get("share")),
+                     "" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}]",
+                     "", "", "", "", "", "depths " + " ".join(map(str, share.get("compared_depths", []))),
+                     share.get("verdict", "")])
+    if not rows:
+        return None
+    from vld.eval import depth_use as rule
+
+    header = ["family / metric", "curve", "a", "a 95%", "L0", "L0 95%", "c", "points", "seeds",
+              "interval", "a at grid bound / verdict"]
+    notes = ["Fit L = c * depth^-a + L0 by least squares (c, L0 linear for each a; a searched "
+             "on a grid, then refined). Native: models without reused layers; tied: VLD models "
+             "and their base models. Intervals: bootstrap over seeds (>= 3 seeds), else the "
+             "fit's covariance (normal; > 3 points), else none.",
+             f"Tied / native gain: share S = sum of (base - tied) / sum of (base - native) "
+             f"losses at depths both reach; {rule.AS_MUCH} if S >= {rule.SHARE_AS_MUCH:g}, "
+             f"{rule.NOTHING} if S <= {rule.SHARE_NOTHING:g}, {rule.LESS} in between, judged on "
+             "the interval's ends (docs/depth_use.md).",
+             "Reference: Liu et al. 2026 (arXiv 2602.05970) fit a_l about 1 for depth in large "
+             "language models."]
+    return Table("depth_law", "Depth law: loss vs effective depth", header, rows, notes)
+
+
+# ---------------------------------------------------------------- figures
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    # No software/date metadata: the same results give the same bytes.
+    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    _pyplot().close(fig)
+    return path
+
+
+def _pick_metric(chosen: list[dict], metric: str | None) -> str | None:
+    metrics = _metrics(chosen, metric)
+    if not metrics:
+        return None
+    return "loss" if metric is None and "loss" in metrics else metrics[0]
+
+
+def _errorbar(ax, xs, cells, **style) -> None:
+    points = [(x, c) for x, c in zip(xs, cells) if c and c.get("mean") is not None]
+    if not points:
+        return
+    means = [c["mean"] for _, c in points]
+    lows = [c["mean"] - c["low"] if c.get("low") is not None else 0.0 for _, c in points]
+    highs = [c["high"] - c["mean"] if c.get("high") is not None else 0.0 for _, c in points]
+    ax.errorbar([x for x, _ in points], means, yerr=[lows, highs], capsize=3, **style)
+
+
+def depth_use_figure(results: list[dict], path, metric: str | None = None,
+                     title: str | None = None) -> Path | None:
+    """Four panels per metric: skip, swap and revisit deltas per virtual layer (95%
+    intervals) and the early-exit curve, one series per variant."""
+    chosen = entries(results)
+    metric = _pick_metric(chosen, metric)
+    if metric is None:
+        return None
+    chosen = [e for e in chosen if metric in e["use"]["metrics"]]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4))
+    width = 0.6 / max(len(chosen), 1)
+    for index, e in enumerate(chosen):
+        use = e["use"]
+        style = {"color": SERIES_COLORS[index % len(SERIES_COLORS)], "marker": "o",
+                 "linestyle": "none", "markersize": 4, "label": e["variant"]}
+        shift = (index - (len(chosen) - 1) / 2) * width
+        for ax, kind in zip(axes[:3], ("skip", "swap", "revisit")):
+            chosen_ablations = [a for a in use["ablations"] if a["kind"] == kind]
+            xs = [a["virtual_layers"][0] + (0.5 if kind == "swap" else 0.0) + shift
+                  for a in chosen_ablations]
+            _errorbar(ax, xs, [a["delta"].get(metric) for a in chosen_ablations], **style)
+        exits = use.get("early_exit") or []
+        _errorbar(axes[3], [x["layers_run"] for x in exits], [x["value"].get(metric) for x in exits],
+                  **dict(style, linestyle="-"))
+    titles = (f"skip virtual layer i: change in {metric}",
+              f"swap i, i+1 (plotted at i+0.5): change in {metric}",
+              f"revisit i replaced by first visit's update: change in {metric}",
+              f"early exit: {metric} after n virtual layers")
+    for ax, text in zip(axes, titles):
+        ax.set_title(text, fontsize=9)
+        ax.set_xlabel("layers run" if ax is axes[3] else "virtual layer")
+        if ax is not axes[3]:
+            ax.axhline(0.0, color="gray", linewidth=0.8, linestyle=":")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if not ax.lines and not ax.collections:
+            ax.text(0.5, 0.5, "none (no revisited layer)" if ax is axes[2] else "none",
+                    ha="center", va="center", transform=ax.transAxes, color="gray")
+    if axes[3].lines:
+        axes[3].legend(fontsize=7)
+    fig.suptitle(title or f"Depth use: ablations and early exit (95% bootstrap intervals over "
+                 f"test sequences)", y=1.03)
+    return _save(fig, path)
+
+
+def early_exit_figure(results: list[dict], path, metrics: list[str] | None = None,
+                      title: str | None = None) -> Path | None:
+    """One panel per variant: each metric (e.g. the error per hop count) read after n virtual
+    layers, to show at which depth each gets solved."""
+    chosen = [e for e in entries(results) if e["use"].get("early_exit")]
+    if not chosen:
+        return None
+    names = list(metrics) if metrics else sorted({m for e in chosen for m in e["use"]["metrics"]})
+    chosen = [e for e in chosen if any(m in e["use"]["metrics"] for m in names)]
+    if not chosen:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4.6 * len(chosen), 3.8), squeeze=False,
+                             sharey=True)
+    for ax, e in zip(axes[0], chosen):
+        exits = e["use"]["early_exit"]
+        for index, m in enumerate(names):
+            if m in e["use"]["metrics"]:
+                _errorbar(ax, [x["layers_run"] for x in exits], [x["value"].get(m) for x in exits],
+                          color=SERIES_COLORS[index % len(SERIES_COLORS)], marker="o",
+                          markersize=4, label=m)
+        ax.set_title(e["variant"], fontsize=9)
+        ax.set_xlabel("virtual layers run (0 = embeddings)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("metric (lower is better)")
+    fig.suptitle(title or "Early exit through the logit lens (95% bootstrap intervals)", y=1.04)
+    return _save(fig, path)
+
+
+def depth_law_figure(law: Mapping | None, path, metric_label: str = "loss",
+                     title: str | None = None) -> Path | None:
+    """Points and fitted curves L = c * depth^-a + L0, native (black) and tied (orange)."""
+    if not law or not law.get("points"):
+        return None
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    points = law["points"]
+    bases = {int(p["base_depth"]) for p in points if p["tied"]}
+    styles = (("native", "black", "s", lambda p: not p["tied"]),
+              ("tied", "tab:orange", "o", lambda p: p["tied"]))
+    depths = [p["depth"] for p in points]
+    grid = np.linspace(min(depths), max(depths), 200)
+    for name, colour, marker, member in styles:
+        own = [p for p in points if member(p)]
+        if name == "tied":
+            own += [p for p in points if not p["tied"] and int(p["depth"]) in bases]
+        if not own:
+            continue
+        ax.scatter([p["depth"] for p in own], [p["loss"] for p in own], color=colour,
+                   marker=marker, alpha=0.7, label=f"{name} depth ({len(own)} models)")
+        fit = law.get(name)
+        if fit:
+            interval = (fit.get("interval") or {}).get("a")
+            text = f"a = {fit['a']:.2f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+            ax.plot(grid, fit["c"] * grid ** -fit["a"] + fit["L0"], color=colour,
+                    linestyle="--" if name == "native" else "-",
+                    label=f"fit {name}: {text}, L0 = {fit['L0']:.2f}")
+    share = law.get("tied_share") or {}
+    if share.get("share") is not None:
+        ax.text(0.98, 0.97, f"tied / native gain: {share['share']:.2f} -> {share['verdict']}",
+                ha="right", va="top", transform=ax.transAxes, fontsize=8)
+    ax.set_xlabel("effective depth")
+    ax.set_ylabel(metric_label)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title(title or f"Depth law: {metric_label} = c * depth^-a + L0", fontsize=10)
+    return _save(fig, path)
