@@ -246,8 +246,8 @@ def test_reasoning_variant_result_has_the_documented_schema(variant_data, tmp_pa
     json.dumps(result)
     assert check_result(result, "r") is result and result["schema"] == SCHEMA
     assert set(MEASURED_KEYS) <= set(result)
-    assert (result["variant"], result["kind"], result["pattern"], result["k"], result["seed"]) == \
-        ("r-cycle-x1", "reasoning", "cycle", 1, 3)
+    assert (result["variant"], result["family"], result["task"], result["pattern"], result["k"], result["seed"]) == \
+        ("r-cycle-x1", "reasoning", "igsm", "cycle", 1, 3)
     assert (result["n_layer"], result["effective_depth"], result["vld"], result["native_depth"]) == (2, 4, 2, False)
     assert result["params"] == model.parameter_count() and result["seq_len"] == 16
     assert result["flops_per_token"] == model.flops_per_token(seq_len=16)
@@ -285,24 +285,28 @@ def test_knowledge_variant_and_defaults(variant_data, tmp_path):
     assert none["depth"] == []
 
 
-@pytest.mark.parametrize("kind, data, settings, meta, message", [
-    ("magic", {}, {}, {"variant": "v"}, "kind: unknown variant kind"),
-    ("reasoning", {}, {}, {"variant": "v"}, "data.igsm_test: a reasoning variant needs"),
-    ("knowledge", {}, {}, {"variant": "v"}, "data.knowledge: a knowledge variant needs"),
+IGSM = {"igsm_test": {"op2": "/"}}  # a directory: the checks before it pass
+
+
+@pytest.mark.parametrize("family, data, settings, meta, message", [
+    ("", IGSM, {}, {"variant": "v"}, "family: must be a family name"),
+    ("reasoning", {}, {}, {"variant": "v"}, "data: needs exactly one of igsm_test or knowledge or khop_test"),
+    ("knowledge", {"knowledge": "/", "khop_test": "/"}, {}, {"variant": "v"}, "data: needs exactly one of"),
     ("reasoning", {"igsm_test": {"op2": "/nonexistent/x"}}, {}, {"variant": "v"},
      "data.igsm_test.op2: /nonexistent/x is not a directory"),
     ("reasoning", {"tests": {}}, {}, {"variant": "v"}, "data.tests: unknown key"),
-    ("retrofit", {}, {"batchsize": 2}, {"variant": "v"}, "settings.batchsize: unknown key"),
-    ("retrofit", {}, {"limit": 0}, {"variant": "v"}, "settings.limit: must be a positive integer"),
-    ("retrofit", {}, {}, {}, "meta.variant: every result needs a variant name"),
-    ("retrofit", {}, {}, {"variant": "v", "params": 3}, "meta.params: is measured"),
-    ("retrofit", {}, {}, {"variant": "v", "scores": {"x": "high"}}, "meta.scores: must map"),
+    ("retrofit", IGSM, {"batchsize": 2}, {"variant": "v"}, "settings.batchsize: unknown key"),
+    ("retrofit", IGSM, {"limit": 0}, {"variant": "v"}, "settings.limit: must be a positive integer"),
+    ("knowledge", {"knowledge": "/"}, {"max_new_tokens": 3}, {"variant": "v"}, "settings.max_new_tokens: unknown key"),
+    ("retrofit", IGSM, {}, {}, "meta.variant: every result needs a variant name"),
+    ("retrofit", IGSM, {}, {"variant": "v", "params": 3}, "meta.params: is measured"),
+    ("retrofit", IGSM, {}, {"variant": "v", "scores": {"x": "high"}}, "meta.scores: must map"),
 ])
-def test_bad_variant_inputs_fail_before_compute(kind, data, settings, meta, message):
+def test_bad_variant_inputs_fail_before_compute(family, data, settings, meta, message):
     from vld.eval.variant import evaluate_variant
 
     class Untouchable:  # any use of the model would raise AttributeError, not UserError
         pass
 
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
-        evaluate_variant(Untouchable(), kind, data, settings, meta)
+        evaluate_variant(Untouchable(), family, data, settings, meta)

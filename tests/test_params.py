@@ -56,7 +56,7 @@ def test_default_profile_has_the_issue_grid():
             assert (pattern, k, base_model) in got
     # native-depth baselines at the same effective depths as x1 and x2
     native = {v.effective_depth for v in reasoning.values() if v.pattern == "base" and v.model_name != base_model}
-    n_layer = reasoning["base"].model["n_layer"]
+    n_layer = reasoning["base"].model.n_layer
     assert native == {2 * n_layer, 3 * n_layer}
     retro = pipeline.variants["retrofit"]
     assert {(v.pattern, v.k) for v in retro.values()} == {("base", 0), ("cycle", 1), ("cycle", 2)}
@@ -70,9 +70,10 @@ def test_resolved_variant_fields():
     v = pipeline.variant("reasoning", "cycle_x2")
     assert v.schedule == [0, 1, 0, 1, 0, 1]
     assert v.effective_depth == 6
-    assert v.train["accelerator"] == "cpu"  # hardware merged in
-    assert v.train_config().max_steps == pipeline.raw["reasoning"]["train"]["max_steps"]
+    assert v.train.accelerator == "cpu"  # hardware merged in
+    assert v.train.max_steps == pipeline.raw["reasoning"]["train"]["max_steps"]
     assert v.model_config(vocab_size=100).schedule == [0, 1, 0, 1, 0, 1]
+    assert v.model_config(vocab_size=100).vocab_size == 100
     r = pipeline.variant("retrofit", "cycle_x1")
     assert r.model_name == pipeline.variant("reasoning", "base").model_name
     assert r.schedule == [0, 1, 0, 1]
@@ -84,8 +85,8 @@ def test_variant_train_override_and_user_pattern():
                                            "train": {"max_steps": 7}}
     v = P.validate(raw).variant("reasoning", "mid")
     assert v.schedule == [0, 1, 2, 1, 2, 3]
-    assert v.train["max_steps"] == 7
-    assert v.train["global_batch_size"] == raw["reasoning"]["train"]["global_batch_size"]
+    assert v.train.max_steps == 7
+    assert v.train.global_batch_size == raw["reasoning"]["train"]["global_batch_size"]
 
 
 @pytest.mark.parametrize(
@@ -108,7 +109,7 @@ def test_variant_train_override_and_user_pattern():
         (lambda r: r["retrofit"]["variants"]["base"].update(method="adapter"),
          "retrofit.variants.base.method: unknown method 'adapter'"),
         (lambda r: r["patterns"].update(cycle="0..L-1"),
-         "patterns.cycle: built-in pattern"),
+         "patterns.cycle: redefines a built-in pattern"),
         (lambda r: r["reasoning"]["variants"]["base"]["schedule"].update(k=-1),
          "reasoning.variants.base.schedule.k: must be >= 0"),
         (lambda r: r["reasoning"]["variants"]["base"].pop("schedule"),
@@ -123,7 +124,7 @@ def test_variant_train_override_and_user_pattern():
         (lambda r: r["data"]["knowledge"]["rt16k"].update(kind="wiki"), "data.knowledge.rt16k.kind: unknown kind 'wiki'"),
         (lambda r: r["reasoning"]["variants"].update({"a.b": {"model": "r2", "schedule": {"pattern": "base"}}}),
          "reasoning.variants.a.b: 'a.b' is not a valid name"),
-        (lambda r: r["hardware"].update(precision="bf16-mixed"), "reasoning.train.precision: 'bf16-mixed' on CPU"),
+        (lambda r: r["hardware"].update(precision="bf16-mixed"), "hardware.precision: 'bf16-mixed' on CPU"),
         (lambda r: r["data"]["igsm"]["generator"].update(max_opp=3), "data.igsm.generator.max_opp: unknown key"),
         (lambda r: r["data"]["igsm"]["tests"]["op4"].update(op=99), "data.igsm.tests.op4.op: 99 is not in 1.."),
         (lambda r: r["data"]["igsm"]["train"].update(n=0), "data.igsm.train.n: must be >= 1"),

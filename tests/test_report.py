@@ -53,19 +53,21 @@ def igsm_scores(correct: int, n: int, baseline_hits: int = 10) -> dict:
                          "batch_size": 32, "limit": None}}
 
 
-def result(variant, kind, pattern, k, n_layer, *, layers=None, d_model=64, seed=0,
-           igsm=None, knowledge=None, scores=None, depth=True) -> dict:
+def result(variant, family, pattern, k, n_layer, *, layers=None, d_model=64, seed=0,
+           igsm=None, knowledge=None, scores=None, depth=True, khop=None, train_steps=100) -> dict:
     effective = n_layer * (k + 1)
     schedule = list(range(n_layer)) * (k + 1)
     params = 1000 * n_layer * d_model
     return {
-        "schema": SCHEMA, "variant": variant, "kind": kind, "pattern": pattern, "k": k,
+        "schema": SCHEMA, "variant": variant, "family": family,
+        "task": "knowledge" if knowledge else "khop" if khop else "igsm", "pattern": pattern, "k": k,
         "layers": layers, "seed": seed, "n_layer": n_layer, "d_model": d_model, "n_head": 4,
         "block": "gpt2", "vocab_size": 100, "effective_depth": effective,
         "vld": effective - n_layer, "schedule": schedule, "native_depth": k == 0,
         "params": params, "params_no_embed": params // 2, "seq_len": 128,
         "flops_per_token": 100 * effective, "flops_per_token_train": 300 * effective,
-        "train_tokens_per_s": 5000.0 / (k + 1), "igsm": igsm or {}, "knowledge": knowledge or {},
+        "train_tokens_per_s": 5000.0 / (k + 1), "train_steps": train_steps, "train_tokens": 1000 * train_steps,
+        "igsm": igsm or {}, "knowledge": knowledge or {}, "khop": khop or {}, "depth_use": {},
         "scores": scores or {},
         "depth": [{"virtual_layer": i, "base_layer": b, "visit": i // n_layer,
                    "update_norm": 1.0 + i, "relative_update": 0.5, "angle_deg": 30.0,
@@ -111,6 +113,26 @@ def retrofit_set() -> list[dict]:
     ]
 
 
+def khop_cells(errors: dict[int, float], sequences: int = 40, labelled: int = 16) -> dict:
+    """Synthetic k-hop results: every sequence gets the same number of wrong positions."""
+    hops = {}
+    for k, error in errors.items():
+        wrong = round(error * labelled)
+        hops[str(k)] = {"sequences": sequences, "positions": sequences * labelled, "error": wrong / labelled,
+                        "error_ci95": [wrong / labelled, wrong / labelled], "exact_match": float(wrong == 0),
+                        "exact_match_ci95": [0.0, 1.0], "chance_error": 0.5,
+                        "wrong_per_sequence": [wrong] * sequences, "labelled_per_sequence": labelled}
+    return {"spec": {"alphabet": 4, "length": 16, "min_hops": 0, "max_hops": 4}, "bootstrap": 100, "hops": hops}
+
+
+def khop_set() -> list[dict]:
+    return [
+        result("h-base", "khop", "base", 0, 2, khop=khop_cells({0: 0.0, 2: 0.25, 4: 0.5}), depth=False),
+        result("h-cycle-x1", "khop", "cycle", 1, 2, khop=khop_cells({0: 0.0, 2: 0.0625, 4: 0.375}), depth=False),
+        result("h-native4", "khop", "base", 0, 4, khop=khop_cells({0: 0.0, 2: 0.0, 4: 0.125}), depth=False),
+    ]
+
+
 def read_csv(path: Path) -> list[dict]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -121,7 +143,7 @@ def read_csv(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def full_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("rep") / "report"
-    results = reasoning_set() + knowledge_set() + retrofit_set()
+    results = reasoning_set() + knowledge_set() + retrofit_set() + khop_set()
     written = build_report(results, out, "synthetic")
     return out, written
 
@@ -130,7 +152,8 @@ def test_every_file_is_written_and_parses(full_report):
     out, written = full_report
     names = sorted(p.name for p in written)
     assert names == sorted([
-        "table1.md", "table1.csv", "table1_long.csv", "table1_paper.csv", "figure3.png",
+        "claims.md", "claims.csv", "table1.md", "table1.csv", "table1_long.csv", "table1_paper.csv", "figure3.png",
+        "khop.md", "khop.csv", "khop_long.csv", "khop.png",
         "figure4.md", "figure4.csv", "figure4.png", "figure1.md", "figure1.csv", "figure1.png",
         "table7.md", "table7.csv", "table2.md", "table2.csv", "table2_paper.csv",
         "compute.md", "compute.csv", "depth.md", "depth.csv", "depth_reasoning.png",
@@ -224,7 +247,7 @@ def test_knowledge_figure1_retrofit_compute_depth_tables(full_report):
 def test_metrics_json_for_dvc(full_report):
     out, _ = full_report
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["profile"] == "synthetic" and metrics["n_variants"] == 15
+    assert metrics["profile"] == "synthetic" and metrics["n_variants"] == 18
     assert metrics["variants"]["reasoning"]["r4-cycle-x1"]["igsm_op15_answer_accuracy"] == 0.5
     assert metrics["variants"]["reasoning"]["r4-cycle-x1"]["flops_per_token"] == 800
     assert metrics["variants"]["knowledge"]["k-big"]["knowledge_cross_entropy_absorbed_bits"] == 2500.0
@@ -234,6 +257,11 @@ def test_metrics_json_for_dvc(full_report):
     verdict = metrics["reasoning_verdict"]  # Table 1's verdict: all tests, seeds pooled, no layer subsets
     assert (verdict["variant"], verdict["n"], verdict["learned"]) == ("cycle x1, 8 layers", 200, 1)
     assert verdict["answer_accuracy"] == pytest.approx(0.435) and verdict["ratio_to_baseline"] == pytest.approx(4.35)
+    assert metrics["variants"]["khop"]["h-base"]["khop_k2_error"] == 0.25
+    # every claim has a computed verdict (vld.report.claims), k-hop's from the synthetic errors
+    assert metrics["claims"]["claim_2"]["khop"]["verdict"] == "supported"
+    assert metrics["claims"]["claim_2"]["khop"]["effect"] == pytest.approx((0.25 + 0.5) / 2 - (0.0625 + 0.375) / 2)
+    assert set(metrics["claims"]) == {f"claim_{c}" for c in ("1", "2", "2c", "3", "4", "5", "6")}
 
 
 def test_missing_pieces_are_skipped_with_notes(tmp_path):

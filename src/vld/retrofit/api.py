@@ -133,7 +133,6 @@ def retrofit_and_finetune(
     where = "retrofit"
     out_dir = Path(out_dir)
     info, order = validate_variant(source, schedule, method, lora_rank, patterns, where)
-    train_cfg.validate()
     tokens = TokenSet.open(train_dir)
     check_replaceable(out_dir / MODEL_DIR)
     model_vocab = info.config.get("vocab_size")

@@ -6,6 +6,8 @@ Validation runs before any compute (and before the ~10 s heavy imports), so a ba
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -18,7 +20,20 @@ PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 # The TrainConfig fields params.yaml's hardware block may set (where training runs).
 HARDWARE_FIELDS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "num_workers", "cpu_gemm")
-_LAYERED = "<train>"  # placeholder location, replaced by the layer that set the bad value
+_LAYERED = "<train>"
+# Where the config being built was written (params.yaml key), for the errors of __post_init__.
+_WHERE: contextvars.ContextVar[str | None] = contextvars.ContextVar("vld_train_config_where", default=None)
+
+
+@contextlib.contextmanager
+def _located(where: str):
+    token = _WHERE.set(where)
+    try:
+        yield
+    finally:
+        _WHERE.reset(token)
+
+  # placeholder location, replaced by the layer that set the bad value
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "single_device")
 
 
@@ -34,6 +49,9 @@ class OptimConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
 
+    def __post_init__(self):
+        self.validate(_WHERE.get() or "optim")  # an instance is valid by construction
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, where: str = "optim") -> "OptimConfig":
         d = _check_mapping(d, where, cls)
@@ -45,9 +63,8 @@ class OptimConfig:
                 kwargs[key] = (_number(value[0], f"{where}.betas[0]"), _number(value[1], f"{where}.betas[1]"))
             else:
                 kwargs[key] = _number(value, f"{where}.{key}")
-        cfg = cls(**kwargs)
-        cfg.validate(where)
-        return cfg
+        with _located(where):
+            return cls(**kwargs)
 
     def validate(self, where: str = "optim") -> None:
         for key in ("lr", "min_lr_ratio", "warmup_fraction", "weight_decay", "eps", "grad_clip"):
@@ -96,6 +113,9 @@ class TrainConfig:
     activation_checkpointing: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)
 
+    def __post_init__(self):
+        self.validate(_WHERE.get() or "train")  # an instance is valid by construction
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, where: str = "train") -> "TrainConfig":
         d = dict(_check_mapping(d, where, cls))
@@ -113,9 +133,8 @@ class TrainConfig:
                 kwargs[key] = value
             else:
                 kwargs[key] = _integer(value, f"{where}.{key}")
-        cfg = cls(optim=optim, **kwargs)
-        cfg.validate(where)
-        return cfg
+        with _located(where):
+            return cls(optim=optim, **kwargs)
 
     @classmethod
     def from_layers(cls, layers: Sequence[tuple[Mapping[str, Any] | None, str]]) -> "TrainConfig":
@@ -177,9 +196,8 @@ class TrainConfig:
         from vld.model.backend import Backend
 
         Backend.from_dict({"cpu_gemm": self.cpu_gemm, "activation_checkpointing": self.activation_checkpointing}, where)
-        if not isinstance(self.optim, OptimConfig):
+        if not isinstance(self.optim, OptimConfig):  # valid by construction
             fail(f"{where}.optim", "must be an OptimConfig")
-        self.optim.validate(f"{where}.optim")
 
     @property
     def backend(self):

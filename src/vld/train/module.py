@@ -90,8 +90,7 @@ class LMModule(L.LightningModule):
     def __init__(self, model: nn.Module, optim: OptimConfig | None = None, max_steps: int | None = None):
         super().__init__()
         self.model = model
-        self.optim = optim or OptimConfig()
-        self.optim.validate()
+        self.optim = optim or OptimConfig()  # valid by construction
         # length of the lr schedule; None = the Trainer's max_steps
         self.max_steps = None if max_steps is None else int(max_steps)
         # per optimizer step, the loss averaged over its micro-batches and all ranks

@@ -134,7 +134,6 @@ def build_trainer(
 
     `distributed_sampler=False` (our DataModules split each global batch by rank themselves);
     set it for a foreign DataModule so that Lightning adds its DistributedSampler under DDP."""
-    cfg.validate()
     check_devices(cfg)
     out_dir = Path(out_dir)
     deterministic = "warn" if cfg.accelerator == "cpu" else None
@@ -204,7 +203,6 @@ def run_training(
     """Train `model` in place; returns (and writes to out_dir/metrics.json on rank 0)
     final_loss, steps, tokens_seen, train_tokens_per_s, wall_s and loss_curve."""
     start = time.perf_counter()
-    cfg.validate()
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / CHECKPOINT_DIR
     resume = _resume_checkpoint(cfg, ckpt_dir)
