@@ -48,18 +48,19 @@ def test_every_profile_is_valid_and_named_after_its_file(path):
 
 def test_default_profile_has_the_issue_grid():
     pipeline = P.load_pipeline(ROOT / "params.yaml")
-    reasoning = pipeline.variants["reasoning"]
-    got = {(v.pattern, v.k, v.model_name) for v in reasoning.values()}
-    base_model = reasoning["base"].model_name
-    for pattern in ("sequence", "cycle", "inverse_cycle"):
-        for k in (1, 2):
-            assert (pattern, k, base_model) in got
-    # native-depth baselines at the same effective depths as x1 and x2
-    native = {v.effective_depth for v in reasoning.values() if v.pattern == "base" and v.model_name != base_model}
-    n_layer = reasoning["base"].model.n_layer
-    assert native == {2 * n_layer, 3 * n_layer}
+    khop = pipeline.variants["khop"]
+    base = khop["base"]
+    got = {(v.pattern, v.k, v.model.n_layer, v.train.max_steps) for v in khop.values()}
+    steps = base.train.max_steps
+    for pattern in ("cycle", "sequence", "inverse_cycle"):
+        assert (pattern, 1, base.model.n_layer, steps) in got
+    # compute-matched baselines of x1: the native model of the same effective depth, and the
+    # base model trained twice as long (same training FLOPs)
+    assert ("base", 0, 2 * base.model.n_layer, steps) in got
+    assert ("base", 0, base.model.n_layer, 2 * steps) in got
+    assert {v.data for v in khop.values()} == {"kh64"}
     retro = pipeline.variants["retrofit"]
-    assert {(v.pattern, v.k) for v in retro.values()} == {("base", 0), ("cycle", 1), ("cycle", 2)}
+    assert {(v.pattern, v.k) for v in retro.values()} >= {("base", 0), ("cycle", 1)}
     assert {v.source for v in retro.values()} == {"base"}
     knowledge = pipeline.variants["knowledge"]
     assert len({v.model_name for v in knowledge.values() if v.pattern == "base"}) >= 3
@@ -67,7 +68,9 @@ def test_default_profile_has_the_issue_grid():
 
 def test_resolved_variant_fields():
     pipeline = P.load_pipeline(ROOT / "params.yaml")
-    v = pipeline.variant("reasoning", "cycle_x2")
+    raw = default_raw()
+    raw["reasoning"]["variants"]["cycle_x2"] = {"model": "r2", "schedule": {"pattern": "cycle", "k": 2}}
+    v = P.validate(raw).variant("reasoning", "cycle_x2")
     assert v.schedule == [0, 1, 0, 1, 0, 1]
     assert v.effective_depth == 6
     assert v.train.accelerator == "cpu"  # hardware merged in
@@ -241,3 +244,81 @@ def test_gpu_profile_on_a_machine_without_gpu_stops_each_stage_in_one_line(tmp_p
     assert proc.stderr.strip().startswith("vld: error: hardware.accelerator: 'gpu', but torch ")
     assert proc.stderr.strip().endswith("sees no CUDA GPU on this machine (the CPU profiles: tiny, default, cpu-2h)")
     assert [p.name for p in tmp_path.iterdir()] == ["params.yaml"]  # nothing written
+
+
+def _origin_of(error: pytest.ExceptionInfo) -> str:
+    """The module whose code called vld.errors.fail for this error (through a re-raise that
+    only renamed the location, e.g. TrainConfig.from_layers)."""
+    exc = error.value
+    while exc is not None:
+        frames = []
+        tb = exc.__traceback__
+        while tb is not None:
+            frames.append(tb.tb_frame)
+            tb = tb.tb_next
+        for i, frame in enumerate(frames):
+            if frame.f_code.co_name == "fail" and frame.f_globals["__name__"] == "vld.errors":
+                return frames[i - 1].f_globals["__name__"]
+        exc = exc.__context__
+    raise AssertionError("no call of vld.errors.fail behind this error")
+
+
+@pytest.mark.parametrize("edit, where, owner", [
+    (lambda r: r["data"]["igsm"]["generator"].update(max_op=0), "data.igsm.generator.max_op", "vld.data.igsm.generator"),
+    (lambda r: r["data"]["igsm"]["train"].update(n=0), "data.igsm.train.n", "vld.data.igsm.sets"),
+    (lambda r: r["data"]["knowledge"]["rt16k"].update(n=1), "data.knowledge.rt16k.n",
+     "vld.data.knowledge.random_tokens"),
+    (lambda r: r["data"]["knowledge"].update(bios={"kind": "biographies", "people": 10**12}),
+     "data.knowledge.bios.people", "vld.data.knowledge.biographies"),
+    (lambda r: r["data"].update(khop={"kh": {"alphabet": 1}}), "data.khop.kh.alphabet", "vld.data.khop"),
+    (lambda r: r["models"]["r2"].update(n_head=3), "models.r2.n_head", "vld.model.config"),
+    (lambda r: r["models"]["r2"].update(cpu_gemm="blas"), "models.r2.cpu_gemm", "vld.model.backend"),
+    (lambda r: r["hardware"].update(cpu_gemm="mkl"), "hardware.cpu_gemm", "vld.model.backend"),
+    (lambda r: r["reasoning"]["train"]["optim"].update(lr=0), "reasoning.train.optim.lr", "vld.train.config"),
+    (lambda r: r["reasoning"]["eval"].update(max_new_tokens=0), "reasoning.eval.max_new_tokens", "vld.eval.variant"),
+    (lambda r: r["knowledge"]["eval"].update(max_new_tokens=3), "knowledge.eval.max_new_tokens", "vld.eval.variant"),
+    (lambda r: r["retrofit"]["variants"]["base"].update(lora_rank=0), "retrofit.variants.base.lora_rank",
+     "vld.retrofit.methods"),
+    (lambda r: r["reasoning"]["variants"]["base"]["schedule"].update(k=-1), "reasoning.variants.base.schedule.k",
+     "vld.model.schedule"),
+])
+def test_each_setting_is_checked_by_its_owner_in_one_message(edit, where, owner):
+    raw = default_raw()
+    edit(raw)
+    with pytest.raises(UserError) as info:
+        P.validate(raw, "params.yaml")
+    assert str(info.value).startswith(where + ":") and "\n" not in str(info.value)
+    assert _origin_of(info) == owner
+
+
+def test_train_settings_are_validated_once_per_variant(monkeypatch):
+    from vld.train.config import OptimConfig, TrainConfig
+
+    calls = {"optim": 0, "train": 0}
+    for cls, key in ((OptimConfig, "optim"), (TrainConfig, "train")):
+        original = cls.validate
+
+        def counted(self, where="x", _original=original, _key=key):
+            calls[_key] += 1
+            return _original(self, where)
+        monkeypatch.setattr(cls, "validate", counted)
+    pipeline = P.validate(default_raw(), "params.yaml")
+    n_variants = sum(len(table) for table in pipeline.variants.values())
+    assert calls == {"optim": n_variants, "train": n_variants}
+
+
+def test_typed_variant_and_one_tags_per_variant():
+    from vld.model.config import ModelConfig
+    from vld.train.config import TrainConfig
+
+    pipeline = P.load_pipeline(ROOT / "conf/profiles/tiny.yaml")
+    v = pipeline.variant("khop", "cycle_x1")
+    assert isinstance(v.model, ModelConfig) and isinstance(v.train, TrainConfig)
+    assert v.schedule == [0, 1, 0, 1] and v.model.vocab_size == pipeline.data["khop"]["kh12"].vocab_size
+    assert v.train.seq_len == pipeline.data["khop"]["kh12"].seq_len  # set by the data
+    assert v.tags() == {"vld.family": "khop", "vld.pattern": "cycle", "vld.k": 1, "vld.effective_depth": 4,
+                        "vld.model": "h16", "vld.data": "kh12"}
+    raw = P.load_yaml(ROOT / "conf/profiles/tiny.yaml")
+    raw["khop"]["train"]["seq_len"] = 9
+    with pytest.raises(UserError, match=r"^khop.train.seq_len: is set by the data"):
+        P.validate(raw)

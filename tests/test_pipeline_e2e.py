@@ -90,6 +90,11 @@ def _check_outputs(repo: Path, outs: dict[str, list[str]]) -> None:
                 assert model.effective_depth == 4 and meta["effective_depth"] == 4
             elif rel == "data/igsm/tests":
                 assert len(TokenSet.open(path / "op2")) == 8
+            elif rel.startswith("data/khop/"):
+                from vld.data.khop import read_test_sets
+
+                spec, sets = read_test_sets(path)
+                assert sorted(sets) == spec.hop_counts == [0, 1, 2] and len(sets[2][0]) == 16
             elif rel.startswith("data/"):
                 assert len(TokenSet.open(path)) >= 1
             elif rel == "results/report":
@@ -114,7 +119,8 @@ def test_dvc_repro_tiny_profile(dvc_project):
         "data_igsm_train", "data_igsm_tests", "data_knowledge@rt1k", "pretrain_reasoning@base",
         "pretrain_reasoning@cycle_x1", "pretrain_knowledge@w16", "retrofit@cycle_x1",
         "evaluate_reasoning@base", "evaluate_reasoning@cycle_x1", "evaluate_knowledge@w16",
-        "evaluate_retrofit@cycle_x1", "report"}
+        "evaluate_retrofit@cycle_x1", "data_khop@kh12", "pretrain_khop@base", "pretrain_khop@cycle_x1",
+        "evaluate_khop@base", "evaluate_khop@cycle_x1", "report"}
     assert _ran(first) == stages
     _check_outputs(repo, outs)
 
@@ -136,6 +142,11 @@ def test_dvc_repro_tiny_profile(dvc_project):
     assert {"igsm.op2.answer_accuracy", "params", "flops_per_token"} <= set(ev), sorted(ev)
     assert 0.0 <= ev["igsm.op2.answer_accuracy"] <= 1.0
     assert any(key.startswith("knowledge.") for key in kids["evaluate_knowledge@w16"].data.metrics)
+    assert {"khop.k2.error", "khop.k2.exact_match"} <= set(kids["evaluate_khop@cycle_x1"].data.metrics)
+    khop = json.loads((repo / "results/eval/khop/cycle_x1.json").read_text())
+    assert khop["family"] == "khop" and khop["effective_depth"] == 4 and khop["depth_use"]["schema"] == "vld.depth_use/1"
+    report = (repo / "results/report/report.md").read_text()
+    assert "k-hop induction: per-position error by hop count" in report and "The paper's claims" in report
     assert "final_loss" in kids["retrofit@cycle_x1"].data.metrics
     artifacts = [a.path for a in client.list_artifacts(kids["report"].info.run_id, "report")]
     assert "report/report.md" in artifacts
@@ -194,7 +205,7 @@ def test_dvc_repro_tiny_profile(dvc_project):
     assert out_of_date() == {"report"} | evaluations
     with open(repo / "src/vld/model/transformer.py", "a") as f:
         f.write("# an edit\n")
-    assert out_of_date() == stages - {"data_igsm_train", "data_igsm_tests", "data_knowledge@rt1k"}
+    assert out_of_date() == stages - {"data_igsm_train", "data_igsm_tests", "data_knowledge@rt1k", "data_khop@kh12"}
 
     # a DVC experiment (`dvc exp run -S`) runs the stages the override touches, and is listed
     for name in ("report/tables.py", "eval/compute.py", "model/transformer.py"):

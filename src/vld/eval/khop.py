@@ -74,3 +74,36 @@ def evaluate_khop(model, test_dir: str | Path, batch_size: int = 256, bootstrap:
         summary.update(wrong_per_sequence=wrong.tolist(), labelled_per_sequence=int(labelled[0]))
         hops[str(k)] = summary
     return {"spec": asdict(spec), "bootstrap": int(bootstrap), "hops": hops}
+
+
+def depth_use_inputs(test_dir: str | Path, max_sequences: int, batch_size: int = 64):
+    """(batches, score_fn, chance) for vld.eval.depth_use on the k-hop test sets: the same
+    number of sequences from every hop count; metrics `error` (all of them) and `error_hop<k>`
+    (per-position error of the sequences of hop count k, NaN for the others)."""
+    import torch
+
+    from vld.data.khop import NO_LABEL, constant_predictor_error, read_test_sets
+
+    _, sets = read_test_sets(test_dir)
+    per_hop = max(1, -(-max_sequences // len(sets)))
+    metrics = [f"error_hop{k}" for k in sorted(sets)]
+    batches = []
+    for k, (inputs, labels) in sorted(sets.items()):
+        inputs, labels = inputs[:per_hop], labels[:per_hop]
+        for start in range(0, len(inputs), batch_size):
+            batches.append({"tokens": torch.as_tensor(inputs[start:start + batch_size]),
+                            "labels": torch.as_tensor(labels[start:start + batch_size]),
+                            "hops": torch.full((len(inputs[start:start + batch_size]),), k)})
+
+    def score(logits, batch):
+        labels = batch["labels"]
+        labelled = (labels != NO_LABEL).sum(dim=1).clamp_min(1)
+        error = ((logits.argmax(dim=-1) != labels) & (labels != NO_LABEL)).sum(dim=1) / labelled
+        out = {"error": error.double()}
+        for k, name in zip(sorted(sets), metrics):
+            out[name] = torch.where(batch["hops"] == k, error.double(), torch.full_like(error, float("nan"), dtype=torch.float64))
+        return out
+
+    chance = {f"error_hop{k}": constant_predictor_error(labels) for k, (_, labels) in sets.items()}
+    chance["error"] = float(np.mean(list(chance.values())))
+    return batches, score, chance, len(sets) * per_hop

@@ -395,3 +395,24 @@ def all_knowledge_measures(model: nn.Module, data: str | Path | TokenSet, seq_le
         fail(str(token_set.path), f"no knowledge measure for data made by {generator!r}")
     stats = token_stats(model, token_set, seq_len, batch_size, overlap, entropy=True, **options)
     return _token_measures(stats, ("entropy", "ce"))
+
+
+def depth_use_inputs(token_dir, seq_len: int, windows: int, batch_size: int = 8):
+    """(batches, score_fn, chance) for vld.eval.depth_use on a knowledge set: evenly spaced
+    windows, metric `loss` = mean next-token cross-entropy (nats) per window; chance = log of
+    the vocabulary (uniform guessing)."""
+    import math
+
+    from vld.data.tokens import TokenSet
+    from vld.eval.depth import probe_windows
+
+    tokens = torch.as_tensor(probe_windows(token_dir, seq_len, windows), dtype=torch.long)
+    batches = [{"tokens": tokens[i:i + batch_size, :-1], "targets": tokens[i:i + batch_size, 1:]}
+               for i in range(0, len(tokens), batch_size)]
+
+    def score(logits, batch):
+        per_token = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(),
+                                                      reduction="none")
+        return {"loss": per_token.view(batch["targets"].shape).mean(dim=1).double()}
+
+    return batches, score, {"loss": math.log(TokenSet.open(token_dir).vocab_size)}, len(tokens)

@@ -11,6 +11,7 @@ This module imports no torch at load time: the validator calls `check_settings`.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,13 @@ TASKS = {
              "settings": ("seq_len", "max_new_tokens", "batch_size", "limit", "depth_windows",
                           "depth_batch_size", "progress")},
     "knowledge": {"needs": "knowledge", "reads": ("depth",),
-                  "settings": ("seq_len", "depth_windows", "depth_batch_size", "knowledge", "progress")},
+                  "settings": ("seq_len", "depth_windows", "depth_batch_size", "knowledge", "ablations",
+                               "ablation_sequences", "progress")},
     "khop": {"needs": "khop_test", "reads": (),
              "settings": ("batch_size", "bootstrap", "depth_windows", "depth_batch_size", "ablations",
                           "ablation_sequences", "progress")},
 }
+ABLATION_SEQUENCES = 256  # test sequences (windows) the depth-use ablations run on by default
 _POSITIVE = ("seq_len", "max_new_tokens", "batch_size", "limit", "depth_batch_size", "bootstrap",
              "ablation_sequences")
 
@@ -67,6 +70,7 @@ class VariantResult:
     khop: dict = field(default_factory=dict)  # vld.eval.khop.evaluate_khop result
     depth: list = field(default_factory=list)  # per virtual layer: vld.eval.depth.layer_usage
     depth_use: dict = field(default_factory=dict)  # ablations and early exit (vld.eval.depth_use)
+    eval_wall_s: float | None = None  # this evaluation's wall time (ablations included)
     scores: dict = field(default_factory=dict)  # {benchmark: percent} given by the caller
     schema: str = SCHEMA
 
@@ -155,7 +159,7 @@ def evaluate_variant(model, family: str, data: dict, settings: dict | None = Non
     data:     one task's inputs: igsm_test {name: dir} (+ igsm_train dir for the
               most-common-answer baseline), or knowledge dir, or khop_test dir; depth dir
               (token set for the depth probe; default: the first iGSM test set, else the
-              knowledge set; k-hop probes its own test sequences).
+              knowledge set; k-hop has no token-set probe: its depth use is the ablations).
     settings: the task's keys (TASKS), e.g. seq_len, max_new_tokens, batch_size, limit,
               depth_windows (default 8; 0 = no depth probe), bootstrap (k-hop resamples).
     meta:     variant (required) and DESCRIPTIVE_KEYS; any other key is copied to the result.
@@ -165,6 +169,7 @@ def evaluate_variant(model, family: str, data: dict, settings: dict | None = Non
     meta = dict(meta or {})
     data = dict(data or {})
     task = _check_inputs(family, data, settings, meta)
+    start = time.perf_counter()
 
     from vld.eval.compute import compute_profile
 
@@ -184,36 +189,68 @@ def evaluate_variant(model, family: str, data: dict, settings: dict | None = Non
         **{key: profile[key] for key in ("effective_depth", "vld", "schedule", "params", "params_no_embed",
                                          "seq_len", "flops_per_token", "flops_per_token_train")})
     windows = settings.get("depth_windows", 8)
-    probe = None
-    if task == "igsm":
-        from vld.eval.igsm import evaluate_igsm
-
-        tests = data["igsm_test"]
-        result.igsm = {name: evaluate_igsm(model, tests[name], max_new_tokens=settings.get("max_new_tokens"),
-                                           batch_size=settings.get("batch_size") or 32,
-                                           limit=settings.get("limit"), train_dir=data.get("igsm_train"),
-                                           progress=settings.get("progress"))
-                       for name in sorted(tests)}
-        probe = data.get("depth") or tests[sorted(tests)[0]]
-    elif task == "knowledge":
-        from vld.eval.knowledge import all_knowledge_measures
-
-        result.knowledge = dict(all_knowledge_measures(model, data["knowledge"], seq_len,
-                                                       **(settings.get("knowledge") or {})))
-        probe = data.get("depth") or data["knowledge"]
-    else:
-        from vld.eval.khop import evaluate_khop
-
-        result.khop = evaluate_khop(model, data["khop_test"], batch_size=settings.get("batch_size") or 256,
-                                    bootstrap=settings.get("bootstrap") or 1000)
+    probe = MEASURES[task](model, data, settings, seq_len, result)
     if windows and probe:
         from vld.eval.depth import layer_usage, probe_windows
 
         tokens = probe_windows(probe, seq_len, windows)
         result.depth = layer_usage(model, tokens, batch_size=settings.get("depth_batch_size") or 8)
+    if settings.get("ablations", True) and task in ("khop", "knowledge"):
+        result.depth_use = _depth_use(model, task, data, settings, seq_len)
+    result.eval_wall_s = time.perf_counter() - start
     out = dataclasses.asdict(result)
     out.update(meta)
     return out
+
+
+def _measure_igsm(model, data, settings, seq_len, result) -> str:
+    """Fills result.igsm; returns the default depth-probe token set."""
+    from vld.eval.igsm import evaluate_igsm
+
+    tests = data["igsm_test"]
+    result.igsm = {name: evaluate_igsm(model, tests[name], max_new_tokens=settings.get("max_new_tokens"),
+                                       batch_size=settings.get("batch_size") or 32, limit=settings.get("limit"),
+                                       train_dir=data.get("igsm_train"), progress=settings.get("progress"))
+                   for name in sorted(tests)}
+    return data.get("depth") or tests[sorted(tests)[0]]
+
+
+def _measure_knowledge(model, data, settings, seq_len, result) -> str:
+    from vld.eval.knowledge import all_knowledge_measures
+
+    result.knowledge = dict(all_knowledge_measures(model, data["knowledge"], seq_len, **(settings.get("knowledge") or {})))
+    return data.get("depth") or data["knowledge"]
+
+
+def _measure_khop(model, data, settings, seq_len, result) -> None:
+    from vld.eval.khop import evaluate_khop
+
+    result.khop = evaluate_khop(model, data["khop_test"], batch_size=settings.get("batch_size") or 256,
+                                bootstrap=settings.get("bootstrap") or 1000)
+    return None  # no token set to probe: k-hop's depth use is its ablations
+
+
+MEASURES = {"igsm": _measure_igsm, "knowledge": _measure_knowledge, "khop": _measure_khop}
+
+
+def _depth_use(model, task: str, data: dict, settings: dict, seq_len: int) -> dict:
+    """Causal ablations and early exit (vld.eval.depth_use) on a share of the task's test data:
+    `ablation_sequences` sequences (default ABLATION_SEQUENCES). Its wall time is recorded."""
+    from vld.eval.depth_use import depth_use
+
+    wanted = settings.get("ablation_sequences") or ABLATION_SEQUENCES
+    if task == "khop":
+        from vld.eval.khop import depth_use_inputs
+
+        batches, score, chance, n = depth_use_inputs(data["khop_test"], wanted)
+    else:
+        from vld.eval.knowledge import depth_use_inputs
+
+        batches, score, chance, n = depth_use_inputs(data["knowledge"], seq_len, wanted)
+    began = time.perf_counter()
+    use = depth_use(model, batches, score, max_sequences=n, seed=0, chance=chance)
+    use["cost"]["wall_s"] = time.perf_counter() - began
+    return use
 
 
 def check_result(result, where: str) -> dict:

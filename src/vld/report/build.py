@@ -9,6 +9,7 @@ variants, no retrofit) prints its skip note in report.md instead.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from dataclasses import dataclass
@@ -161,7 +162,48 @@ def _depth_figures(results: list, where: Path) -> list[str]:
             if figures.depth_figure(results, where / f"depth_{family}.png", family)]
 
 
-def _pieces() -> list[Piece]:
+def _renamed(table: Table | None, name: str, title: str) -> Table | None:
+    return None if table is None else dataclasses.replace(table, name=name, title=title)
+
+
+def _depth_use_pieces(results: list) -> list[Piece]:
+    """Per family with ablation results: ablations, early exit (tables and figures); then the
+    regime of every variant and the depth laws of the profile."""
+    from vld.report import depth_use as du
+
+    pieces = []
+    for family in sorted({r["family"] for r in results if (r.get("depth_use") or {}).get("metrics")}):
+        own = lambda rs, f=family: [r for r in rs if r["family"] == f]
+        pieces += [
+            Piece("", lambda rs, f=family: _renamed(du.depth_use_table(own(rs, f)), f"depth_use_{f}",
+                                                   f"Depth use ({f}): causal ablations per virtual layer"),
+                  lambda rs, where, f=family: [p.name for p in [du.depth_use_figure(own(rs, f), where / f"depth_use_{f}.png",
+                                                                                  title=f"Ablations ({f})")] if p]),
+            Piece("", lambda rs, f=family: _renamed(du.early_exit_table(own(rs, f)), f"early_exit_{f}",
+                                                   f"Early exit ({f}) through the logit lens"),
+                  lambda rs, where, f=family: [p.name for p in [du.early_exit_figure(own(rs, f), where / f"early_exit_{f}.png",
+                                                                                   title=f"Early exit ({f})")] if p]),
+        ]
+    laws = lambda rs: du.profile_depth_laws(rs)
+
+    def law_figures(rs, where):
+        names = []
+        for index, (label, law) in enumerate(laws(rs).items()):
+            path = du.depth_law_figure(law, where / f"depth_law_{index}.png", metric_label=label, title=f"Depth law: {label}")
+            names += [path.name] if path else []
+        return names
+
+    def regimes(rs):
+        table = du.regime_table(rs)
+        return None if table is None else dataclasses.replace(table, notes=du.regime_lines(rs) + table.notes)
+
+    pieces += [Piece("Depth regime skipped: no variant has ablation results (eval.ablations).", regimes),
+               Piece("Depth law skipped: fewer than two depths in any family.", lambda rs: du.depth_law_table(laws(rs)),
+                     law_figures)]
+    return pieces
+
+
+def _pieces(results: list) -> list[Piece]:
     from vld.report import claims, figures, khop
 
     figure1 = lambda results, path: figures.figure1(tables.figure1_pairs(results), path)
@@ -182,6 +224,7 @@ def _pieces() -> list[Piece]:
         Piece("Table 2 analogue skipped: no retrofit variants in this profile.", tables.table2),
         Piece("Compute skipped: no results.", tables.compute_table),
         Piece("Depth use skipped: no variant has per-layer depth measurements.", tables.depth_table, _depth_figures),
+        *_depth_use_pieces(results),
     ]
 
 
@@ -201,12 +244,13 @@ def build_report(results, out_dir, profile_name: str = "default") -> list[Path]:
         sections = [f"# vld report: profile `{profile_name}`", "",
                     f"{len(results)} variant results. Numbers labelled **paper** are the paper's "
                     "own (arXiv 2506.18233); everything else was measured by this pipeline.", ""]
-        for piece in _pieces():
+        for piece in _pieces(results):
             table = piece.table(results) if piece.table else None
             pictures = piece.figures(results, tmp) if piece.figures else []
             written.extend(pictures)
             if table is None and not pictures:
-                sections.extend([f"> {piece.skip}", ""])
+                if piece.skip:
+                    sections.extend([f"> {piece.skip}", ""])
                 continue
             links = []
             if table is not None:

@@ -345,3 +345,54 @@ def depth_law_figure(law: Mapping | None, path, metric_label: str = "loss",
     ax.legend(fontsize=7, loc="lower left")
     ax.set_title(title or f"Depth law: {metric_label} = c * depth^-a + L0", fontsize=10)
     return _save(fig, path)
+
+
+# ---------------------------------------------------------------- the profile's depth laws
+
+def _law_results(results: list[dict], family: str) -> list[dict]:
+    """A family's results at its most common width and training length (a compute-matched
+    baseline trained longer is not a point of the depth law)."""
+    own = [r for r in results if r["family"] == family and r.get("layers") is None]
+    if not own:
+        return []
+    common = lambda key: max(sorted({str(r.get(key)) for r in own}), key=lambda v: sum(str(r.get(key)) == v for r in own))
+    width, steps = common("d_model"), common("train_steps")
+    return [r for r in own if str(r.get("d_model")) == width and str(r.get("train_steps")) == steps]
+
+
+def _khop_error(hops_wanted):
+    def value(r):
+        hops = (r.get("khop") or {}).get("hops") or {}
+        errors = [c["error"] for h, c in hops.items() if hops_wanted(int(h))]
+        return sum(errors) / len(errors) if errors else None
+    return value
+
+
+def _knowledge_loss(r):
+    intact = ((r.get("depth_use") or {}).get("intact") or {}).get("loss") or {}
+    return intact.get("mean")
+
+
+def _igsm_error(r):
+    cells = list((r.get("igsm") or {}).values())
+    n = sum(c["n"] for c in cells)
+    return 1 - sum(c["answer_correct"] for c in cells) / n if n else None
+
+
+def profile_depth_laws(results: list[dict]) -> dict[str, dict]:
+    """{label: depth_law} per family (k-hop: the error over hop counts >= 2 and at each of
+    them; knowledge: the loss; iGSM reasoning: 1 - answer accuracy)."""
+    from vld.eval.depth_use import depth_law, depth_law_points
+
+    metrics = []
+    khop_hops = sorted({int(h) for r in results for h in ((r.get("khop") or {}).get("hops") or {})})
+    if khop_hops:
+        metrics.append(("khop", "khop: error, k >= 2", _khop_error(lambda h: h >= 2)))
+        metrics += [("khop", f"khop: error, k = {h}", _khop_error(lambda x, h=h: x == h)) for h in khop_hops if h >= 2]
+    metrics += [("knowledge", "knowledge: loss (nats)", _knowledge_loss), ("reasoning", "reasoning: 1 - accuracy", _igsm_error)]
+    laws = {}
+    for family, label, value in metrics:
+        points = depth_law_points(_law_results(results, family), value)
+        if len({p["depth"] for p in points if not p["tied"]}) >= 2 or any(p["tied"] for p in points):
+            laws[label] = depth_law(points)
+    return laws
