@@ -52,3 +52,53 @@ def test_killed_khop_stage_resumes_to_the_uninterrupted_result(tmp_path):
     wa, wb = (torch.load(runs[name] / out / "model.pt", weights_only=True) for name in ("killed", "whole"))
     state_a, state_b = wa.get("state_dict", wa), wb.get("state_dict", wb)
     assert state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+@pytest.mark.slow
+def test_params_edited_while_a_stage_trains_stop_it_before_it_writes(tmp_path):
+    """The stage checks params.yaml again before writing: DVC would otherwise record settings
+    the stage did not run with (and the next stages would train on them)."""
+    import time
+
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "conf/profiles/tiny.yaml").read_text())
+    raw["khop"]["train"].update(max_steps=300, checkpoint_every=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = dict(os.environ, VLD_TRACKING="0", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "-m", "vld.pipeline.pretrain", "--family", "khop", "--variant", "base"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list((tmp_path / ".vld-work").rglob("last.ckpt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    raw["khop"]["train"]["max_steps"] = 200  # the edit arrives while it trains
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2, err[-3000:]
+    assert err.strip().splitlines()[-1] == ("vld: error: khop.variants.base: changed in params.yaml while this stage"
+                                            " ran; nothing was written (run dvc repro again)")
+    assert "Traceback" not in err and not (tmp_path / "results/pretrain/khop/base").exists()
+
+
+def test_the_report_refuses_results_of_other_settings(tmp_path, monkeypatch):
+    from vld.errors import UserError
+    from vld.pipeline import paths
+    from vld.pipeline.params import load_pipeline
+    from vld.pipeline.report import current_results
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "conf/profiles/tiny.yaml", "params.yaml")
+    pipeline = load_pipeline("params.yaml")
+    for family, table in pipeline.variants.items():
+        for name, variant in table.items():
+            paths.eval_file(family, name).parent.mkdir(parents=True, exist_ok=True)
+            paths.eval_file(family, name).write_text(json.dumps({"variant": name, "variant_sha256": variant.fingerprint()}))
+    assert len(current_results(pipeline)) == sum(len(t) for t in pipeline.variants.values())
+    stale = paths.eval_file("khop", "base")
+    stale.write_text(json.dumps({"variant": "base", "variant_sha256": "0" * 64}))
+    with pytest.raises(UserError, match=r"^results/eval/khop/base.json: was computed with other settings than "
+                                         r"khop.variants.base in params.yaml says now"):
+        current_results(pipeline)
+    stale.unlink()
+    with pytest.raises(UserError, match=r"^results/eval/khop/base.json: missing"):
+        current_results(pipeline)

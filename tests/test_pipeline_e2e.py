@@ -182,20 +182,21 @@ def test_dvc_repro_tiny_profile(dvc_project):
     assert len(client.get_metric_history(old.info.run_id, "train/loss")) == 4  # curve copied
     assert kids["evaluate_reasoning@base"].data.metrics["igsm.op2.answer_accuracy"] == ev["igsm.op2.answer_accuracy"]
 
-    # a variant added: only its own stages are out of date (the report follows once they ran)
+    # a variant added: only its own stages are out of date, and the report (it reads params.yaml)
     params["knowledge"]["variants"]["w16_cycle"] = {"model": "k16", "data": "rt1k",
                                                     "schedule": {"pattern": "cycle", "k": 1}}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = json.loads(_run(repo, "dvc", "status", "--json").stdout)
-    assert set(status) == {"pretrain_knowledge@w16_cycle", "evaluate_knowledge@w16_cycle"}
+    assert set(status) == {"pretrain_knowledge@w16_cycle", "evaluate_knowledge@w16_cycle", "report"}
 
     # code is a dependency: an edit puts exactly the stages it feeds out of date; bytecode does not
     def out_of_date() -> set[str]:
-        return set(json.loads(_run(repo, "dvc", "status", "--json").stdout)) - set(status)
+        new_variant = {"pretrain_knowledge@w16_cycle", "evaluate_knowledge@w16_cycle"}
+        return set(json.loads(_run(repo, "dvc", "status", "--json").stdout)) - new_variant
 
     with open(repo / "src/vld/report/tables.py", "a") as f:
         f.write("# an edit\n")
-    assert out_of_date() == {"report"}
+    assert out_of_date() == {"report"}  # (params.yaml changed too: report was out of date already)
     (repo / "src/vld/model/__pycache__").mkdir()
     (repo / "src/vld/model/__pycache__/transformer.cpython-311.pyc").write_bytes(b"\0")
     assert out_of_date() == {"report"}

@@ -66,6 +66,16 @@ def work_dir(stage: str, variant: str, determinants: Any) -> Path:
     return WORK / stage / f"{variant}-{config_hash(determinants)}"
 
 
+def keep_if_unchanged(pipeline, out: Path, data: tuple) -> None:
+    """An output written in place is removed again when params.yaml changed while it was made
+    (vld.pipeline.params.Pipeline.check_unchanged), so DVC never records it with other settings."""
+    try:
+        pipeline.check_unchanged(data=data)
+    except Exception:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
 def drop_work_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
     with contextlib.suppress(OSError):

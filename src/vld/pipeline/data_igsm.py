@@ -45,11 +45,13 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.split == "train":
             generate(igsm, "train", igsm.train, out)
+            _stage.keep_if_unchanged(pipeline, out, data=("igsm", None))
             sets = {"igsm_train": out}
         else:
             with atomic_dir(out) as tmp:
                 for name, test in igsm.tests.items():
                     generate(igsm, "test", test, tmp / name)
+                pipeline.check_unchanged(data=("igsm", None))
             sets = {name: out / name for name in igsm.tests}
         for name, path in sets.items():
             tokens = TokenSet.open(path)

@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with atomic_dir(out) as tmp:
             meta = write_test_sets(spec, tmp)
+            pipeline.check_unchanged(data=("khop", args.dataset))
         run.log_metrics({"vocab_size": spec.vocab_size, "hop_counts": len(meta["sets"]),
                          "sequences": sum(entry["sequences"] for entry in meta["sets"].values())})
         run.add_artifact(out / "meta.json")

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     params = {f"data.{key}": value for key, value in asdict(spec).items()}
     with _stage.tracked(pipeline, "data_knowledge", args.dataset, params, {"vld.data.kind": spec.kind}) as run:
         spec.make(out)
+        _stage.keep_if_unchanged(pipeline, out, data=("knowledge", args.dataset))
         from vld.data.tokens import TokenSet
 
         tokens = TokenSet.open(out)

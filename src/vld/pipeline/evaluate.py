@@ -29,13 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     device = _stage.stage_device(variant.train)  # evaluate where the training ran
     if not where.is_dir():
         fail(str(where), "not found: run the training stage of this variant first (dvc repro)")
+    trained_as = where / "variant.json"
+    if not trained_as.is_file() or json.loads(trained_as.read_text()).get("sha256") != variant.fingerprint():
+        fail(str(where), f"was trained with other settings than {variant.key} in {args.params} says now; run its"
+             " training stage first (dvc repro)")
     settings = {key: value for key, value in variant.eval.items() if key != "tests"}
     metrics_file = where / "metrics.json"
     trained = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     meta = {"variant": variant.name, "pattern": variant.pattern, "k": variant.k, "layers": variant.layers,
             "seed": variant.seed, "train_tokens_per_s": trained.get("train_tokens_per_s"),
             "train_steps": trained.get("steps"), "train_tokens": trained.get("tokens_seen"),
-            "model_name": variant.model_name}
+            "model_name": variant.model_name, "variant_sha256": variant.fingerprint()}
     meta.update({key: getattr(variant, key) for key in ("source", "method", "data") if getattr(variant, key) is not None})
     out = paths.eval_file(variant.family, variant.name)
     dirs = {**data.get("igsm_test", {}), **{key: data[key] for key in ("knowledge", "khop_test") if key in data}}
@@ -56,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             model = load_model(where / "model.pt")
         model.to(device).eval()
         result = evaluate_variant(model, variant.family, data, settings, meta)
+        pipeline.check_unchanged(variant)
         write_json(out, result)
         run.log_metrics(_stage.numeric_leaves({key: result.get(key) for key in (
             "params", "params_no_embed", "effective_depth", "flops_per_token", "flops_per_token_train",

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from vld.errors import fail, run_cli
+from vld.errors import UserError, fail, run_cli
 from vld.pipeline.families import COMMON_VARIANT_KEYS, FAMILIES
 
 PARAMS_FILE = "params.yaml"
@@ -125,6 +127,11 @@ class Variant:
                    model=self.model.to_dict(), train=self.train.to_dict())
         return out
 
+    def fingerprint(self) -> str:
+        """sha256 of everything that decides this variant's result (its resolved configs):
+        stages record it, and the stages after them check it against params.yaml as it is now."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+
     def flat_params(self) -> dict[str, Any]:
         """Flattened for MLflow params."""
         out = {"family": self.family, "variant": self.name, "model": self.model_name,
@@ -151,6 +158,27 @@ class Pipeline:
     data: dict[str, Any] = field(default_factory=dict)  # igsm: IgsmData | None; knowledge, khop: {name: spec}
     models: dict[str, Any] = field(default_factory=dict)  # name -> ModelConfig (placeholder vocabulary)
     variants: dict[str, dict[str, Variant]] = field(default_factory=dict)
+
+    def check_unchanged(self, variant: Variant | None = None, data: tuple[str, str] | None = None) -> None:
+        """Before a stage writes its outputs: params.yaml must still say what the stage ran with
+        (an edit while it ran would make DVC record settings it did not use). One line if not."""
+        try:
+            now = load_pipeline(self.path)
+        except UserError as err:
+            fail(str(self.path), f"changed while this stage ran and is no longer valid ({err}); nothing was written")
+        if variant is not None:
+            current = now.variants.get(variant.family, {}).get(variant.name)
+            if current is None or current.fingerprint() != variant.fingerprint():
+                fail(variant.key, f"changed in {self.path} while this stage ran; nothing was written"
+                     " (run dvc repro again)")
+        if data is not None:
+            section, name = data
+            before, after = self.data[section], now.data[section]
+            if name is not None:
+                before, after = before.get(name), after.get(name)
+            if before != after:
+                fail(f"data.{section}" + (f".{name}" if name else ""), f"changed in {self.path} while this stage ran;"
+                     " nothing was written (run dvc repro again)")
 
     def variant(self, family: str, name: str) -> Variant:
         if family not in FAMILIES:

@@ -66,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         metrics = run_training(model, datamodule, train_cfg, work, logger=run.lightning_logger())
         if not rank0:
             return 0
+        pipeline.check_unchanged(variant)
         with atomic_dir(out) as tmp:
             save_model(model, tmp / "model.pt")
+            write_json(tmp / "variant.json", {"variant": variant.to_dict(), "sha256": variant.fingerprint()})
             write_json(tmp / "metrics.json", metrics)
             write_json(tmp / "config.json", {"variant": variant.to_dict(), "model": model_cfg.to_dict(),
                                              "train": train_cfg.to_dict(), **data_id})

@@ -17,11 +17,33 @@ from vld.pipeline import _stage, paths
 from vld.pipeline.params import load_pipeline
 
 
+def current_results(pipeline) -> list[dict]:
+    """The evaluation result of every variant params.yaml has now, each checked to have been
+    computed with the variant's current settings: the report never mixes settings, nor shows
+    results of variants since removed."""
+    results = []
+    for family, table in pipeline.variants.items():
+        for name, variant in table.items():
+            path = paths.eval_file(family, name)
+            if not path.is_file():
+                fail(str(path), f"missing: run the evaluation of {variant.key} first (dvc repro)")
+            try:
+                result = json.loads(path.read_text())
+            except (OSError, ValueError) as err:
+                fail(str(path), f"unreadable variant result ({type(err).__name__}); run dvc repro")
+            if not isinstance(result, dict) or result.get("variant_sha256") != variant.fingerprint():
+                fail(str(path), f"was computed with other settings than {variant.key} in {pipeline.path} says"
+                     " now; the report does not mix settings (run dvc repro)")
+            results.append(result)
+    if not results:
+        fail(str(pipeline.path), "has no variants: nothing to report")
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _stage.parser("report", __doc__.splitlines()[0], variant=False).parse_args(argv)
     pipeline = load_pipeline(args.params)
-    if not paths.EVAL.is_dir():
-        fail(str(paths.EVAL), "no evaluation results: run the evaluation stages first (dvc repro)")
+    results = current_results(pipeline)
     from vld.atomic import check_replaceable
 
     check_replaceable(paths.REPORT)
@@ -29,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         from vld.pipeline import tracking
         from vld.report.build import build_report
 
-        build_report(paths.EVAL, paths.REPORT, pipeline.profile)
+        build_report(results, paths.REPORT, pipeline.profile)
         summary = paths.REPORT / "metrics.json"
         if summary.is_file():
             run.log_metrics(_stage.numeric_leaves(json.loads(summary.read_text())))

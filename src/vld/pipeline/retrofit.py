@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         "source": source_sha256, "data": _stage.data_sha256(paths.IGSM_TRAIN)})
 
     with _stage.tracked(pipeline, "retrofit", variant.name, variant.flat_params(), tags) as run:
-        from vld.atomic import atomic_dir
+        from vld.atomic import atomic_dir, write_json
         from vld.retrofit.api import MODEL_DIR, METRICS_FILE, retrofit_and_finetune
 
         metrics = retrofit_and_finetune(info, schedule, variant.method, variant.lora_rank,
@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
                                         logger=run.lightning_logger(), backend=train_cfg.backend)
         if not rank0:
             return 0
+        pipeline.check_unchanged(variant)
         with atomic_dir(out) as tmp:
+            write_json(tmp / "variant.json", {"variant": variant.to_dict(), "sha256": variant.fingerprint()})
             shutil.copytree(work / MODEL_DIR, tmp / MODEL_DIR)
             shutil.copy2(work / METRICS_FILE, tmp / METRICS_FILE)
         run.log_metrics({key: value for key, value in metrics.items() if key != "loss_curve"})
