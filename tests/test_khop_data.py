@@ -84,6 +84,8 @@ def test_stream_is_deterministic_and_a_pure_function_of_seed_and_step():
     assert not np.array_equal(a[0], other_step[0])
     other_seed = khop.training_batch(KHopSpec(seed=4), 17, 32)
     assert not np.array_equal(a[0], other_seed[0])
+    other_run = khop.training_batch(spec, 17, 32, seed=1)  # a training run's own seed
+    assert not np.array_equal(a[0], other_run[0])
     hops = a[0][:, 0] - spec.alphabet - 1
     assert hops.min() >= spec.min_hops and hops.max() <= spec.max_hops
 

@@ -11,7 +11,7 @@ label -1 (no label: the hop token's position) is left out of the loss. find(i) <
 label never reads a letter the causal model has not seen.
 
 Training data is a stream: the sequences of optimizer step s are a pure function of
-(seed, s), so a resumed run sees exactly what an uninterrupted one would, whatever the number
+(the spec's seed, the run's seed, s), so a resumed run sees exactly what an uninterrupted one would, whatever the number
 of processes or workers. Test sets (one per hop count) are written once, as files.
 """
 
@@ -134,9 +134,10 @@ def make_sequences(spec: KHopSpec, rng: np.random.Generator, hops: np.ndarray) -
     return inputs, labels
 
 
-def training_batch(spec: KHopSpec, step: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The `size` training sequences of optimizer step `step` (hop counts uniform in range)."""
-    rng = np.random.default_rng([spec.seed, int(step)])
+def training_batch(spec: KHopSpec, step: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The `size` training sequences of optimizer step `step` (hop counts uniform in range) of the
+    stream of (spec.seed, seed): `seed` is the training run's, so seeds differ in data order too."""
+    rng = np.random.default_rng([spec.seed, int(seed), int(step)])
     hops = rng.integers(spec.min_hops, spec.max_hops + 1, size=size)
     return make_sequences(spec, rng, hops)
 

@@ -182,7 +182,7 @@ class KHop(Family):
 
         cfg = variant.train
         return KHopDataModule(pipeline.data["khop"][variant.data], cfg.global_batch_size, cfg.micro_batch_size,
-                              num_workers=cfg.num_workers)
+                              seed=cfg.seed, num_workers=cfg.num_workers)
 
     def eval_data(self, variant):
         return {"khop_test": str(paths.khop_tests_dir(variant.data))}
