@@ -10,18 +10,8 @@ import os
 import runpy
 import sys
 
-import lightning as L
-
 import vld.train.run as run
-
-
-class ExitAfterStep(L.Callback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step >= self.step:
-            os._exit(17)
+from exit_after_step import ExitAfterStep  # beside this script
 
 
 if __name__ == "__main__":

@@ -66,6 +66,22 @@ def work_dir(stage: str, variant: str, determinants: Any) -> Path:
     return WORK / stage / f"{variant}-{config_hash(determinants)}"
 
 
+def dataset_stage(prog: str, description: str, section: str, argv) -> tuple:
+    """A data stage's start: `--dataset NAME` of data.<section>, with the whole params.yaml
+    validated first; returns (args, pipeline, spec)."""
+    from vld.errors import fail
+    from vld.pipeline.params import load_pipeline
+
+    cli = parser(prog, description, variant=False)
+    cli.add_argument("--dataset", required=True, help=f"dataset name under data.{section}")
+    args = cli.parse_args(argv)
+    pipeline = load_pipeline(args.params)
+    datasets = pipeline.data[section]
+    if args.dataset not in datasets:
+        fail("--dataset", f"no dataset {args.dataset!r} under data.{section} (known: {', '.join(datasets) or 'none'})")
+    return args, pipeline, datasets[args.dataset]
+
+
 def keep_if_unchanged(pipeline, out: Path, data: tuple) -> None:
     """An output written in place is removed again when params.yaml changed while it was made
     (vld.pipeline.params.Pipeline.check_unchanged), so DVC never records it with other settings."""

@@ -10,20 +10,12 @@ from (seed, step) while it runs.
 
 from __future__ import annotations
 
-from vld.errors import fail, run_cli
+from vld.errors import run_cli
 from vld.pipeline import _stage, paths
-from vld.pipeline.params import load_pipeline
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _stage.parser("data_khop", __doc__.splitlines()[0], variant=False)
-    parser.add_argument("--dataset", required=True, help="dataset name under data.khop")
-    args = parser.parse_args(argv)
-    pipeline = load_pipeline(args.params)
-    datasets = pipeline.data["khop"]
-    if args.dataset not in datasets:
-        fail("--dataset", f"no dataset {args.dataset!r} under data.khop (known: {', '.join(datasets) or 'none'})")
-    spec = datasets[args.dataset]
+    args, pipeline, spec = _stage.dataset_stage("data_khop", __doc__.splitlines()[0], "khop", argv)
     out = paths.khop_tests_dir(args.dataset)
     from dataclasses import asdict
 

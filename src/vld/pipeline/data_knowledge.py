@@ -9,20 +9,12 @@ Writes data/knowledge/<dataset>/ (a token set) and results/records/data_knowledg
 
 from __future__ import annotations
 
-from vld.errors import fail, run_cli
+from vld.errors import run_cli
 from vld.pipeline import _stage, paths
-from vld.pipeline.params import load_pipeline
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _stage.parser("data_knowledge", __doc__.splitlines()[0], variant=False)
-    parser.add_argument("--dataset", required=True, help="dataset name under data.knowledge")
-    args = parser.parse_args(argv)
-    pipeline = load_pipeline(args.params)
-    datasets = pipeline.data["knowledge"]
-    if args.dataset not in datasets:
-        fail("--dataset", f"no dataset {args.dataset!r} under data.knowledge (known: {', '.join(datasets) or 'none'})")
-    spec = datasets[args.dataset]
+    args, pipeline, spec = _stage.dataset_stage("data_knowledge", __doc__.splitlines()[0], "knowledge", argv)
     out = paths.knowledge_dir(args.dataset)
     from dataclasses import asdict
 

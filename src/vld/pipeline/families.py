@@ -103,14 +103,26 @@ class Reasoning(IgsmEvaluated):
     name = "reasoning"
 
 
-class Knowledge(Family):
-    name, task = "knowledge", "knowledge"
+class OwnDataset(Family):
+    """A family whose variants name a dataset under data.<data_section>."""
+
+    data_section: str
     variant_keys = ("model", "data")
 
     def check_variant(self, spec, where, pipeline):
         out = super().check_variant(spec, where, pipeline)
-        out["data"] = _dataset(spec, where, pipeline, "knowledge")
-        return out
+        name = spec.get("data")
+        sets = pipeline.data.get(self.data_section, {})
+        if name is None:
+            fail(f"{where}.data", f"missing: name a dataset under data.{self.data_section}")
+        if name not in sets:
+            fail(f"{where}.data", f"names a missing dataset {name!r} (data.{self.data_section} has:"
+                 f" {', '.join(sets) or 'none'})")
+        return {**out, "data": name}
+
+
+class Knowledge(OwnDataset):
+    name, task, data_section = "knowledge", "knowledge", "knowledge"
 
     def train_data(self, variant):
         return paths.knowledge_dir(variant.data)
@@ -159,14 +171,8 @@ class Retrofit(IgsmEvaluated):
         return paths.retrofit_dir(variant.name)
 
 
-class KHop(Family):
-    name, task = "khop", "khop"
-    variant_keys = ("model", "data")
-
-    def check_variant(self, spec, where, pipeline):
-        out = super().check_variant(spec, where, pipeline)
-        out["data"] = _dataset(spec, where, pipeline, "khop")
-        return out
+class KHop(OwnDataset):
+    name, task, data_section = "khop", "khop", "khop"
 
     def fixed_train(self, extras, pipeline):
         return {"seq_len": pipeline.data["khop"][extras["data"]].seq_len}
@@ -186,16 +192,6 @@ class KHop(Family):
 
     def eval_data(self, variant):
         return {"khop_test": str(paths.khop_tests_dir(variant.data))}
-
-
-def _dataset(spec: Mapping[str, Any], where: str, pipeline: "Pipeline", section: str) -> str:
-    name = spec.get("data")
-    sets = pipeline.data.get(section, {})
-    if name is None:
-        fail(f"{where}.data", f"missing: name a dataset under data.{section}")
-    if name not in sets:
-        fail(f"{where}.data", f"names a missing dataset {name!r} (data.{section} has: {', '.join(sets) or 'none'})")
-    return name
 
 
 # Validation order matters: retrofit variants name reasoning variants.
