@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from vld.errors import fail
 from vld.pipeline.params import FAMILIES, config_hash
+# The tracking helpers live in vld.pipeline.tracking; these names stay here for the stages
+# that still import them from _stage.
+from vld.pipeline.tracking import NullRun, is_global_zero, tracked
 
 IGSM_TRAIN = Path("data/igsm/train")
 IGSM_TESTS = Path("data/igsm/tests")
@@ -56,14 +59,6 @@ def parser(prog: str, description: str, families: tuple[str, ...] | None = None,
     return parser
 
 
-def is_global_zero() -> bool:
-    """True except in the extra processes of a multi-process (DDP) run."""
-    for name in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(name, "").strip():
-            return int(os.environ[name]) == 0
-    return int(os.environ.get("LOCAL_RANK", "0") or 0) == 0 and int(os.environ.get("NODE_RANK", "0") or 0) == 0
-
-
 def stage_device(train_cfg) -> str:
     """Where a stage computes, from params.yaml's hardware block: "cuda" when it asks for a GPU
     (or says auto and one is visible), else "cpu". A GPU asked for on a machine without one
@@ -81,11 +76,19 @@ def stage_device(train_cfg) -> str:
 
 
 def work_dir(stage: str, variant: str, determinants: Any) -> Path:
-    WORK.mkdir(parents=True, exist_ok=True)
-    ignore = WORK / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("*\n")
-    return WORK / stage / f"{variant}-{config_hash(determinants)}"
+    """The checkpoint directory of a run (checked writable now, before any compute)."""
+    from vld.atomic import check_writable
+
+    path = WORK / stage / f"{variant}-{config_hash(determinants)}"
+    check_writable(path / "checkpoints" / "last.ckpt")
+    try:
+        WORK.mkdir(parents=True, exist_ok=True)
+        ignore = WORK / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text("*\n")
+    except OSError as err:
+        fail(str(WORK), f"cannot be written ({err.strerror or err})")
+    return path
 
 
 def drop_work_dir(path: Path) -> None:
@@ -122,24 +125,4 @@ def numeric_leaves(obj: Any, prefix: str = "", depth: int = 3) -> dict[str, floa
     return out
 
 
-class NullRun:
-    """Stands in for a StageRun on the non-zero ranks of a DDP run (they log nothing)."""
-
-    run_id = None
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
-
-
-@contextlib.contextmanager
-def tracked(pipeline, stage: str, variant: str | None, params: dict, tags: dict) -> Iterator:
-    if not is_global_zero():
-        yield NullRun()
-        return
-    from vld.pipeline.tracking import stage_run
-
-    with stage_run(pipeline, stage, variant, params, tags) as run:
-        yield run
-
-
-__all__ = ["FAMILIES"]
+__all__ = ["FAMILIES", "NullRun", "is_global_zero", "tracked"]

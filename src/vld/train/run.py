@@ -9,9 +9,11 @@ atomically every `checkpoint_every` steps and at the end, and writes `out_dir/me
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -23,7 +25,7 @@ from torch import nn
 
 from vld.atomic import write_json
 from vld.errors import fail
-from vld.train.config import TrainConfig, check_devices
+from vld.train.config import TrainConfig, check_devices, resolve_threads
 from vld.train.datamodules import _WindowDataModuleBase
 from vld.train.module import LMModule
 
@@ -73,7 +75,16 @@ class StepCheckpoint(Callback):
     def save(self, trainer: L.Trainer) -> None:
         final = self.dirpath / LAST
         tmp = self.dirpath / f".{LAST}.tmp"
-        trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
+        try:
+            trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
+        except (OSError, RuntimeError) as err:  # a full disk: torch's writer raises RuntimeError
+            if isinstance(err, RuntimeError) and "write" not in str(err).lower():
+                raise
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0]
+            fail(str(final), f"cannot be written ({reason}); the previous checkpoint is unchanged,"
+                             " free space and rerun to resume from it")
         if trainer.is_global_zero:
             os.replace(tmp, final)
         trainer.strategy.barrier("vld.train.checkpoint")
@@ -186,10 +197,13 @@ def _resume_checkpoint(cfg: TrainConfig, ckpt_dir: Path) -> Path | None:
 
 
 def _checkpoint_step(path: Path) -> int:
-    """The optimizer step a checkpoint was saved at (mmap: the weights are not read)."""
+    """The optimizer step a checkpoint was saved at (mmap: the weights are not read).
+
+    weights_only: a checkpoint in the work directory may come from anywhere (a copied
+    directory, a shared filesystem); unpickling it in full could run code."""
     try:
-        return int(torch.load(path, mmap=True, weights_only=False, map_location="cpu")["global_step"])
-    except Exception as err:  # truncated or not a checkpoint: say so before any compute
+        return int(torch.load(path, mmap=True, weights_only=True, map_location="cpu")["global_step"])
+    except Exception as err:  # truncated, not a checkpoint, or carrying code: say so before any compute
         fail(str(path), f"cannot be read as a training checkpoint ({type(err).__name__}); delete it to start over")
 
 
@@ -218,11 +232,12 @@ def run_training(
     ours = isinstance(datamodule, _WindowDataModuleBase)
     callbacks = [SameResumeOnEveryRank(ckpt_dir / LAST, resume_step), *callbacks]
     trainer = build_trainer(cfg, out_dir, logger=logger, callbacks=callbacks, distributed_sampler=not ours)
+    _share_cpu(trainer)
     if trainer.is_global_zero:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if resume is None:
             write_json(ckpt_dir / RUN_CONFIG, cfg.to_dict())
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
     _reap_ranks_at_exit(trainer)
 
     steps = int(trainer.global_step)
@@ -240,6 +255,21 @@ def run_training(
     if trainer.is_global_zero:
         write_json(out_dir / METRICS, metrics)
     return metrics
+
+
+def _share_cpu(trainer: L.Trainer) -> None:
+    """A one-process CPU run on a shared machine: fewer threads when other processes hold
+    cores (see vld.train.config.resolve_threads); multi-process runs are left to Lightning,
+    which divides the cores between the ranks."""
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    if not isinstance(trainer.accelerator, CPUAccelerator) or trainer.world_size != 1:
+        return
+    threads, note = resolve_threads(torch.get_num_threads())
+    if note:
+        print(note, file=sys.stderr, flush=True)
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
 
 
 def _check_vocab(model: nn.Module, datamodule: L.LightningDataModule) -> None:
