@@ -49,6 +49,17 @@ def _cannot_write(path: Path, err: BaseException) -> OutputError:
     return OutputError(path, reason)
 
 
+def write_failure(err: BaseException) -> OSError | None:
+    """The OSError meaning "cannot write" (full disk, read-only, quota) behind `err`, if any:
+    torch's zip writer turns a failed write into a RuntimeError whose context holds it."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
+
+
 def _existing_ancestor(path: Path) -> Path:
     for candidate in (path, *path.parents):
         if candidate.exists():
@@ -115,10 +126,11 @@ def save_torch(path: str | os.PathLike, obj) -> None:
     try:
         with atomic_file(path, "wb") as handle:
             torch.save(obj, handle)
-    except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) so
-        if "write" not in str(err).lower():
+    except RuntimeError as err:
+        cause = write_failure(err)
+        if cause is None:
             raise
-        raise _cannot_write(Path(path), err) from None
+        raise _cannot_write(Path(path), cause) from None
 
 
 def check_replaceable(path: str | os.PathLike) -> None:

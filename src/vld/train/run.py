@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from torch import nn
 
-from vld.atomic import write_json
+from vld.atomic import write_failure, write_json
 from vld.errors import fail
 from vld.train.config import TrainConfig, check_devices, resolve_threads
 from vld.train.datamodules import _WindowDataModuleBase
@@ -78,12 +78,12 @@ class StepCheckpoint(Callback):
         try:
             trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
         except (OSError, RuntimeError) as err:  # a full disk: torch's writer raises RuntimeError
-            if isinstance(err, RuntimeError) and "write" not in str(err).lower():
+            cause = write_failure(err)
+            if cause is None:
                 raise
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0]
-            fail(str(final), f"cannot be written ({reason}); the previous checkpoint is unchanged,"
+            fail(str(final), f"cannot be written ({cause.strerror}); the previous checkpoint is unchanged;"
                              " free space and rerun to resume from it")
         if trainer.is_global_zero:
             os.replace(tmp, final)
