@@ -189,14 +189,20 @@ def _probe_sqlite(path: Path, where: str) -> None:
         fail(where, f"{err}; fix the permissions or {OFF_HINT}")
     if not path.exists():
         return
+    from urllib.request import pathname2url
+
     try:
-        con = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=10)
+        con = sqlite3.connect(f"file:{pathname2url(str(path))}?mode=rw", uri=True, timeout=5)
         try:
             con.execute("SELECT count(*) FROM sqlite_master").fetchone()
             con.execute("BEGIN IMMEDIATE")  # takes the write lock: fails on a read-only database
             con.rollback()
         finally:
             con.close()
+    except sqlite3.OperationalError as err:
+        if "locked" in str(err):  # another stage is writing: the store works
+            return
+        fail(where, f"{path} cannot be used as an sqlite database ({err}); move it away or {OFF_HINT}")
     except sqlite3.Error as err:
         fail(where, f"{path} cannot be used as an sqlite database ({err}); move it away or {OFF_HINT}")
 
