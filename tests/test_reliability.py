@@ -380,3 +380,15 @@ def test_requires_python_admits_the_current_distribution_pythons():
     spec = SpecifierSet(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"])
     assert all(v in spec for v in ("3.11.7", "3.12.1", "3.13.0", "3.14.0"))
     assert "3.10.13" not in spec  # numpy 2.4, scipy 1.17 and matplotlib 3.11 need 3.11
+
+
+def test_lightning_logger_leaves_the_run_end_to_the_stage(store):
+    repo, pipeline = store
+    with tracking.tracked(pipeline, "train", "v", {}, {}) as run:
+        logger = run.lightning_logger()
+        logger.log_metrics({"train/loss": 2.5}, step=3)
+        logger.finalize("success")  # what Lightning calls when fit ends
+        assert _runs(repo)["train@v"][0].info.status == "RUNNING"
+        run.finish()
+    child = _runs(repo)["train@v"][0]
+    assert child.info.status == "FINISHED" and child.data.metrics["train/loss"] == 2.5

@@ -134,7 +134,7 @@ def _git_dvc(repo: Path, *cmd: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_dvc_exp_run_temp_tracks_into_the_repository_store(dvc_project):
+def test_dvc_exp_run_temp_and_queue_track_into_the_repository_store(dvc_project):
     from mlflow.tracking import MlflowClient
 
     repo = dvc_project
@@ -153,9 +153,15 @@ def test_dvc_exp_run_temp_tracks_into_the_repository_store(dvc_project):
     assert len(children) == 1 and children[0].info.status == "FINISHED"
     assert children[0].data.params["data.seed"] == "5"
     assert Path(experiment.artifact_location.removeprefix("file://")).parent == repo / "mlruns"
+    # a queued experiment too (run by DVC's queue worker, in its own temporary workspace)
+    _git_dvc(repo, "dvc", "exp", "run", "--queue", "data_knowledge@rt1k", "-S", "data.knowledge.rt1k.seed=7")
+    _git_dvc(repo, "dvc", "exp", "run", "--run-all")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    seeds = sorted(r.data.params["data.seed"] for r in runs if r.data.tags.get("vld.stage_key") == "data_knowledge@rt1k")
+    assert seeds == ["5", "7"]
     # a single stage in the workspace: its parent is not left RUNNING, nothing is
     _git_dvc(repo, "dvc", "repro", "-s", "data_knowledge@rt1k")
     runs = client.search_runs([experiment.experiment_id], max_results=100)
     parents = [r for r in runs if r.data.tags.get("vld.role") == "pipeline"]
-    assert len(parents) == 2 and len(runs) == 4
+    assert len(parents) == 3 and len(runs) == 6
     assert all(r.info.status == "FINISHED" for r in runs)

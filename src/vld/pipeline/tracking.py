@@ -256,6 +256,10 @@ def _client(root: Path):
 
     uri = tracking_uri(root)
     probe_store(uri)
+    # a server that answered the probe and then goes away: fail in seconds, not MLflow's
+    # default of 7 retries with exponential backoff (minutes); a user's own settings win
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -529,9 +533,8 @@ class StageRun:
         """An MLFlowLogger writing the training curve into this child run (None if disabled)."""
         if not self.run_id:
             return None
-        from lightning.pytorch.loggers import MLFlowLogger
-
-        return MLFlowLogger(experiment_name=self.profile, tracking_uri=self.uri, run_id=self.run_id)
+        logger_class = __getattr__("StageLogger")
+        return logger_class(experiment_name=self.profile, tracking_uri=self.uri, run_id=self.run_id)
 
     # -- record
     def record(self) -> dict[str, Any]:
@@ -563,6 +566,30 @@ class StageRun:
                 self._client.set_terminated(self.run_id, status)
             with contextlib.suppress(Exception):
                 settle_parent(self._client, self.experiment_id, self.parent_run_id)
+
+
+def _stage_logger_class():
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    class StageLogger(MLFlowLogger):
+        """Lightning's MLFlowLogger that leaves the run's end to the stage: Lightning would mark
+        the run FINISHED when training ends, while the stage still has its outputs to write."""
+
+        def finalize(self, status: str = "success") -> None:
+            return None
+
+    StageLogger.__module__, StageLogger.__qualname__ = __name__, "StageLogger"
+    return StageLogger
+
+
+def __getattr__(name: str):
+    # StageLogger is built on first use (it imports lightning); a module attribute so that
+    # it pickles (ddp_spawn) by name
+    if name == "StageLogger":
+        if name not in globals():
+            globals()[name] = _stage_logger_class()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _log_artifacts(client, run_id: str, root: Path, paths: list[str]) -> None:
