@@ -392,3 +392,14 @@ def test_lightning_logger_leaves_the_run_end_to_the_stage(store):
         run.finish()
     child = _runs(repo)["train@v"][0]
     assert child.info.status == "FINISHED" and child.data.metrics["train/loss"] == 2.5
+
+
+def test_tracking_does_not_import_params():
+    import sys
+
+    code = "import sys, vld.pipeline.tracking; assert 'vld.pipeline.params' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    from vld.pipeline import _stage
+
+    assert _stage.tracked is tracking.tracked and _stage.is_global_zero is tracking.is_global_zero
+    assert _stage.NullRun is tracking.NullRun
