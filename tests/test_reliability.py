@@ -403,3 +403,27 @@ def test_tracking_does_not_import_params():
 
     assert _stage.tracked is tracking.tracked and _stage.is_global_zero is tracking.is_global_zero
     assert _stage.NullRun is tracking.NullRun
+
+
+def test_a_resumed_cpu_run_keeps_its_thread_count(tmp_path, monkeypatch):
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    from vld.train.run import THREADS_FILE, _share_cpu
+
+    trainer = types.SimpleNamespace(accelerator=CPUAccelerator(), world_size=1)
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("VLD_THREADS", "1")
+    try:
+        _share_cpu(trainer, tmp_path, resuming=False)
+        assert json.loads((tmp_path / THREADS_FILE).read_text()) == {"threads": 1}
+        (tmp_path / THREADS_FILE).write_text('{"threads": 2}')
+        monkeypatch.delenv("VLD_THREADS")
+        _share_cpu(trainer, tmp_path, resuming=True)  # the checkpoints' count, whatever the load
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        _share_cpu(trainer, tmp_path, resuming=True)  # the user's setting wins
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

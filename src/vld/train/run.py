@@ -25,7 +25,7 @@ from torch import nn
 
 from vld.atomic import write_failure, write_json
 from vld.errors import fail
-from vld.train.config import TrainConfig, check_devices, resolve_threads
+from vld.train.config import THREADS_ENV, TrainConfig, check_devices, resolve_threads
 from vld.train.datamodules import _WindowDataModuleBase
 from vld.train.module import LMModule
 
@@ -33,6 +33,7 @@ CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
 RUN_CONFIG = "train_config.json"  # what the checkpoints were made with; a resume must match it
 METRICS = "metrics.json"
+THREADS_FILE = "threads.json"  # the CPU thread count of the run, kept on resume
 # settings a resumed run may change without changing the result
 _RESUME_FREE = ("devices", "num_nodes", "strategy", "num_workers", "checkpoint_every", "log_every", "accelerator")
 
@@ -232,7 +233,7 @@ def run_training(
     ours = isinstance(datamodule, _WindowDataModuleBase)
     callbacks = [SameResumeOnEveryRank(ckpt_dir / LAST, resume_step), *callbacks]
     trainer = build_trainer(cfg, out_dir, logger=logger, callbacks=callbacks, distributed_sampler=not ours)
-    _share_cpu(trainer)
+    _share_cpu(trainer, ckpt_dir, resume is not None)
     if trainer.is_global_zero:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if resume is None:
@@ -257,19 +258,32 @@ def run_training(
     return metrics
 
 
-def _share_cpu(trainer: L.Trainer) -> None:
+def _share_cpu(trainer: L.Trainer, ckpt_dir: Path, resuming: bool) -> None:
     """A one-process CPU run on a shared machine: fewer threads when other processes hold
     cores (see vld.train.config.resolve_threads); multi-process runs are left to Lightning,
-    which divides the cores between the ranks."""
+    which divides the cores between the ranks. A resumed run keeps the thread count its
+    checkpoints were made with (CPU kernels may sum in another order with other counts, and
+    a resume is bit-identical only with the same), unless VLD_THREADS or OMP_NUM_THREADS
+    says otherwise."""
     from lightning.pytorch.accelerators import CPUAccelerator
 
     if not isinstance(trainer.accelerator, CPUAccelerator) or trainer.world_size != 1:
         return
-    threads, note = resolve_threads(torch.get_num_threads())
+    saved = ckpt_dir / THREADS_FILE
+    threads, note = None, None
+    chosen = any(os.environ.get(name, "").strip() for name in (THREADS_ENV, "OMP_NUM_THREADS"))
+    if resuming and saved.is_file() and not chosen:
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            threads = max(1, int(json.loads(saved.read_text())["threads"]))
+    if threads is None:
+        threads, note = resolve_threads(torch.get_num_threads())
     if note:
         print(note, file=sys.stderr, flush=True)
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
+    with contextlib.suppress(OSError):
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        write_json(saved, {"threads": threads})
 
 
 def _check_vocab(model: nn.Module, datamodule: L.LightningDataModule) -> None:
