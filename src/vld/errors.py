@@ -1,13 +1,19 @@
 """User errors: one line saying what is wrong and where, never a traceback.
 
 Code that validates user input raises `UserError("where: what")`; every command-line
-entry point runs through `run_cli`, which prints that line and exits with status 2.
+entry point runs through `run_cli`, which prints that line and exits with status 2. An
+OSError that means an output cannot be written (a read-only directory, a full disk, a quota)
+is one line too, naming the file.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Callable, NoReturn
+
+# errno values that mean "this output cannot be written" rather than a bug
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
 
 
 class UserError(ValueError):
@@ -28,6 +34,11 @@ def run_cli(main: Callable[..., object], *args, **kwargs) -> None:
         result = main(*args, **kwargs)
     except UserError as err:
         print(f"vld: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        print(f"vld: error: {err.filename or 'output'}: cannot be written ({err.strerror})", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("vld: interrupted", file=sys.stderr)

@@ -26,7 +26,7 @@ def main() -> None:
 
     import torch
 
-    from vld.pipeline._stage import is_global_zero
+    from vld.pipeline.tracking import is_global_zero
     from vld.train.datamodules import TokenWindowDataModule
     from vld.train.golden import tiny_model, tiny_train_config
     from vld.train.run import run_training

@@ -47,7 +47,17 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def sha256_of(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+    """sha256 of the array's bytes, read in chunks (a memory-mapped array is not copied whole)."""
+    flat = np.ascontiguousarray(array).reshape(-1)
+    digest = hashlib.sha256()
+    step = max(1, (16 << 20) // max(1, flat.itemsize))
+    for lo in range(0, len(flat), step):
+        digest.update(memoryview(np.ascontiguousarray(flat[lo : lo + step])).cast("B"))
+    return digest.hexdigest()
+
+
+# (path, size, mtime, inode) of tokens.npy files whose content matched meta.json in this process
+_VERIFIED: set[tuple] = set()
 
 
 def write_token_set(
@@ -96,8 +106,12 @@ class TokenSet:
     meta: dict[str, Any]
 
     @classmethod
-    def open(cls, path: str | Path, verify_hash: bool = False) -> "TokenSet":
-        """Open and validate; a missing or truncated file is a one-line UserError."""
+    def open(cls, path: str | Path, verify_hash: bool | None = None) -> "TokenSet":
+        """Open and validate; a missing, truncated or altered file is a one-line UserError.
+
+        verify_hash: check tokens.npy against meta.json's tokens_sha256 (same-size garbage
+        passes every other check and fails mid-training). None (the default): once per
+        process and file version; True: every time; False: never."""
         path = Path(path)
         if not path.is_dir():
             fail(str(path), "data directory not found (run its data stage first)")
@@ -117,8 +131,8 @@ class TokenSet:
             fail(str(path / TOKENS), f"truncated: {len(tokens)} tokens, meta.json says {meta.get('n_tokens')}")
         if len(index) != meta.get("n_samples", -2) + 1 or (len(index) and index[-1] != len(tokens)):
             fail(str(path / INDEX), "does not match tokens.npy (truncated or from another run)")
-        if verify_hash and sha256_of(tokens) != meta.get("tokens_sha256"):
-            fail(str(path / TOKENS), "content hash differs from meta.json")
+        if verify_hash is not False:
+            _verify(path, tokens, meta, always=bool(verify_hash))
         return cls(path, tokens, index, meta)
 
     def __len__(self) -> int:
@@ -136,6 +150,20 @@ class TokenSet:
         if not file.is_file():
             fail(str(file), "missing tokenizer file")
         return json.loads(file.read_text())
+
+
+def _verify(path: Path, tokens: np.ndarray, meta: dict[str, Any], always: bool) -> None:
+    stat = (path / TOKENS).stat()
+    key = (str((path / TOKENS).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key in _VERIFIED and not always:
+        return
+    expected = meta.get("tokens_sha256")
+    if expected is None:
+        return  # written before meta.json recorded hashes
+    if sha256_of(tokens) != expected:
+        fail(str(path / TOKENS), "content differs from the tokens_sha256 in meta.json (changed or corrupted"
+                                 " after it was written); rerun its data stage (dvc repro -f <stage>)")
+    _VERIFIED.add(key)
 
 
 def packed_windows(n_tokens: int, seq_len: int, stride: int | None = None, offset: int = 0) -> np.ndarray:

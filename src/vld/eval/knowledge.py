@@ -150,8 +150,9 @@ def _row_stats(logits: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor, 
 
 def count_parameters(model: nn.Module, vocab_size: int, used_token_ids: np.ndarray | None = None) -> dict[str, int]:
     """Plain count (shared and tied tensors counted once) and Part 3.3's count, which drops the
-    rows of token ids that never occur in the data from every per-token tensor (any parameter
-    whose first dimension is the model's vocabulary size: input embedding, untied head, head bias).
+    rows of token ids that never occur in the data from every per-token table: the input
+    embeddings and the output head (weight and bias), found by module (see `token_tables`),
+    not by shape: a layer whose width happens to equal the vocabulary size keeps every row.
     """
     params = list({id(p): p for p in model.parameters()}.values())
     plain = sum(p.numel() for p in params)
@@ -159,8 +160,35 @@ def count_parameters(model: nn.Module, vocab_size: int, used_token_ids: np.ndarr
         return {"n_params": plain, "n_params_used": plain}
     n_used = int(np.count_nonzero(np.unique(np.asarray(used_token_ids)) < vocab_size))
     unused_rows = vocab_size - n_used
-    dropped = sum(unused_rows * (p.numel() // vocab_size) for p in params if p.ndim >= 1 and p.shape[0] == vocab_size)
+    dropped = sum(unused_rows * (p.numel() // vocab_size) for p in token_tables(model, vocab_size))
     return {"n_params": plain, "n_params_used": plain - dropped}
+
+
+def token_tables(model: nn.Module, vocab_size: int) -> list[nn.Parameter]:
+    """The per-token tensors (one row per token id, tied ones once): the weight of every
+    nn.Embedding over the vocabulary, the output head's weight and bias, and a per-token
+    tensor the model holds itself (a logit bias registered on the top module). The head is
+    `get_output_embeddings()` where the model has it (Hugging Face), else its `lm_head` or
+    `head`, else the last nn.Linear with `vocab_size` outputs."""
+    tables = {id(m.weight): m.weight for m in model.modules()
+              if isinstance(m, nn.Embedding) and m.num_embeddings == vocab_size}
+    for p in model.parameters(recurse=False):
+        if p.ndim >= 1 and p.shape[0] == vocab_size:
+            tables[id(p)] = p
+    head = None
+    if callable(getattr(model, "get_output_embeddings", None)):
+        head = model.get_output_embeddings()
+    for name in ("lm_head", "head"):
+        if head is None and isinstance(getattr(model, name, None), nn.Linear):
+            head = getattr(model, name)
+    if head is None:
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == vocab_size]
+        head = linears[-1] if linears else None
+    if isinstance(head, nn.Linear) and head.out_features == vocab_size:
+        for p in (head.weight, head.bias):
+            if p is not None:
+                tables[id(p)] = p
+    return list(tables.values())
 
 
 def _per_param(out: dict[str, Any], key: str, counts: dict[str, int]) -> None:

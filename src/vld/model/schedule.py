@@ -10,11 +10,16 @@ notation over `L` (number of base layers, or the size of the `layers` range) and
 Grammar (recursive descent, no eval):
 
     seq    := item ("," item)*
-    item   := expr [".." expr]                 # a single index or an inclusive range
+    item   := expr [".." expr]                 # a single index or an inclusive range (see below)
             | NAME "(" seq ")"                 # cycle / sequence / inverse_cycle / reverse
     expr   := term (("+" | "-") term)*
     term   := factor (("*" | "//") factor)*
     factor := INT | "L" | "k" | "(" expr ")" | "-" factor
+
+A range `a..b` runs in the direction it is written in, judged with L large: `0..L-1` and
+`1..L-2` ascend, `L-1..0` descends. When a small L turns it around (`1..L-2` for L = 2 is
+`1..0`) the range is empty, so `middle_cycle` on 2 layers is `0, 1`, never `0, 1, 0, 1, ...`.
+A range without L (`3..1`) runs as written.
 
 For `cycle`, `sequence` and `inverse_cycle` the last argument is the count `n`; the
 arguments before it are concatenated into the sequence `s`. `reverse(s)` takes only `s`.
@@ -40,6 +45,8 @@ BUILTIN_PATTERNS: dict[str, str] = {
     "inverse_cycle": "inverse_cycle(0..L-1, k+1)",
 }
 
+# How much larger than L the base is when a range's written direction is read (see _Parser.item).
+_WIDE_L = 1_000_000
 # A guard against a typo like `cycle(0..L-1, 100000)` allocating a huge list.
 MAX_SCHEDULE_LENGTH = 100_000
 
@@ -124,15 +131,34 @@ class _Parser:
             if not (self.peek(1)[0] == "sym" and self.peek(1)[1] == "("):
                 raise NotationError(f"unknown name {value!r} (variables: L, k)")
             return self.call()
+        begin = self.pos
         start = self.expr()
         if not self.at(".."):
             return [start]
         self.take()
         stop = self.expr()
-        step = 1 if stop >= start else -1
+        # The direction of a range is the one it is written in: its ends evaluated for a large L.
+        # `1..L-2` ascends, so for L = 2 (1..0) it is empty, not the descending 1, 0; `L-1..0`
+        # descends for every L. A range whose ends do not depend on L runs as written.
+        wide_start, wide_stop = self._ends_at(begin, self.env["L"] + _WIDE_L)
+        written = wide_stop - wide_start
+        step = 1 if (written > 0 or (written == 0 and stop >= start)) else -1
+        if (stop - start) * step < 0:
+            return []  # runs backwards only because L is small: no layers
         if abs(stop - start) + 1 > MAX_SCHEDULE_LENGTH:
             raise NotationError(f"range {start}..{stop} is longer than {MAX_SCHEDULE_LENGTH}")
         return list(range(start, stop + step, step))
+
+    def _ends_at(self, begin: int, n_layers: int) -> tuple[int, int]:
+        """Both ends of the range starting at token `begin`, evaluated with L = n_layers."""
+        pos, env = self.pos, self.env
+        self.pos, self.env = begin, {**env, "L": n_layers}
+        try:
+            start = self.expr()
+            self.take()  # ".."
+            return start, self.expr()
+        finally:
+            self.pos, self.env = pos, env
 
     def call(self) -> list[int]:
         _, name = self.take()

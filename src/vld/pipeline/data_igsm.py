@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vld.errors import run_cli
-from vld.pipeline import _stage, paths
+from vld.pipeline import paths, shared, tracking
 from vld.pipeline.params import load_pipeline
 
 
@@ -26,7 +26,7 @@ def generate(igsm, split: str, spec, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _stage.parser("data_igsm", __doc__.splitlines()[0], variant=False)
+    parser = shared.parser("data_igsm", __doc__.splitlines()[0], variant=False)
     parser.add_argument("--split", required=True, choices=("train", "tests"))
     args = parser.parse_args(argv)
     pipeline = load_pipeline(args.params)
@@ -40,12 +40,12 @@ def main(argv: list[str] | None = None) -> int:
         params.update({f"train.{k}": v for k, v in igsm.train.to_dict().items()})
     else:
         params.update({f"tests.{name}.{k}": v for name, t in igsm.tests.items() for k, v in t.to_dict().items()})
-    with _stage.tracked(pipeline, f"data_igsm_{args.split}", None, params, {}) as run:
+    with tracking.tracked(pipeline, f"data_igsm_{args.split}", None, params, {}) as run:
         from vld.data.tokens import TokenSet
 
         if args.split == "train":
             generate(igsm, "train", igsm.train, out)
-            _stage.keep_if_unchanged(pipeline, out, data=("igsm", None))
+            shared.keep_if_unchanged(pipeline, out, data=("igsm", None))
             sets = {"igsm_train": out}
         else:
             with atomic_dir(out) as tmp:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             run.log_metrics({f"{name}.problems": len(tokens), f"{name}.tokens": len(tokens.tokens),
                              f"{name}.vocab_size": tokens.vocab_size})
             run.add_artifact(path / "meta.json")
-        run.set_tags(_stage.data_tags(sets))
+        run.set_tags(shared.data_tags(sets))
         run.finish()
     return 0
 

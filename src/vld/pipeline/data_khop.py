@@ -11,18 +11,18 @@ from (seed, step) while it runs.
 from __future__ import annotations
 
 from vld.errors import run_cli
-from vld.pipeline import _stage, paths
+from vld.pipeline import paths, shared, tracking
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, pipeline, spec = _stage.dataset_stage("data_khop", __doc__.splitlines()[0], "khop", argv)
+    args, pipeline, spec = shared.dataset_stage("data_khop", __doc__.splitlines()[0], "khop", argv)
     out = paths.khop_tests_dir(args.dataset)
     from dataclasses import asdict
 
     from vld.atomic import atomic_dir, check_replaceable
 
     check_replaceable(out)
-    with _stage.tracked(pipeline, "data_khop", args.dataset, {f"data.{k}": v for k, v in asdict(spec).items()},
+    with tracking.tracked(pipeline, "data_khop", args.dataset, {f"data.{k}": v for k, v in asdict(spec).items()},
                         {"vld.data": args.dataset}) as run:
         from vld.data.khop import write_test_sets
 

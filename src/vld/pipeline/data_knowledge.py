@@ -10,11 +10,11 @@ Writes data/knowledge/<dataset>/ (a token set) and results/records/data_knowledg
 from __future__ import annotations
 
 from vld.errors import run_cli
-from vld.pipeline import _stage, paths
+from vld.pipeline import paths, shared, tracking
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, pipeline, spec = _stage.dataset_stage("data_knowledge", __doc__.splitlines()[0], "knowledge", argv)
+    args, pipeline, spec = shared.dataset_stage("data_knowledge", __doc__.splitlines()[0], "knowledge", argv)
     out = paths.knowledge_dir(args.dataset)
     from dataclasses import asdict
 
@@ -22,13 +22,13 @@ def main(argv: list[str] | None = None) -> int:
 
     check_replaceable(out)
     params = {f"data.{key}": value for key, value in asdict(spec).items()}
-    with _stage.tracked(pipeline, "data_knowledge", args.dataset, params, {"vld.data.kind": spec.kind}) as run:
+    with tracking.tracked(pipeline, "data_knowledge", args.dataset, params, {"vld.data.kind": spec.kind}) as run:
         spec.make(out)
-        _stage.keep_if_unchanged(pipeline, out, data=("knowledge", args.dataset))
+        shared.keep_if_unchanged(pipeline, out, data=("knowledge", args.dataset))
         from vld.data.tokens import TokenSet
 
         tokens = TokenSet.open(out)
-        run.set_tags(_stage.data_tags({args.dataset: out}))
+        run.set_tags(shared.data_tags({args.dataset: out}))
         run.log_metrics({"n_tokens": len(tokens.tokens), "n_samples": len(tokens), "vocab_size": tokens.vocab_size,
                          **{key: value for key, value in tokens.meta.items() if key in ("dataset_bits", "bits_per_token")}})
         run.add_artifact(out / "meta.json")

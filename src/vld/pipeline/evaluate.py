@@ -15,18 +15,18 @@ from __future__ import annotations
 import json
 
 from vld.errors import fail, run_cli
-from vld.pipeline import _stage, paths
+from vld.pipeline import paths, shared, tracking
 from vld.pipeline.families import FAMILIES
 from vld.pipeline.params import load_pipeline
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _stage.parser("evaluate", __doc__.splitlines()[0], tuple(FAMILIES)).parse_args(argv)
+    args = shared.parser("evaluate", __doc__.splitlines()[0], tuple(FAMILIES)).parse_args(argv)
     pipeline = load_pipeline(args.params)
     variant = pipeline.variant(args.family, args.variant)
     family = FAMILIES[variant.family]
     where, data = family.model_dir(variant), family.eval_data(variant)
-    device = _stage.stage_device(variant.train)  # evaluate where the training ran
+    device = shared.stage_device(variant.train)  # evaluate where the training ran
     if not where.is_dir():
         fail(str(where), "not found: run the training stage of this variant first (dvc repro)")
     trained_as = where / "variant.json"
@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     dirs = {**data.get("igsm_test", {}), **{key: data[key] for key in ("knowledge", "khop_test") if key in data}}
     params = {**variant.flat_params(), **{f"eval.{k}": v for k, v in variant.eval.items()}}
 
-    with _stage.tracked(pipeline, f"evaluate_{variant.family}", variant.name, params,
-                        {**variant.tags(), **_stage.data_tags(dirs)}) as run:
+    with tracking.tracked(pipeline, f"evaluate_{variant.family}", variant.name, params,
+                        {**variant.tags(), **shared.data_tags(dirs)}) as run:
         from vld.atomic import write_json
         from vld.eval.variant import evaluate_variant
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate_variant(model, variant.family, data, settings, meta)
         pipeline.check_unchanged(variant)
         write_json(out, result)
-        run.log_metrics(_stage.numeric_leaves({key: result.get(key) for key in (
+        run.log_metrics(shared.numeric_leaves({key: result.get(key) for key in (
             "params", "params_no_embed", "effective_depth", "flops_per_token", "flops_per_token_train",
             "train_tokens_per_s", "igsm", "knowledge")}))
         if result.get("khop"):

@@ -390,8 +390,3 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     run_cli(main)
 
-
-def file_sha256(path):  # TEMP: tracking.py gets its own at the h-rel merge
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -13,14 +13,14 @@ settings.
 from __future__ import annotations
 
 from vld.errors import fail, run_cli
-from vld.pipeline import _stage, paths
+from vld.pipeline import paths, shared, tracking
 from vld.pipeline.families import FAMILIES, trained_by
 from vld.pipeline.params import load_pipeline
 from vld.train.config import check_devices
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _stage.parser("pretrain", __doc__.splitlines()[0], trained_by("pretrain")).parse_args(argv)
+    args = shared.parser("pretrain", __doc__.splitlines()[0], trained_by("pretrain")).parse_args(argv)
     pipeline = load_pipeline(args.params)  # the whole file, before anything else
     variant = pipeline.variant(args.family, args.variant)
     family = FAMILIES[variant.family]
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     check_devices(train_cfg, "hardware")  # a GPU asked for and missing: fail now, before any run
     data_dir = family.train_data(variant)
     out = paths.pretrain_dir(variant.family, variant.name)
-    rank0 = _stage.is_global_zero()
+    rank0 = tracking.is_global_zero()
 
     from vld.atomic import check_replaceable
 
@@ -47,13 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         model_cfg = variant.model_config(tokens.vocab_size)
         if len(tokens.tokens) < train_cfg.seq_len + 1:
             fail(f"{variant.key}.train.seq_len", f"{train_cfg.seq_len} is longer than the data ({len(tokens.tokens)} tokens)")
-        data_id = {"data": _stage.data_sha256(data_dir), "dataset": str(data_dir)}
-        tags = {**variant.tags(), **_stage.data_tags({data_dir.name if variant.family == "knowledge"
+        data_id = {"data": shared.data_sha256(data_dir), "dataset": str(data_dir)}
+        tags = {**variant.tags(), **shared.data_tags({data_dir.name if variant.family == "knowledge"
                                                       else "igsm_train": data_dir})}
     stage = f"pretrain_{variant.family}"
-    work = _stage.work_dir(stage, variant.name, {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), **data_id})
+    work = shared.work_dir(stage, variant.name, {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), **data_id})
 
-    with _stage.tracked(pipeline, stage, variant.name, variant.flat_params(), tags) as run:
+    with tracking.tracked(pipeline, stage, variant.name, variant.flat_params(), tags) as run:
         import torch
 
         from vld.atomic import atomic_dir, write_json
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         run.add_artifact(out / "metrics.json")
         run.add_artifact(out / "config.json")
         run.finish()
-    _stage.drop_work_dir(work)
+    shared.drop_work_dir(work)
     return 0
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 from vld.errors import fail, run_cli
-from vld.pipeline import _stage, paths
+from vld.pipeline import paths, shared, tracking
 from vld.pipeline.params import load_pipeline
 
 
@@ -41,20 +41,20 @@ def current_results(pipeline) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _stage.parser("report", __doc__.splitlines()[0], variant=False).parse_args(argv)
+    args = shared.parser("report", __doc__.splitlines()[0], variant=False).parse_args(argv)
     pipeline = load_pipeline(args.params)
     results = current_results(pipeline)
     from vld.atomic import check_replaceable
 
     check_replaceable(paths.REPORT)
-    with _stage.tracked(pipeline, "report", None, {"profile": pipeline.profile}, {}) as run:
+    with tracking.tracked(pipeline, "report", None, {"profile": pipeline.profile}, {}) as run:
         from vld.pipeline import tracking
         from vld.report.build import build_report
 
         build_report(results, paths.REPORT, pipeline.profile)
         summary = paths.REPORT / "metrics.json"
         if summary.is_file():
-            run.log_metrics(_stage.numeric_leaves(json.loads(summary.read_text())))
+            run.log_metrics(shared.numeric_leaves(json.loads(summary.read_text())))
         run.add_artifact(paths.REPORT)
         restored = tracking.reattach_records(run, tracking.read_records())
         run.set_tags({"vld.restored_stages": len(restored)})

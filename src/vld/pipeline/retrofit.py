@@ -14,13 +14,13 @@ from __future__ import annotations
 import shutil
 
 from vld.errors import run_cli
-from vld.pipeline import _stage, paths
+from vld.pipeline import paths, shared, tracking
 from vld.pipeline.params import load_pipeline
 from vld.train.config import check_devices
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _stage.parser("retrofit", __doc__.splitlines()[0]).parse_args(argv)
+    args = shared.parser("retrofit", __doc__.splitlines()[0]).parse_args(argv)
     pipeline = load_pipeline(args.params)
     variant = pipeline.variant("retrofit", args.variant)
     train_cfg = variant.train
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     # the checkpoint file itself: its directory also holds a config.json (ours, not Hugging Face's)
     source = paths.pretrain_dir("reasoning", variant.source) / "model.pt"
     out = paths.retrofit_dir(variant.name)
-    rank0 = _stage.is_global_zero()
+    rank0 = tracking.is_global_zero()
 
     from vld.atomic import check_replaceable
 
@@ -38,16 +38,16 @@ def main(argv: list[str] | None = None) -> int:
 
     info = inspect_source(source, f"{variant.key}.source")
     schedule = variant.schedule_spec
-    tags = {**variant.tags(), **_stage.data_tags({"igsm_train": paths.IGSM_TRAIN})}
+    tags = {**variant.tags(), **shared.data_tags({"igsm_train": paths.IGSM_TRAIN})}
     import hashlib
 
     source_sha256 = hashlib.sha256(source.read_bytes()).hexdigest()
     tags["vld.source.sha256"] = source_sha256
-    work = _stage.work_dir("retrofit", variant.name, {
+    work = shared.work_dir("retrofit", variant.name, {
         "variant": variant.to_dict(), "train": train_cfg.to_dict(),
-        "source": source_sha256, "data": _stage.data_sha256(paths.IGSM_TRAIN)})
+        "source": source_sha256, "data": shared.data_sha256(paths.IGSM_TRAIN)})
 
-    with _stage.tracked(pipeline, "retrofit", variant.name, variant.flat_params(), tags) as run:
+    with tracking.tracked(pipeline, "retrofit", variant.name, variant.flat_params(), tags) as run:
         from vld.atomic import atomic_dir, write_json
         from vld.retrofit.api import MODEL_DIR, METRICS_FILE, retrofit_and_finetune
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         run.add_artifact(out / METRICS_FILE)
         run.add_artifact(out / MODEL_DIR / "retrofit.json")
         run.finish()
-    _stage.drop_work_dir(work)
+    shared.drop_work_dir(work)
     return 0
 
 

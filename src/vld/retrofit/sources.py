@@ -54,7 +54,55 @@ def inspect_source(source: str | Path, where: str = "retrofit.source") -> Source
         fail(where, f"{config_path}: num_hidden_layers must be a positive integer, got {n_layers!r}")
     if not any((path / name).is_file() for name in HF_WEIGHT_FILES):
         fail(where, f"{path} has no safetensors weights ({' or '.join(HF_WEIGHT_FILES)})")
+    for weights in _weight_files(path, where):
+        check_safetensors(weights, where)
     return SourceInfo("hf_llama", path, n_layers, config)
+
+
+def _weight_files(path: Path, where: str) -> list[Path]:
+    """The safetensors files of an HF directory: model.safetensors, or the shards its index names."""
+    single = path / HF_WEIGHT_FILES[0]
+    if single.is_file():
+        return [single]
+    index_path = path / HF_WEIGHT_FILES[1]
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError) as err:
+        fail(where, f"{index_path} is not valid JSON ({type(err).__name__})")
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        fail(where, f"{index_path} has no weight_map")
+    shards = sorted({str(name) for name in weight_map.values()})
+    missing = [name for name in shards if not (path / name).is_file()]
+    if missing:
+        fail(where, f"{index_path} names shards that are missing: {', '.join(missing[:3])}")
+    return [path / name for name in shards]
+
+
+def check_safetensors(file: Path, where: str) -> None:
+    """Read a safetensors file's header only (8-byte length, JSON table of tensors) and check
+    that every tensor lies inside the file: garbage or a truncated download is one line here,
+    not a SafetensorError traceback after the model class is built."""
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n < 2 or n > min(size - 8, 100 << 20):
+                raise ValueError("no safetensors header")
+            header = json.loads(handle.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        data_size = size - 8 - n
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+            if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(x, int) for x in offsets)
+                    or not 0 <= offsets[0] <= offsets[1] <= data_size):
+                raise ValueError(f"tensor {name!r} lies outside the file (truncated?)")
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        fail(where, f"{file} is not a readable safetensors file ({err})")
 
 
 def _inspect_vld(path: Path, where: str) -> SourceInfo:
@@ -93,7 +141,11 @@ def load_hf_llama(path: Path, torch_dtype):
     from vld.retrofit.hf_llama import RetrofitLlama
 
     model_class = getattr(transformers, SUPPORTED_HF_TYPES["llama"])
-    hf_model = model_class.from_pretrained(
-        str(path), local_files_only=True, dtype=torch_dtype, attn_implementation="sdpa"
-    )
+    try:
+        hf_model = model_class.from_pretrained(
+            str(path), local_files_only=True, dtype=torch_dtype, attn_implementation="sdpa"
+        )
+    except Exception as err:  # a file inspect_source could not judge from its header (SafetensorError, ...)
+        fail(str(path), f"cannot be loaded as a Hugging Face Llama model ({type(err).__name__}:"
+                        f" {(str(err).strip().splitlines() or [''])[0][:200]})")
     return RetrofitLlama(hf_model.eval())

@@ -269,3 +269,81 @@ def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         fail(where, f"expected a finite number, got {value!r}")
     return float(value)
+
+
+# ----------------------------------------------------------------------------- CPU threads
+#
+# On a shared machine torch's default (one thread per core) collapses when another CPU-heavy
+# process holds some of the cores: OpenMP threads wait for each other at every operation,
+# and a preempted thread stalls them all. Fewer threads than free cores degrade gracefully.
+# VLD_THREADS: "auto" (the default) or a thread count; OMP_NUM_THREADS, when set, is honoured.
+
+THREADS_ENV = "VLD_THREADS"
+BUSY_SAMPLE_S = 0.2  # how long the machine's CPU use is sampled at training start
+
+
+def _cpu_times() -> tuple[float, float] | None:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat (None where unavailable)."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = [float(x) for x in handle.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+def busy_cores(sample_s: float = BUSY_SAMPLE_S) -> float | None:
+    """How many of the machine's cores other processes keep busy, sampled over `sample_s`
+    while this process sleeps (None where /proc/stat is unavailable)."""
+    import os
+    import time
+
+    before = _cpu_times()
+    if before is None:
+        return None
+    time.sleep(sample_s)
+    after = _cpu_times()
+    total = after[1] - before[1]
+    if total <= 0:
+        return 0.0
+    return (os.cpu_count() or 1) * (after[0] - before[0]) / total
+
+
+def pick_threads(cores: int, busy: float, current: int, processes: int = 1) -> int:
+    """Threads per training process: the cores other processes leave free, shared by this
+    run's processes, at least 1 and never more than `current`."""
+    free = cores - int(busy + 0.5)
+    return max(1, min(current, free // max(1, processes)))
+
+
+def resolve_threads(current: int, processes: int = 1, environ: Mapping[str, str] | None = None,
+                    busy: float | None = None) -> tuple[int, str | None]:
+    """(threads to use, a one-line note or None) for a CPU training run."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    setting = environ.get(THREADS_ENV, "auto").strip().lower() or "auto"
+    if setting != "auto":
+        try:
+            threads = int(setting)
+        except ValueError:
+            threads = 0
+        if threads < 1:
+            fail(THREADS_ENV, f"must be 'auto' or a positive thread count, got {setting!r}")
+        return threads, None
+    if environ.get("OMP_NUM_THREADS", "").strip():
+        return current, None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    busy = busy_cores() if busy is None else busy
+    if busy is None:
+        return current, None
+    threads = pick_threads(cores, busy, current, processes)
+    if threads >= current:
+        return current, None
+    return threads, (f"vld: note: other processes keep about {busy:.1f} of {cores} cores busy; training with"
+                     f" {threads} thread{'s' if threads > 1 else ''} per process instead of {current}"
+                     f" ({THREADS_ENV}=N to choose)")

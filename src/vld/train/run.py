@@ -9,9 +9,11 @@ atomically every `checkpoint_every` steps and at the end, and writes `out_dir/me
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -21,9 +23,9 @@ import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from torch import nn
 
-from vld.atomic import write_json
+from vld.atomic import write_failure, write_json
 from vld.errors import fail
-from vld.train.config import TrainConfig, check_devices
+from vld.train.config import THREADS_ENV, TrainConfig, check_devices, resolve_threads
 from vld.train.datamodules import _WindowDataModuleBase
 from vld.train.module import LMModule
 
@@ -31,6 +33,7 @@ CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
 RUN_CONFIG = "train_config.json"  # what the checkpoints were made with; a resume must match it
 METRICS = "metrics.json"
+THREADS_FILE = "threads.json"  # the CPU thread count of the run, kept on resume
 # settings a resumed run may change without changing the result
 _RESUME_FREE = ("devices", "num_nodes", "strategy", "num_workers", "checkpoint_every", "log_every", "accelerator")
 
@@ -73,7 +76,16 @@ class StepCheckpoint(Callback):
     def save(self, trainer: L.Trainer) -> None:
         final = self.dirpath / LAST
         tmp = self.dirpath / f".{LAST}.tmp"
-        trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
+        try:
+            trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
+        except (OSError, RuntimeError) as err:  # a full disk: torch's writer raises RuntimeError
+            cause = write_failure(err)
+            if cause is None:
+                raise
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            fail(str(final), f"cannot be written ({cause.strerror}); the previous checkpoint is unchanged;"
+                             " free space and rerun to resume from it")
         if trainer.is_global_zero:
             os.replace(tmp, final)
         trainer.strategy.barrier("vld.train.checkpoint")
@@ -185,10 +197,13 @@ def _resume_checkpoint(cfg: TrainConfig, ckpt_dir: Path) -> Path | None:
 
 
 def _checkpoint_step(path: Path) -> int:
-    """The optimizer step a checkpoint was saved at (mmap: the weights are not read)."""
+    """The optimizer step a checkpoint was saved at (mmap: the weights are not read).
+
+    weights_only: a checkpoint in the work directory may come from anywhere (a copied
+    directory, a shared filesystem); unpickling it in full could run code."""
     try:
-        return int(torch.load(path, mmap=True, weights_only=False, map_location="cpu")["global_step"])
-    except Exception as err:  # truncated or not a checkpoint: say so before any compute
+        return int(torch.load(path, mmap=True, weights_only=True, map_location="cpu")["global_step"])
+    except Exception as err:  # truncated, not a checkpoint, or carrying code: say so before any compute
         fail(str(path), f"cannot be read as a training checkpoint ({type(err).__name__}); delete it to start over")
 
 
@@ -216,11 +231,12 @@ def run_training(
     ours = isinstance(datamodule, _WindowDataModuleBase)
     callbacks = [SameResumeOnEveryRank(ckpt_dir / LAST, resume_step), *callbacks]
     trainer = build_trainer(cfg, out_dir, logger=logger, callbacks=callbacks, distributed_sampler=not ours)
+    _share_cpu(trainer, ckpt_dir, resume is not None)
     if trainer.is_global_zero:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if resume is None:
             write_json(ckpt_dir / RUN_CONFIG, cfg.to_dict())
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
     _reap_ranks_at_exit(trainer)
 
     steps = int(trainer.global_step)
@@ -238,6 +254,34 @@ def run_training(
     if trainer.is_global_zero:
         write_json(out_dir / METRICS, metrics)
     return metrics
+
+
+def _share_cpu(trainer: L.Trainer, ckpt_dir: Path, resuming: bool) -> None:
+    """A one-process CPU run on a shared machine: fewer threads when other processes hold
+    cores (see vld.train.config.resolve_threads); multi-process runs are left to Lightning,
+    which divides the cores between the ranks. A resumed run keeps the thread count its
+    checkpoints were made with (CPU kernels may sum in another order with other counts, and
+    a resume is bit-identical only with the same), unless VLD_THREADS or OMP_NUM_THREADS
+    says otherwise."""
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    if not isinstance(trainer.accelerator, CPUAccelerator) or trainer.world_size != 1:
+        return
+    saved = ckpt_dir / THREADS_FILE
+    threads, note = None, None
+    chosen = any(os.environ.get(name, "").strip() for name in (THREADS_ENV, "OMP_NUM_THREADS"))
+    if resuming and saved.is_file() and not chosen:
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            threads = max(1, int(json.loads(saved.read_text())["threads"]))
+    if threads is None:
+        threads, note = resolve_threads(torch.get_num_threads())
+    if note:
+        print(note, file=sys.stderr, flush=True)
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    with contextlib.suppress(OSError):
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        write_json(saved, {"threads": threads})
 
 
 def _check_vocab(model: nn.Module, datamodule: L.LightningDataModule) -> None:

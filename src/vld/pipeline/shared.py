@@ -1,8 +1,6 @@
-"""What every stage shares: where outputs live, argument parsing, ranks, work directories.
-
-Paths are relative to the repository root, where DVC runs every stage; dvc.yaml declares the
-same paths as outs, so the two must change together.
-"""
+"""What every stage shares: argument parsing, the device, work directories for resumable
+trainings, data hashes for tags, and the start of a data stage. Where outputs live is
+vld.pipeline.paths; MLflow (and the rank-zero check) is vld.pipeline.tracking."""
 
 from __future__ import annotations
 
@@ -10,12 +8,11 @@ import argparse
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from vld.pipeline.paths import *  # noqa: F401,F403  (the stages read paths from here)
+from vld.errors import fail
 from vld.pipeline.paths import WORK
 
 def config_hash(obj: Any) -> str:
@@ -32,14 +29,6 @@ def parser(prog: str, description: str, families: tuple[str, ...] | None = None,
         parser.add_argument("--variant", required=True, help="variant name in params.yaml")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     return parser
-
-
-def is_global_zero() -> bool:
-    """True except in the extra processes of a multi-process (DDP) run."""
-    for name in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(name, "").strip():
-            return int(os.environ[name]) == 0
-    return int(os.environ.get("LOCAL_RANK", "0") or 0) == 0 and int(os.environ.get("NODE_RANK", "0") or 0) == 0
 
 
 def stage_device(train_cfg) -> str:
@@ -59,17 +48,24 @@ def stage_device(train_cfg) -> str:
 
 
 def work_dir(stage: str, variant: str, determinants: Any) -> Path:
-    WORK.mkdir(parents=True, exist_ok=True)
-    ignore = WORK / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("*\n")
-    return WORK / stage / f"{variant}-{config_hash(determinants)}"
+    """The checkpoint directory of a run (checked writable now, before any compute)."""
+    from vld.atomic import check_writable
+
+    path = WORK / stage / f"{variant}-{config_hash(determinants)}"
+    check_writable(path / "checkpoints" / "last.ckpt")
+    try:
+        WORK.mkdir(parents=True, exist_ok=True)
+        ignore = WORK / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text("*\n")
+    except OSError as err:
+        fail(str(WORK), f"cannot be written ({err.strerror or err})")
+    return path
 
 
 def dataset_stage(prog: str, description: str, section: str, argv) -> tuple:
     """A data stage's start: `--dataset NAME` of data.<section>, with the whole params.yaml
     validated first; returns (args, pipeline, spec)."""
-    from vld.errors import fail
     from vld.pipeline.params import load_pipeline
 
     cli = parser(prog, description, variant=False)
@@ -124,24 +120,3 @@ def numeric_leaves(obj: Any, prefix: str = "", depth: int = 3) -> dict[str, floa
             elif isinstance(value, dict):
                 out.update(numeric_leaves(value, name, depth - 1))
     return out
-
-
-class NullRun:
-    """Stands in for a StageRun on the non-zero ranks of a DDP run (they log nothing)."""
-
-    run_id = None
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
-
-
-@contextlib.contextmanager
-def tracked(pipeline, stage: str, variant: str | None, params: dict, tags: dict) -> Iterator:
-    if not is_global_zero():
-        yield NullRun()
-        return
-    from vld.pipeline.tracking import stage_run
-
-    with stage_run(pipeline, stage, variant, params, tags) as run:
-        yield run
-
