@@ -141,6 +141,15 @@ def test_bad_params_give_one_line_naming_the_key(edit, expected):
     assert error_of(raw).startswith(expected)
 
 
+def test_an_explicit_order_is_a_schedule_and_k_must_be_an_integer():
+    raw = default_raw()
+    raw["reasoning"]["variants"]["base"]["schedule"] = {"pattern": "base", "order": [0, 1, 1, 0]}
+    assert P.validate(raw).variant("reasoning", "base").schedule == [0, 1, 1, 0]
+    for bad in (True, 1.0):
+        raw["reasoning"]["variants"]["base"]["schedule"] = {"pattern": "cycle", "k": bad}
+        assert error_of(raw).startswith("reasoning.variants.base.schedule.k: must be an integer")
+
+
 def test_user_pattern_out_of_range_names_the_variant():
     raw = default_raw()
     raw["patterns"]["far"] = "0..L+1"

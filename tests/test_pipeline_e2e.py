@@ -219,3 +219,12 @@ def test_dvc_repro_tiny_profile(dvc_project):
     assert json.loads((repo / "results/pretrain/knowledge/w16/metrics.json").read_text())["steps"] == 3
     table = _run(repo, "dvc", "exp", "show", "--csv", "--drop", ".*", "--keep", "Experiment|knowledge.train.max_steps")
     assert "k3,3" in table.stdout.splitlines(), table.stdout
+
+    # `k: true` equals 1 to DVC, so no variant's params changed; the report reads params.yaml
+    # whole and stops the repro with vld's line instead of "up to date"
+    params["reasoning"]["variants"]["cycle_x1"]["schedule"]["k"] = True
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    bad = _run(repo, "dvc", "repro", check=False)
+    assert bad.returncode != 0 and "Traceback" not in bad.stdout + bad.stderr
+    errors = [line for line in (bad.stdout + bad.stderr).splitlines() if line.startswith("vld: error:")]
+    assert errors == ["vld: error: reasoning.variants.cycle_x1.schedule.k: must be an integer, got True"]

@@ -125,10 +125,32 @@ def khop_cells(errors: dict[int, float], sequences: int = 40, labelled: int = 16
     return {"spec": {"alphabet": 4, "length": 16, "min_hops": 0, "max_hops": 4}, "bootstrap": 100, "hops": hops}
 
 
+def tiny_depth_use() -> dict:
+    """A real depth-use record (vld.eval.depth_use) of a tiny tied model on random tokens."""
+    import math
+
+    import torch
+
+    from vld.eval.depth_use import depth_use
+    from vld.model import ModelConfig, VLDTransformer
+
+    torch.manual_seed(0)
+    model = VLDTransformer(ModelConfig(vocab_size=11, n_layer=2, d_model=16, n_head=2, max_seq_len=9,
+                                       schedule=[0, 1, 0, 1]))
+    tokens = torch.randint(0, 11, (12, 9))
+
+    def score(logits, batch):
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), torch.roll(batch["tokens"], -1, 1).flatten(),
+                                                 reduction="none").view(len(logits), -1).mean(1)
+    return depth_use(model, [{"tokens": tokens}], score, max_sequences=12, chance={"loss": math.log(11)})
+
+
 def khop_set() -> list[dict]:
+    cycle = result("h-cycle-x1", "khop", "cycle", 1, 2, khop=khop_cells({0: 0.0, 2: 0.0625, 4: 0.375}), depth=False)
+    cycle["depth_use"] = tiny_depth_use()
     return [
         result("h-base", "khop", "base", 0, 2, khop=khop_cells({0: 0.0, 2: 0.25, 4: 0.5}), depth=False),
-        result("h-cycle-x1", "khop", "cycle", 1, 2, khop=khop_cells({0: 0.0, 2: 0.0625, 4: 0.375}), depth=False),
+        cycle,
         result("h-native4", "khop", "base", 0, 4, khop=khop_cells({0: 0.0, 2: 0.0, 4: 0.125}), depth=False),
     ]
 
@@ -157,6 +179,10 @@ def test_every_file_is_written_and_parses(full_report):
         "figure4.md", "figure4.csv", "figure4.png", "figure1.md", "figure1.csv", "figure1.png",
         "table7.md", "table7.csv", "table2.md", "table2.csv", "table2_paper.csv",
         "compute.md", "compute.csv", "depth.md", "depth.csv", "depth_reasoning.png",
+        "depth_law.md", "depth_law.csv", "depth_law_khop_error_k_ge_2.png", "depth_law_khop_error_k_2.png",
+        "depth_law_khop_error_k_4.png", "depth_law_reasoning_1_accuracy.png", "depth_use_khop.md",
+        "depth_use_khop.csv", "depth_use_khop.png", "early_exit_khop.md", "early_exit_khop.csv",
+        "early_exit_khop.png", "depth_regime.md", "depth_regime.csv",
         "depth_knowledge.png", "metrics.json", "report.md"])
     for path in written:
         assert path.parent == out and path.is_file() and path.stat().st_size > 0

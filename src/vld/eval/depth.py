@@ -151,24 +151,21 @@ def layer_usage(model, tokens, batch_size: int = 8, check_readout: bool = True) 
     readout = model_readout(model)
     schedule = list(getattr(model, "schedule", None) or range(model.effective_depth))
     stats = _LayerStats(len(schedule))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, tokens.shape[0], batch_size):
-                window = tokens[start:start + batch_size].to(device)
-                logits, hidden = model(window[:, :-1], return_hidden=True)
-                if len(hidden) != len(schedule) + 1:
-                    raise RuntimeError(f"model returned {len(hidden)} hidden states for "
-                                       f"{len(schedule)} virtual layers")
-                if check_readout and start == 0:
-                    again = readout(hidden[-1])
-                    if not torch.allclose(again.float(), logits.float(), atol=1e-4, rtol=1e-4):
-                        raise RuntimeError("logit lens: final norm + head on the last hidden "
-                                           "state does not reproduce the model's logits")
-                stats.add(hidden, readout, window[:, 1:])
-    finally:
-        model.train(was_training)
+    from vld.model import eval_mode
+
+    with eval_mode(model), torch.inference_mode():
+        for start in range(0, tokens.shape[0], batch_size):
+            window = tokens[start:start + batch_size].to(device)
+            logits, hidden = model(window[:, :-1], return_hidden=True)
+            if len(hidden) != len(schedule) + 1:
+                raise RuntimeError(f"model returned {len(hidden)} hidden states for "
+                                   f"{len(schedule)} virtual layers")
+            if check_readout and start == 0:
+                again = readout(hidden[-1])
+                if not torch.allclose(again.float(), logits.float(), atol=1e-4, rtol=1e-4):
+                    raise RuntimeError("logit lens: final norm + head on the last hidden "
+                                       "state does not reproduce the model's logits")
+            stats.add(hidden, readout, window[:, 1:])
     return _records(stats, schedule)
 
 

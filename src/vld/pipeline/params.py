@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, v in table.items():
             what = v.source and f"from {v.source}" or v.model_name
             print(f"  {family:9s} {name:18s} {what:14s} {v.pattern} k={v.k} depth {v.effective_depth}"
-                  f" steps {v.train.max_steps}")
+                  f" steps {v.train.max_steps} lr {v.train.optim.lr:g}")
     return 0
 
 

@@ -48,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
 
     check_replaceable(paths.REPORT)
     with tracking.tracked(pipeline, "report", None, {"profile": pipeline.profile}, {}) as run:
-        from vld.pipeline import tracking
         from vld.report.build import build_report
 
         build_report(results, paths.REPORT, pipeline.profile)

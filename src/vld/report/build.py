@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -188,8 +189,9 @@ def _depth_use_pieces(results: list) -> list[Piece]:
 
     def law_figures(rs, where):
         names = []
-        for index, (label, law) in enumerate(laws(rs).items()):
-            path = du.depth_law_figure(law, where / f"depth_law_{index}.png", metric_label=label, title=f"Depth law: {label}")
+        for label, law in laws(rs).items():
+            slug = re.sub(r"[^a-z0-9]+", "_", label.lower().replace(">=", "ge")).strip("_")
+            path = du.depth_law_figure(law, where / f"depth_law_{slug}.png", metric_label=label, title=f"Depth law: {label}")
             names += [path.name] if path else []
         return names
 
