@@ -108,23 +108,25 @@ def figure3(results: list[dict], path: Path) -> bool:
 
 
 def figure4(results: list[dict], path: Path) -> bool:
-    """Absorbed bits: (a) vs parameters for models without VLD, (b, c) vs VLD factor per
-    pattern at each fixed size, under the paper's measure and the cross-entropy one."""
+    """Absorbed bits: (a) vs parameters for models without VLD, (b, c) the change against the
+    base model of the same size per pattern and VLD factor, under the paper's measure and the
+    cross-entropy one. (b, c) plot changes from zero, so a few percent look like a few percent;
+    with several seeds the bars span them (one seed: points only)."""
     knowledge = [r for r in results if r["family"] == "knowledge"]
     if not any(knowledge_bits(r, m) is not None for r in knowledge for m in MEASURE_LABELS):
         return False
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     native = sorted((r for r in knowledge if r["native_depth"]), key=lambda r: r["params"])
     for measure, marker in (("entropy", "o"), ("cross_entropy", "s")):
         points = [(r["params"], knowledge_bits(r, measure)) for r in native]
         points = [p for p in points if p[1] is not None]
         if points:
-            axes[0].plot([p[0] for p in points], [p[1] for p in points], marker=marker,
+            axes[0].plot([p[0] for p in points], [p[1] / 1000 for p in points], marker=marker,
                          label=MEASURE_LABELS[measure])
     axes[0].set_xscale("log")
     axes[0].set_xlabel("parameters (no VLD)")
-    axes[0].set_ylabel("absorbed bits")
+    axes[0].set_ylabel("absorbed bits (thousands)")
     axes[0].set_title("(a) capacity vs parameters")
     if axes[0].lines:
         axes[0].legend(fontsize=7)
@@ -133,28 +135,39 @@ def figure4(results: list[dict], path: Path) -> bool:
                     if not r["native_depth"]})
     styles = ("-", "--", "-.", ":")
     for ax, measure in zip(axes[1:], ("entropy", "cross_entropy")):
+        ax.axhline(0.0, color="gray", linewidth=0.8)
         for size_index, (n_layer, d_model, params) in enumerate(sizes):
             same = [r for r in knowledge if (r["n_layer"], r.get("d_model") or 0, r["params"])
                     == (n_layer, d_model, params) and r.get("layers") is None]
-            base = [r for r in same if r["pattern"] == "base"]
-            for pattern in patterns:
-                if pattern == "base":
+            base = [knowledge_bits(r, measure) for r in same if r["pattern"] == "base" and not r["k"]]
+            base = [b for b in base if b is not None]
+            if not base:
+                continue
+            reference = sum(base) / len(base)
+            for offset, pattern in enumerate(p for p in patterns if p != "base"):
+                changes = {}
+                for r in same:
+                    bits = knowledge_bits(r, measure)
+                    if bits is not None and r["pattern"] in (pattern, "base"):
+                        changes.setdefault(int(r["k"] or 0), []).append(100 * (bits / reference - 1))
+                ks = sorted(changes)
+                if len(ks) < 2:
                     continue
-                points = sorted((int(r["k"] or 0), knowledge_bits(r, measure))
-                                for r in same + (base if base else []) if r["pattern"] in (pattern, "base"))
-                points = [p for p in points if p[1] is not None]
-                if points:
-                    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+                mean = [sum(changes[k]) / len(changes[k]) for k in ks]
+                low = [m - min(changes[k]) for m, k in zip(mean, ks)]
+                high = [max(changes[k]) - m for m, k in zip(mean, ks)]
+                ax.errorbar([k + 0.04 * (offset - 1) for k in ks], mean, yerr=[low, high], marker="o", capsize=2,
                             color=color(pattern, patterns), linestyle=styles[size_index % 4],
                             label=f"{pattern.replace('_', ' ')}, {params:,} params")
         ax.set_xlabel("VLD factor k (extra copies)")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_ylabel("absorbed bits")
+        ax.set_ylabel("absorbed bits vs base, %")
         ax.set_title(f"({'b' if measure == 'entropy' else 'c'}) fixed params: "
                      f"{'paper measure' if measure == 'entropy' else 'cross-entropy'}")
         if ax.lines:
             ax.legend(fontsize=7)
     fig.suptitle("Figure 4: knowledge capacity (paper: shape only, no numbers)", y=1.03)
+    fig.tight_layout()
     _save(fig, path)
     return True
 
@@ -166,11 +179,22 @@ def figure1(pairs: list[dict], path: Path) -> bool:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     patterns = sorted({p["pattern"] for p in pairs}, key=pattern_key)
-    for p in pairs:
-        ax.scatter(p["knowledge_bits"], 100 * p["accuracy"], s=40 * p["effective_depth"],
-                   color=color(p["pattern"], patterns), alpha=0.6, edgecolors="black")
-        ax.annotate(f"{p['pattern'].replace('_', ' ')} x{p['k']}" if p["k"] else p["pattern"],
-                    (p["knowledge_bits"], 100 * p["accuracy"]), fontsize=7, ha="center")
+    # Labels sit in a column beside the points, joined by a line: points of similar value
+    # (e.g. all patterns at x1) would otherwise print their labels over each other.
+    order = sorted(pairs, key=lambda p: (100 * p["accuracy"], p["knowledge_bits"]))
+    xs = [p["knowledge_bits"] for p in pairs]
+    span = (max(xs) - min(xs)) or max(1.0, abs(max(xs)) * 0.05)
+    ys = [100 * p["accuracy"] for p in pairs]
+    y_span = (max(ys) - min(ys)) or 1.0
+    for rank, p in enumerate(order):
+        x, y = p["knowledge_bits"], 100 * p["accuracy"]
+        ax.scatter(x, y, s=40 * p["effective_depth"], color=color(p["pattern"], patterns), alpha=0.6,
+                   edgecolors="black")
+        label_y = min(ys) + y_span * (rank + 0.5) / len(order)
+        ax.annotate(f"{p['pattern'].replace('_', ' ')} x{p['k']}" if p["k"] else p["pattern"], (x, y),
+                    xytext=(max(xs) + 0.25 * span, label_y), fontsize=7, va="center",
+                    arrowprops={"arrowstyle": "-", "color": "gray", "linewidth": 0.6})
+    ax.set_xlim(min(xs) - 0.1 * span, max(xs) + 0.7 * span)
     ax.set_xlabel(f"knowledge: absorbed bits ({pairs[0]['knowledge_measure'].replace('_', '-')})")
     ax.set_ylabel(f"reasoning: answer accuracy % ({pairs[0]['test']})")
     ax.set_title("Figure 1: knowledge vs reasoning (bubble = effective depth)")
