@@ -58,7 +58,7 @@ def test_default_profile_has_the_issue_grid():
     # base model trained twice as long (same training FLOPs)
     assert ("base", 0, 2 * base.model.n_layer, steps) in got
     assert ("base", 0, base.model.n_layer, 2 * steps) in got
-    assert {v.data for v in khop.values()} == {"kh64"}
+    assert {v.data for v in khop.values()} == {"kh40"}
     retro = pipeline.variants["retrofit"]
     assert {(v.pattern, v.k) for v in retro.values()} >= {("base", 0), ("cycle", 1)}
     assert {v.source for v in retro.values()} == {"base"}
@@ -84,6 +84,7 @@ def test_resolved_variant_fields():
 
 def test_variant_train_override_and_user_pattern():
     raw = default_raw()
+    raw["models"]["r4"] = {**raw["models"]["r2"], "n_layer": 4}
     raw["reasoning"]["variants"]["mid"] = {"model": "r4", "schedule": {"pattern": "middle_cycle", "k": 1},
                                            "train": {"max_steps": 7}}
     v = P.validate(raw).variant("reasoning", "mid")
