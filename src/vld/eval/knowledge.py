@@ -426,15 +426,19 @@ def all_knowledge_measures(model: nn.Module, data: str | Path | TokenSet, seq_le
 
 
 def depth_use_inputs(token_dir, seq_len: int, windows: int, batch_size: int = 8):
-    """(batches, score_fn, chance) for vld.eval.depth_use on a knowledge set: evenly spaced
-    windows, metric `loss` = mean next-token cross-entropy (nats) per window; chance = log of
-    the vocabulary (uniform guessing)."""
+    """(batches, score_fn, chance, n) for vld.eval.depth_use on a knowledge set: up to `windows`
+    of the measure's own non-overlapping windows (eval_windows: aligned as in training, so
+    memorised context is intact), evenly picked; metric `loss` = mean next-token cross-entropy
+    (nats) per window; chance = log of the vocabulary (uniform guessing)."""
     import math
 
     from vld.data.tokens import TokenSet
-    from vld.eval.depth import probe_windows
 
-    tokens = torch.as_tensor(probe_windows(token_dir, seq_len, windows), dtype=torch.long)
+    token_set = TokenSet.open(token_dir)
+    starts, _, length = eval_windows(len(token_set.tokens), seq_len)
+    picked = starts[np.unique(np.linspace(0, len(starts) - 1, min(windows, len(starts))).round().astype(np.int64))]
+    tokens = torch.as_tensor(np.stack([np.asarray(token_set.tokens[s:s + length + 1], dtype=np.int64)
+                                       for s in picked]))
     batches = [{"tokens": tokens[i:i + batch_size, :-1], "targets": tokens[i:i + batch_size, 1:]}
                for i in range(0, len(tokens), batch_size)]
 
@@ -443,4 +447,4 @@ def depth_use_inputs(token_dir, seq_len: int, windows: int, batch_size: int = 8)
                                                       reduction="none")
         return {"loss": per_token.view(batch["targets"].shape).mean(dim=1).double()}
 
-    return batches, score, {"loss": math.log(TokenSet.open(token_dir).vocab_size)}, len(tokens)
+    return batches, score, {"loss": math.log(token_set.vocab_size)}, len(tokens)
