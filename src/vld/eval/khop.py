@@ -15,9 +15,6 @@ import numpy as np
 
 from vld.errors import fail
 
-SETTING_KEYS = ("batch_size", "bootstrap", "depth_windows", "depth_batch_size", "ablations",
-                "ablation_sequences", "progress")
-
 
 def wrong_positions(model, inputs: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Number of labelled positions the model's argmax gets wrong, per sequence."""

@@ -62,10 +62,9 @@ class Effect:
     note: str = ""
 
     def text(self) -> str:
-        scale, digits = 100, 1
         unit = {"error points": " error points", "accuracy points": " accuracy points",
                 "relative": "% bits"}[self.unit]
-        return f"{scale * self.value:+.{digits}f} [{scale * self.low:+.{digits}f}, {scale * self.high:+.{digits}f}]{unit}"
+        return f"{100 * self.value:+.1f} [{100 * self.low:+.1f}, {100 * self.high:+.1f}]{unit}"
 
 
 @dataclass
