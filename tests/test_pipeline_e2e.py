@@ -117,8 +117,9 @@ def test_dvc_repro_tiny_profile(dvc_project):
     stages = set(outs)
     assert stages == {
         "data_igsm_train", "data_igsm_tests", "data_knowledge@rt1k", "pretrain_reasoning@base",
-        "pretrain_reasoning@cycle_x1", "pretrain_knowledge@w16", "retrofit@cycle_x1",
-        "evaluate_reasoning@base", "evaluate_reasoning@cycle_x1", "evaluate_knowledge@w16",
+        "pretrain_reasoning@cycle_x1", "pretrain_reasoning@answer_only", "pretrain_knowledge@w16", "retrofit@cycle_x1",
+        "evaluate_reasoning@base", "evaluate_reasoning@cycle_x1", "evaluate_reasoning@answer_only",
+        "evaluate_knowledge@w16",
         "evaluate_retrofit@cycle_x1", "data_khop@kh12", "pretrain_khop@base", "pretrain_khop@cycle_x1",
         "evaluate_khop@base", "evaluate_khop@cycle_x1", "report"}
     assert _ran(first) == stages
@@ -148,6 +149,10 @@ def test_dvc_repro_tiny_profile(dvc_project):
     report = (repo / "results/report/report.md").read_text()
     assert "k-hop induction: per-position error by hop count" in report and "The paper's claims" in report
     assert "final_loss" in kids["retrofit@cycle_x1"].data.metrics
+    answer_only = json.loads((repo / "results/eval/reasoning/answer_only.json").read_text())
+    assert answer_only["objective"] == "answer_only" and answer_only["igsm"]["op2"]["solution_accuracy"] is None
+    assert kids["pretrain_reasoning@answer_only"].data.tags["vld.objective"] == "answer_only"
+    assert "| base (answer only) |" in report
     artifacts = [a.path for a in client.list_artifacts(kids["report"].info.run_id, "report")]
     assert "report/report.md" in artifacts
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"

@@ -102,14 +102,15 @@ def _empty_counts() -> dict:
     return {"n": 0, "answer_correct": 0, "solution_correct": 0, "reasons": Counter()}
 
 
-def _finish_counts(counts: dict) -> dict:
+def _finish_counts(counts: dict, answer_only: bool = False) -> dict:
     n = counts["n"]
+    solutions = not answer_only  # an answer-only model writes no solution: nothing to count
     return {
         "n": n,
         "answer_correct": counts["answer_correct"],
-        "solution_correct": counts["solution_correct"],
+        "solution_correct": counts["solution_correct"] if solutions else None,
         "answer_accuracy": counts["answer_correct"] / n if n else None,
-        "solution_accuracy": counts["solution_correct"] / n if n else None,
+        "solution_accuracy": counts["solution_correct"] / n if n and solutions else None,
         "reasons": dict(sorted(counts["reasons"].items())),
     }
 
@@ -126,12 +127,26 @@ def score_problems(
     records: list | None = None,
     progress: bool | None = None,
     where: str = "igsm",
+    answer_only: bool = False,
 ) -> dict:
     """Generate and judge every problem; the model-independent core of `evaluate_igsm`.
 
     `generate(prompts, max_new_tokens)` returns one continuation per prompt. Problems run in
     batches sorted by prompt length (stable), so the result is the same for a given model.
+    `answer_only`: continuations are answer <eos> (objective answer_only), judged by the
+    answer alone (`judge_answer`); solution counts are None.
     """
+    if answer_only:
+        from vld.data.igsm.judge import judge_answer
+
+        def split_and_judge(problem_text, ids):
+            answer = tokenizer.split_answer_only(ids)
+            return None, answer, judge_answer(problem_text, answer, lexicon)
+    else:
+        def split_and_judge(problem_text, ids):
+            solution, answer = tokenizer.split_generation(ids)
+            return solution, answer, judge(problem_text, solution, answer, lexicon)
+
     from tqdm import tqdm
 
     prompts = [list(tokenizer.prompt_ids(p["problem"])) for p in problems]
@@ -160,8 +175,7 @@ def score_problems(
                                    f"{len(batch)} prompts")
             for i, ids in zip(batch, outputs):
                 problem = problems[i]
-                solution_text, answer_text = tokenizer.split_generation(list(ids))
-                verdict = judge(problem["problem"], solution_text, answer_text, lexicon)
+                solution_text, answer_text, verdict = split_and_judge(problem["problem"], list(ids))
                 op = int(problem["op"])
                 for counts in (totals, by_op.setdefault(op, _empty_counts())):
                     counts["n"] += 1
@@ -178,14 +192,14 @@ def score_problems(
                         "generated_solution": solution_text,
                         "generated_tokens": len(ids),
                         "answer_correct": bool(verdict.answer_correct),
-                        "solution_correct": bool(verdict.solution_correct),
+                        "solution_correct": None if answer_only else bool(verdict.solution_correct),
                         "reason": None if verdict.reason is None else str(verdict.reason),
                     }
             bar.update(len(batch))
     if records is not None:
         records.extend(per_problem[i] for i in range(len(problems)))
-    result = _finish_counts(totals)
-    result["by_op"] = {str(op): _finish_counts(c) for op, c in sorted(by_op.items())}
+    result = _finish_counts(totals, answer_only)
+    result["by_op"] = {str(op): _finish_counts(c, answer_only) for op, c in sorted(by_op.items())}
     return result
 
 
@@ -198,6 +212,7 @@ def evaluate_igsm(
     train_dir: str | Path | None = None,
     records: list | None = None,
     progress: bool | None = None,
+    objective: str = "solution",
 ) -> dict:
     """Answer and solution accuracy of `model` on the iGSM test set in `test_dir`.
 
@@ -205,6 +220,9 @@ def evaluate_igsm(
     by `vld.data.igsm.judge.judge`. `limit` keeps the first `limit` problems. The default
     `max_new_tokens` is twice the longest reference continuation (solution <sep> answer <eos>)
     of the test set plus 8, and generation never runs past the model's `max_seq_len`.
+    `objective` is how the model was trained (vld.data.igsm.objectives): an answer_only model
+    writes answer <eos> after the prompt, is judged on its answer alone, and its solution
+    accuracy is None.
 
     Returns (JSON-serialisable):
       test_dir, n, answer_correct, solution_correct, answer_accuracy, solution_accuracy
@@ -213,7 +231,8 @@ def evaluate_igsm(
       by_op {"<op>": same counts per op},
       baseline {answer, source "train"|"test", source_frequency, hits, n, rate}: the rate of
       always giving the most common answer (of the train set if `train_dir`, else the test set),
-      decoding {"strategy": "greedy", "kv_cache": true, max_new_tokens, batch_size, limit}.
+      decoding {"strategy": "greedy", "kv_cache": true, max_new_tokens, batch_size, limit},
+      objective.
     When `records` is a list, one dict per problem (test-set order) is appended to it.
     """
     test_dir = Path(test_dir)
@@ -228,6 +247,9 @@ def evaluate_igsm(
         fail("igsm.limit", f"must be >= 1, got {limit}")
     if max_new_tokens is not None and max_new_tokens < 1:
         fail("igsm.max_new_tokens", f"must be >= 1, got {max_new_tokens}")
+    from vld.data.igsm.objectives import check_objective
+
+    answer_only = check_objective(objective, "igsm.objective") == "answer_only"
 
     from vld.data.igsm.judge import judge
     from vld.data.igsm.lexicon import Lexicon
@@ -238,10 +260,10 @@ def evaluate_igsm(
         problems = problems[:limit]
     tokenizer = IgsmTokenizer.load(test_dir)
     lexicon = Lexicon.load(test_dir / "lexicon.json")
-    if max_new_tokens is None:
-        longest = max(len(tokenizer.encode(p["solution"])) + len(tokenizer.encode(str(p["answer"])))
-                      for p in problems)
-        max_new_tokens = 2 * (longest + 2) + 8
+    if max_new_tokens is None:  # what the reference continuation needs, twice, and a margin
+        longest = max((0 if answer_only else len(tokenizer.encode(p["solution"])) + 1)
+                      + len(tokenizer.encode(str(p["answer"]))) + 1 for p in problems)
+        max_new_tokens = 2 * longest + 8
 
     import torch
 
@@ -255,8 +277,9 @@ def evaluate_igsm(
             problems,
             lambda prompts, budget: model.generate(prompts, max_new_tokens=budget, eos_id=eos_id),
             tokenizer, judge, lexicon, max_new_tokens, batch_size=batch_size,
-            context_len=context_len, records=records, progress=progress, where=str(test_dir))
-    result = {"test_dir": str(test_dir), **result}
+            context_len=context_len, records=records, progress=progress, where=str(test_dir),
+            answer_only=answer_only)
+    result = {"test_dir": str(test_dir), "objective": objective, **result}
     result["baseline"] = answer_baseline(problems, train_dir)
     result["decoding"] = {"strategy": "greedy", "kv_cache": True, "max_new_tokens": max_new_tokens,
                           "batch_size": batch_size, "limit": limit}

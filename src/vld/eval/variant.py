@@ -24,7 +24,7 @@ SCHEMA = "vld.variant/2"
 TASKS = {
     "igsm": {"needs": "igsm_test", "reads": ("igsm_train", "depth"),
              "settings": ("seq_len", "max_new_tokens", "batch_size", "limit", "depth_windows",
-                          "depth_batch_size", "progress")},
+                          "depth_batch_size", "progress", "objective")},
     "knowledge": {"needs": "knowledge", "reads": ("depth",),
                   "settings": ("seq_len", "depth_windows", "depth_batch_size", "knowledge", "ablations",
                                "ablation_sequences", "progress")},
@@ -115,6 +115,10 @@ def check_settings(task: str, settings: dict, where: str = "settings") -> dict:
     for key in ("ablations", "progress"):
         if settings.get(key) is not None and not isinstance(settings[key], bool):
             fail(f"{where}.{key}", f"must be true or false, got {settings[key]!r}")
+    if settings.get("objective") is not None:
+        from vld.data.igsm.objectives import check_objective
+
+        check_objective(settings["objective"], f"{where}.objective")
     if settings.get("knowledge") is not None and not isinstance(settings["knowledge"], dict):
         fail(f"{where}.knowledge", "must be a mapping of keyword arguments of all_knowledge_measures")
     return dict(settings)
@@ -210,7 +214,8 @@ def _measure_igsm(model, data, settings, seq_len, result) -> str:
     tests = data["igsm_test"]
     result.igsm = {name: evaluate_igsm(model, tests[name], max_new_tokens=settings.get("max_new_tokens"),
                                        batch_size=settings.get("batch_size") or 32, limit=settings.get("limit"),
-                                       train_dir=data.get("igsm_train"), progress=settings.get("progress"))
+                                       train_dir=data.get("igsm_train"), progress=settings.get("progress"),
+                                       objective=settings.get("objective") or "solution")
                    for name in sorted(tests)}
     return data.get("depth") or tests[sorted(tests)[0]]
 

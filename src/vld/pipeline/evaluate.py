@@ -33,14 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     if not trained_as.is_file() or json.loads(trained_as.read_text()).get("sha256") != variant.fingerprint():
         fail(str(where), f"was trained with other settings than {variant.key} in {args.params} says now; run its"
              " training stage first (dvc repro)")
-    settings = {key: value for key, value in variant.eval.items() if key != "tests"}
+    settings = family.eval_settings(variant)
     metrics_file = where / "metrics.json"
     trained = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     meta = {"variant": variant.name, "pattern": variant.pattern, "k": variant.k, "layers": variant.layers,
             "seed": variant.seed, "train_tokens_per_s": trained.get("train_tokens_per_s"),
             "train_steps": trained.get("steps"), "train_tokens": trained.get("tokens_seen"),
             "model_name": variant.model_name, "variant_sha256": variant.fingerprint()}
-    meta.update({key: getattr(variant, key) for key in ("source", "method", "data") if getattr(variant, key) is not None})
+    meta.update({key: getattr(variant, key) for key in ("source", "method", "data", "objective")
+                 if getattr(variant, key) is not None})
     out = paths.eval_file(variant.family, variant.name)
     dirs = {**data.get("igsm_test", {}), **{key: data[key] for key in ("knowledge", "khop_test") if key in data}}
     params = {**variant.flat_params(), **{f"eval.{k}": v for k, v in variant.eval.items()}}

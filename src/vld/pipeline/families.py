@@ -71,6 +71,10 @@ class Family:
     def model_dir(self, variant: "Variant") -> Path:
         return paths.pretrain_dir(self.name, variant.name)
 
+    def eval_settings(self, variant: "Variant") -> dict[str, Any]:
+        """The `settings` argument of vld.eval.variant.evaluate_variant."""
+        return {key: value for key, value in variant.eval.items() if key != "tests"}
+
     def eval_data(self, variant: "Variant") -> dict[str, Any]:
         """The `data` argument of vld.eval.variant.evaluate_variant."""
         raise NotImplementedError
@@ -80,6 +84,8 @@ class IgsmEvaluated(Family):
     task = "igsm"
 
     def check_eval(self, settings, where, pipeline):
+        if "objective" in settings:
+            fail(f"{where}.objective", "is set per variant (how it was trained): move it to each variant")
         tests = settings.pop("tests", None)
         available = pipeline.data["igsm"].tests
         if tests is None:
@@ -95,12 +101,30 @@ class IgsmEvaluated(Family):
         return {"igsm_test": {name: str(paths.IGSM_TESTS / name) for name in variant.eval["tests"]},
                 "igsm_train": str(paths.IGSM_TRAIN)}
 
+    def eval_settings(self, variant):
+        # the objective is the variant's (how it was trained), so it is not an eval-block key
+        return {**super().eval_settings(variant), "objective": variant.objective}
+
     def train_data(self, variant):
         return paths.IGSM_TRAIN
+
+    def datamodule(self, variant, pipeline):
+        from vld.train.datamodules import igsm_datamodule
+
+        cfg = variant.train
+        return igsm_datamodule(variant.objective, self.train_data(variant), cfg.seq_len, cfg.micro_batch_size,
+                               seed=cfg.seed, num_workers=cfg.num_workers, where=f"{variant.key}.train.seq_len")
 
 
 class Reasoning(IgsmEvaluated):
     name = "reasoning"
+    variant_keys = ("model", "objective")
+
+    def check_variant(self, spec, where, pipeline):
+        from vld.data.igsm.objectives import DEFAULT_OBJECTIVE, check_objective
+
+        objective = check_objective(spec.get("objective", DEFAULT_OBJECTIVE), f"{where}.objective")
+        return {**super().check_variant(spec, where, pipeline), "objective": objective}
 
 
 class OwnDataset(Family):
@@ -165,7 +189,9 @@ class Retrofit(IgsmEvaluated):
         method = spec.get("method", "full")
         rank = spec.get("lora_rank", DEFAULT_LORA_RANK)
         check_method(method, rank, where)
-        return {"model_name": reasoning[source].model_name, "source": source, "method": method, "lora_rank": rank}
+        # fine-tuned on what its source was trained on (objective)
+        return {"model_name": reasoning[source].model_name, "source": source, "method": method, "lora_rank": rank,
+                "objective": reasoning[source].objective}
 
     def model_dir(self, variant):
         return paths.retrofit_dir(variant.name)

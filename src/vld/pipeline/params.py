@@ -88,6 +88,7 @@ class Variant:
     source: str | None = None  # retrofit: the reasoning variant it starts from
     method: str | None = None
     lora_rank: int | None = None
+    objective: str | None = None  # iGSM families: what the loss is on (vld.data.igsm.objectives)
 
     @property
     def schedule(self) -> list[int]:
@@ -116,13 +117,15 @@ class Variant:
         """MLflow tags of every stage of this variant."""
         tags = {"vld.family": self.family, "vld.pattern": self.pattern, "vld.k": self.k,
                 "vld.effective_depth": self.effective_depth, "vld.model": self.model_name}
-        tags.update({f"vld.{key}": getattr(self, key) for key in ("data", "source", "method")
+        tags.update({f"vld.{key}": getattr(self, key) for key in ("data", "source", "method", "objective")
                      if getattr(self, key) is not None})
         return tags
 
     def to_dict(self) -> dict:
         out = {key: getattr(self, key) for key in ("family", "name", "model_name", "pattern", "k", "layers",
                                                     "seed", "data", "source", "method", "lora_rank")}
+        if self.objective is not None:  # only iGSM variants have one; other fingerprints stay as they were
+            out["objective"] = self.objective
         out.update(schedule=self.schedule, effective_depth=self.effective_depth, eval=self.eval,
                    model=self.model.to_dict(), train=self.train.to_dict())
         return out
@@ -138,7 +141,7 @@ class Variant:
                "pattern": self.pattern, "k": self.k, "layers": self.layers,
                "effective_depth": self.effective_depth, "schedule": ",".join(map(str, self.schedule)),
                "seed": self.seed}
-        for key in ("data", "source", "method", "lora_rank"):
+        for key in ("data", "source", "method", "lora_rank", "objective"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         model = {k: v for k, v in self.model.to_dict().items() if k not in ("schedule", "vocab_size")}

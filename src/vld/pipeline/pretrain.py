@@ -50,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         data_id = {"data": shared.data_sha256(data_dir), "dataset": str(data_dir)}
         tags = {**variant.tags(), **shared.data_tags({data_dir.name if variant.family == "knowledge"
                                                       else "igsm_train": data_dir})}
+    if variant.objective is not None:
+        data_id["objective"] = variant.objective
     stage = f"pretrain_{variant.family}"
     work = shared.work_dir(stage, variant.name, {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), **data_id})
+
+    datamodule = family.datamodule(variant, pipeline)  # a sample that does not fit fails here, before the run
 
     with tracking.tracked(pipeline, stage, variant.name, variant.flat_params(), tags) as run:
         import torch
@@ -62,7 +66,6 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.manual_seed(variant.seed)  # the initial weights depend on the seed only
         model = VLDTransformer(model_cfg, backend=train_cfg.backend)
-        datamodule = family.datamodule(variant, pipeline)
         metrics = run_training(model, datamodule, train_cfg, work, logger=run.lightning_logger())
         if not rank0:
             return 0

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
         metrics = retrofit_and_finetune(info, schedule, variant.method, variant.lora_rank,
                                         str(paths.IGSM_TRAIN), train_cfg, work, patterns=pipeline.patterns,
-                                        logger=run.lightning_logger(), backend=train_cfg.backend)
+                                        logger=run.lightning_logger(), backend=train_cfg.backend,
+                                        objective=variant.objective)
         if not rank0:
             return 0
         pipeline.check_unchanged(variant)

@@ -205,7 +205,9 @@ def _verdict(claim, family, comparison, effect, why, rule) -> Verdict:
     return Verdict(claim, family, comparison, effect, verdict, "; ".join(x for x in (reason, effect.note) if x))
 
 
-def _reasoning_claims(results: list[dict], family: str, task: str) -> list[Verdict]:
+def _reasoning_claims(results: list[dict], family: str, task: str, label: str) -> list[Verdict]:
+    """Claims 2-5 on one family's results; `label` names them in the table (the family, or its
+    answer-only part)."""
     groups = _groups(results, family)
     out = []
     vld = _reuse_variant(groups)
@@ -213,21 +215,21 @@ def _reasoning_claims(results: list[dict], family: str, task: str) -> list[Verdi
                          train_steps=vld.train_steps)
     if vld and base:
         effect, why = _effect(task, family, groups[vld], groups[base], results)
-        out.append(_verdict("2", family, f"{group_name(vld)} vs {group_name(base)}", effect, why, directional))
+        out.append(_verdict("2", label, f"{group_name(vld)} vs {group_name(base)}", effect, why, directional))
         longer = [g for g in groups if g.pattern == "base" and g.k == 0 and g.n_layer == vld.n_layer
                   and g.d_model == vld.d_model and g.train_steps and vld.train_steps
                   and g.train_steps == (vld.k + 1) * vld.train_steps]
         if longer:
             effect, why = _effect(task, family, groups[vld], groups[longer[0]], results)
-            out.append(_verdict("2c", family, f"{group_name(vld)} vs {group_name(longer[0], True)}", effect, why,
+            out.append(_verdict("2c", label, f"{group_name(vld)} vs {group_name(longer[0], True)}", effect, why,
                                 directional))
         else:
-            out.append(Verdict("2c", family, "", None, NOT_SHOWN, f"no base model trained {vld.k + 1}x as long"))
+            out.append(Verdict("2c", label, "", None, NOT_SHOWN, f"no base model trained {vld.k + 1}x as long"))
         native = _find(groups, pattern="base", k=0, layers=None, n_layer=vld.n_layer * (vld.k + 1),
                        d_model=vld.d_model, train_steps=vld.train_steps)
         if native:
             effect, why = _effect(task, family, groups[vld], groups[native], results)
-            out.append(_verdict("4", family, f"{group_name(vld)} vs {group_name(native)}", effect, why,
+            out.append(_verdict("4", label, f"{group_name(vld)} vs {group_name(native)}", effect, why,
                                 lambda e: match(e, MATCH_MARGIN[task])))
     orders = []
     for k in sorted({g.k for g in groups if g.k}):
@@ -240,11 +242,11 @@ def _reasoning_claims(results: list[dict], family: str, task: str) -> list[Verdi
         second, why2 = _effect(task, family, groups[orders[1]], groups[orders[2]], results)
         comparison = f"cycle vs sequence, then sequence vs inverse cycle (x{orders[0].k}, {orders[0].n_layer} layers)"
         if first is None or second is None:
-            out.append(Verdict("3", family, comparison, first or second, NOT_SHOWN, why1 or why2))
+            out.append(Verdict("3", label, comparison, first or second, NOT_SHOWN, why1 or why2))
         else:
             (v1, r1), (v2, r2) = directional(first), directional(second)
             verdict = (CONTRADICTED if CONTRADICTED in (v1, v2) else SUPPORTED if v1 == v2 == SUPPORTED else NOT_SHOWN)
-            out.append(Verdict("3", family, comparison, first, verdict,
+            out.append(Verdict("3", label, comparison, first, verdict,
                                f"cycle - sequence {first.text()} ({r1}); sequence - inverse cycle {second.text()} ({r2})"))
     subsets = [g for g in groups if g.layers is not None]
     later = [(a, b) for a in subsets for b in subsets if a.pattern == b.pattern and a.k == b.k
@@ -252,7 +254,7 @@ def _reasoning_claims(results: list[dict], family: str, task: str) -> list[Verdi
     if later:
         a, b = later[0]
         effect, why = _effect(task, family, groups[a], groups[b], results)
-        out.append(_verdict("5", family, f"{group_name(a)} vs {group_name(b)}", effect, why, directional))
+        out.append(_verdict("5", label, f"{group_name(a)} vs {group_name(b)}", effect, why, directional))
     return out
 
 
@@ -281,10 +283,14 @@ def claim_verdicts(results: list[dict]) -> list[Verdict]:
         verdicts.append(verdict)
     families = [(name, task) for name, task in (("khop", "khop"), ("reasoning", "igsm")) if _groups(results, name)]
     for name, task in families:
-        verdicts += _reasoning_claims(results, name, task)
+        # answer-only iGSM models are compared among themselves (vld.data.igsm.objectives)
+        for objective in sorted({r.get("objective") or "" for r in results if r["family"] == name}):
+            subset = [r for r in results if r["family"] != name or (r.get("objective") or "") == objective]
+            label = name + ("_answer_only" if objective == "answer_only" else "")
+            verdicts += _reasoning_claims(subset, name, task, label)
     retrofit = _groups(results, "retrofit")
     reuse = _reuse_variant(retrofit)
-    plain = _find(retrofit, pattern="base", k=0)
+    plain = reuse and _find(retrofit, pattern="base", k=0, objective=reuse.objective)
     if reuse and plain:
         effect, why = igsm_effect(retrofit[reuse], retrofit[plain], _learned_igsm(results, "retrofit"))
         verdicts.append(_verdict("6", "retrofit", f"{group_name(reuse)} vs {group_name(plain)} (same fine-tuning)",

@@ -66,13 +66,14 @@ class VariantGroup(NamedTuple):
     n_layer: int
     d_model: int | None
     train_steps: int | None = None  # a compute-matched baseline trains longer: not a seed of base
+    objective: str | None = None  # iGSM: answer_only models are not seeds of solution-trained ones
 
 
 def variant_group(result: dict) -> VariantGroup:
     layers = result.get("layers")
     return VariantGroup(result["family"], str(result["pattern"]), int(result["k"] or 0),
                         None if layers is None else str(layers), int(result["n_layer"]), result.get("d_model"),
-                        result.get("train_steps"))
+                        result.get("train_steps"), result.get("objective"))
 
 
 def group_name(group: VariantGroup, steps: bool = False) -> str:
@@ -80,14 +81,15 @@ def group_name(group: VariantGroup, steps: bool = False) -> str:
     (with `steps`, the training steps too: "base, 2 layers, 4000 steps")."""
     return (group.pattern.replace("_", " ") + (f" {vld_label(group.k)}" if group.k else "")
             + f", {group.n_layer} layers" + (f", reusing {group.layers}" if group.layers else "")
-            + (f", {group.train_steps} steps" if steps and group.train_steps else ""))
+            + (f", {group.train_steps} steps" if steps and group.train_steps else "")
+            + (", answer only" if group.objective == "answer_only" else ""))
 
 
 @dataclass
 class Pooled:
     n: int = 0
     correct: int = 0
-    solution_correct: int = 0
+    solution_correct: int | None = 0  # None: answer-only models write no solution
     seeds: int = 0
     baseline_rate: float | None = None
 
@@ -114,7 +116,9 @@ def pooled_igsm(results: list[dict]) -> dict[VariantGroup, dict[str, Pooled]]:
             cell = out.setdefault(variant_group(result), {}).setdefault(test, Pooled())
             cell.n += int(scores["n"])
             cell.correct += int(scores["answer_correct"])
-            cell.solution_correct += int(scores.get("solution_correct", 0))
+            solved = scores.get("solution_correct", 0)
+            cell.solution_correct = None if solved is None or cell.solution_correct is None \
+                else cell.solution_correct + int(solved)
             cell.seeds += 1
             baseline = (scores.get("baseline") or {}).get("rate")
             if baseline is not None:
@@ -137,7 +141,7 @@ def table1_results(results: list[dict]) -> list[dict]:
 
 def group_sort(group: VariantGroup) -> tuple:
     return (group.n_layer, group.d_model or 0, pattern_key(group.pattern), group.k, group.layers or "",
-            group.train_steps or 0)
+            group.train_steps or 0, group.objective or "")
 
 
 # ---------------------------------------------------------------- Table 1
@@ -206,25 +210,28 @@ def table1(results: list[dict]) -> Table | None:
     tests = test_names(reasoning)
     sizes = sorted({g.n_layer for g in pooled})
     columns = [(size, test) for size in sizes for test in tests]
-    row_keys = sorted({(g.pattern, g.k) for g in pooled}, key=lambda pk: (pattern_key(pk[0]), pk[1]))
+    # answer-only models are rows of their own: the paper's rows are solution-trained
+    row_keys = sorted({(g.pattern, g.k, g.objective == "answer_only") for g in pooled},
+                      key=lambda row: (row[2], pattern_key(row[0]), row[1]))
 
-    def cell(pattern, k, size, test) -> Pooled | None:
+    def cell(pattern, k, answer_only, size, test) -> Pooled | None:
         # Several widths at one depth would be distinct rows of the paper; keep them apart
         # by pooling only identical groups and reporting the first width's cell.
         for group in sorted(pooled, key=group_sort):
-            if group.pattern == pattern and group.k == k and group.n_layer == size and test in pooled[group]:
+            if (group.pattern == pattern and group.k == k and (group.objective == "answer_only") == answer_only
+                    and group.n_layer == size and test in pooled[group]):
                 return pooled[group][test]
         return None
 
     header = ["pattern", "VLD"] + [f"{size}L {test} (ours)" for size, test in columns]
     header += [f"paper {size}L {test}" for size, test in paper.TABLE1_COLUMNS]
     rows = []
-    for pattern, k in row_keys:
-        row = [pattern, vld_label(k)]
+    for pattern, k, answer_only in row_keys:
+        row = [pattern + (" (answer only)" if answer_only else ""), vld_label(k)]
         for size, test in columns:
-            found = cell(pattern, k, size, test)
+            found = cell(pattern, k, answer_only, size, test)
             row.append(found.cell() if found else "")
-        paper_row = paper.TABLE1.get((pattern, k), {})
+        paper_row = {} if answer_only else paper.TABLE1.get((pattern, k), {})
         row += [fmt_num(paper_row.get(col)) for col in paper.TABLE1_COLUMNS]
         rows.append(row)
     sources = sorted({str((scores.get("baseline") or {}).get("source")) for r in reasoning
@@ -271,7 +278,7 @@ def table1_long(results: list[dict]) -> Table | None:
             paper_value = paper.TABLE1.get((pattern, k), {}).get((n_layer, test))
             rows.append([pattern, k, n_layer, d_model, effective[group], native[group], test,
                          cell.seeds, cell.n, cell.correct, pct(cell.accuracy, 2), pct(low, 2),
-                         pct(high, 2), pct(cell.solution_correct / cell.n if cell.n else None, 2),
+                         pct(high, 2), pct(cell.solution_correct / cell.n if cell.n and cell.solution_correct is not None else None, 2),
                          pct(cell.baseline_rate, 2), fmt_num(paper_value)])
     return Table("table1_long", "Table 1 (long form)", header, rows)
 

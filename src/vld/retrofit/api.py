@@ -119,12 +119,14 @@ def retrofit_and_finetune(
     logger=None,
     lora_alpha: float | None = None,
     backend: Backend | None = None,
+    objective: str = "solution",
 ) -> dict[str, Any]:
     """A whole retrofit variant: validate, apply the schedule, fine-tune, save; returns metrics.
 
     source: a path, or a SourceInfo the caller already inspected (the source is inspected
     once per call either way). schedule: ScheduleSpec fields ({"pattern": "base"} is the
-    paper's "Base" row). method: one of METHODS. train_dir: a token set (vld.data.tokens).
+    paper's "Base" row). method: one of METHODS. train_dir: an iGSM token set, trained on with
+    `objective` (vld.data.igsm.objectives: the source's own, so the fine-tuning matches it).
     backend: a vld.model.Backend (activation checkpointing, CPU GEMMs), default the default.
     """
     from vld.atomic import check_replaceable, write_json
@@ -138,6 +140,11 @@ def retrofit_and_finetune(
     model_vocab = info.config.get("vocab_size")
     if isinstance(model_vocab, int) and tokens.vocab_size > model_vocab:
         fail(f"{where}.train_dir", f"{train_dir} has vocab_size {tokens.vocab_size} > the model's {model_vocab}")
+    from vld.train.datamodules import igsm_datamodule
+    from vld.train.run import run_training
+
+    datamodule = igsm_datamodule(objective, train_dir, train_cfg.seq_len, train_cfg.micro_batch_size, train_cfg.seed,
+                                 num_workers=train_cfg.num_workers, where=f"{where}.train.seq_len")
 
     model, meta = _load_and_prepare(
         source, info, order, method, lora_rank, lora_alpha, backend, "float32", train_cfg.seed
@@ -145,12 +152,6 @@ def retrofit_and_finetune(
     effective_alpha = float(2 * lora_rank if lora_alpha is None else lora_alpha)  # add_lora's default
     meta.update(parameter_summary(model), lora_alpha=effective_alpha if method != "full" else None)
 
-    from vld.train.datamodules import TokenWindowDataModule
-    from vld.train.run import run_training
-
-    datamodule = TokenWindowDataModule(
-        train_dir, train_cfg.seq_len, train_cfg.micro_batch_size, train_cfg.seed, num_workers=train_cfg.num_workers
-    )
     model.train()  # Lightning keeps submodules' modes: a source loaded for inference is in eval mode
     metrics = run_training(model, datamodule, train_cfg, out_dir / TRAIN_DIR, logger=logger)
     result = {**metrics, **meta}

@@ -352,3 +352,66 @@ class KHopDataModule(_WindowDataModuleBase):
 
     def _epoch_size(self, epoch: int) -> int:
         return self.global_batch_size
+
+
+class _AnswerOnlyProblems(Dataset):
+    """Item (epoch, i) -> problem i as problem <sep> answer <eos>, labelled on the answer
+    (vld.data.igsm.objectives). Rows are built on demand from the memory-mapped token set."""
+
+    def __init__(self, data_dir: Path, seq_len: int, where: str):
+        self.data_dir, self.seq_len, self.where = Path(data_dir), int(seq_len), where
+        self._rows = None
+        self.size = len(self.rows)  # fails now, before any compute, when a problem does not fit
+
+    @property
+    def rows(self):
+        if self._rows is None:
+            from vld.data.igsm.objectives import answer_only_rows
+
+            self._rows = answer_only_rows(self.data_dir, self.seq_len, self.where)
+        return self._rows
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, item: tuple[int, int] | int) -> dict[str, torch.Tensor]:
+        inputs, labels = self.rows.row(item[1] if isinstance(item, tuple) else item)
+        return {"inputs": torch.from_numpy(inputs), "labels": torch.from_numpy(labels)}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_rows"] = None  # memory maps are reopened in each worker
+        return state
+
+
+class AnswerOnlyDataModule(_WindowDataModuleBase):
+    """iGSM problems one per row, the loss on the answer only (objective answer_only); each data
+    epoch is a permutation of the problems, in the StepSampler's order."""
+
+    def __init__(self, data_dir: str | Path, seq_len: int, micro_batch_size: int, seed: int = 0,
+                 num_workers: int = 0, where: str = "train.seq_len"):
+        super().__init__()
+        self.data_dir = Path(data_dir)
+        self.seq_len, self.micro_batch_size = int(seq_len), int(micro_batch_size)
+        self.seed, self.num_workers = int(seed), int(num_workers)
+        if self.seq_len < 1 or self.micro_batch_size < 1:
+            fail("data", f"seq_len and micro_batch_size must be >= 1, got {seq_len} and {micro_batch_size}")
+        self.problems = _AnswerOnlyProblems(self.data_dir, self.seq_len, where)
+
+    @property
+    def vocab_size(self) -> int:
+        return TokenSet.open(self.data_dir).vocab_size
+
+    def _dataset(self) -> Dataset:
+        return self.problems
+
+    def _epoch_size(self, epoch: int) -> int:
+        return len(self.problems)
+
+
+def igsm_datamodule(objective: str, data_dir: str | Path, seq_len: int, micro_batch_size: int, seed: int = 0,
+                    num_workers: int = 0, where: str = "train.seq_len") -> _WindowDataModuleBase:
+    """The training data of an iGSM objective (vld.data.igsm.objectives)."""
+    if objective == "answer_only":
+        return AnswerOnlyDataModule(data_dir, seq_len, micro_batch_size, seed=seed, num_workers=num_workers, where=where)
+    return TokenWindowDataModule(data_dir, seq_len, micro_batch_size, seed=seed, num_workers=num_workers)

@@ -443,6 +443,17 @@ def judge(problem_text, solution_text, answer_text, lexicon) -> Verdict:
         return Verdict(False, False, f"unparseable: {err.__class__.__name__}")
 
 
+def judge_answer(problem_text, answer_text, lexicon) -> Verdict:
+    """Judge an answer alone (an answer-only model writes no solution); never raises.
+    solution_correct is always False: there is no solution to judge."""
+    verdict = judge(problem_text, "", answer_text, lexicon)
+    if verdict.answer_correct:
+        return Verdict(True, False, None)
+    if str(verdict.reason).startswith("unparseable: problem") or str(verdict.reason).endswith("text too long"):
+        return verdict
+    return Verdict(False, False, f"wrong answer: {str(answer_text).strip()[:20]!r}")
+
+
 def _judge(problem_text, solution_text, answer_text, lexicon) -> Verdict:
     lex = lexicon if isinstance(lexicon, Lexicon) else Lexicon.load(lexicon)
     problem_text = problem_text if isinstance(problem_text, str) else str(problem_text)

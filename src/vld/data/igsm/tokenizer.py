@@ -147,3 +147,8 @@ class IgsmTokenizer:
         else:
             sol, rest = clean, []
         return self.decode(sol), self.decode(rest)
+
+    def split_answer_only(self, ids) -> str:
+        """The answer from the generation of an answer-only model (answer <eos> right after the
+        prompt): a solution-format generation whose solution is empty."""
+        return self.split_generation([SEP, *ids])[1]
