@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vld.data.igsm.objectives import NO_LABEL, answer_only_rows
+from vld.data.igsm.objectives import NO_LABEL, AnswerOnlyRows
 from vld.data.igsm.tokenizer import EOS, PAD, SEP, IgsmTokenizer
 from vld.errors import UserError
 
@@ -56,7 +56,7 @@ def test_rows_equal_a_reference_built_from_the_text(igsm_sets):
     tokenizer = IgsmTokenizer.load(igsm_sets["train"])
     problems = problems_of(igsm_sets["train"])
     seq_len = longest_sample(tokenizer, problems) - 1 + 5  # the longest fits with room to pad
-    rows = answer_only_rows(igsm_sets["train"], seq_len, "here")
+    rows = AnswerOnlyRows(igsm_sets["train"], seq_len, "here")
     assert len(rows) == len(problems) == 40
     for i, problem in enumerate(problems):
         inputs, labels = rows.row(i)
@@ -66,6 +66,13 @@ def test_rows_equal_a_reference_built_from_the_text(igsm_sets):
         kept = [label for label in labels.tolist() if label != NO_LABEL]
         assert tokenizer.decode(kept[:-1]) == problem["answer"] and kept[-1] == EOS
         assert tokenizer.decode([x for x in inputs.tolist() if x != PAD]).count(problem["solution"][:30]) == 0
+    # a loader worker's copy carries the offsets, not the tokens, and gives the same rows
+    import pickle
+
+    worker = pickle.loads(pickle.dumps(rows))
+    assert worker._tokens is None
+    for i in (0, 17, 39):
+        assert [a.tolist() for a in worker.row(i)] == [a.tolist() for a in rows.row(i)]
 
 
 def test_a_problem_that_does_not_fit_fails_before_any_compute(igsm_sets):
@@ -73,7 +80,7 @@ def test_a_problem_that_does_not_fit_fails_before_any_compute(igsm_sets):
 
     tokenizer = IgsmTokenizer.load(igsm_sets["train"])
     longest = longest_sample(tokenizer, problems_of(igsm_sets["train"]))
-    answer_only_rows(igsm_sets["train"], longest - 1, "w")  # exactly fits
+    AnswerOnlyRows(igsm_sets["train"], longest - 1, "w")  # exactly fits
     where = "reasoning.variants.ao.train.seq_len"
     with pytest.raises(UserError, match=rf"^{where}: the longest problem <sep> answer <eos> has {longest} tokens: "
                                         rf"the answer_only objective needs seq_len >= {longest - 1}, got {longest - 2}$"):

@@ -134,19 +134,8 @@ def score_problems(
     `generate(prompts, max_new_tokens)` returns one continuation per prompt. Problems run in
     batches sorted by prompt length (stable), so the result is the same for a given model.
     `answer_only`: continuations are answer <eos> (objective answer_only), judged by the
-    answer alone (`judge_answer`); solution counts are None.
+    answer alone (solution None); solution counts are None.
     """
-    if answer_only:
-        from vld.data.igsm.judge import judge_answer
-
-        def split_and_judge(problem_text, ids):
-            answer = tokenizer.split_answer_only(ids)
-            return None, answer, judge_answer(problem_text, answer, lexicon)
-    else:
-        def split_and_judge(problem_text, ids):
-            solution, answer = tokenizer.split_generation(ids)
-            return solution, answer, judge(problem_text, solution, answer, lexicon)
-
     from tqdm import tqdm
 
     prompts = [list(tokenizer.prompt_ids(p["problem"])) for p in problems]
@@ -175,7 +164,11 @@ def score_problems(
                                    f"{len(batch)} prompts")
             for i, ids in zip(batch, outputs):
                 problem = problems[i]
-                solution_text, answer_text, verdict = split_and_judge(problem["problem"], list(ids))
+                if answer_only:
+                    solution_text, answer_text = None, tokenizer.split_answer_only(list(ids))
+                else:
+                    solution_text, answer_text = tokenizer.split_generation(list(ids))
+                verdict = judge(problem["problem"], solution_text, answer_text, lexicon)
                 op = int(problem["op"])
                 for counts in (totals, by_op.setdefault(op, _empty_counts())):
                     counts["n"] += 1

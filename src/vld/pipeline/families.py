@@ -73,7 +73,7 @@ class Family:
 
     def eval_settings(self, variant: "Variant") -> dict[str, Any]:
         """The `settings` argument of vld.eval.variant.evaluate_variant."""
-        return {key: value for key, value in variant.eval.items() if key != "tests"}
+        return dict(variant.eval)
 
     def eval_data(self, variant: "Variant") -> dict[str, Any]:
         """The `data` argument of vld.eval.variant.evaluate_variant."""
@@ -102,8 +102,8 @@ class IgsmEvaluated(Family):
                 "igsm_train": str(paths.IGSM_TRAIN)}
 
     def eval_settings(self, variant):
-        # the objective is the variant's (how it was trained), so it is not an eval-block key
-        return {**super().eval_settings(variant), "objective": variant.objective}
+        # the tests are the data; the objective is the variant's (how it was trained), not an eval-block key
+        return {**{key: value for key, value in variant.eval.items() if key != "tests"}, "objective": variant.objective}
 
     def train_data(self, variant):
         return paths.IGSM_TRAIN

@@ -117,8 +117,8 @@ def pooled_igsm(results: list[dict]) -> dict[VariantGroup, dict[str, Pooled]]:
             cell.n += int(scores["n"])
             cell.correct += int(scores["answer_correct"])
             solved = scores.get("solution_correct", 0)
-            cell.solution_correct = None if solved is None or cell.solution_correct is None \
-                else cell.solution_correct + int(solved)
+            if cell.solution_correct is not None:  # stays None once an answer-only result is in
+                cell.solution_correct = None if solved is None else cell.solution_correct + int(solved)
             cell.seeds += 1
             baseline = (scores.get("baseline") or {}).get("rate")
             if baseline is not None:

@@ -356,32 +356,19 @@ class KHopDataModule(_WindowDataModuleBase):
 
 class _AnswerOnlyProblems(Dataset):
     """Item (epoch, i) -> problem i as problem <sep> answer <eos>, labelled on the answer
-    (vld.data.igsm.objectives). Rows are built on demand from the memory-mapped token set."""
+    (vld.data.igsm.objectives.AnswerOnlyRows, which fails at construction when a problem does not fit)."""
 
     def __init__(self, data_dir: Path, seq_len: int, where: str):
-        self.data_dir, self.seq_len, self.where = Path(data_dir), int(seq_len), where
-        self._rows = None
-        self.size = len(self.rows)  # fails now, before any compute, when a problem does not fit
+        from vld.data.igsm.objectives import AnswerOnlyRows
 
-    @property
-    def rows(self):
-        if self._rows is None:
-            from vld.data.igsm.objectives import answer_only_rows
-
-            self._rows = answer_only_rows(self.data_dir, self.seq_len, self.where)
-        return self._rows
+        self.rows = AnswerOnlyRows(data_dir, seq_len, where)
 
     def __len__(self) -> int:
-        return self.size
+        return len(self.rows)
 
     def __getitem__(self, item: tuple[int, int] | int) -> dict[str, torch.Tensor]:
         inputs, labels = self.rows.row(item[1] if isinstance(item, tuple) else item)
         return {"inputs": torch.from_numpy(inputs), "labels": torch.from_numpy(labels)}
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_rows"] = None  # memory maps are reopened in each worker
-        return state
 
 
 class AnswerOnlyDataModule(_WindowDataModuleBase):

@@ -436,28 +436,20 @@ def _check_solution(parsed: ParsedProblem, solution: str, lex: Lexicon):
 
 
 def judge(problem_text, solution_text, answer_text, lexicon) -> Verdict:
-    """Judge a generated solution and answer against a problem; never raises."""
+    """Judge a generated solution and answer against a problem; never raises.
+    solution_text None: the answer alone (an answer-only model writes no solution), and
+    solution_correct is False."""
     try:
         return _judge(problem_text, solution_text, answer_text, lexicon)
     except Exception as err:  # the judge must give every string a verdict; this is a safety net
         return Verdict(False, False, f"unparseable: {err.__class__.__name__}")
 
 
-def judge_answer(problem_text, answer_text, lexicon) -> Verdict:
-    """Judge an answer alone (an answer-only model writes no solution); never raises.
-    solution_correct is always False: there is no solution to judge."""
-    verdict = judge(problem_text, "", answer_text, lexicon)
-    if verdict.answer_correct:
-        return Verdict(True, False, None)
-    if str(verdict.reason).startswith("unparseable: problem") or str(verdict.reason).endswith("text too long"):
-        return verdict
-    return Verdict(False, False, f"wrong answer: {str(answer_text).strip()[:20]!r}")
-
-
 def _judge(problem_text, solution_text, answer_text, lexicon) -> Verdict:
     lex = lexicon if isinstance(lexicon, Lexicon) else Lexicon.load(lexicon)
     problem_text = problem_text if isinstance(problem_text, str) else str(problem_text)
-    solution_text = solution_text if isinstance(solution_text, str) else str(solution_text)
+    answer_only = solution_text is None
+    solution_text = "" if answer_only else solution_text if isinstance(solution_text, str) else str(solution_text)
     answer_text = answer_text if isinstance(answer_text, str) else str(answer_text)
     if max(len(problem_text), len(solution_text), len(answer_text)) > MAX_TEXT:
         return Verdict(False, False, "unparseable: text too long")
@@ -468,6 +460,8 @@ def _judge(problem_text, solution_text, answer_text, lexicon) -> Verdict:
     truth = parsed.value(parsed.query, lex)
     answer = answer_text.strip()
     answer_correct = bool(_INT.fullmatch(answer)) and int(answer) == truth
+    if answer_only:
+        return Verdict(answer_correct, False, None if answer_correct else f"wrong answer: {answer[:20]!r}, the answer is {truth}")
     try:
         last = _check_solution(parsed, solution_text, lex)
     except _Bad as bad:
