@@ -45,13 +45,15 @@ def test_killed_khop_stage_resumes_to_the_uninterrupted_result(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     whole = _stage(runs["whole"], *args)
     assert whole.returncode == 0, whole.stderr[-3000:]
-    a, b = (json.loads((runs[name] / out / "metrics.json").read_text()) for name in ("killed", "whole"))
-    assert a["resumed_from_step"] == 2 and b["resumed_from_step"] == 0
-    for key in ("final_loss", "steps", "tokens_seen", "loss_curve"):
-        assert a[key] == b[key], key
-    wa, wb = (torch.load(runs[name] / out / "model.pt", weights_only=True) for name in ("killed", "whole"))
-    state_a, state_b = wa.get("state_dict", wa), wb.get("state_dict", wb)
-    assert state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    # tiny's k-hop cycle_x1 has two seeds, trained together: each resumes bit for bit
+    for seed in ("seed0", "seed1"):
+        a, b = (json.loads((runs[name] / out / seed / "metrics.json").read_text()) for name in ("killed", "whole"))
+        assert a["resumed_from_step"] == 2 and b["resumed_from_step"] == 0
+        for key in ("final_loss", "steps", "tokens_seen", "loss_curve"):
+            assert a[key] == b[key], key
+        wa, wb = (torch.load(runs[name] / out / seed / "model.pt", weights_only=True) for name in ("killed", "whole"))
+        state_a, state_b = wa["state_dict"], wb["state_dict"]
+        assert state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)
 
 
 @pytest.mark.slow
@@ -91,14 +93,17 @@ def test_the_report_refuses_results_of_other_settings(tmp_path, monkeypatch):
     pipeline = load_pipeline("params.yaml")
     for family, table in pipeline.variants.items():
         for name, variant in table.items():
-            paths.eval_file(family, name).parent.mkdir(parents=True, exist_ok=True)
-            paths.eval_file(family, name).write_text(json.dumps({"variant": name, "variant_sha256": variant.fingerprint()}))
-    assert len(current_results(pipeline)) == sum(len(t) for t in pipeline.variants.values())
-    stale = paths.eval_file("khop", "base")
-    stale.write_text(json.dumps({"variant": "base", "variant_sha256": "0" * 64}))
-    with pytest.raises(UserError, match=r"^results/eval/khop/base.json: was computed with other settings than "
-                                         r"khop.variants.base in params.yaml says now"):
+            for seeded in variant.per_seed():
+                path = paths.eval_file(family, name, seeded.seed)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps({"variant": name, "variant_sha256": seeded.fingerprint()}))
+    assert len(current_results(pipeline)) == sum(len(v.seeds) for t in pipeline.variants.values() for v in t.values())
+    stale = paths.eval_file("khop", "cycle_x1", 1)
+    # a seed's result checked against that seed's settings: seed 0's fingerprint is not seed 1's
+    stale.write_text(json.dumps({"variant": "cycle_x1", "variant_sha256": pipeline.variants["khop"]["cycle_x1"].fingerprint()}))
+    with pytest.raises(UserError, match=r"^results/eval/khop/cycle_x1/seed1.json: was computed with other settings than "
+                                         r"khop.variants.cycle_x1 in params.yaml says now"):
         current_results(pipeline)
     stale.unlink()
-    with pytest.raises(UserError, match=r"^results/eval/khop/base.json: missing"):
+    with pytest.raises(UserError, match=r"^results/eval/khop/cycle_x1/seed1.json: missing"):
         current_results(pipeline)

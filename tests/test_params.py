@@ -327,8 +327,68 @@ def test_typed_variant_and_one_tags_per_variant():
     assert v.schedule == [0, 1, 0, 1] and v.model.vocab_size == pipeline.data["khop"]["kh12"].vocab_size
     assert v.train.seq_len == pipeline.data["khop"]["kh12"].seq_len  # set by the data
     assert v.tags() == {"vld.family": "khop", "vld.pattern": "cycle", "vld.k": 1, "vld.effective_depth": 4,
-                        "vld.model": "h16", "vld.data": "kh12"}
+                        "vld.model": "h16", "vld.data": "kh12", "vld.seed": 0, "vld.seeds": 2}
     raw = P.load_yaml(ROOT / "conf/profiles/tiny.yaml")
     raw["khop"]["train"]["seq_len"] = 9
     with pytest.raises(UserError, match=r"^khop.train.seq_len: is set by the data"):
+        P.validate(raw)
+
+
+# ------------------------------------------------------------------------------ seeds
+
+
+def _khop_seeds(variant_extra=None, family_train=None, variant_train=None):
+    raw = P.load_yaml(ROOT / "conf/profiles/tiny.yaml")
+    spec = {"model": "h16", "data": "kh12", "schedule": {"pattern": "base", "k": 0}, **(variant_extra or {})}
+    if variant_train is not None:
+        spec["train"] = variant_train
+    raw["khop"]["variants"] = {"v": spec}
+    raw["khop"]["train"].update(family_train or {})
+    return P.validate(raw).variant("khop", "v")
+
+
+def test_seeds_are_an_axis_with_the_most_specific_setting_deciding():
+    assert _khop_seeds().seeds == (0,)
+    assert _khop_seeds({"seed": 4}).seeds == (4,)
+    assert _khop_seeds({"seeds": 3}).seeds == (0, 1, 2)  # a count
+    assert _khop_seeds({"seeds": [5, 2]}).seeds == (5, 2)
+    assert _khop_seeds(family_train={"seeds": 3}).seeds == (0, 1, 2)  # the family's train block
+    assert _khop_seeds({"seed": 7}, family_train={"seeds": 3}).seeds == (7,)  # the variant's own key wins
+    assert _khop_seeds(variant_train={"seeds": [1]}, family_train={"seeds": 3}).seeds == (1,)
+    v = _khop_seeds({"seeds": [5, 2]})
+    per_seed = v.per_seed()
+    assert [s.seed for s in per_seed] == [5, 2] and [s.train.seed for s in per_seed] == [5, 2]
+    assert all(s.seeds == (5, 2) for s in per_seed)
+    # each seed is its own run: own fingerprint and MLflow params, the same settings otherwise
+    assert len({s.fingerprint() for s in per_seed}) == 2
+    assert [s.flat_params()["seed"] for s in per_seed] == [5, 2] and per_seed[0].flat_params()["seeds"] == "5,2"
+    a, b = (s.to_dict() for s in per_seed)
+    assert {k for k in a if a[k] != b[k]} == {"seed", "train"}
+    assert {k for k in a["train"] if a["train"][k] != b["train"][k]} == {"seed"}
+
+
+@pytest.mark.parametrize("extra,family_train,message", [
+    ({"seeds": 0}, None, r"^khop.variants.v.seeds: a seed count must be >= 1, got 0$"),
+    ({"seeds": []}, None, r"^khop.variants.v.seeds: must be a count .* got \[\]$"),
+    ({"seeds": [1, 1]}, None, r"^khop.variants.v.seeds: lists a seed twice: \[1, 1\]$"),
+    ({"seeds": [1, -2]}, None, r"^khop.variants.v.seeds: must be a count"),
+    ({"seeds": True}, None, r"^khop.variants.v.seeds: must be a count"),
+    ({"seeds": 2, "seed": 1}, None, r"^khop.variants.v.seeds: give seed \(one\) or seeds \(several\), not both$"),
+    ({"seed": "a"}, None, r"^khop.variants.v.seed: must be a count"),
+    (None, {"seeds": "x"}, r"^khop.train.seeds: must be a count"),
+])
+def test_bad_seeds_are_one_line_naming_the_key(extra, family_train, message):
+    with pytest.raises(UserError, match=message):
+        _khop_seeds(extra, family_train)
+
+
+def test_a_retrofit_inherits_its_sources_seeds_and_refuses_others():
+    raw = P.load_yaml(ROOT / "conf/profiles/tiny.yaml")
+    raw["reasoning"]["variants"]["base"]["seeds"] = [0, 3]
+    assert P.validate(raw).variant("retrofit", "cycle_x1").seeds == (0, 3)
+    raw["retrofit"]["variants"]["cycle_x1"]["seeds"] = [3]
+    assert P.validate(raw).variant("retrofit", "cycle_x1").seeds == (3,)
+    raw["retrofit"]["variants"]["cycle_x1"]["seeds"] = [1]
+    with pytest.raises(UserError, match=r"^retrofit.variants.cycle_x1.seeds: seed 1 is not a seed of "
+                                        r"reasoning.variants.base \(its seeds: \[0, 3\]\)"):
         P.validate(raw)

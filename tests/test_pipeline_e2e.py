@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,20 +75,33 @@ def _check_outputs(repo: Path, outs: dict[str, list[str]]) -> None:
         for rel in paths:
             path = repo / rel
             assert path.exists(), f"{stage}: {rel} missing"
-            if rel.startswith("results/records/"):
+            # a variant's stage writes one entry per seed: seed<s>/ or seed<s>.json
+            per_seed = "@" in stage and not stage.startswith("data_")
+            seeds = sorted(path.glob("seed*")) if per_seed else []
+            assert seeds or not per_seed, f"{stage}: {rel} has no seed entries"
+            if rel.startswith("results/records/") and seeds:
+                for file in seeds:
+                    record = json.loads(file.read_text())
+                    assert record["stage_key"] == f"{stage}/{file.stem}" and record["run_id"]
+            elif rel.startswith("results/records/"):
                 record = json.loads(path.read_text())
                 assert record["stage_key"] == stage and record["run_id"]
             elif rel.startswith("results/eval/"):
-                result = json.loads(path.read_text())
-                assert result["variant"] == stage.split("@")[1] and result["params"] > 0
+                for file in seeds:
+                    result = json.loads(file.read_text())
+                    assert result["variant"] == stage.split("@")[1] and result["params"] > 0
+                    assert file.stem == f"seed{result['seed']}"
             elif rel.startswith("results/pretrain/"):
-                model = load_model(path / "model.pt")
-                assert json.loads((path / "metrics.json").read_text())["steps"] == 4
-                config = json.loads((path / "config.json").read_text())
-                assert model.effective_depth == len(config["variant"]["schedule"])
+                for where in seeds:
+                    model = load_model(where / "model.pt")
+                    assert json.loads((where / "metrics.json").read_text())["steps"] == 4
+                    config = json.loads((where / "config.json").read_text())
+                    assert model.effective_depth == len(config["variant"]["schedule"])
+                    assert where.name == f"seed{config['variant']['seed']}"
             elif rel.startswith("results/retrofit/"):
-                model, meta = load_retrofit(path)
-                assert model.effective_depth == 4 and meta["effective_depth"] == 4
+                for where in seeds:
+                    model, meta = load_retrofit(where)
+                    assert model.effective_depth == 4 and meta["effective_depth"] == 4
             elif rel == "data/igsm/tests":
                 assert len(TokenSet.open(path / "op2")) == 8
             elif rel.startswith("data/khop/"):
@@ -124,34 +138,46 @@ def test_dvc_repro_tiny_profile(dvc_project):
         "evaluate_khop@base", "evaluate_khop@cycle_x1", "report"}
     assert _ran(first) == stages
     _check_outputs(repo, outs)
+    # one MLflow child run per seed of every variant stage (k-hop cycle_x1 has seeds: 2)
+    runs = {f"{stage}/seed{seed}" for stage in stages if "@" in stage and not stage.startswith("data_")
+            for seed in ((0, 1) if stage.endswith("khop@cycle_x1") else (0,))}
+    runs |= {stage for stage in stages if "@" not in stage or stage.startswith("data_")}
+    seeds = sorted(p.name for p in (repo / "results/pretrain/khop/cycle_x1").iterdir() if p.name.startswith("seed"))
+    assert seeds == ["seed0", "seed1"]
+    first_seed, second_seed = (torch.load(repo / f"results/pretrain/khop/cycle_x1/{s}/model.pt", weights_only=True)
+                               for s in seeds)
+    assert any(not torch.equal(first_seed["state_dict"][k], second_seed["state_dict"][k])
+               for k in first_seed["state_dict"])  # each seed its own model
 
     client, parents, children = _mlflow(repo)
     assert len(parents) == 1
     parent = parents[0]
     kids = {r.data.tags["vld.stage_key"]: r for r in children[parent.info.run_id]}
-    assert set(kids) == stages and len(children[parent.info.run_id]) == len(stages)
+    assert set(kids) == runs and len(children[parent.info.run_id]) == len(runs)
     assert all(r.info.status == "FINISHED" and r.data.tags["vld.restored"] == "false" for r in kids.values())
+    assert {kids[f"pretrain_khop@cycle_x1/seed{s}"].data.params["seed"] for s in (0, 1)} == {"0", "1"}
+    assert kids["pretrain_khop@cycle_x1/seed1"].data.tags["vld.variant"] == "cycle_x1"
     assert parent.data.tags["vld.git_commit"] == _run(repo, "git", "rev-parse", "HEAD").stdout.strip()
-    curve = client.get_metric_history(kids["pretrain_reasoning@cycle_x1"].info.run_id, "train/loss")
+    curve = client.get_metric_history(kids["pretrain_reasoning@cycle_x1/seed0"].info.run_id, "train/loss")
     assert [m.step for m in curve] == [0, 1, 2, 3]  # the training curve, one point per step
-    pre = kids["pretrain_reasoning@cycle_x1"].data
+    pre = kids["pretrain_reasoning@cycle_x1/seed0"].data
     assert pre.params["pattern"] == "cycle" and pre.params["effective_depth"] == "4"
     assert pre.tags["vld.pattern"] == "cycle" and pre.tags["vld.k"] == "1"
     assert re.fullmatch(r"[0-9a-f]{64}", pre.tags["vld.data.igsm_train.sha256"])
     assert {"final_loss", "train_tokens_per_s"} <= set(pre.metrics)
-    ev = kids["evaluate_reasoning@base"].data.metrics
+    ev = kids["evaluate_reasoning@base/seed0"].data.metrics
     assert {"igsm.op2.answer_accuracy", "params", "flops_per_token"} <= set(ev), sorted(ev)
     assert 0.0 <= ev["igsm.op2.answer_accuracy"] <= 1.0
-    assert any(key.startswith("knowledge.") for key in kids["evaluate_knowledge@w16"].data.metrics)
-    assert {"khop.k2.error", "khop.k2.exact_match"} <= set(kids["evaluate_khop@cycle_x1"].data.metrics)
-    khop = json.loads((repo / "results/eval/khop/cycle_x1.json").read_text())
+    assert any(key.startswith("knowledge.") for key in kids["evaluate_knowledge@w16/seed0"].data.metrics)
+    assert {"khop.k2.error", "khop.k2.exact_match"} <= set(kids["evaluate_khop@cycle_x1/seed1"].data.metrics)
+    khop = json.loads((repo / "results/eval/khop/cycle_x1/seed1.json").read_text())
     assert khop["family"] == "khop" and khop["effective_depth"] == 4 and khop["depth_use"]["schema"] == "vld.depth_use/1"
     report = (repo / "results/report/report.md").read_text()
     assert "k-hop induction: per-position error by hop count" in report and "The paper's claims" in report
-    assert "final_loss" in kids["retrofit@cycle_x1"].data.metrics
-    answer_only = json.loads((repo / "results/eval/reasoning/answer_only.json").read_text())
+    assert "final_loss" in kids["retrofit@cycle_x1/seed0"].data.metrics
+    answer_only = json.loads((repo / "results/eval/reasoning/answer_only/seed0.json").read_text())
     assert answer_only["objective"] == "answer_only" and answer_only["igsm"]["op2"]["solution_accuracy"] is None
-    assert kids["pretrain_reasoning@answer_only"].data.tags["vld.objective"] == "answer_only"
+    assert kids["pretrain_reasoning@answer_only/seed0"].data.tags["vld.objective"] == "answer_only"
     assert "| base (answer only) |" in report
     artifacts = [a.path for a in client.list_artifacts(kids["report"].info.run_id, "report")]
     assert "report/report.md" in artifacts
@@ -172,20 +198,20 @@ def test_dvc_repro_tiny_profile(dvc_project):
     changed = {"pretrain_reasoning@cycle_x1", "evaluate_reasoning@cycle_x1", "report"}
     assert _ran(third) == changed
     assert "re-attached" in third.stdout
-    assert json.loads((repo / "results/pretrain/reasoning/cycle_x1/metrics.json").read_text())["steps"] == 3
+    assert json.loads((repo / "results/pretrain/reasoning/cycle_x1/seed0/metrics.json").read_text())["steps"] == 3
 
     # the new parent (new params.yaml) holds every stage: the re-run ones plus restored records
     client, parents, children = _mlflow(repo)
     assert len(parents) == 2
     new_parent = next(p for p in parents if p.info.run_id != parent.info.run_id)
     kids = {r.data.tags["vld.stage_key"]: r for r in children[new_parent.info.run_id]}
-    assert set(kids) == stages and len(children[new_parent.info.run_id]) == len(stages)
+    assert set(kids) == runs and len(children[new_parent.info.run_id]) == len(runs)
     restored = {key for key, r in kids.items() if r.data.tags["vld.restored"] == "true"}
-    assert restored == stages - changed
-    old = kids["pretrain_reasoning@base"]
+    assert restored == {key for key in runs if key.split("/")[0] not in changed}
+    old = kids["pretrain_reasoning@base/seed0"]
     assert old.data.tags["vld.original_run_id"] not in ("", "None", old.info.run_id)
     assert len(client.get_metric_history(old.info.run_id, "train/loss")) == 4  # curve copied
-    assert kids["evaluate_reasoning@base"].data.metrics["igsm.op2.answer_accuracy"] == ev["igsm.op2.answer_accuracy"]
+    assert kids["evaluate_reasoning@base/seed0"].data.metrics["igsm.op2.answer_accuracy"] == ev["igsm.op2.answer_accuracy"]
 
     # a variant added: only its own stages are out of date, and the report (it reads params.yaml)
     params["knowledge"]["variants"]["w16_cycle"] = {"model": "k16", "data": "rt1k",
@@ -221,7 +247,7 @@ def test_dvc_repro_tiny_profile(dvc_project):
     assert "up to date" in _run(repo, "dvc", "status").stdout
     experiment = _run(repo, "dvc", "exp", "run", "-S", "knowledge.train.max_steps=3", "-n", "k3")
     assert _ran(experiment) == {"pretrain_knowledge@w16", "evaluate_knowledge@w16", "report"}
-    assert json.loads((repo / "results/pretrain/knowledge/w16/metrics.json").read_text())["steps"] == 3
+    assert json.loads((repo / "results/pretrain/knowledge/w16/seed0/metrics.json").read_text())["steps"] == 3
     table = _run(repo, "dvc", "exp", "show", "--csv", "--drop", ".*", "--keep", "Experiment|knowledge.train.max_steps")
     assert "k3,3" in table.stdout.splitlines(), table.stdout
 

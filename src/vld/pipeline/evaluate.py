@@ -6,12 +6,14 @@ What is measured is the family's task (vld.pipeline.families): iGSM answer accur
 test set named in `<family>.eval.tests` (greedy decoding through the KV cache, judged), the
 knowledge measures on the variant's dataset, or k-hop error per hop count; always parameters
 and FLOPs per token. Settings come from the family's `eval` block. Writes
-results/eval/<family>/<variant>.json (the report's input) and the record
-results/records/evaluate_<family>@<variant>.json.
+one result per seed,
+results/eval/<family>/<variant>/seed<s>.json (the report's input), each with its tracking record
+results/records/evaluate_<family>@<variant>/seed<s>.json.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from vld.errors import fail, run_cli
@@ -20,20 +22,13 @@ from vld.pipeline.families import FAMILIES
 from vld.pipeline.params import load_pipeline
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = shared.parser("evaluate", __doc__.splitlines()[0], tuple(FAMILIES)).parse_args(argv)
-    pipeline = load_pipeline(args.params)
-    variant = pipeline.variant(args.family, args.variant)
-    family = FAMILIES[variant.family]
+def _evaluate_seed(pipeline, variant, family, device: str, run) -> dict:
+    """One seed's result (vld.eval.variant's schema), its model checked against the variant."""
     where, data = family.model_dir(variant), family.eval_data(variant)
-    device = shared.stage_device(variant.train)  # evaluate where the training ran
-    if not where.is_dir():
-        fail(str(where), "not found: run the training stage of this variant first (dvc repro)")
     trained_as = where / "variant.json"
     if not trained_as.is_file() or json.loads(trained_as.read_text()).get("sha256") != variant.fingerprint():
-        fail(str(where), f"was trained with other settings than {variant.key} in {args.params} says now; run its"
+        fail(str(where), f"was trained with other settings than {variant.key} in {pipeline.path} says now; run its"
              " training stage first (dvc repro)")
-    settings = family.eval_settings(variant)
     metrics_file = where / "metrics.json"
     trained = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     meta = {"variant": variant.name, "pattern": variant.pattern, "k": variant.k, "layers": variant.layers,
@@ -42,35 +37,58 @@ def main(argv: list[str] | None = None) -> int:
             "model_name": variant.model_name, "variant_sha256": variant.fingerprint()}
     meta.update({key: getattr(variant, key) for key in ("source", "method", "data", "objective")
                  if getattr(variant, key) is not None})
-    out = paths.eval_file(variant.family, variant.name)
+    from vld.eval.variant import evaluate_variant
+
+    if family.trained_by == "retrofit":
+        from vld.retrofit.api import load_retrofit
+
+        model, _ = load_retrofit(where)
+    else:
+        from vld.model import load_model
+
+        model = load_model(where / "model.pt")
+    model.to(device).eval()
+    result = evaluate_variant(model, variant.family, data, family.eval_settings(variant), meta)
+    run.log_metrics(shared.numeric_leaves({key: result.get(key) for key in (
+        "params", "params_no_embed", "effective_depth", "flops_per_token", "flops_per_token_train",
+        "train_tokens_per_s", "igsm", "knowledge")}))
+    if result.get("khop"):
+        run.log_metrics({f"khop.k{k}.{m}": v[m] for k, v in result["khop"]["hops"].items()
+                         for m in ("error", "exact_match")})
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = shared.parser("evaluate", __doc__.splitlines()[0], tuple(FAMILIES)).parse_args(argv)
+    pipeline = load_pipeline(args.params)
+    variant = pipeline.variant(args.family, args.variant)
+    family = FAMILIES[variant.family]
+    seeds = variant.per_seed()
+    device = shared.stage_device(variant.train)  # evaluate where the training ran
+    for seeded in seeds:
+        if not family.model_dir(seeded).is_dir():
+            fail(str(family.model_dir(seeded)), "not found: run the training stage of this variant first (dvc repro)")
+    out = paths.eval_dir(variant.family, variant.name)
+    from vld.atomic import atomic_dir, check_replaceable, write_json
+
+    check_replaceable(out)
+    data = family.eval_data(variant)
     dirs = {**data.get("igsm_test", {}), **{key: data[key] for key in ("knowledge", "khop_test") if key in data}}
-    params = {**variant.flat_params(), **{f"eval.{k}": v for k, v in variant.eval.items()}}
 
-    with tracking.tracked(pipeline, f"evaluate_{variant.family}", variant.name, params,
-                        {**variant.tags(), **shared.data_tags(dirs)}) as run:
-        from vld.atomic import write_json
-        from vld.eval.variant import evaluate_variant
-
-        if family.trained_by == "retrofit":
-            from vld.retrofit.api import load_retrofit
-
-            model, _ = load_retrofit(where)
-        else:
-            from vld.model import load_model
-
-            model = load_model(where / "model.pt")
-        model.to(device).eval()
-        result = evaluate_variant(model, variant.family, data, settings, meta)
-        pipeline.check_unchanged(variant)
-        write_json(out, result)
-        run.log_metrics(shared.numeric_leaves({key: result.get(key) for key in (
-            "params", "params_no_embed", "effective_depth", "flops_per_token", "flops_per_token_train",
-            "train_tokens_per_s", "igsm", "knowledge")}))
-        if result.get("khop"):
-            run.log_metrics({f"khop.k{k}.{m}": v[m] for k, v in result["khop"]["hops"].items()
-                             for m in ("error", "exact_match")})
-        run.add_artifact(out)
-        run.finish()
+    with contextlib.ExitStack() as stack:
+        runs = [stack.enter_context(tracking.tracked(
+            pipeline, f"evaluate_{variant.family}", paths.seed_key(variant.name, seeded.seed),
+            {**seeded.flat_params(), **{f"eval.{k}": v for k, v in seeded.eval.items()}},
+            {**seeded.tags(), **shared.data_tags(dirs), "vld.variant": variant.name})) for seeded in seeds]
+        results = [_evaluate_seed(pipeline, seeded, family, device, run) for seeded, run in zip(seeds, runs)]
+        for seeded in seeds:
+            pipeline.check_unchanged(seeded)
+        with atomic_dir(out) as tmp:
+            for seeded, result in zip(seeds, results):
+                write_json(tmp / paths.eval_file(variant.family, variant.name, seeded.seed).name, result)
+        for seeded, run in zip(seeds, runs):
+            run.add_artifact(paths.eval_file(variant.family, variant.name, seeded.seed))
+            run.finish()
     return 0
 
 

@@ -20,7 +20,7 @@ from vld.pipeline import paths
 if TYPE_CHECKING:
     from vld.pipeline.params import Pipeline, Variant
 
-COMMON_VARIANT_KEYS = ("schedule", "seed", "train")
+COMMON_VARIANT_KEYS = ("schedule", "seed", "seeds", "train")
 
 
 class Family:
@@ -56,6 +56,13 @@ class Family:
     def check_train(self, variant: "Variant", pipeline: "Pipeline") -> None:
         """Checks of a variant's training against its data, before any compute."""
 
+    def default_seeds(self, extras: Mapping[str, Any], pipeline: "Pipeline") -> tuple[int, ...] | None:
+        """Seeds of a variant that names none (None: seed 0)."""
+        return None
+
+    def check_seeds(self, variant: "Variant", pipeline: "Pipeline") -> None:
+        """Checks of a variant's seeds against what it builds on."""
+
     # ---- stages ------------------------------------------------------------------------
     def train_data(self, variant: "Variant") -> Path | None:
         """The token set it trains on (None: a generated stream)."""
@@ -69,7 +76,8 @@ class Family:
                                      seed=cfg.seed, num_workers=cfg.num_workers)
 
     def model_dir(self, variant: "Variant") -> Path:
-        return paths.pretrain_dir(self.name, variant.name)
+        """Where the model of `variant` (one seed of it) lives."""
+        return paths.pretrain_model_dir(self.name, variant.name, variant.seed)
 
     def eval_settings(self, variant: "Variant") -> dict[str, Any]:
         """The `settings` argument of vld.eval.variant.evaluate_variant."""
@@ -193,8 +201,18 @@ class Retrofit(IgsmEvaluated):
         return {"model_name": reasoning[source].model_name, "source": source, "method": method, "lora_rank": rank,
                 "objective": reasoning[source].objective}
 
+    def default_seeds(self, extras, pipeline):
+        return pipeline.variants["reasoning"][extras["source"]].seeds  # seed s fine-tunes the source's seed s
+
+    def check_seeds(self, variant, pipeline):
+        source = pipeline.variants["reasoning"][variant.source]
+        missing = [seed for seed in variant.seeds if seed not in source.seeds]
+        if missing:
+            fail(f"{variant.key}.seeds", f"seed {missing[0]} is not a seed of reasoning.variants.{variant.source}"
+                 f" (its seeds: {list(source.seeds)}); seed s fine-tunes the source's seed s")
+
     def model_dir(self, variant):
-        return paths.retrofit_dir(variant.name)
+        return paths.retrofit_model_dir(variant.name, variant.seed)
 
 
 class KHop(OwnDataset):

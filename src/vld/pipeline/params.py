@@ -17,7 +17,11 @@ Layout of params.yaml (docs/pipeline.md has the full description):
     hardware: {accelerator, devices, num_nodes, strategy, precision, num_workers}
     <family>: {train: {...}, eval: {...}, variants: {NAME: VARIANT}}   for each family
     VARIANT = {model: NAME, schedule: {pattern: NAME, k: INT, layers: "a..b" | order: [...]},
-               seed: INT, train: {overrides}, + the family's own keys (data, source, ...)}
+               seed: INT | seeds: [INT, ...] | COUNT, train: {overrides}, + the family's own keys}
+
+Seeds are an axis: `seeds: [0, 1, 2]` (or a count, 3 = [0, 1, 2]) on a variant, or in a family's
+or a variant's train block, trains one model per seed; the most specific `seed:`/`seeds:` wins.
+A Variant holds all its seeds and stands for one of them (`seed`); `per_seed()` gives each.
 """
 
 from __future__ import annotations
@@ -89,6 +93,16 @@ class Variant:
     method: str | None = None
     lora_rank: int | None = None
     objective: str | None = None  # iGSM families: what the loss is on (vld.data.igsm.objectives)
+    seeds: tuple[int, ...] = (0,)  # every seed of the variant; `seed` is the one this view stands for
+
+    def for_seed(self, seed: int) -> "Variant":
+        """This variant as trained with `seed` (one of its seeds)."""
+        if seed not in self.seeds:
+            fail(f"{self.key}.seeds", f"has no seed {seed} (seeds: {list(self.seeds)})")
+        return dataclasses.replace(self, seed=seed, train=dataclasses.replace(self.train, seed=seed))
+
+    def per_seed(self) -> list["Variant"]:
+        return [self.for_seed(seed) for seed in self.seeds]
 
     @property
     def schedule(self) -> list[int]:
@@ -116,7 +130,8 @@ class Variant:
     def tags(self) -> dict[str, Any]:
         """MLflow tags of every stage of this variant."""
         tags = {"vld.family": self.family, "vld.pattern": self.pattern, "vld.k": self.k,
-                "vld.effective_depth": self.effective_depth, "vld.model": self.model_name}
+                "vld.effective_depth": self.effective_depth, "vld.model": self.model_name,
+                "vld.seed": self.seed, "vld.seeds": len(self.seeds)}
         tags.update({f"vld.{key}": getattr(self, key) for key in ("data", "source", "method", "objective")
                      if getattr(self, key) is not None})
         return tags
@@ -126,7 +141,8 @@ class Variant:
                                                     "seed", "data", "source", "method", "lora_rank")}
         if self.objective is not None:  # only iGSM variants have one; other fingerprints stay as they were
             out["objective"] = self.objective
-        out.update(schedule=self.schedule, effective_depth=self.effective_depth, eval=self.eval,
+        # all seeds: a seed trained stacked beside others is computed with them (vld.train.stacked)
+        out.update(seeds=list(self.seeds), schedule=self.schedule, effective_depth=self.effective_depth, eval=self.eval,
                    model=self.model.to_dict(), train=self.train.to_dict())
         return out
 
@@ -140,7 +156,7 @@ class Variant:
         out = {"family": self.family, "variant": self.name, "model": self.model_name,
                "pattern": self.pattern, "k": self.k, "layers": self.layers,
                "effective_depth": self.effective_depth, "schedule": ",".join(map(str, self.schedule)),
-               "seed": self.seed}
+               "seed": self.seed, "seeds": ",".join(map(str, self.seeds))}
         for key in ("data", "source", "method", "lora_rank", "objective"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
@@ -171,7 +187,8 @@ class Pipeline:
             fail(str(self.path), f"changed while this stage ran and is no longer valid ({err}); nothing was written")
         if variant is not None:
             current = now.variants.get(variant.family, {}).get(variant.name)
-            if current is None or current.fingerprint() != variant.fingerprint():
+            if current is None or variant.seed not in current.seeds or \
+                    current.for_seed(variant.seed).fingerprint() != variant.fingerprint():
                 fail(variant.key, f"changed in {self.path} while this stage ran; nothing was written"
                      " (run dvc repro again)")
         if data is not None:
@@ -295,6 +312,39 @@ def _schedule(raw: Any, where: str, n_layer: int, pipeline: Pipeline, listed: Ma
     return spec, resolve_schedule(spec, n_layer, pipeline.patterns, where=where)
 
 
+def _seed_list(value: Any, where: str) -> tuple[int, ...]:
+    """`seeds:` as a list of distinct seeds, or a count n meaning 0 .. n-1."""
+    def integer(x) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    if integer(value):
+        if value < 1:
+            fail(where, f"a seed count must be >= 1, got {value}")
+        return tuple(range(value))
+    if not isinstance(value, (list, tuple)) or not value or not all(integer(x) and x >= 0 for x in value):
+        fail(where, f"must be a count (3 means [0, 1, 2]) or a non-empty list of seeds >= 0, got {_show(value)}")
+    if len(set(value)) != len(value):
+        fail(where, f"lists a seed twice: {list(value)}")
+    return tuple(value)
+
+
+def _seeds(layers: list, spec: Mapping, where: str, inherited: tuple[int, ...] | None) -> tuple[tuple[int, ...], list]:
+    """A variant's seeds: the most specific of its train layers and its own keys that says
+    `seed` (one) or `seeds` (several) decides; else the family's default (a retrofit inherits
+    its source's seeds), else seed 0. Returns the layers without `seeds` (no TrainConfig key)."""
+    seeds, stripped = None, []
+    for layer, at in [*layers, (spec, where)]:
+        if isinstance(layer, Mapping) and "seed" in layer and "seeds" in layer:
+            fail(f"{at}.seeds", "give seed (one) or seeds (several), not both")
+        if isinstance(layer, Mapping) and "seeds" in layer:
+            seeds = _seed_list(layer["seeds"], f"{at}.seeds")
+            layer = {key: value for key, value in layer.items() if key != "seeds"}
+        elif isinstance(layer, Mapping) and "seed" in layer:
+            seeds = _seed_list([layer["seed"]], f"{at}.seed")
+        stripped.append((layer, at))
+    return seeds or inherited or (0,), stripped[:-1]
+
+
 def _variant(family, name: str, spec: Any, block: dict, settings: dict, pipeline: Pipeline,
              listed: Mapping) -> Variant:
     from vld.train.config import TrainConfig
@@ -312,8 +362,8 @@ def _variant(family, name: str, spec: Any, block: dict, settings: dict, pipeline
         clash = sorted(set(fixed) & set(layer or {}))
         if clash:
             fail(f"{at}.{clash[0]}", f"is set by the data of {family.name} variants; remove it")
-    seed = {"seed": spec["seed"]} if "seed" in spec else {}
-    train = TrainConfig.from_layers([*layers, (seed, where), (fixed, where)])
+    seeds, layers = _seeds(layers, spec, where, family.default_seeds(extras, pipeline))
+    train = TrainConfig.from_layers([*layers, ({"seed": seeds[0]}, where), (fixed, where)])
     if train.seq_len > model.max_seq_len:
         at = next((f"{w}.seq_len" for layer, w in reversed(layers) if "seq_len" in (layer or {})), where)
         if fixed.get("seq_len"):
@@ -324,7 +374,8 @@ def _variant(family, name: str, spec: Any, block: dict, settings: dict, pipeline
              f" {model.max_seq_len}")
     variant = Variant(family=family.name, name=name, model=dataclasses.replace(model, schedule=order),
                       pattern=schedule_spec["pattern"], k=schedule_spec["k"], layers=schedule_spec.get("layers"),
-                      train=train, eval=settings, seed=train.seed, **extras)
+                      train=train, eval=settings, seed=train.seed, seeds=seeds, **extras)
+    family.check_seeds(variant, pipeline)
     vocab = family.vocab_size(variant, pipeline)
     if vocab is not None:
         variant.model = variant.model_config(vocab)
@@ -386,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, v in table.items():
             what = v.source and f"from {v.source}" or v.model_name
             print(f"  {family:9s} {name:18s} {what:14s} {v.pattern} k={v.k} depth {v.effective_depth}"
-                  f" steps {v.train.max_steps} lr {v.train.optim.lr:g}")
+                  f" steps {v.train.max_steps} lr {v.train.optim.lr:g} seeds {list(v.seeds)}")
     return 0
 
 

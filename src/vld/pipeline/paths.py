@@ -28,13 +28,35 @@ def khop_tests_dir(name: str) -> Path:
     return KHOP_DATA / name
 
 
+# A variant's stage writes one directory (DVC's out) with one entry per seed in it.
+def seed_name(seed: int) -> str:
+    return f"seed{seed}"
+
+
 def pretrain_dir(family: str, variant: str) -> Path:
     return PRETRAIN / family / variant
+
+
+def pretrain_model_dir(family: str, variant: str, seed: int) -> Path:
+    return pretrain_dir(family, variant) / seed_name(seed)
 
 
 def retrofit_dir(variant: str) -> Path:
     return RETROFIT / variant
 
 
-def eval_file(family: str, variant: str) -> Path:
-    return EVAL / family / f"{variant}.json"
+def retrofit_model_dir(variant: str, seed: int) -> Path:
+    return retrofit_dir(variant) / seed_name(seed)
+
+
+def eval_dir(family: str, variant: str) -> Path:
+    return EVAL / family / variant
+
+
+def eval_file(family: str, variant: str, seed: int) -> Path:
+    return eval_dir(family, variant) / f"{seed_name(seed)}.json"
+
+
+def seed_key(variant: str, seed: int) -> str:
+    """The tracking key of one seed of a variant: its record is results/records/<stage>@<key>.json."""
+    return f"{variant}/{seed_name(seed)}"

@@ -1,16 +1,19 @@
-"""Stage `pretrain_<family>@<variant>`: train one variant of a pretrained family from scratch.
+"""Stage `pretrain_<family>@<variant>`: train every seed of one variant from scratch.
 
     python -m vld.pipeline.pretrain --family reasoning --variant cycle_x1
 
 Reads the variant, its model, the family's train block and the hardware block of params.yaml;
 trains on the family's data (vld.pipeline.families: data/igsm/train, data/knowledge/<data>, or
-the k-hop stream); writes results/pretrain/<family>/<variant>/ {model.pt, metrics.json,
-config.json} and the tracking record results/records/pretrain_<family>@<variant>.json. A killed
-run resumes from its last checkpoint (under .vld-work/) when the stage runs again with the same
-settings.
+the k-hop stream). The variant's seeds train together (vld.train.stacked.train_seeds), each
+with its own initialisation and data stream. Writes results/pretrain/<family>/<variant>/seed<s>/
+{model.pt, metrics.json, config.json, variant.json} and one tracking record (MLflow child run)
+per seed, results/records/pretrain_<family>@<variant>/seed<s>.json. A killed run resumes from
+its last checkpoint (under .vld-work/) when the stage runs again with the same settings.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 from vld.errors import fail, run_cli
 from vld.pipeline import paths, shared, tracking
@@ -24,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = load_pipeline(args.params)  # the whole file, before anything else
     variant = pipeline.variant(args.family, args.variant)
     family = FAMILIES[variant.family]
-    train_cfg = variant.train
-    check_devices(train_cfg, "hardware")  # a GPU asked for and missing: fail now, before any run
+    seeds = variant.per_seed()
+    check_devices(variant.train, "hardware")  # a GPU asked for and missing: fail now, before any run
     data_dir = family.train_data(variant)
     out = paths.pretrain_dir(variant.family, variant.name)
     rank0 = tracking.is_global_zero()
@@ -39,48 +42,65 @@ def main(argv: list[str] | None = None) -> int:
 
         model_cfg = variant.model
         data_id = {"stream": variant.data, "spec": asdict(pipeline.data[variant.family][variant.data])}
-        tags = variant.tags()
+        data_tags = {}
     else:
         from vld.data.tokens import TokenSet
 
         tokens = TokenSet.open(data_dir)
         model_cfg = variant.model_config(tokens.vocab_size)
-        if len(tokens.tokens) < train_cfg.seq_len + 1:
-            fail(f"{variant.key}.train.seq_len", f"{train_cfg.seq_len} is longer than the data ({len(tokens.tokens)} tokens)")
+        if len(tokens.tokens) < variant.train.seq_len + 1:
+            fail(f"{variant.key}.train.seq_len", f"{variant.train.seq_len} is longer than the data ({len(tokens.tokens)} tokens)")
         data_id = {"data": shared.data_sha256(data_dir), "dataset": str(data_dir)}
-        tags = {**variant.tags(), **shared.data_tags({data_dir.name if variant.family == "knowledge"
-                                                      else "igsm_train": data_dir})}
+        data_tags = shared.data_tags({data_dir.name if variant.family == "knowledge" else "igsm_train": data_dir})
     if variant.objective is not None:
         data_id["objective"] = variant.objective
     stage = f"pretrain_{variant.family}"
-    work = shared.work_dir(stage, variant.name, {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), **data_id})
+    work = shared.work_dir(stage, variant.name, {"model": model_cfg.to_dict(), "train": variant.train.to_dict(),
+                                                 "seeds": list(variant.seeds), **data_id})
+    # a sample that does not fit fails here, before the run
+    datamodules = [family.datamodule(seeded, pipeline) for seeded in seeds]
 
-    datamodule = family.datamodule(variant, pipeline)  # a sample that does not fit fails here, before the run
-
-    with tracking.tracked(pipeline, stage, variant.name, variant.flat_params(), tags) as run:
+    with contextlib.ExitStack() as stack:
+        runs = [stack.enter_context(tracking.tracked(
+            pipeline, stage, paths.seed_key(variant.name, seeded.seed), seeded.flat_params(),
+            {**seeded.tags(), **data_tags, "vld.variant": variant.name})) for seeded in seeds]
         import torch
 
         from vld.atomic import atomic_dir, write_json
         from vld.model import VLDTransformer, save_model
-        from vld.train.run import run_training
+        from vld.train.stacked import train_seeds
 
-        torch.manual_seed(variant.seed)  # the initial weights depend on the seed only
-        model = VLDTransformer(model_cfg, backend=train_cfg.backend)
-        metrics = run_training(model, datamodule, train_cfg, work, logger=run.lightning_logger())
+        models = []
+        for seeded in seeds:
+            torch.manual_seed(seeded.seed)  # the initial weights depend on the seed only
+            models.append(VLDTransformer(model_cfg, backend=seeded.train.backend))
+        # one seed: Lightning logs its curve live; several: each seed's curve is logged below
+        logger = runs[0].lightning_logger() if len(seeds) == 1 else None
+        per_seed = train_seeds(models, datamodules, [seeded.train for seeded in seeds], work, logger=logger)
         if not rank0:
             return 0
-        pipeline.check_unchanged(variant)
+        for seeded in seeds:
+            pipeline.check_unchanged(seeded)
         with atomic_dir(out) as tmp:
-            save_model(model, tmp / "model.pt")
-            write_json(tmp / "variant.json", {"variant": variant.to_dict(), "sha256": variant.fingerprint()})
-            write_json(tmp / "metrics.json", metrics)
-            write_json(tmp / "config.json", {"variant": variant.to_dict(), "model": model_cfg.to_dict(),
-                                             "train": train_cfg.to_dict(), **data_id})
-        run.log_metrics({key: value for key, value in metrics.items() if key != "loss_curve"})
-        run.log_params({"params": model.parameter_count(), "effective_depth": model.effective_depth})
-        run.add_artifact(out / "metrics.json")
-        run.add_artifact(out / "config.json")
-        run.finish()
+            for seeded, model, metrics in zip(seeds, models, per_seed):
+                where = tmp / paths.seed_name(seeded.seed)
+                where.mkdir()
+                save_model(model, where / "model.pt")
+                write_json(where / "variant.json", {"variant": seeded.to_dict(), "sha256": seeded.fingerprint()})
+                write_json(where / "metrics.json", metrics)
+                write_json(where / "config.json", {"variant": seeded.to_dict(), "model": model_cfg.to_dict(),
+                                                   "train": seeded.train.to_dict(), **data_id})
+        for seeded, model, metrics, run in zip(seeds, models, per_seed, runs):
+            if logger is None:
+                log_every = max(1, seeded.train.log_every)
+                for step, loss in enumerate(metrics["loss_curve"], start=1):
+                    if step % log_every == 0 or step == len(metrics["loss_curve"]):
+                        run.log_metrics({"train/loss": loss}, step=step)
+            run.log_metrics({key: value for key, value in metrics.items() if key != "loss_curve"})
+            run.log_params({"params": model.parameter_count(), "effective_depth": model.effective_depth})
+            run.add_artifact(family.model_dir(seeded) / "metrics.json")
+            run.add_artifact(family.model_dir(seeded) / "config.json")
+            run.finish()
     shared.drop_work_dir(work)
     return 0
 

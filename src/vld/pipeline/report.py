@@ -18,13 +18,13 @@ from vld.pipeline.params import load_pipeline
 
 
 def current_results(pipeline) -> list[dict]:
-    """The evaluation result of every variant params.yaml has now, each checked to have been
-    computed with the variant's current settings: the report never mixes settings, nor shows
-    results of variants since removed."""
+    """The evaluation result of every seed of every variant params.yaml has now, each checked to
+    have been computed with the variant's current settings: the report never mixes settings, nor
+    shows results of variants (or seeds) since removed."""
     results = []
     for family, table in pipeline.variants.items():
-        for name, variant in table.items():
-            path = paths.eval_file(family, name)
+        for seeded in (one for variant in table.values() for one in variant.per_seed()):
+            variant, path = seeded, paths.eval_file(family, seeded.name, seeded.seed)
             if not path.is_file():
                 fail(str(path), f"missing: run the evaluation of {variant.key} first (dvc repro)")
             try:

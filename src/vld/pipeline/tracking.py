@@ -616,7 +616,7 @@ def stage_run(pipeline, stage: str, variant: str | None = None, params: dict[str
 def read_records(root: str | Path | None = None) -> list[dict[str, Any]]:
     directory = repo_root(root) / RECORDS_DIR
     records = []
-    for file in sorted(directory.glob("*.json")):
+    for file in sorted(directory.rglob("*.json")):  # a variant's seeds: <stage>@<variant>/seed<s>.json
         try:
             record = json.loads(file.read_text())
         except (OSError, ValueError):

@@ -44,15 +44,16 @@ def load_results(sources) -> list[dict]:
             results.append(check_result(_read_json(path), str(path)))
         else:
             fail(str(path), "no such results file or directory")
-    # Variant names are unique within a family (reasoning "base" and retrofit "base" may coexist).
-    names: dict[tuple[str, str], int] = {}
+    # One result per seed of a variant; names are unique within a family (reasoning "base" and
+    # retrofit "base" may coexist).
+    names: dict[tuple[str, str, str], int] = {}
     for result in results:
-        key = (result["family"], str(result["variant"]))
+        key = (result["family"], str(result["variant"]), str(result.get("seed")))
         names[key] = names.get(key, 0) + 1
     duplicated = sorted(key for key, count in names.items() if count > 1)
     if duplicated:
-        family, name = duplicated[0]
-        fail(f"results.{family}.{name}", "more than one result for this variant")
+        family, name, seed = duplicated[0]
+        fail(f"results.{family}.{name}", f"more than one result for seed {seed} of this variant")
     return results
 
 
