@@ -270,14 +270,18 @@ def test_bad_arguments_are_user_errors():
 
 # ---------------------------------------------------------------- regime rule
 
-def delta_table(skips, swaps, intact=1.0, chance=3.0, width=0.05):
-    """A hand-made depth_use result: skip/swap mean costs with +-width intervals."""
+def delta_table(skips, swaps, intact=1.0, chance=3.0, width=0.05, schedule=None):
+    """A hand-made depth_use result: skip i / swap i-(i+1) mean costs with +-width intervals,
+    on `schedule` (default: distinct base layers, so every ablation is its own operation)."""
     def cell(mean):
         return {"mean": mean, "low": mean - width, "high": mean + width, "n": 100}
 
-    ablations = [{"kind": "skip", "delta": {"loss": cell(m)}} for m in skips]
-    ablations += [{"kind": "swap", "delta": {"loss": cell(m)}} for m in swaps]
-    return {"intact": {"loss": cell(intact)}, "chance": {"loss": chance}, "ablations": ablations}
+    ablations = [{"kind": "skip", "virtual_layers": [i], "delta": {"loss": cell(m)}} for i, m in enumerate(skips)]
+    ablations += [{"kind": "swap", "virtual_layers": [i, i + 1], "delta": {"loss": cell(m)}}
+                  for i, m in enumerate(swaps)]
+    schedule = list(range(max(len(skips), len(swaps) + 1))) if schedule is None else schedule
+    return {"schedule": schedule, "intact": {"loss": cell(intact)}, "chance": {"loss": chance},
+            "ablations": ablations}
 
 
 def test_regime_rule_gives_each_verdict():
@@ -299,6 +303,26 @@ def test_regime_rule_gives_each_verdict():
     assert du.regime(no_chance)["verdict"] == du.NOT_SHOWN
     assert du.regime(delta_table(skips=[1.5], swaps=[]))["verdict"] == du.NOT_SHOWN
     assert du.regime(delta_table(skips=[1.5], swaps=[]), chance=3.0)["why"]
+
+
+def test_regime_counts_each_distinct_operation_once():
+    # sequence x1 on 2 layers: schedule 0 0 1 1. Swaps 0-1 and 2-3 exchange a layer with itself
+    # (the intact order: zero by construction); skip 0 = skip 1 and skip 2 = skip 3.
+    schedule = [0, 0, 1, 1]
+    distinct = du.distinct_ablations(schedule, du.ablations(schedule))
+    assert [a["label"] for a in distinct if a["kind"] in ("skip", "swap")] == ["skip 0", "skip 2", "swap 1-2"]
+    # Gain over chance 2.0. Counted once each, the skips are 0.2 and 1.0 (median 0.6) and the
+    # one real swap costs 0.8: compositional. Counting the zero self-swaps (median swap 0.0)
+    # and the repeated skips would give not shown.
+    table = delta_table(skips=[0.2, 0.2, 1.0, 1.0], swaps=[0.0, 0.8, 0.0], schedule=schedule)
+    got = du.regime(table)
+    assert got["verdict"] == du.COMPOSITIONAL
+    assert (got["skip_median"], got["swap_median"]) == (pytest.approx(0.6), pytest.approx(0.8))
+    # The same costs on four distinct layers (every ablation its own operation): not shown.
+    assert du.regime(delta_table(skips=[0.2, 0.2, 1.0, 1.0], swaps=[0.0, 0.8, 0.0]))["verdict"] == du.NOT_SHOWN
+    # A duplicated skip counts once in the median: skips 0.1 (x2 as one), 0.9 and 1.0 -> 0.9.
+    assert du.regime(delta_table(skips=[0.1, 0.1, 0.9, 1.0], swaps=[2.0, 2.0, 2.0],
+                                 schedule=[0, 0, 1, 2]))["skip_median"] == pytest.approx(0.9)
 
 
 def test_depth_use_result_carries_a_regime_per_metric():
@@ -375,6 +399,25 @@ def test_tied_share_verdicts():
         du.depth_law([{"depth": 2, "loss": 1.0, "tied": True}])
 
 
+def test_tied_share_does_not_take_patterns_of_one_depth_for_seeds():
+    # One seed per variant: base 2 layers, native 4 layers, cycle x1 and sequence x1 (depth 4).
+    losses = {"base": 2.0, "native": 1.0, "cycle": 1.2, "sequence": 1.6}
+    points = [{"depth": 2, "loss": losses["base"], "seed": 0, "tied": False, "pattern": "base"},
+              {"depth": 4, "loss": losses["native"], "seed": 0, "tied": False, "pattern": "base"},
+              {"depth": 4, "loss": losses["cycle"], "seed": 0, "tied": True, "base_depth": 2, "pattern": "cycle"},
+              {"depth": 4, "loss": losses["sequence"], "seed": 0, "tied": True, "base_depth": 2,
+               "pattern": "sequence"}]
+    share = du.tied_share(points)
+    # Each pattern is its own tied model: S = ((2 - 1.2) + (2 - 1.6)) / (2 * (2 - 1)) = 0.6,
+    # with no interval (one seed per model), not the spread between the two patterns.
+    assert share["share"] == pytest.approx(0.6) and share["interval"] is None
+    assert share["verdict"] == du.LESS and share["compared_depths"] == [4]
+    # Three seeds of each: an interval from seeds alone, still one model per pattern.
+    seeds = [dict(p, seed=s, loss=p["loss"] + 0.01 * s) for p in points for s in range(3)]
+    low, high = du.tied_share(seeds)["interval"]
+    assert low <= du.tied_share(seeds)["share"] <= high and high - low < 0.1
+
+
 # ---------------------------------------------------------------- report pieces
 
 def test_report_tables_and_figures(tmp_path):
@@ -417,17 +460,17 @@ def test_report_tables_and_figures(tmp_path):
 
 
 def test_depth_law_points_from_variant_results():
-    results = [{"variant": "base", "effective_depth": 2, "n_layer": 2, "native_depth": True,
-                "seed": 0, "loss": 2.0},
-               {"variant": "cycle x1", "effective_depth": 4, "n_layer": 2, "native_depth": False,
-                "seed": 0, "loss": 1.8},
-               {"variant": "native 4", "effective_depth": 4, "n_layer": 4, "native_depth": True,
-                "seed": 0, "loss": 1.5},
-               {"variant": "unmeasured", "effective_depth": 6, "n_layer": 2, "native_depth": False,
-                "seed": 0, "loss": None}]
+    results = [{"variant": "base", "pattern": "base", "effective_depth": 2, "n_layer": 2,
+                "native_depth": True, "seed": 0, "loss": 2.0},
+               {"variant": "cycle x1", "pattern": "cycle", "effective_depth": 4, "n_layer": 2,
+                "native_depth": False, "seed": 0, "loss": 1.8},
+               {"variant": "native 4", "pattern": "base", "effective_depth": 4, "n_layer": 4,
+                "native_depth": True, "seed": 0, "loss": 1.5},
+               {"variant": "unmeasured", "pattern": "cycle", "effective_depth": 6, "n_layer": 2,
+                "native_depth": False, "seed": 0, "loss": None}]
     points = du.depth_law_points(results, lambda r: r["loss"])
-    assert [(p["variant"], p["depth"], p["tied"], p.get("base_depth")) for p in points] == [
-        ("base", 2, False, None), ("cycle x1", 4, True, 2), ("native 4", 4, False, None)]
+    assert [(p["variant"], p["depth"], p["tied"], p.get("base_depth"), p["pattern"]) for p in points] == [
+        ("base", 2, False, None, "base"), ("cycle x1", 4, True, 2, "cycle"), ("native 4", 4, False, None, "base")]
     share = du.depth_law(points)["tied_share"]
     assert share["share"] == pytest.approx((2.0 - 1.8) / (2.0 - 1.5))
     assert share["verdict"] == du.LESS and share["interval"] is None

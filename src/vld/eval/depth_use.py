@@ -405,10 +405,37 @@ def depth_use(model, batches: Iterable, score_fn: Callable, max_sequences: int |
 
 # ---------------------------------------------------------------- the regime rule
 
+def distinct_ablations(schedule, ablations: list[dict]) -> list[dict]:
+    """The skips and swaps of `ablations` that are distinct operations on `schedule`, each once.
+
+    An ablation is the order of base layers it runs: a swap of two visits of one base layer
+    runs the intact order (zero by construction) and is left out; skips of neighbouring
+    visits of one base layer (schedule 0 0 1 1: skip 0 = skip 1) run the same order and
+    count once (the first). Other kinds pass unchanged."""
+    schedule = [int(b) for b in schedule]
+    seen = {tuple(schedule)}
+    out = []
+    for a in ablations:
+        if a["kind"] not in ("skip", "swap"):
+            out.append(a)
+            continue
+        order = list(schedule)
+        v = a["virtual_layers"]
+        if a["kind"] == "skip":
+            del order[v[0]]
+        else:
+            order[v[0]], order[v[1]] = order[v[1]], order[v[0]]
+        if tuple(order) not in seen:
+            seen.add(tuple(order))
+            out.append(a)
+    return out
+
+
 def regime(result: Mapping, metric: str = "loss", chance: float | None = None) -> dict:
     """Which regime the ablations of one metric point to (docs/depth_use.md, "Regime rule").
 
-    Uses result["ablations"] (skip and swap deltas with intervals), result["intact"][metric]
+    Uses result["schedule"] and result["ablations"] (skip and swap deltas with intervals,
+    each distinct operation once: `distinct_ablations`), result["intact"][metric]
     and the chance value (argument, else result["chance"][metric]). Returns {"verdict", "why",
     "gain", "skip_max_share", "skip_spread_share", "skip_median", "swap_median"}."""
     if chance is None:
@@ -416,9 +443,10 @@ def regime(result: Mapping, metric: str = "loss", chance: float | None = None) -
     intact = (result.get("intact") or {}).get(metric) or {}
     out = {"verdict": NOT_SHOWN, "why": "", "gain": None, "skip_max_share": None,
            "skip_spread_share": None, "skip_median": None, "swap_median": None}
-    skips = [a["delta"][metric] for a in result.get("ablations", [])
+    distinct = distinct_ablations(result.get("schedule") or [], result.get("ablations", []))
+    skips = [a["delta"][metric] for a in distinct
              if a["kind"] == "skip" and a["delta"].get(metric, {}).get("mean") is not None]
-    swaps = [a["delta"][metric]["mean"] for a in result.get("ablations", [])
+    swaps = [a["delta"][metric]["mean"] for a in distinct
              if a["kind"] == "swap" and a["delta"].get(metric, {}).get("mean") is not None]
     if chance is None or intact.get("mean") is None:
         out["why"] = "no chance level or no intact value"
@@ -570,34 +598,38 @@ NOTHING = "nothing"
 DEPTH_VERDICTS = (AS_MUCH, LESS, NOTHING, NOT_SHOWN)
 
 
-def _cell_means(points):
-    cells: dict[tuple, list[float]] = {}
-    for p in points:
-        cells.setdefault((bool(p["tied"]), int(p["depth"])), []).append(float(p["loss"]))
-    return cells
+def _cell(point) -> tuple:
+    """The model a point measures, apart from its seed: (tied, depth, pattern, base depth).
+    Tied models of one depth with different patterns (or bases) are different models, not
+    seeds of one; a native model is known by its depth."""
+    if point["tied"]:
+        return True, int(point["depth"]), str(point.get("pattern") or ""), int(point["base_depth"])
+    return False, int(point["depth"]), "", 0
 
 
 def tied_share(points: list[dict], seed: int = 0) -> dict:
     """Share of the native depth gain that tied depth buys, at depths both reach.
 
-    For each tied depth d with a native model of depth d and a base (native model of the
-    tied point's base depth): tied gain = L(base) - L(tied, d), native gain = L(base) -
-    L(native, d), means over seeds. S = sum of tied gains / sum of native gains; its 95%
-    interval resamples the seeds of every cell independently (none with one seed per cell)."""
-    cells = _cell_means(points)
-    pairs = sorted({(int(p["depth"]), int(p["base_depth"])) for p in points
-                    if p["tied"] and (False, int(p["depth"])) in cells
-                    and (False, int(p.get("base_depth") or 0)) in cells})
-    out = {"compared_depths": [d for d, _ in pairs], "share": None, "interval": None,
+    For each tied model (depth d, pattern, base depth b) with a native model of depth d and a
+    native base of depth b: tied gain = L(base) - L(tied), native gain = L(base) - L(native, d),
+    means over seeds. S = sum of tied gains / sum of native gains over those tied models; its
+    95% interval resamples the seeds of every model independently (none with one seed per
+    model: different patterns of one depth are not seeds)."""
+    cells: dict[tuple, list[float]] = {}
+    for p in points:
+        cells.setdefault(_cell(p), []).append(float(p["loss"]))
+    native = lambda depth: (False, depth, "", 0)
+    tied_cells = sorted(c for c in cells if c[0] and native(c[1]) in cells and native(c[3]) in cells)
+    out = {"compared_depths": sorted({c[1] for c in tied_cells}), "share": None, "interval": None,
            "verdict": NOT_SHOWN, "why": ""}
-    if not pairs:
+    if not tied_cells:
         out["why"] = "no tied depth also reached by a native model with its base"
         return out
 
     def share(means) -> float | None:
-        tied = sum(means[(False, b)] - means[(True, d)] for d, b in pairs)
-        native = sum(means[(False, b)] - means[(False, d)] for d, b in pairs)
-        return tied / native if native > 0 else None
+        tied = sum(means[native(c[3])] - means[c] for c in tied_cells)
+        gain = sum(means[native(c[3])] - means[native(c[1])] for c in tied_cells)
+        return tied / gain if gain > 0 else None
 
     point = share({k: float(np.mean(v)) for k, v in cells.items()})
     if point is None:
@@ -633,7 +665,8 @@ def depth_law(points: list[dict], seed: int = 0) -> dict:
     """The depth law of one metric over a profile's variants.
 
     points: {"depth" (effective), "loss" (the metric, lower is better), "seed", "tied" (bool:
-    a reused layer), "base_depth" (tied points: the base model's depth), optional "variant"}.
+    a reused layer), "base_depth" (tied points: the base model's depth), optional "pattern"
+    (tied points: tells tied models of one depth apart) and "variant"}.
     The native fit uses native points; the tied fit uses tied points and their base models.
     Returns {"native": fit|None, "tied": fit|None, "tied_share": tied_share(...), "points"}."""
     for index, p in enumerate(points):
@@ -662,7 +695,7 @@ def depth_law_points(results: list[dict], value_of: Callable[[dict], float | Non
             continue
         tied = not r.get("native_depth")
         point = {"depth": int(r["effective_depth"]), "loss": float(value), "seed": r.get("seed"),
-                 "tied": tied, "variant": r.get("variant")}
+                 "tied": tied, "variant": r.get("variant"), "pattern": r.get("pattern")}
         if tied:
             point["base_depth"] = int(r["n_layer"])
         points.append(point)

@@ -1,26 +1,37 @@
 """The paper's claims, each checked against whatever results a profile has.
 
 One row per claim (and family where the claim applies to several): the comparison made, the
-effect with its 95% interval, and a verdict computed by the rule below. docs/report.md states
-the same rule; nothing here is written by hand.
+effect with its 95% interval, and a verdict computed by the rule below. docs/report.md#claims
+states the same rule; nothing here is written by hand.
 
-Effects are in "goodness" units, positive when the side the paper favours is better:
-  k-hop      mean per-position error over hop counts >= 2 of the other side minus ours (error
-             points; hop counts 0 and 1 need no serial depth); interval from a paired bootstrap
-             over the shared test sequences and the seeds (vld.report.stats.paired_difference);
-  iGSM       answer accuracy (all test sets, seeds pooled) difference, Newcombe's interval;
-  knowledge  relative change of absorbed bits (cross-entropy measure); the interval comes from
-             seeds, so one seed gives the point alone (said in the row).
+Effects are in "goodness" units, positive when the side the paper favours is better. Every
+interval resamples the training seeds of each side, then the test items within a seed
+(vld.report.stats), so it carries training noise as well as test sampling:
+  k-hop      mean per-position error of the other side minus ours over the hop counts >= 2
+             that every result of both sides has (error points; hop counts 0 and 1 need no
+             serial depth); seeds, then the shared test sequences (paired_difference);
+  iGSM       answer accuracy difference over the test sets both sides have (seeds pooled);
+             seeds, then problems within a seed (accuracy_difference);
+  knowledge  relative change of absorbed bits (cross-entropy measure), mean over seeds;
+             seeds of each side (relative_change: the measure has no test items).
 
-Rule. A directional claim ("A beats B"): **supported** when the interval lies above 0,
-**contradicted** when it lies below 0, else **not shown** (the interval contains 0). A claim of
-no change ("capacity stays flat"): supported when the interval lies inside +-FLAT_MARGIN,
-contradicted when it lies wholly outside on one side, else not shown. A claim of a match
-("VLD matches native depth"): supported when the interval's lower end is above -MATCH_MARGIN,
-contradicted when its upper end is below -MATCH_MARGIN, else not shown. A comparison whose
-models did not learn the task (k-hop: both within LEARN_MARGIN of the constant prediction at
-hop counts >= 2; iGSM: the best variant under 3x the most-common-answer rate) is not shown, and
-so is a claim with no results to compare.
+Rule. Seeds first: a directional verdict (supported or contradicted, by any of the three
+rules below) needs at least MIN_SEEDS training seeds on each side; with fewer the verdict is
+"not shown" and the why reads "not shown: N seed(s), training noise unknown" (N: the smaller
+side's seeds), the effect still printed. Then the interval decides. A directional claim ("A
+beats B"): **supported** when the interval lies above 0, **contradicted** when it lies below 0,
+else **not shown**. A claim of no change ("capacity stays flat"): supported when the interval
+lies inside +-FLAT_MARGIN, contradicted when it lies wholly outside on one side, else not
+shown. A claim of a match ("VLD matches native depth"): supported when the interval's lower end
+is above -MATCH_MARGIN, contradicted when its upper end is below -MATCH_MARGIN, else not shown.
+A claim made of several comparisons (claim 1: every knowledge VLD variant against its base;
+claim 3: two orderings) is supported when every comparison is, contradicted when any is, else
+not shown; its row shows the deciding comparison (claim 1: the largest change among those
+with the claim's verdict). A comparison whose models did not learn the task (k-hop: both
+within LEARN_MARGIN of the constant prediction at the compared hop counts; iGSM: the best
+variant under 3x the most-common-answer rate) is not shown, and so is a claim with no results
+to compare: every reasoning family gets a row for each of claims 2-5, "not shown" with what is
+missing.
 """
 
 from __future__ import annotations
@@ -30,12 +41,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from vld.report import tables
-from vld.report.khop import khop_results, sequence_errors
-from vld.report.stats import paired_difference, proportion_difference
-from vld.report.tables import Table, VariantGroup, group_name, variant_group
+from vld.report.khop import sequence_errors
+from vld.report.stats import accuracy_difference, paired_difference, relative_change
+from vld.report.tables import Table, VariantGroup, group_name, group_sort, test_key, variant_group
 
 SUPPORTED, NOT_SHOWN, CONTRADICTED = "supported", "not shown", "contradicted"
 VERDICT_CODE = {SUPPORTED: 1, NOT_SHOWN: 0, CONTRADICTED: -1}
+MIN_SEEDS = 3  # training seeds each side needs before a verdict may be directional
 FLAT_MARGIN = 0.05  # relative change of absorbed bits that still counts as flat
 MATCH_MARGIN = {"khop": 0.02, "igsm": 0.02}  # how much worse than native still counts as a match
 LEARN_MARGIN = 0.02  # k-hop: error this far below the constant prediction counts as learned
@@ -51,6 +63,12 @@ CLAIMS = {
     "5": "Reusing the later layers beats reusing the earlier ones (Table 7)",
     "6": "A retrofit with reuse beats the same fine-tuning without it (Table 2)",
 }
+REASONING_CLAIMS = ("2", "2c", "3", "4", "5")
+MISSING = {"1": "no knowledge variants with and without VLD at one size",
+           "2": "no reasoning variant with reuse beside its base model",
+           "2c": "no base model trained longer", "3": "no cycle, sequence and inverse cycle at one factor",
+           "4": "no native model of a VLD variant's effective depth", "5": "no layer-subset variants",
+           "6": "no retrofit with and without reuse"}
 
 
 @dataclass
@@ -59,12 +77,15 @@ class Effect:
     low: float
     high: float
     unit: str
-    note: str = ""
+    seeds: tuple[int, int]  # training seeds of (our side, the other side)
 
     def text(self) -> str:
         unit = {"error points": " error points", "accuracy points": " accuracy points",
                 "relative": "% bits"}[self.unit]
         return f"{100 * self.value:+.1f} [{100 * self.low:+.1f}, {100 * self.high:+.1f}]{unit}"
+
+    def seed_text(self) -> str:
+        return f"{self.seeds[0]} vs {self.seeds[1]} seeds"
 
 
 @dataclass
@@ -111,6 +132,16 @@ def match(effect: Effect, margin: float) -> tuple[str, str]:
     return NOT_SHOWN, f"the interval crosses -{100 * margin:g} points"
 
 
+def too_few_seeds(fewest: int) -> str:
+    return f"not shown: {fewest} seed(s), training noise unknown"
+
+
+def judge(effect: Effect, rule) -> tuple[str, str]:
+    """The rule's (verdict, reason), after the seed count: too few seeds is "not shown"."""
+    fewest = min(effect.seeds)
+    return (NOT_SHOWN, too_few_seeds(fewest)) if fewest < MIN_SEEDS else rule(effect)
+
+
 # ------------------------------------------------------------------ measurements per task
 
 def _groups(results: list[dict], family: str) -> dict[VariantGroup, list[dict]]:
@@ -121,45 +152,44 @@ def _groups(results: list[dict], family: str) -> dict[VariantGroup, list[dict]]:
     return out
 
 
-def _serial_errors(result: dict) -> np.ndarray | None:
-    """Per test-sequence index: mean error over hop counts >= MIN_SERIAL_HOPS."""
-    hops = [h for h in result["khop"]["hops"] if int(h) >= MIN_SERIAL_HOPS]
-    if not hops:
-        return None
-    return np.mean([sequence_errors(result, h) for h in hops], axis=0)
-
-
-def _chance(result: dict) -> float:
-    return float(np.mean([c["chance_error"] for h, c in result["khop"]["hops"].items() if int(h) >= MIN_SERIAL_HOPS]))
-
-
 def khop_effect(ours: list[dict], other: list[dict]) -> tuple[Effect | None, str]:
-    """Error of `other` minus error of `ours` (positive: ours is better)."""
-    a = [_serial_errors(r) for r in ours]
-    b = [_serial_errors(r) for r in other]
-    if any(v is None for v in a + b) or len({len(v) for v in a + b}) != 1:
-        return None, "no shared k-hop test sets with hop counts >= 2"
-    chance = _chance(ours[0])
+    """Error of `other` minus error of `ours` (positive: ours is better), over the hop counts
+    >= MIN_SERIAL_HOPS that every result of both sides was tested at."""
+    members = ours + other
+    hops = set.intersection(*({h for h in ((r.get("khop") or {}).get("hops") or {}) if int(h) >= MIN_SERIAL_HOPS}
+                               for r in members))
+    hops = sorted(hops, key=int)
+
+    def serial_errors(result):  # per test sequence: mean error over the compared hop counts
+        return np.mean([sequence_errors(result, h) for h in hops], axis=0)
+
+    if not hops:
+        return None, f"no hop count >= {MIN_SERIAL_HOPS} that both sides were tested at"
+    a, b = [serial_errors(r) for r in ours], [serial_errors(r) for r in other]
+    if len({len(v) for v in a + b}) != 1:
+        return None, "the two sides have different k-hop test sets"
+    chance = float(np.mean([ours[0]["khop"]["hops"][h]["chance_error"] for h in hops]))
     if min(np.mean(a), np.mean(b)) > chance - LEARN_MARGIN:
         return None, f"not learned: both errors within {LEARN_MARGIN} of the constant prediction ({chance:.3f})"
     value, (low, high) = paired_difference(b, a, RESAMPLES, seed=0)
-    seeds = f"{len(a)} vs {len(b)} seeds"
-    return Effect(value, low, high, "error points", seeds), ""
+    return Effect(value, low, high, "error points", (len(a), len(b))), ""
 
 
 def igsm_effect(ours: list[dict], other: list[dict], learned: bool) -> tuple[Effect | None, str]:
+    """Answer accuracy of `ours` minus `other`, over the test sets every result of both sides has."""
     if not learned:
         return None, "not learned: the best variant answers under 3x the most-common-answer rate"
+    members = ours + other
+    tests = sorted(set.intersection(*({t for t, c in (r.get("igsm") or {}).items() if int(c["n"])}
+                                      for r in members)), key=test_key)
+    if not tests:
+        return None, "no iGSM test set that both sides have"
 
-    def counts(members):
-        cells = [scores for r in members for scores in (r.get("igsm") or {}).values()]
-        return sum(int(c["answer_correct"]) for c in cells), sum(int(c["n"]) for c in cells)
+    def counts(side):
+        return [[(int(r["igsm"][t]["answer_correct"]), int(r["igsm"][t]["n"])) for t in tests] for r in side]
 
-    (x1, n1), (x2, n2) = counts(ours), counts(other)
-    if not n1 or not n2:
-        return None, "no iGSM test results"
-    value, (low, high) = proportion_difference(x1, n1, x2, n2)
-    return Effect(value, low, high, "accuracy points", f"{len(ours)} vs {len(other)} seeds"), ""
+    value, (low, high) = accuracy_difference(counts(ours), counts(other), RESAMPLES, seed=0)
+    return Effect(value, low, high, "accuracy points", (len(ours), len(other))), ""
 
 
 def knowledge_effect(ours: list[dict], base: list[dict]) -> tuple[Effect | None, str]:
@@ -167,9 +197,10 @@ def knowledge_effect(ours: list[dict], base: list[dict]) -> tuple[Effect | None,
     b = [tables.knowledge_bits(r, "cross_entropy") for r in base]
     if None in a or None in b or not a or not b:
         return None, "no absorbed-bits measure"
-    rel = [x / y - 1 for x in a for y in b]
-    note = "one seed each: no interval, the point alone" if len(rel) == 1 else f"range over {len(a)}x{len(b)} seed pairs"
-    return Effect(float(np.mean(rel)), min(rel), max(rel), "relative", note), ""
+    if min(b) <= 0:
+        return None, "the base model absorbs no bits"
+    value, (low, high) = relative_change(a, b, RESAMPLES, seed=0)
+    return Effect(value, low, high, "relative", (len(a), len(b))), ""
 
 
 # ------------------------------------------------------------------ the claims
@@ -201,12 +232,37 @@ def _reuse_variant(groups) -> VariantGroup | None:
 def _verdict(claim, family, comparison, effect, why, rule) -> Verdict:
     if effect is None:
         return Verdict(claim, family, comparison, None, NOT_SHOWN, why)
-    verdict, reason = rule(effect)
-    return Verdict(claim, family, comparison, effect, verdict, "; ".join(x for x in (reason, effect.note) if x))
+    verdict, reason = judge(effect, rule)
+    return Verdict(claim, family, comparison, effect, verdict, f"{reason}; {effect.seed_text()}")
+
+
+def _all_of(verdicts: list[str]) -> str:
+    """A claim made of several comparisons: supported when all are, contradicted when any is."""
+    if CONTRADICTED in verdicts:
+        return CONTRADICTED
+    return SUPPORTED if verdicts and all(v == SUPPORTED for v in verdicts) else NOT_SHOWN
+
+
+def _order_claim(task, family, label, groups, orders, results) -> Verdict:
+    """Claim 3: cycle - sequence and sequence - inverse cycle, both directional."""
+    comparison = f"cycle vs sequence, then sequence vs inverse cycle (x{orders[0].k}, {orders[0].n_layer} layers)"
+    first, why1 = _effect(task, family, groups[orders[0]], groups[orders[1]], results)
+    second, why2 = _effect(task, family, groups[orders[1]], groups[orders[2]], results)
+    if first is None or second is None:
+        return Verdict("3", label, comparison, first or second, NOT_SHOWN, why1 or why2)
+    (v1, r1), (v2, r2) = judge(first, directional), judge(second, directional)
+    verdict = _all_of([v1, v2])
+    parts = f"cycle - sequence {first.text()} ({r1}; {first.seed_text()}); " \
+            f"sequence - inverse cycle {second.text()} ({r2}; {second.seed_text()})"
+    fewest = min(first.seeds + second.seeds)
+    if verdict == NOT_SHOWN and fewest < MIN_SEEDS:
+        parts = f"{too_few_seeds(fewest)}; {parts}"
+    return Verdict("3", label, comparison, first, verdict, parts)
 
 
 def _reasoning_claims(results: list[dict], family: str, task: str, label: str) -> list[Verdict]:
-    """Claims 2-5 on one family's results; `label` names them in the table (the family, or its
+    """Claims 2-5 on one family's results, one row each (not shown, saying what is missing,
+    where the family lacks the variants); `label` names them in the table (the family, or its
     answer-only part)."""
     groups = _groups(results, family)
     out = []
@@ -231,23 +287,12 @@ def _reasoning_claims(results: list[dict], family: str, task: str, label: str) -
             effect, why = _effect(task, family, groups[vld], groups[native], results)
             out.append(_verdict("4", label, f"{group_name(vld)} vs {group_name(native)}", effect, why,
                                 lambda e: match(e, MATCH_MARGIN[task])))
-    orders = []
     for k in sorted({g.k for g in groups if g.k}):
         found = {p: _find(groups, pattern=p, k=k, layers=None) for p in ("cycle", "sequence", "inverse_cycle")}
         if all(found.values()) and len({(g.n_layer, g.d_model) for g in found.values()}) == 1:
             orders = [found["cycle"], found["sequence"], found["inverse_cycle"]]
+            out.append(_order_claim(task, family, label, groups, orders, results))
             break
-    if orders:
-        first, why1 = _effect(task, family, groups[orders[0]], groups[orders[1]], results)
-        second, why2 = _effect(task, family, groups[orders[1]], groups[orders[2]], results)
-        comparison = f"cycle vs sequence, then sequence vs inverse cycle (x{orders[0].k}, {orders[0].n_layer} layers)"
-        if first is None or second is None:
-            out.append(Verdict("3", label, comparison, first or second, NOT_SHOWN, why1 or why2))
-        else:
-            (v1, r1), (v2, r2) = directional(first), directional(second)
-            verdict = (CONTRADICTED if CONTRADICTED in (v1, v2) else SUPPORTED if v1 == v2 == SUPPORTED else NOT_SHOWN)
-            out.append(Verdict("3", label, comparison, first, verdict,
-                               f"cycle - sequence {first.text()} ({r1}); sequence - inverse cycle {second.text()} ({r2})"))
     subsets = [g for g in groups if g.layers is not None]
     later = [(a, b) for a in subsets for b in subsets if a.pattern == b.pattern and a.k == b.k
              and a.n_layer == b.n_layer and int(str(a.layers).split("..")[0]) > int(str(b.layers).split("..")[0])]
@@ -255,32 +300,41 @@ def _reasoning_claims(results: list[dict], family: str, task: str, label: str) -
         a, b = later[0]
         effect, why = _effect(task, family, groups[a], groups[b], results)
         out.append(_verdict("5", label, f"{group_name(a)} vs {group_name(b)}", effect, why, directional))
-    return out
+    have = {v.claim for v in out}
+    return out + [Verdict(c, label, "", None, NOT_SHOWN, f"not in this family: {MISSING[c]}")
+                  for c in REASONING_CLAIMS if c not in have]
 
 
-def claim_verdicts(results: list[dict]) -> list[Verdict]:
-    """Every claim, computed; claims without data get one 'not shown' row saying so."""
-    verdicts: list[Verdict] = []
+def _knowledge_claim(results: list[dict]) -> Verdict | None:
+    """Claim 1: every knowledge VLD variant against its base model at the same size, each judged
+    by the flat rule; supported when all are, contradicted when any is. The row shows the
+    deciding variant: the largest change among those whose verdict is the claim's."""
     knowledge = _groups(results, "knowledge")
-    pairs = []
-    for g in knowledge:
+    judged = []  # (variant, base, effect, verdict, why)
+    for g in sorted(knowledge, key=group_sort):
         base = _find(knowledge, pattern="base", k=0, layers=None, n_layer=g.n_layer, d_model=g.d_model,
                      train_steps=g.train_steps)
         if g.k and base:
-            effect, _ = knowledge_effect(knowledge[g], knowledge[base])
-            if effect:
-                pairs.append((abs(effect.value), g, base, effect))
-    if pairs:
-        _, g, base, effect = max(pairs, key=lambda p: p[0])  # the largest change decides flatness
-        verdict = _verdict("1", "knowledge", f"{group_name(g)} vs {group_name(base)} (largest of {len(pairs)} VLD variants)",
-                           effect, "", flat)
-        if len(pairs) > 1:
-            others = [flat(p[3])[0] for p in pairs]
-            if CONTRADICTED in others:
-                verdict.verdict = CONTRADICTED
-            elif not all(o == SUPPORTED for o in others):
-                verdict.verdict = NOT_SHOWN
-        verdicts.append(verdict)
+            one = _verdict("1", "knowledge", "", *knowledge_effect(knowledge[g], knowledge[base]), flat)
+            judged.append((g, base, one.effect, one.verdict, one.why))
+    if not judged:
+        return None
+    verdict = _all_of([j[3] for j in judged])
+    deciding = max((j for j in judged if j[3] == verdict), key=lambda j: abs(j[2].value) if j[2] else -1.0)
+    g, base, effect, _, why = deciding
+    comparison = f"{group_name(g)} vs {group_name(base)}"
+    if len(judged) > 1:
+        comparison += f" (deciding of {len(judged)} VLD variants)"
+        why += "; others: " + ", ".join(f"{group_name(j[0])} {j[3]}" for j in judged if j is not deciding)
+    return Verdict("1", "knowledge", comparison, effect, verdict, why)
+
+
+def claim_verdicts(results: list[dict]) -> list[Verdict]:
+    """Every claim, computed; claims without data get 'not shown' rows saying so."""
+    verdicts: list[Verdict] = []
+    knowledge = _knowledge_claim(results)
+    if knowledge:
+        verdicts.append(knowledge)
     families = [(name, task) for name, task in (("khop", "khop"), ("reasoning", "igsm")) if _groups(results, name)]
     for name, task in families:
         # answer-only iGSM models are compared among themselves (vld.data.igsm.objectives)
@@ -296,12 +350,7 @@ def claim_verdicts(results: list[dict]) -> list[Verdict]:
         verdicts.append(_verdict("6", "retrofit", f"{group_name(reuse)} vs {group_name(plain)} (same fine-tuning)",
                                  effect, why, directional))
     have = {v.claim for v in verdicts}
-    missing = {"1": "no knowledge variants with and without VLD at one size",
-               "2": "no reasoning variant with reuse beside its base model",
-               "2c": "no base model trained longer", "3": "no cycle, sequence and inverse cycle at one factor",
-               "4": "no native model of a VLD variant's effective depth", "5": "no layer-subset variants",
-               "6": "no retrofit with and without reuse"}
-    verdicts += [Verdict(c, "", "", None, NOT_SHOWN, f"not in this profile: {missing[c]}") for c in CLAIMS if c not in have]
+    verdicts += [Verdict(c, "", "", None, NOT_SHOWN, f"not in this profile: {MISSING[c]}") for c in CLAIMS if c not in have]
     return sorted(verdicts, key=lambda v: (list(CLAIMS).index(v.claim), v.family))
 
 
@@ -314,7 +363,10 @@ def claims_table(results: list[dict]) -> Table | None:
                  [v.row() for v in verdicts],
                  ["Verdicts follow the rule in docs/report.md#claims (computed from the results, never by hand).",
                   "Effects are positive when the side the paper favours is better: k-hop in error points (mean "
-                  "over hop counts >= 2), iGSM in accuracy points, knowledge as relative change of absorbed bits.",
+                  "over the hop counts >= 2 both sides have), iGSM in accuracy points, knowledge as relative "
+                  "change of absorbed bits.",
+                  "Intervals resample each side's training seeds, then the test items within a seed; a "
+                  f"supported or contradicted verdict needs at least {MIN_SEEDS} seeds on each side.",
                   "One profile's models are far smaller than the paper's: a verdict here speaks for this scale only."])
 
 

@@ -135,7 +135,9 @@ def regime_table(results: list[dict]) -> Table | None:
     notes = [f"compositional: some skip's interval low > {rule.COMPOSITIONAL_SKIP_SHARE:g} x gain "
              "over chance and the median swap costs more than the median skip; ensemble: every "
              f"skip's interval high < {rule.ENSEMBLE_SKIP_SHARE:g} x gain and skip costs differ by "
-             f"<= {rule.ENSEMBLE_EVEN_SHARE:g} x gain; otherwise not shown (docs/depth_use.md)."]
+             f"<= {rule.ENSEMBLE_EVEN_SHARE:g} x gain; otherwise not shown (docs/depth_use.md). Each distinct "
+             "operation counts once: a swap of two visits of one layer (zero by construction) is left out, "
+             "skips that run the same order count once."]
     return Table("depth_regime", "Depth use: regime per variant", header, rows, notes)
 
 

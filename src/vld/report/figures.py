@@ -81,7 +81,7 @@ def figure3(results: list[dict], path: Path) -> bool:
                  if test in p and p[test].baseline_rate is not None]
         if rates:
             ax.axhline(100 * rates[0], color="gray", linestyle=":", label="most common answer")
-        ax.set_title(f"ours: {test} (95% Wilson)")
+        ax.set_title(f"ours: {test} (95% intervals)")
         ax.set_xlabel("effective depth")
         ax.set_ylabel("answer accuracy %")
         if ax.lines:

@@ -2,8 +2,10 @@
 
 Every builder returns a `Table` (our numbers, with the paper's beside where it gives them)
 or None when the results hold nothing for it (the report then prints its piece's skip note).
-Accuracies are percentages; intervals are 95% Wilson; seeds of the same variant
-(same VariantGroup: family, pattern, k, layers, n_layer, d_model) are pooled: correct and n summed.
+Accuracies are percentages; seeds of the same variant (same VariantGroup: family, pattern, k,
+layers, n_layer, d_model, training steps, objective) are pooled: correct and n summed. Intervals
+are 95%: Wilson for one seed, a bootstrap over seeds and then problems within a seed for several
+(vld.report.stats.seeds_and_problems_interval), so pooled seeds carry their training noise.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from vld.report import paper
-from vld.report.stats import wilson_interval
+from vld.report.stats import seeds_and_problems_interval, wilson_interval
 
 PATTERN_ORDER = ("base", "sequence", "cycle", "inverse_cycle")
 
@@ -85,6 +87,9 @@ def group_name(group: VariantGroup, steps: bool = False) -> str:
             + (", answer only" if group.objective == "answer_only" else ""))
 
 
+INTERVAL_RESAMPLES = 2000  # bootstrap resamples of a pooled accuracy's interval
+
+
 @dataclass
 class Pooled:
     n: int = 0
@@ -92,6 +97,7 @@ class Pooled:
     solution_correct: int | None = 0  # None: answer-only models write no solution
     seeds: int = 0
     baseline_rate: float | None = None
+    per_seed: list[tuple[int, int]] = field(default_factory=list)  # (correct, n) of each seed
 
     @property
     def accuracy(self) -> float | None:
@@ -99,6 +105,8 @@ class Pooled:
 
     @property
     def interval(self) -> tuple[float, float]:
+        if len(self.per_seed) > 1:
+            return seeds_and_problems_interval([[counts] for counts in self.per_seed], INTERVAL_RESAMPLES)[1]
         return wilson_interval(self.correct, self.n)
 
     def cell(self) -> str:
@@ -120,6 +128,8 @@ def pooled_igsm(results: list[dict]) -> dict[VariantGroup, dict[str, Pooled]]:
             if cell.solution_correct is not None:  # stays None once an answer-only result is in
                 cell.solution_correct = None if solved is None else cell.solution_correct + int(solved)
             cell.seeds += 1
+            if int(scores["n"]):
+                cell.per_seed.append((int(scores["answer_correct"]), int(scores["n"])))
             baseline = (scores.get("baseline") or {}).get("rate")
             if baseline is not None:
                 cell.baseline_rate = baseline
@@ -245,7 +255,8 @@ def table1(results: list[dict]) -> Table | None:
     baseline_row += [""] * len(paper.TABLE1_COLUMNS)
     rows.append(baseline_row)
     notes = [
-        "Ours: answer accuracy % [95% Wilson interval] and n = test problems (seeds pooled); "
+        "Ours: answer accuracy % [95% interval: Wilson for one seed, else a bootstrap over seeds, then "
+        "problems within a seed] and n = test problems (seeds pooled); "
         "greedy decoding through the KV cache, answers judged by the iGSM judge.",
         "VLD xk = k extra visits of the reused layers: effective depth (k+1) x L.",
         f"paper: Table 1 of {paper.PAPER}, {paper.TABLE1_N_TEST} test problems per test; "
