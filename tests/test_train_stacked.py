@@ -104,6 +104,36 @@ def test_stacked_seeds_match_their_single_runs(tiny_data, tmp_path):
     assert (models[0].tok_emb.weight - models[1].tok_emb.weight).abs().max() > 1e-2
 
 
+def test_khop_stream_of_each_seed_is_its_single_runs(tmp_path):
+    """The k-hop stream (a pure function of seed and step, labelled positions): stacked seed i
+    is fed exactly the batches of its single run, and ends within WEIGHT_TOLERANCE of it."""
+    from vld.data.khop import KHopSpec
+    from vld.train.datamodules import KHopDataModule
+
+    spec = KHopSpec(alphabet=4, length=15, min_hops=0, max_hops=2)
+    model = dict(vocab_size=spec.vocab_size, max_seq_len=spec.seq_len)
+    cfgs = [tiny_train_config(seed=seed, max_steps=3, seq_len=spec.seq_len) for seed in (3, 5)]
+
+    def parts(cfg):
+        return (tiny_model(seed=cfg.seed, **model),
+                KHopDataModule(spec, cfg.global_batch_size, cfg.micro_batch_size, seed=cfg.seed), cfg)
+
+    seeds = [parts(cfg) for cfg in cfgs]
+    stacked_log = BatchLog()
+    train_seeds([p[0] for p in seeds], [p[1] for p in seeds], cfgs, tmp_path / "stacked", callbacks=[stacked_log])
+    for i, cfg in enumerate(cfgs):
+        single, datamodule, _ = parts(cfg)
+        log = BatchLog()
+        run_training(single, datamodule, cfg, tmp_path / f"single{i}", callbacks=[log])
+        assert len(log.batches) == len(stacked_log.batches) == 3 * 2
+        for ours, theirs in zip(stacked_log.batches, log.batches):
+            assert ours[i].keys() == theirs.keys() == {"inputs", "labels"}
+            assert all(torch.equal(ours[i][key], theirs[key]) for key in theirs)
+        got, want = seeds[i][0].state_dict(), single.state_dict()
+        assert max((got[k] - want[k]).abs().max().item() for k in got) < WEIGHT_TOLERANCE
+    assert not torch.equal(stacked_log.batches[0][0]["inputs"], stacked_log.batches[0][1]["inputs"])
+
+
 def test_stacked_forward_runs_each_models_own_gemms():
     """Under vmap the oneDNN linear and the block-causal attention keep each model's own calls:
     the logits are bit-equal to each model's own, and those paths really ran."""
