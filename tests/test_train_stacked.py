@@ -151,6 +151,22 @@ def test_stacked_forward_runs_each_models_own_gemms():
     assert {"OneDNNLinearBackward", "BlockCausalAttentionBackward"} <= set(visited.values())
 
 
+def test_activation_checkpointing_is_turned_off_in_the_stack_with_a_note(capsys):
+    """torch.utils.checkpoint cannot recompute inside vmap: the stack runs without it (same
+    values), says so, and leaves the caller's models as they were."""
+    from vld.model import Backend
+
+    models = [tiny_model(seed=seed, backend=Backend(activation_checkpointing=True)) for seed in range(2)]
+    stacked = StackedModel(models)
+    assert "without activation checkpointing" in capsys.readouterr().err
+    assert all(model.backend.activation_checkpointing for model in models)
+    tokens = torch.randint(0, 64, (2, 4, 32), generator=torch.Generator().manual_seed(0))
+    logits = stacked(tokens)
+    logits.sum().backward()  # with checkpointing inside vmap this raised
+    for i, model in enumerate(models):
+        assert torch.equal(logits[i], model(tokens[i]))
+
+
 def test_each_model_is_clipped_by_its_own_norm():
     generator = torch.Generator().manual_seed(0)
     shapes = [(6, 5), (5,), (3, 4, 2)]
