@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vld.model.attention import MAX_BLOCKED_LEN, BlockCausalAttention, blocked_path, causal_attention, causal_mask
+from vld.model.attention import MAX_BLOCKED_LEN, block_causal_attention, blocked_path, causal_attention, causal_mask
 
 HEADS, HEAD_DIM = 3, 8
 
@@ -28,7 +28,7 @@ def sdpa(qkv):
 def test_blocked_equals_sdpa_outputs_and_gradients(seq, block):
     lin, split = projection(seq)
     grad_out = torch.randn(2, seq, HEADS * HEAD_DIM, dtype=torch.float64)
-    ours = BlockCausalAttention.apply(split(lin), block)
+    ours = block_causal_attention(split(lin), block)
     (ours_grad,) = torch.autograd.grad(ours, lin, grad_out)
     reference = sdpa(split(lin))
     (reference_grad,) = torch.autograd.grad(reference, lin, grad_out)
@@ -38,14 +38,14 @@ def test_blocked_equals_sdpa_outputs_and_gradients(seq, block):
 
 def test_blocked_passes_gradcheck_across_block_boundaries():
     lin, split = projection(seq=11, batch=1)
-    assert torch.autograd.gradcheck(lambda t: BlockCausalAttention.apply(split(t), 4), (lin,))
+    assert torch.autograd.gradcheck(lambda t: block_causal_attention(split(t), 4), (lin,))
 
 
 def test_blocked_takes_a_contiguous_stack_too():
     """The Llama path rotates q and k, then stacks q, k, v: same result as the strided view."""
     lin, split = projection(seq=40)
     q, k, v = split(lin)
-    torch.testing.assert_close(BlockCausalAttention.apply(torch.stack((q, k, v)), 16), sdpa(split(lin)), rtol=0, atol=1e-12)
+    torch.testing.assert_close(block_causal_attention(torch.stack((q, k, v)), 16), sdpa(split(lin)), rtol=0, atol=1e-12)
 
 
 def test_dispatch_uses_sdpa_where_blocks_do_not_fit():

@@ -1,8 +1,10 @@
 """Subprocess launcher for the DDP and resume tests: trains the tiny model of vld.train.golden.
 
-    python tests/scripts/train_script.py --data DIR --out DIR [--train JSON] [--save-model PATH]
+    python tests/scripts/train_script.py --data DIR --out DIR [--train JSON] [--save-model PATH] [--seeds S ...]
 
-Prints `METRICS <json>` on global rank 0. With VLD_TEST_EXIT_AFTER_STEP=N in the environment
+Prints `METRICS <json>` on global rank 0. With --seeds, the seeds' tiny models train together
+(vld.train.stacked.train_seeds, each seed's model, data and config from its seed): METRICS is
+then one dict per seed and --save-model gets one state dict per seed. With VLD_TEST_EXIT_AFTER_STEP=N in the environment
 the process dies (os._exit, no clean-up) right after optimizer step N, like a killed job.
 Under strategy "ddp" Lightning re-runs this script for the other ranks, hence the main guard.
 """
@@ -22,6 +24,7 @@ def main() -> None:
     parser.add_argument("--train", default="{}", help="JSON overrides of the tiny TrainConfig")
     parser.add_argument("--model-seed", type=int, default=0)
     parser.add_argument("--save-model", type=Path)
+    parser.add_argument("--seeds", type=int, nargs="+")
     args = parser.parse_args()
 
     import torch
@@ -37,12 +40,22 @@ def main() -> None:
     callbacks = []
     if os.environ.get("VLD_TEST_EXIT_AFTER_STEP"):
         callbacks.append(ExitAfterStep(int(os.environ["VLD_TEST_EXIT_AFTER_STEP"])))
-    model = tiny_model(seed=args.model_seed)
-    data = TokenWindowDataModule(args.data, cfg.seq_len, cfg.micro_batch_size, seed=cfg.seed, num_workers=cfg.num_workers)
-    metrics = run_training(model, data, cfg, args.out, callbacks=callbacks)
+    if args.seeds:
+        from vld.train.stacked import train_seeds
+
+        cfgs = [tiny_train_config(**{**json.loads(args.train), "seed": seed}) for seed in args.seeds]
+        models = [tiny_model(seed=seed) for seed in args.seeds]
+        data = [TokenWindowDataModule(args.data, c.seq_len, c.micro_batch_size, seed=c.seed) for c in cfgs]
+        metrics = train_seeds(models, data, cfgs, args.out, callbacks=callbacks)
+        state = [model.state_dict() for model in models]
+    else:
+        model = tiny_model(seed=args.model_seed)
+        data = TokenWindowDataModule(args.data, cfg.seq_len, cfg.micro_batch_size, seed=cfg.seed, num_workers=cfg.num_workers)
+        metrics = run_training(model, data, cfg, args.out, callbacks=callbacks)
+        state = model.state_dict()
     if is_global_zero():
         if args.save_model:
-            torch.save(model.state_dict(), args.save_model)
+            torch.save(state, args.save_model)
         print("METRICS " + json.dumps(metrics), flush=True)
 
 

@@ -21,14 +21,17 @@ MAX_BLOCKED_LEN = 1024  # beyond this the kept probabilities (about B*H*T^2/2 fl
 
 
 class BlockCausalAttention(torch.autograd.Function):
-    """qkv [3, B, H, T, D] (any strides) -> causal attention output [B, T, H*D] (heads merged).
+    """qkv [3, B, H, T, D] (any strides) -> (causal attention output [B, T, H*D] (heads merged),
+    then what backward needs: qkv as [3, B*H, T, D] and each query block's probabilities).
 
     Taking q, k, v as one tensor lets the backward pass hand back one gradient in the layout of
     the fused projection's output, instead of three that autograd would stack and copy again.
+    The kept tensors are outputs (not differentiable) because torch.func's vmap needs a forward
+    without ctx; `block_causal_attention` returns the attention alone.
     """
 
     @staticmethod
-    def forward(ctx, qkv, block: int):
+    def forward(qkv, block: int):
         _, batch, heads, seq, head_dim = qkv.shape
         scale = 1.0 / math.sqrt(head_dim)
         qkv = qkv.reshape(3, batch * heads, seq, head_dim)  # a copy unless already in this layout
@@ -43,12 +46,21 @@ class BlockCausalAttention(torch.autograd.Function):
             p = torch.softmax(scores, dim=-1)
             probs.append(p)
             out[:, start:end] = torch.bmm(p, v[:, :end]).view(batch, heads, end - start, head_dim).transpose(1, 2)
-        ctx.save_for_backward(qkv, *probs)
-        ctx.block, ctx.scale, ctx.batch = block, scale, batch
-        return out.view(batch, seq, heads * head_dim)
+        return (out.view(batch, seq, heads * head_dim), qkv, *probs)
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def setup_context(ctx, inputs, output):
+        qkv_in, block = inputs
+        _, qkv, *probs = output
+        ctx.mark_non_differentiable(qkv, *probs)
+        ctx.set_materialize_grads(False)  # no zero gradients for the kept tensors
+        ctx.save_for_backward(qkv, *probs)
+        ctx.block, ctx.scale, ctx.batch = block, 1.0 / math.sqrt(qkv_in.shape[-1]), qkv_in.shape[1]
+
+    @staticmethod
+    def backward(ctx, grad_out, *_):
+        if grad_out is None:
+            return None, None
         qkv, *probs = ctx.saved_tensors
         _, batch_heads, seq, head_dim = qkv.shape
         batch = ctx.batch
@@ -76,6 +88,22 @@ class BlockCausalAttention(torch.autograd.Function):
                 grad_k[:, :end] += torch.bmm(grad_s.transpose(1, 2), q[:, start:end])
         return grads.view(3, batch, heads, seq, head_dim), None
 
+    @staticmethod
+    def vmap(info, in_dims, qkv, block):
+        """Under torch.func.vmap (stacked models, vld.train.stacked): the stacked dimension
+        joins the batch, one call for all models; each (model, sequence, head) keeps its own GEMMs."""
+        qkv = qkv.movedim(in_dims[0], 1)  # [3, N, B, H, T, D]
+        models, batch = qkv.shape[1], qkv.shape[2]
+        out, kept_qkv, *probs = BlockCausalAttention.apply(qkv.flatten(1, 2), block)
+        per_model = (out.unflatten(0, (models, batch)), kept_qkv.unflatten(1, (models, -1)),
+                     *(p.unflatten(0, (models, -1)) for p in probs))
+        return per_model, (0, 1, *(0 for _ in probs))
+
+
+def block_causal_attention(qkv: torch.Tensor, block: int = QUERY_BLOCK) -> torch.Tensor:
+    """BlockCausalAttention's attention output [B, T, H*D] for qkv [3, B, H, T, D]."""
+    return BlockCausalAttention.apply(qkv, block)[0]
+
 
 def blocked_path(qkv: torch.Tensor, dropout_p: float) -> bool:
     """Whether BlockCausalAttention serves this call (else SDPA)."""
@@ -86,7 +114,7 @@ def blocked_path(qkv: torch.Tensor, dropout_p: float) -> bool:
 def causal_attention(qkv: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
     """Causal self-attention of q, k, v stacked as qkv [3, B, H, T, D] (no cache) -> [B, T, H*D]."""
     if blocked_path(qkv, dropout_p):
-        return BlockCausalAttention.apply(qkv, QUERY_BLOCK)
+        return block_causal_attention(qkv, QUERY_BLOCK)
     q, k, v = qkv
     batch, heads, seq, head_dim = q.shape
     y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)

@@ -51,10 +51,14 @@ class OneDNNLinear(torch.autograd.Function):
     """y = x W^T + b with all three GEMMs of its training step in oneDNN."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def forward(x, weight, bias):
+        return onednn_linear(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias = inputs
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return onednn_linear(x, weight, bias)
 
     @staticmethod
     @once_differentiable  # second derivatives (never needed in training) raise instead of going wrong
@@ -69,6 +73,17 @@ class OneDNNLinear(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_rows.sum(0)
         return grad_x, grad_w, grad_b
+
+    @staticmethod
+    def vmap(info, in_dims, x, weight, bias):
+        """Under torch.func.vmap (stacked models, vld.train.stacked): one oneDNN call per model,
+        so each model's GEMMs are exactly those of its own run."""
+        def per_model(t, dim):
+            return [t] * info.batch_size if t is None or dim is None else t.unbind(dim)
+
+        outputs = [OneDNNLinear.apply(*args) for args in zip(per_model(x, in_dims[0]), per_model(weight, in_dims[1]),
+                                                             per_model(bias, in_dims[2]))]
+        return torch.stack(outputs), 0
 
 
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:

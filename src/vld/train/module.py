@@ -122,9 +122,13 @@ class LMModule(L.LightningModule):
         self.log("train/loss", step_loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=False)
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False, sync_dist=False)
 
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """AdamW's parameter groups (see parameter_groups)."""
+        return parameter_groups(self.model, self.optim.weight_decay)
+
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(
-            parameter_groups(self.model, self.optim.weight_decay),
+            self.optimizer_groups(),
             lr=self.optim.lr,
             betas=tuple(self.optim.betas),
             eps=self.optim.eps,

@@ -178,14 +178,14 @@ def build_trainer(
     )
 
 
-def _resume_checkpoint(cfg: TrainConfig, ckpt_dir: Path) -> Path | None:
+def _resume_checkpoint(run_config: dict[str, Any], ckpt_dir: Path) -> Path | None:
     """last.ckpt when a previous run of this stage left one; refuse one made with other settings."""
     last, saved = ckpt_dir / LAST, ckpt_dir / RUN_CONFIG
     if not last.is_file():
         return None
     if saved.is_file():
         before = json.loads(saved.read_text())
-        now = cfg.to_dict()
+        now = run_config
         for key in sorted(set(before) | set(now)):
             if key not in _RESUME_FREE and before.get(key) != now.get(key):
                 fail(
@@ -219,41 +219,63 @@ def run_training(
     final_loss, steps, tokens_seen, train_tokens_per_s, wall_s and loss_curve."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    ckpt_dir = out_dir / CHECKPOINT_DIR
-    resume = _resume_checkpoint(cfg, ckpt_dir)
+    _check_vocab(model, datamodule)
+    module = LMModule(model, cfg.optim, cfg.max_steps)
+    ours = isinstance(datamodule, _WindowDataModuleBase)
+    trainer = fit(module, datamodule, cfg, cfg.to_dict(), out_dir, logger, callbacks, distributed_sampler=not ours)
+    metrics = training_metrics(module.loss_curve, trainer, cfg, module, time.perf_counter() - start)
+    if trainer.is_global_zero:
+        write_json(out_dir / METRICS, metrics)
+    return metrics
+
+
+def fit(
+    module: LMModule,
+    datamodule: L.LightningDataModule,
+    cfg: TrainConfig,
+    run_config: dict[str, Any],
+    out_dir: Path,
+    logger=None,
+    callbacks: Iterable[Callback] = (),
+    distributed_sampler: bool = False,
+) -> L.Trainer:
+    """Seed, then fit `module` under build_trainer(cfg): resumed from out_dir/checkpoints/last.ckpt
+    when one was made with the same `run_config` (a killed run of this stage), refused when made
+    with another, checkpointed atomically. Returns the Trainer after the fit."""
+    ckpt_dir = Path(out_dir) / CHECKPOINT_DIR
+    resume = _resume_checkpoint(run_config, ckpt_dir)
     resume_step = _checkpoint_step(resume) if resume else -1
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.accelerator == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
-    _check_vocab(model, datamodule)
-    module = LMModule(model, cfg.optim, cfg.max_steps)
-    ours = isinstance(datamodule, _WindowDataModuleBase)
     callbacks = [SameResumeOnEveryRank(ckpt_dir / LAST, resume_step), *callbacks]
-    trainer = build_trainer(cfg, out_dir, logger=logger, callbacks=callbacks, distributed_sampler=not ours)
+    trainer = build_trainer(cfg, out_dir, logger=logger, callbacks=callbacks, distributed_sampler=distributed_sampler)
     _share_cpu(trainer, ckpt_dir, resume is not None)
     if trainer.is_global_zero:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if resume is None:
-            write_json(ckpt_dir / RUN_CONFIG, cfg.to_dict())
+            write_json(ckpt_dir / RUN_CONFIG, run_config)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
     _reap_ranks_at_exit(trainer)
+    return trainer
 
+
+def training_metrics(loss_curve: list[float], trainer: L.Trainer, cfg: TrainConfig, module: LMModule,
+                     wall_s: float) -> dict[str, Any]:
+    """A run's metrics (one model's, with its own loss curve)."""
     steps = int(trainer.global_step)
     tokens_seen = steps * cfg.tokens_per_step
-    metrics = {
-        "final_loss": module.loss_curve[-1] if module.loss_curve else float("nan"),
+    return {
+        "final_loss": loss_curve[-1] if loss_curve else float("nan"),
         "steps": steps,
         "tokens_seen": tokens_seen,
         "train_tokens_per_s": tokens_seen / module.train_wall_s if module.train_wall_s > 0 else 0.0,
         "train_wall_s": module.train_wall_s,
-        "wall_s": time.perf_counter() - start,
+        "wall_s": wall_s,
         "resumed_from_step": module.resumed_from_step,
-        "loss_curve": list(module.loss_curve),
+        "loss_curve": list(loss_curve),
     }
-    if trainer.is_global_zero:
-        write_json(out_dir / METRICS, metrics)
-    return metrics
 
 
 def _share_cpu(trainer: L.Trainer, ckpt_dir: Path, resuming: bool) -> None:
