@@ -277,3 +277,18 @@ def test_an_injecting_step_works_end_to_end():
 
 def du_value(result, label):
     return next(a["value"]["loss"] for a in result["ablations"] if a["label"] == label)
+
+
+def test_per_visit_adapters_are_the_models_own_state():
+    model = model_for("gpt2", "cycle-k1")
+    assert model.visit_adapters is None
+    names = [f"visit_{v}" for v in range(model.effective_depth)]
+    model.set_visit_adapters(names)
+    assert model.visit_adapters == names
+    model.set_schedule(list(reversed(model.schedule)))  # the same depth: each visit keeps its adapter
+    with pytest.raises(UserError, match="^schedule: cannot change the depth of a model with per-visit adapters$"):
+        model.set_schedule([0, 1, 2, 3])
+    with pytest.raises(ValueError, match="7 per-visit adapters for 8 virtual layers"):
+        model.set_visit_adapters(names[:-1])
+    model.set_visit_adapters(None)
+    model.set_schedule([0, 1, 2, 3])

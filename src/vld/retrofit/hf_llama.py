@@ -105,7 +105,7 @@ class RetrofitLlama(nn.Module):
             if index < 0 or index >= self.n_base_layers:
                 fail("schedule", f"layer {index} out of range for {self.n_base_layers} base layers")
         if self.visit_adapters is not None and len(order) != len(self.visit_adapters):
-            fail("schedule", "cannot change the schedule of a model with per-visit adapters")
+            fail("schedule", "cannot change the depth of a model with per-visit adapters")
         self.schedule = tuple(order)
 
     def set_visit_adapters(self, names: Sequence[str] | None) -> None:
