@@ -14,6 +14,7 @@ from torch import nn
 from vld.errors import UserError
 from vld.eval import depth_use as du
 from vld.model import ModelConfig, VLDTransformer
+from vld.model.step import run_visits
 
 VOCAB = 11
 
@@ -205,9 +206,9 @@ def test_rerunning_the_blocks_reproduces_the_forward_and_skips_match_a_shorter_s
     for attention_mask in (None, mask):
         with torch.no_grad():
             logits, hidden = model(tokens, attention_mask=attention_mask, return_hidden=True)
-            context = du._context(model, tokens, attention_mask)
-            again = du.run_layers(model, hidden[0], model.schedule, context)
-        assert torch.equal(du.readout(model, again), logits)
+            inputs = model.prepare(tokens, attention_mask=attention_mask)
+            again = run_visits(model, inputs, hidden[0], range(model.effective_depth))
+        assert torch.equal(model.readout(again), logits)
     result = du.depth_use(model, [tokens], sequence_loss)
     # Independent: the model itself with virtual layer 2 removed / layers 1 and 2 swapped.
     for label, order in (("skip 2", [0, 1, 1]), ("swap 1-2", [0, 0, 1, 1]), ("skip 0", [1, 0, 1])):

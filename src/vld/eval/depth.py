@@ -116,30 +116,22 @@ def hidden_state_usage(
 
 
 def model_readout(model) -> Callable:
-    """hidden -> logits through the model's final norm and output head (the logit lens)."""
-    for name in ("readout", "logits_from_hidden", "head_logits"):
-        if callable(getattr(model, name, None)):
-            return getattr(model, name)
-    norm = next((getattr(model, n) for n in ("final_norm", "norm_f", "ln_f", "norm")
-                 if getattr(model, n, None) is not None), None)
-    head = next((getattr(model, n) for n in ("lm_head", "head", "output")
-                 if getattr(model, n, None) is not None), None)
-    if norm is None or head is None:
-        raise AttributeError(f"{type(model).__name__} exposes no final norm and head for the "
-                             "logit lens")
-    return lambda h: head(norm(h))
+    """hidden -> logits: the model's own readout, its final norm and output head (the logit lens)."""
+    return model.readout
 
 
-def layer_usage(model, tokens, batch_size: int = 8, check_readout: bool = True) -> list[dict]:
+def layer_usage(model, tokens, batch_size: int = 8) -> list[dict]:
     """Per-virtual-layer measurements of `model` over probe windows (module docstring).
 
+    `model`: a model with the step interface of vld.model.step (VLDTransformer, RetrofitLlama).
     `tokens`: int tensor or nested list [N, T+1]; each row is a window, the model reads
     tokens[:, :-1] and the logit lens is scored against tokens[:, 1:]. Runs in batches of
-    `batch_size` windows, in inference mode. With `check_readout`, the readout applied to the
-    last state must reproduce the model's logits (guards the logit lens against a model whose
-    final norm/head differ from the attributes found).
+    `batch_size` windows, in inference mode.
     """
     import torch
+
+    from vld.model import eval_mode
+    from vld.model.step import run_visits
 
     tokens = torch.as_tensor(tokens, dtype=torch.long)
     if tokens.dim() != 2 or tokens.shape[1] < 2 or tokens.shape[0] < 1:
@@ -148,23 +140,15 @@ def layer_usage(model, tokens, batch_size: int = 8, check_readout: bool = True) 
         fail("depth.batch_size", f"must be >= 1, got {batch_size}")
     # Windows go to the model's device one batch at a time (a GPU model needs no host copy).
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    schedule = list(model.schedule)
     readout = model_readout(model)
-    schedule = list(getattr(model, "schedule", None) or range(model.effective_depth))
     stats = _LayerStats(len(schedule))
-    from vld.model import eval_mode
-
     with eval_mode(model), torch.inference_mode():
         for start in range(0, tokens.shape[0], batch_size):
             window = tokens[start:start + batch_size].to(device)
-            logits, hidden = model(window[:, :-1], return_hidden=True)
-            if len(hidden) != len(schedule) + 1:
-                raise RuntimeError(f"model returned {len(hidden)} hidden states for "
-                                   f"{len(schedule)} virtual layers")
-            if check_readout and start == 0:
-                again = readout(hidden[-1])
-                if not torch.allclose(again.float(), logits.float(), atol=1e-4, rtol=1e-4):
-                    raise RuntimeError("logit lens: final norm + head on the last hidden "
-                                       "state does not reproduce the model's logits")
+            inputs = model.prepare(window[:, :-1])
+            hidden = [inputs.embedding]
+            run_visits(model, inputs, inputs.embedding, range(len(schedule)), hidden)
             stats.add(hidden, readout, window[:, 1:])
     return _records(stats, schedule)
 

@@ -7,7 +7,7 @@
     (h_{i+1} = h_i + (h_{f+1} - h_f)); per tied base layer, every later visit so replaced;
   - early exit: the final norm and head read at every h_j, j = 0 (embeddings) .. D (the output).
 Ablated passes start from the intact hidden state where they first differ and run the model's
-own blocks (no weight is changed), so a skip of layer i costs D - 1 - i layer runs.
+own step (vld.model.step; no weight is changed), so a skip of layer i costs D - 1 - i layer runs.
 
 `score_fn(logits, batch)` returns per-sequence values where higher is worse (a loss or an
 error): a tensor [B] (metric "loss") or {metric name: tensor [B]}; NaN marks a sequence the
@@ -42,38 +42,7 @@ NOT_SHOWN = "not shown"
 VERDICTS = (COMPOSITIONAL, ENSEMBLE, NOT_SHOWN)
 
 
-# ---------------------------------------------------------------- running the model's blocks
-
-def _context(model, tokens, attention_mask):
-    """(rope, attn_mask, is_causal) exactly as VLDTransformer.forward builds them (no cache)."""
-    import torch
-
-    batch, seq = tokens.shape
-    if attention_mask is not None:
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    else:
-        position_ids = torch.arange(seq, device=tokens.device).unsqueeze(0)
-    rope = None
-    if model.config.block == "llama":
-        dtype = model.tok_emb.weight.dtype
-        rope = (model.rope_cos[position_ids].unsqueeze(1).to(dtype),
-                model.rope_sin[position_ids].unsqueeze(1).to(dtype))
-    attn_mask, is_causal = model._attention_mask(attention_mask, batch, seq, 0, tokens.device)
-    return rope, attn_mask, is_causal
-
-
-def run_layers(model, x, base_layers: Iterable[int], context):
-    """Apply base layers `base_layers` in order to residual state x (no KV cache)."""
-    rope, attn_mask, is_causal = context
-    for index in base_layers:
-        x = model.layers[index](x, rope, attn_mask, is_causal, None, 0)
-    return x
-
-
-def readout(model, hidden):
-    """Logits of the final norm and head read at a residual state (the logit lens)."""
-    return model.lm_head(model.norm_f(hidden))
-
+# ---------------------------------------------------------------- running the model's step
 
 def early_exit_logits(model, tokens, attention_mask=None) -> list:
     """Logits read at h_0 (embeddings) .. h_D; the last is the model's own output."""
@@ -81,7 +50,7 @@ def early_exit_logits(model, tokens, attention_mask=None) -> list:
 
     with torch.inference_mode():
         _, hidden = model(tokens, attention_mask=attention_mask, return_hidden=True)
-        return [readout(model, h) for h in hidden]
+        return [model.readout(h) for h in hidden]
 
 
 def ablations(schedule) -> list[dict]:
@@ -126,30 +95,32 @@ def _label(a: dict) -> str:
     return f"revisits of base {a['base_layers'][0]} <- {a['first_visit']}"
 
 
-def ablated_final(model, schedule, ablation: dict, hidden, context):
-    """Final residual state of one ablation, from the intact hidden states h_0..h_D.
+def ablated_final(model, ablation: dict, hidden, inputs):
+    """Final residual state of one ablation, from the intact hidden states h_0..h_D and the
+    model's prepared inputs (`model.prepare`). Returns (state, layer runs it took)."""
+    from vld.model.step import run_visits
 
-    Returns (state, layer runs it took)."""
     kind, v = ablation["kind"], ablation["virtual_layers"]
+    depth = len(hidden) - 1
     start = v[0]
     if kind == "skip":
-        rest = schedule[start + 1:]
-        return run_layers(model, hidden[start], rest, context), len(rest)
+        rest = range(start + 1, depth)
+        return run_visits(model, inputs, hidden[start], rest), len(rest)
     if kind == "swap":
-        order = [schedule[start + 1], schedule[start]] + list(schedule[start + 2:])
-        return run_layers(model, hidden[start], order, context), len(order)
+        order = [start + 1, start, *range(start + 2, depth)]
+        return run_visits(model, inputs, hidden[start], order), len(order)
     f = ablation["first_visit"]
     first_update = hidden[f + 1] - hidden[f]
     if kind == "revisit":
-        rest = schedule[start + 1:]
-        return run_layers(model, hidden[start] + first_update, rest, context), len(rest)
+        rest = range(start + 1, depth)
+        return run_visits(model, inputs, hidden[start] + first_update, rest), len(rest)
     # revisit_all: the intact run is correct up to the first replaced visit.
     x, runs, replaced = hidden[start], 0, set(v)
-    for i in range(start, len(schedule)):
+    for i in range(start, depth):
         if i in replaced:
             x = x + first_update
         else:
-            x = run_layers(model, x, [schedule[i]], context)
+            x = run_visits(model, inputs, x, [i])
             runs += 1
     return x, runs
 
@@ -262,7 +233,8 @@ def depth_use(model, batches: Iterable, score_fn: Callable, max_sequences: int |
               seed: int = 0, chance: Mapping[str, float] | None = None,
               early_exit: bool = True, kinds: Iterable[str] = ABLATION_KINDS,
               measure_time: bool = False) -> dict:
-    """Causal ablations and early exit of `model` (a VLDTransformer) over `batches`.
+    """Causal ablations and early exit of `model` (a model with the step interface of
+    vld.model.step: VLDTransformer, RetrofitLlama) over `batches`.
 
     batches: token tensors [B, T] or mappings with "tokens" [B, T] (what the model reads),
       optional "attention_mask" [B, T] (1 = real token) and any keys `score_fn` needs.
@@ -279,6 +251,8 @@ def depth_use(model, batches: Iterable, score_fn: Callable, max_sequences: int |
     Returns a JSON-serialisable dict, schema vld.depth_use/1 (docs/depth_use.md).
     """
     import torch
+
+    from vld.model.step import run_visits
 
     if max_sequences is not None and (not isinstance(max_sequences, int)
                                       or isinstance(max_sequences, bool) or max_sequences < 1):
@@ -297,7 +271,7 @@ def depth_use(model, batches: Iterable, score_fn: Callable, max_sequences: int |
     runs = {"intact": 0, "ablations": 0, "early_exit_readouts": 0}
     seen = 0
 
-    device = model.tok_emb.weight.device
+    device = next(model.parameters()).device
 
     def clock() -> float:
         # Queued GPU work belongs to the phase that queued it.
@@ -325,30 +299,25 @@ def depth_use(model, batches: Iterable, score_fn: Callable, max_sequences: int |
                 seen += int(tokens.shape[0])
 
                 started = clock()
-                logits, hidden = model(tokens, attention_mask=mask, return_hidden=True)
+                # The model's forward, its parts kept: the ablations re-run its step from these.
+                inputs = model.prepare(tokens, attention_mask=mask)
+                hidden = [inputs.embedding]
+                logits = model.readout(run_visits(model, inputs, inputs.embedding, range(depth), hidden))
                 collect(intact_values, score_fn(logits, batch))
                 seconds["intact"] += clock() - started
                 runs["intact"] += depth
 
                 started = clock()
-                context = _context(model, tokens, mask)
-                if depth:
-                    # Guards the re-run against a context that differs from the forward's.
-                    again = run_layers(model, hidden[-2], [schedule[-1]], context)
-                    tol = 1e-4 if again.dtype in (torch.float32, torch.float64) else 2e-2
-                    if not torch.allclose(again.float(), hidden[-1].float(), atol=tol, rtol=tol):
-                        raise RuntimeError("depth_use: re-running the last layer does not "
-                                           "reproduce the model's last hidden state")
                 for index, ablation in enumerate(plan):
-                    state, cost = ablated_final(model, schedule, ablation, hidden, context)
-                    collect(ablated_values[index], score_fn(readout(model, state), batch))
+                    state, cost = ablated_final(model, ablation, hidden, inputs)
+                    collect(ablated_values[index], score_fn(model.readout(state), batch))
                     runs["ablations"] += cost
                 seconds["ablations"] += clock() - started
 
                 if early_exit:
                     started = clock()
                     for j in range(depth):
-                        collect(exit_values[j], score_fn(readout(model, hidden[j]), batch))
+                        collect(exit_values[j], score_fn(model.readout(hidden[j]), batch))
                     seconds["early_exit"] += clock() - started
                     runs["early_exit_readouts"] += depth
     finally:

@@ -1,11 +1,14 @@
-"""A module's weights with its LoRA adapters folded in, for unrolling.
+"""LoRA adapters seen from vld.model: a module's weights with its adapters folded in (for
+unrolling), and one adapter made the active one for a visit (per-visit adapters).
 
 LoRA wrappers are recognised by what peft's have (`lora_A`, `get_base_layer`,
-`get_delta_weight`), so vld.model needs no peft import. Used by `VLDTransformer.unrolled` and
-by vld.retrofit.lora for the retrofitted Llama.
+`get_delta_weight`), so vld.model needs no peft import. Used by `VLDTransformer` and by
+vld.retrofit for the retrofitted Llama.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
@@ -17,6 +20,32 @@ def is_lora_module(module: nn.Module) -> bool:
 
 def lora_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if is_lora_module(m)}
+
+
+@contextlib.contextmanager
+def active_adapter(module: nn.Module, name: str):
+    """Inside the block every LoRA wrapper in `module` runs adapter `name` only; the active
+    adapters are restored after. Set directly: peft's set_adapter would also flip requires_grad
+    of the others."""
+    wrappers = [m for m in module.modules() if is_lora_module(m)]
+    saved = [m._active_adapter for m in wrappers]
+    for wrapper in wrappers:
+        wrapper._active_adapter = [name]
+    try:
+        yield
+    finally:
+        for wrapper, value in zip(wrappers, saved):
+            wrapper._active_adapter = value
+
+
+def check_visit_adapters(names, depth: int) -> list[str] | None:
+    """Per-visit adapter names (one per visit) as a model keeps them; None: no per-visit adapters."""
+    if names is None:
+        return None
+    names = [str(name) for name in names]
+    if len(names) != depth:
+        raise ValueError(f"{len(names)} per-visit adapters for {depth} virtual layers")
+    return names
 
 
 @torch.no_grad()
@@ -51,4 +80,4 @@ def plain_state_dict(module: nn.Module, adapter: str | None) -> dict[str, torch.
     return state
 
 
-__all__ = ["is_lora_module", "lora_modules", "merged_weight", "plain_state_dict"]
+__all__ = ["active_adapter", "check_visit_adapters", "is_lora_module", "lora_modules", "merged_weight", "plain_state_dict"]

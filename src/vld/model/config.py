@@ -9,14 +9,12 @@ from typing import Mapping
 
 from vld.errors import fail
 from vld.model.backend import PARAMS_SPELLING, moved_to_backend
+from vld.model.blocks import block_kind
 from vld.model.schedule import ScheduleSpec, check_order, resolve_schedule
-
-BLOCKS = ("gpt2", "llama")
-
 
 @dataclass
 class ModelConfig:
-    """One config for both block types.
+    """One config for every block kind (vld.model.blocks).
 
     n_layer is the number of base (distinct) layers L; `schedule` lists the base layer
     visited at each virtual layer (None = identity, each layer once). How the model runs
@@ -27,9 +25,9 @@ class ModelConfig:
     n_layer: int = 4
     d_model: int = 256
     n_head: int = 4
-    d_ff: int | None = None  # None: 4*d_model (gpt2), 8/3*d_model rounded up to 64 (llama)
+    d_ff: int | None = None  # None: the block kind's default (4*d_model gpt2, 8/3*d_model rounded up to 64 llama)
     max_seq_len: int = 1024
-    block: str = "gpt2"
+    block: str = "gpt2"  # a registered block kind (vld.model.blocks)
     schedule: list[int] | None = None
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
@@ -41,9 +39,7 @@ class ModelConfig:
     def ff_dim(self) -> int:
         if self.d_ff is not None:
             return self.d_ff
-        if self.block == "llama":
-            return -(-8 * self.d_model // 3 // 64) * 64
-        return 4 * self.d_model
+        return block_kind(self.block).ff_dim(self.d_model)
 
     @property
     def head_dim(self) -> int:
@@ -65,11 +61,10 @@ class ModelConfig:
             positive_int(name)
         if self.d_ff is not None:
             positive_int("d_ff")
-        if self.block not in BLOCKS:
-            fail(f"{where}.block", f"unknown block {self.block!r} (known: {', '.join(BLOCKS)})")
+        kind = block_kind(self.block, f"{where}.block")
         if self.d_model % self.n_head:
             fail(f"{where}.n_head", f"{self.n_head} heads do not divide d_model {self.d_model}")
-        if self.block == "llama" and self.head_dim % 2:
+        if kind.positions == "rope" and self.head_dim % 2:
             fail(f"{where}.n_head", f"RoPE needs an even head dimension, got {self.head_dim}")
         if not isinstance(self.tie_embeddings, bool):
             fail(f"{where}.tie_embeddings", f"must be true or false, got {self.tie_embeddings!r}")

@@ -1,8 +1,11 @@
 """The VLD transformer: a forward pass that walks a schedule over tied base layers.
 
-Blocks: GPT-2 style (learned positions, LayerNorm, gelu-tanh MLP, biases) and Llama style
-(RoPE, RMSNorm, SwiGLU, no biases), numerically matching Hugging Face GPT2LMHeadModel and
-LlamaForCausalLM so an unrolled VLD model exports as an ordinary HF model.
+The model offers the step interface of vld.model.step (prepare, step, readout); forward and
+every other consumer of the schedule drive it through `run_visits`.
+
+Block kinds (vld.model.blocks): GPT-2 style (learned positions, LayerNorm, gelu-tanh MLP,
+biases) and Llama style (RoPE, RMSNorm, SwiGLU, no biases), numerically matching Hugging Face
+GPT2LMHeadModel and LlamaForCausalLM so an unrolled VLD model exports as an ordinary HF model.
 """
 
 from __future__ import annotations
@@ -10,22 +13,24 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from vld.errors import fail
-from vld.model.adapters import plain_state_dict
+from vld.model.adapters import active_adapter, check_visit_adapters, plain_state_dict
 from vld.model.attention import causal_attention, causal_mask
 from vld.model.backend import Backend
+from vld.model.blocks import block_kind
 from vld.model.config import PRESETS, ModelConfig
 from vld.model.generation import check_request, greedy_decode, left_pad
 from vld.model.linear import Linear
 from vld.model.modes import eval_mode
 from vld.model.schedule import check_order
+from vld.model.step import run_visits
 
 
 class KVCache:
@@ -60,9 +65,8 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, bias: bool):
         super().__init__()
-        bias = config.block == "gpt2"
         self.n_head = config.n_head
         self.head_dim = config.head_dim
         self.qkv = Linear(config.d_model, 3 * config.d_model, bias=bias)  # fused q, k, v
@@ -123,21 +127,21 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(dtype)
 
 
-def _norm(config: ModelConfig) -> nn.Module:
-    if config.block == "llama":
-        return RMSNorm(config.d_model, config.norm_eps)
-    return nn.LayerNorm(config.d_model, eps=config.norm_eps)
-
-
 class Block(nn.Module):
-    """One base layer: pre-norm attention and MLP with residuals (the same for both styles)."""
+    """One base layer: pre-norm attention and MLP with residuals. A block kind's subclass
+    sets the norm (built as norm_class(d_model, eps); also the final norm), the MLP (built as
+    mlp_class(config)) and whether the attention's projections have biases."""
+
+    norm_class: type[nn.Module]
+    mlp_class: type[nn.Module]
+    bias: bool
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.norm1 = _norm(config)
-        self.attn = Attention(config)
-        self.norm2 = _norm(config)
-        self.mlp = SwiGLU(config) if config.block == "llama" else GPT2MLP(config)
+        self.norm1 = self.norm_class(config.d_model, config.norm_eps)
+        self.attn = Attention(config, self.bias)
+        self.norm2 = self.norm_class(config.d_model, config.norm_eps)
+        self.mlp = self.mlp_class(config)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.use_dropout = config.dropout > 0  # skip the no-op dropout kernels when p = 0
 
@@ -148,32 +152,59 @@ class Block(nn.Module):
         return x + (self.resid_dropout(mlp) if self.use_dropout else mlp)
 
 
+class GPT2Block(Block):
+    norm_class, mlp_class, bias = nn.LayerNorm, GPT2MLP, True
+
+
+class LlamaBlock(Block):
+    norm_class, mlp_class, bias = RMSNorm, SwiGLU, False
+
+
+@dataclass
+class StepInput:
+    """What every virtual layer reads besides the state, prepared once per forward call."""
+
+    embedding: torch.Tensor  # h_0: token (+ position) embeddings after dropout
+    rope: tuple[torch.Tensor, torch.Tensor] | None  # cos, sin at each position (RoPE kinds)
+    attn_mask: torch.Tensor | None  # for SDPA; None with is_causal on the unpadded paths
+    is_causal: bool
+    cache: KVCache | None
+
+
 class VLDTransformer(nn.Module):
     """A decoder whose depth is a schedule over `config.n_layer` tied base layers.
 
     `config` is what the model is (saved with it); `backend` how it runs here (default:
     oneDNN GEMMs, no activation checkpointing), changeable with `set_backend`, never saved.
+    `visit_adapters`: per-visit LoRA adapter names, one per visit (`set_visit_adapters`), or
+    None. A subclass may override `step` (say, to add the input embedding at some visits):
+    every consumer of the schedule runs it.
     """
 
     def __init__(self, config: ModelConfig, backend: Backend | None = None):
         super().__init__()
         config = copy.deepcopy(config).validate()
         self.config = config
+        kind = block_kind(config.block)
+        layer_class = kind.layer_class()
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model) if config.block == "gpt2" else None
+        self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model) if kind.positions == "learned" else None
         self.emb_dropout = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.norm_f = _norm(config)
+        self.layers = nn.ModuleList(layer_class(config) for _ in range(config.n_layer))
+        self.norm_f = layer_class.norm_class(config.d_model, config.norm_eps)
         self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
-        if config.block == "llama":
+        cos = sin = None
+        if kind.positions == "rope":
             inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, config.head_dim, 2, dtype=torch.int64).float() / config.head_dim))
             angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float32), inv_freq)
             angles = torch.cat((angles, angles), dim=-1)
-            self.register_buffer("rope_cos", angles.cos(), persistent=False)
-            self.register_buffer("rope_sin", angles.sin(), persistent=False)
+            cos, sin = angles.cos(), angles.sin()
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
         self.schedule: tuple[int, ...] = ()
+        self.visit_adapters: list[str] | None = None
         self.set_schedule(config.schedule)
         self.backend = Backend()
         self.set_backend(Backend() if backend is None else backend)
@@ -183,12 +214,17 @@ class VLDTransformer(nn.Module):
     def set_schedule(self, order: Sequence[int] | None) -> None:
         """Visit base layers in `order` (None = identity). Parameters are unchanged."""
         if order is None:
-            self.schedule = tuple(range(self.config.n_layer))
-            self.config.schedule = None
+            schedule, saved = tuple(range(self.config.n_layer)), None
         else:
             order = check_order(order, self.config.n_layer, "schedule")
-            self.schedule = tuple(order)
-            self.config.schedule = list(order)
+            schedule, saved = tuple(order), list(order)
+        if self.visit_adapters is not None and len(schedule) != len(self.visit_adapters):
+            fail("schedule", "cannot change the depth of a model with per-visit adapters")
+        self.schedule, self.config.schedule = schedule, saved
+
+    def set_visit_adapters(self, names: Sequence[str] | None) -> None:
+        """Run visit v with LoRA adapter names[v] active in its layer (None: every adapter)."""
+        self.visit_adapters = check_visit_adapters(names, self.effective_depth)
 
     def set_backend(self, backend: Backend) -> None:
         """Run with `backend` from now on (parameters and results, up to summation order, unchanged)."""
@@ -203,7 +239,7 @@ class VLDTransformer(nn.Module):
     def effective_depth(self) -> int:
         return len(self.schedule)
 
-    def virtual_layers(self) -> list[Block]:
+    def virtual_layers(self) -> list[nn.Module]:
         """The module run at each virtual layer (the same object for tied visits)."""
         return [self.layers[index] for index in self.schedule]
 
@@ -226,12 +262,22 @@ class VLDTransformer(nn.Module):
         return KVCache(self.effective_depth, batch_size, self.config.n_head, max_len, self.config.head_dim, param.dtype, param.device)
 
     def forward(self, tokens, cache: KVCache | None = None, attention_mask=None, position_ids=None, return_hidden: bool = False):
-        """Logits [B, T, V] for tokens [B, T].
+        """Logits [B, T, V] for tokens [B, T]; with return_hidden also the states h_0..h_D.
 
         attention_mask [B, past+T] (1 = real token, 0 = padding) covers the cached positions
         too; position_ids [B, T] default to positions after the cached ones (or, with a mask,
         to the count of real tokens before each position, so left padding is transparent).
         """
+        inputs = self.prepare(tokens, cache, attention_mask, position_ids)
+        hidden = [inputs.embedding] if return_hidden else None
+        state = run_visits(self, inputs, inputs.embedding, range(self.effective_depth), hidden)
+        if cache is not None:
+            cache.length += tokens.shape[1]
+        logits = self.readout(state)
+        return (logits, hidden) if return_hidden else logits
+
+    def prepare(self, tokens, cache: KVCache | None = None, attention_mask=None, position_ids=None) -> StepInput:
+        """Embeddings, positions, attention mask and cache for one call (forward's arguments)."""
         batch, seq = tokens.shape
         past = cache.length if cache is not None else 0
         if cache is not None and past + seq > cache.max_len:
@@ -247,25 +293,22 @@ class VLDTransformer(nn.Module):
         if self.config.dropout > 0:
             x = self.emb_dropout(x)
         rope = None
-        if self.config.block == "llama":
+        if self.rope_cos is not None:
             rope = (self.rope_cos[position_ids].unsqueeze(1).to(x.dtype), self.rope_sin[position_ids].unsqueeze(1).to(x.dtype))
         attn_mask, is_causal = self._attention_mask(attention_mask, batch, seq, past, tokens.device)
-        use_checkpoint = self.backend.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
-        hidden = [x] if return_hidden else None
-        layers = self.layers
-        for slot, index in enumerate(self.schedule):
-            layer = layers[index]
-            if use_checkpoint:
-                # Non-reentrant: a layer run several times per step is fine under DDP.
-                x = checkpoint(layer, x, rope, attn_mask, is_causal, None, slot, use_reentrant=False)
-            else:
-                x = layer(x, rope, attn_mask, is_causal, cache, slot)
-            if hidden is not None:
-                hidden.append(x)
-        if cache is not None:
-            cache.length = past + seq
-        logits = self.lm_head(self.norm_f(x))
-        return (logits, hidden) if return_hidden else logits
+        return StepInput(x, rope, attn_mask, is_causal, cache)
+
+    def step(self, state: torch.Tensor, visit: int, inputs: StepInput) -> torch.Tensor:
+        """Virtual layer `visit`: its base layer (with the visit's own adapter, if any) on `state`."""
+        layer = self.layers[self.schedule[visit]]
+        if self.visit_adapters is None:
+            return layer(state, inputs.rope, inputs.attn_mask, inputs.is_causal, inputs.cache, visit)
+        with active_adapter(layer, self.visit_adapters[visit]):
+            return layer(state, inputs.rope, inputs.attn_mask, inputs.is_causal, inputs.cache, visit)
+
+    def readout(self, state: torch.Tensor) -> torch.Tensor:
+        """Logits from a residual state: the final norm and the head (also the logit lens)."""
+        return self.lm_head(self.norm_f(state))
 
     @staticmethod
     def _attention_mask(attention_mask, batch: int, seq: int, past: int, device):
@@ -323,40 +366,46 @@ class VLDTransformer(nn.Module):
                         params.pop(id(p), None)
         return sum(p.numel() for p in params.values())
 
+    def visit_flops(self, visit: int, seq_len: int) -> int:
+        """Forward FLOPs per token of virtual layer `visit`: 2 x its base layer's parameters +
+        causal attention 2 * d_model * (seq_len + 1)."""
+        layer_params = sum(p.numel() for p in self.layers[self.schedule[visit]].parameters())
+        return 2 * layer_params + 2 * self.config.d_model * (seq_len + 1)
+
     def flops_per_token(self, seq_len: int | None = None, training: bool = False) -> int:
-        """Forward FLOPs per token: 2 * (block params x effective depth) + causal attention
-        2 * d_model * (seq_len + 1) per virtual layer + 2 * d_model * vocab for the head;
-        training = 3 x forward (backward is twice the forward)."""
+        """Forward FLOPs per token: every visit's `visit_flops` + 2 * d_model * vocab for the
+        head; training = 3 x forward (backward is twice the forward)."""
         seq_len = self.config.max_seq_len if seq_len is None else seq_len
-        block_params = sum(p.numel() for p in self.layers[0].parameters())
-        depth = self.effective_depth
-        d_model = self.config.d_model
-        forward = 2 * block_params * depth + 2 * d_model * (seq_len + 1) * depth + 2 * d_model * self.config.vocab_size
+        visits = sum(self.visit_flops(visit, seq_len) for visit in range(self.effective_depth))
+        forward = visits + 2 * self.config.d_model * self.config.vocab_size
         return 3 * forward if training else forward
 
     # -- export
     @torch.no_grad()
     def unrolled(self) -> "VLDTransformer":
-        """An ordinary untied model computing the same function: one copy of the weights per
-        virtual layer, in `self`'s backend, dtype, device and training mode.
+        """An untied model computing the same function: one copy of the weights per virtual
+        layer (visit v runs layer v), of `self`'s class (a subclass's step comes along), in its
+        backend, dtype, device and training mode, every parameter trainable.
 
         LoRA adapters (peft's wrappers) are merged: a shared adapter into every visit of its
-        layer; per-visit adapters (`self.visit_adapters`, one name per visit, see
-        vld.retrofit.lora) each into its own visit. `self` is left untouched.
+        layer; per-visit adapters (`visit_adapters`) each into its own visit. `self` is left
+        untouched.
         """
-        config = dataclasses.replace(copy.deepcopy(self.config), n_layer=self.effective_depth, schedule=None)
         param = self.tok_emb.weight
-        model = VLDTransformer(config, backend=self.backend).to(device=param.device, dtype=param.dtype)
-        visit_adapters = getattr(self, "visit_adapters", None)
-        state = {name: value for name, value in plain_state_dict(self, None).items() if not name.startswith("layers.")}
-        for slot, index in enumerate(self.schedule):
-            adapter = None if visit_adapters is None else visit_adapters[slot]
-            for name, value in plain_state_dict(self.layers[index], adapter).items():
-                state[f"layers.{slot}.{name}"] = value
-        if config.tie_embeddings:
-            state["lm_head.weight"] = state["tok_emb.weight"]
-        model.load_state_dict(state)
-        model.train(self.training)
+        # A copy of everything but the base layers (the memo stands an empty list in for them).
+        model = copy.deepcopy(self, {id(self.layers): nn.ModuleList()})
+        model.config = dataclasses.replace(model.config, n_layer=self.effective_depth, schedule=None)
+        layer_class = block_kind(model.config.block).layer_class()
+        with torch.device("meta"):  # shapes only: the weights come next (and no RNG is drawn)
+            model.layers = nn.ModuleList(layer_class(model.config) for _ in range(self.effective_depth))
+        for visit, index in enumerate(self.schedule):
+            adapter = None if self.visit_adapters is None else self.visit_adapters[visit]
+            model.layers[visit].load_state_dict(plain_state_dict(self.layers[index], adapter), assign=True)
+        model.visit_adapters = None
+        model.set_schedule(None)
+        model.set_backend(self.backend)
+        model.to(device=param.device, dtype=param.dtype).train(self.training)
+        model.requires_grad_(True)
         return model
 
 
@@ -387,4 +436,4 @@ def load_model(path, map_location="cpu", backend: Backend | None = None) -> VLDT
     return model.to(next(iter(payload["state_dict"].values())).dtype)
 
 
-__all__ = ["PRESETS", "Backend", "KVCache", "ModelConfig", "VLDTransformer", "load_model", "save_model"]
+__all__ = ["PRESETS", "Backend", "Block", "KVCache", "ModelConfig", "StepInput", "VLDTransformer", "load_model", "save_model"]

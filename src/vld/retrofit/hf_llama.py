@@ -10,25 +10,26 @@ layer append to the same slot: the second visit then attends to the first visit'
 (HF's sdpa path even slices the keys back to the first visit's at prefill), so cached
 generation silently differs from uncached. Here each visit gets its own slot: the layer is
 handed a `_VisitSlot`, a view of one slot of a `VisitKVCache` that ignores `layer_idx`.
+
+The model offers the step interface of vld.model.step (prepare, step, readout), which its
+forward drives through `run_visits` as VLDTransformer's does.
 """
 
 from __future__ import annotations
 
-import contextlib
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from vld.errors import fail
+from vld.model.adapters import active_adapter, check_visit_adapters
 from vld.model.attention import causal_mask
 from vld.model.backend import Backend
 from vld.model.generation import check_request, greedy_decode, left_pad
 from vld.model.modes import eval_mode
-
-# peft's LoRA wrappers keep the adapter name here; set per visit for per-visit adapters.
-_ACTIVE_ADAPTER_ATTR = "_active_adapter"
+from vld.model.step import run_visits
 
 
 class VisitKVCache:
@@ -65,6 +66,17 @@ class _VisitSlot:
         return self.store.keys[i], self.store.values[i]
 
 
+@dataclass
+class LlamaStepInput:
+    """What every decoder layer reads besides the state, prepared once per forward call."""
+
+    embedding: torch.Tensor  # h_0
+    attn_mask: torch.Tensor | None  # the mask HF's attention expects; None: its causal path
+    position_ids: torch.Tensor
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]  # RoPE cos, sin
+    cache: VisitKVCache | None
+
+
 class RetrofitLlama(nn.Module):
     """`LlamaForCausalLM` with its decoder layers visited in `schedule` order.
 
@@ -81,7 +93,7 @@ class RetrofitLlama(nn.Module):
         self.n_base_layers = len(hf_model.model.layers)
         self.backend = Backend()
         # Per-visit LoRA: adapter name of each visit (None: one adapter per layer, or none).
-        self.visit_adapters: list[str] | None = None
+        self.visit_adapters: list[str] | None = None  # set with set_visit_adapters
         self.set_schedule(list(range(self.n_base_layers)) if schedule is None else schedule)
 
     # ----------------------------------------------------------------- schedule
@@ -93,8 +105,12 @@ class RetrofitLlama(nn.Module):
             if index < 0 or index >= self.n_base_layers:
                 fail("schedule", f"layer {index} out of range for {self.n_base_layers} base layers")
         if self.visit_adapters is not None and len(order) != len(self.visit_adapters):
-            fail("schedule", "cannot change the schedule of a model with per-visit adapters")
+            fail("schedule", "cannot change the depth of a model with per-visit adapters")
         self.schedule = tuple(order)
+
+    def set_visit_adapters(self, names: Sequence[str] | None) -> None:
+        """Run visit v with LoRA adapter names[v] active in its layer (None: every adapter)."""
+        self.visit_adapters = check_visit_adapters(names, self.effective_depth)
 
     def set_backend(self, backend: Backend) -> None:
         if not isinstance(backend, Backend):
@@ -133,38 +149,12 @@ class RetrofitLlama(nn.Module):
         additive = torch.zeros(allowed.shape, dtype=dtype, device=device)
         return additive.masked_fill(~allowed, torch.finfo(dtype).min)
 
-    @contextlib.contextmanager
-    def _visit_adapter(self, visit: int):
-        """Make visit `visit`'s adapter the active one in its layer (per-visit LoRA only)."""
-        if self.visit_adapters is None:
-            yield
-            return
-        layer = self.hf.model.layers[self.schedule[visit]]
-        name = self.visit_adapters[visit]
-        lora_modules = [m for m in layer.modules() if hasattr(m, "lora_A")]
-        saved = [getattr(m, _ACTIVE_ADAPTER_ATTR) for m in lora_modules]
-        for module in lora_modules:
-            # Set directly: peft's set_adapter would also flip requires_grad of the others.
-            setattr(module, _ACTIVE_ADAPTER_ATTR, [name])
-        try:
-            yield
-        finally:
-            for module, value in zip(lora_modules, saved):
-                setattr(module, _ACTIVE_ADAPTER_ATTR, value)
-
-    def _run_visit(self, visit, hidden, mask, position_ids, cos, sin, cache):
-        with self._visit_adapter(visit):
-            layer = self.hf.model.layers[self.schedule[visit]]
-            return layer(
-                hidden,
-                attention_mask=mask,
-                position_ids=position_ids,
-                cache=None if cache is None else cache.slot(visit),
-                use_cache=cache is not None,
-                position_embeddings=(cos, sin),
-            )
-
     def forward(self, tokens, attention_mask=None, cache: VisitKVCache | None = None, position_ids=None):
+        inputs = self.prepare(tokens, attention_mask, cache, position_ids)
+        return self.readout(run_visits(self, inputs, inputs.embedding, range(self.effective_depth)))
+
+    def prepare(self, tokens, attention_mask=None, cache: VisitKVCache | None = None, position_ids=None) -> LlamaStepInput:
+        """Embeddings, positions, attention mask and cache for one call (forward's arguments)."""
         batch, n_new = tokens.shape
         n_past = 0 if cache is None else cache.get_seq_length()
         if cache is not None and len(cache) != self.effective_depth:
@@ -180,17 +170,31 @@ class RetrofitLlama(nn.Module):
                 counted = attention_mask.long().cumsum(-1) - 1
                 position_ids = counted.clamp(min=0)[:, n_past:]
         mask = self._attention_mask(attention_mask, batch, n_new, n_past, hidden.dtype, hidden.device)
-        cos, sin = self.hf.model.rotary_emb(hidden, position_ids=position_ids)
-        use_checkpoint = self.backend.activation_checkpointing and self.training and torch.is_grad_enabled()
-        for visit in range(self.effective_depth):
-            if use_checkpoint and cache is None:
-                hidden = checkpoint(
-                    self._run_visit, visit, hidden, mask, position_ids, cos, sin, None, use_reentrant=False
-                )
-            else:
-                hidden = self._run_visit(visit, hidden, mask, position_ids, cos, sin, cache)
-        hidden = self.hf.model.norm(hidden)
-        return self.hf.lm_head(hidden)
+        position_embeddings = self.hf.model.rotary_emb(hidden, position_ids=position_ids)
+        return LlamaStepInput(hidden, mask, position_ids, position_embeddings, cache)
+
+    def step(self, state: torch.Tensor, visit: int, inputs: LlamaStepInput) -> torch.Tensor:
+        """Virtual layer `visit`: its decoder layer (with the visit's own adapter, if any)."""
+        layer = self.hf.model.layers[self.schedule[visit]]
+        if self.visit_adapters is None:
+            return self._run_layer(layer, state, visit, inputs)
+        with active_adapter(layer, self.visit_adapters[visit]):
+            return self._run_layer(layer, state, visit, inputs)
+
+    @staticmethod
+    def _run_layer(layer, state, visit, inputs):
+        return layer(
+            state,
+            attention_mask=inputs.attn_mask,
+            position_ids=inputs.position_ids,
+            cache=None if inputs.cache is None else inputs.cache.slot(visit),
+            use_cache=inputs.cache is not None,
+            position_embeddings=inputs.position_embeddings,
+        )
+
+    def readout(self, state: torch.Tensor) -> torch.Tensor:
+        """Logits from a residual state: the final norm and the head."""
+        return self.hf.lm_head(self.hf.model.norm(state))
 
     # ----------------------------------------------------------------- generation
     @torch.no_grad()

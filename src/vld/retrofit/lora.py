@@ -3,8 +3,7 @@
 Shared adapters (the paper): one adapter per base layer, so every visit of a layer uses the
 same adapter weights. Per-visit adapters (an option): each visit has its own adapter on the
 shared base weights, named `visit_<v>`, living in the LoRA wrapper of the layer it visits;
-`RetrofitLlama` activates the visit's adapter around each visit, and for vld's own
-transformer a forward pre-hook on each base layer does it from the visit's cache slot.
+the model keeps the names (`set_visit_adapters`) and its step activates the visit's adapter.
 
 Merging: shared adapters merge into the base weights in place (the model stays tied).
 Per-visit adapters cannot merge into one shared weight, so `merge_lora` unrolls the model:
@@ -15,7 +14,6 @@ one layer per visit, each with its own adapter merged (`VLDTransformer.unrolled`
 from __future__ import annotations
 
 import copy
-import inspect
 import re
 import warnings
 
@@ -63,23 +61,6 @@ def _inject(model: nn.Module, names: list[str], rank: int, alpha: float, dropout
         inject_adapter_in_model(config, model, adapter_name=adapter)
 
 
-def _install_visit_hooks(model: nn.Module, adapter_of_visit: list[str]) -> None:
-    """vld's own transformer calls each base layer with the visit's cache `slot`: a pre-hook
-    makes that visit's adapter active in the layer (also when checkpointing recomputes it)."""
-    for block in model.layers:
-        signature = inspect.signature(block.forward)
-        if "slot" not in signature.parameters:
-            fail("retrofit.method", "lora_per_visit needs base layers called with their visit slot")
-
-        def activate(module, args, kwargs, signature=signature):
-            slot = signature.bind(*args, **kwargs).arguments.get("slot", 0)
-            for sub in module.modules():
-                if is_lora_module(sub):
-                    sub._active_adapter = [adapter_of_visit[slot]]  # see hf_llama._ACTIVE_ADAPTER_ATTR
-
-        block.register_forward_pre_hook(activate, with_kwargs=True)
-
-
 def add_lora(
     model: nn.Module,
     rank: int = DEFAULT_LORA_RANK,
@@ -108,16 +89,12 @@ def add_lora(
 
 
 def _add_adapters(model, schedule, rank, alpha, dropout, per_visit) -> None:
-    from vld.retrofit.hf_llama import RetrofitLlama
-
     if per_visit:
         names = []
         for visit, layer in enumerate(schedule):
             _inject(model, _target_names(model, [layer]), rank, alpha, dropout, f"visit_{visit}")
             names.append(f"visit_{visit}")
-        model.visit_adapters = names
-        if not isinstance(model, RetrofitLlama):
-            _install_visit_hooks(model, names)
+        model.set_visit_adapters(names)
     else:
         _inject(model, _target_names(model, sorted(set(schedule))), rank, alpha, dropout, "default")
 
@@ -137,7 +114,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     """
     from vld.retrofit.hf_llama import RetrofitLlama
 
-    if getattr(model, "visit_adapters", None) is not None:
+    if model.visit_adapters is not None:
         if isinstance(model, RetrofitLlama):
             return RetrofitLlama(unroll_hf_llama(model))
         return model.unrolled()
