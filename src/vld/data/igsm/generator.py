@@ -39,7 +39,7 @@ LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 MAX_SYMBOLS = len(LETTERS)
 ABS = 1 << 16  # abstract parameter refs: ABS + (item << 3) + layer; instance refs are edge ids
 
-# Definition options: (kind, parameter predecessors r, op cost, weight). Kinds:
+# Definition options: (kind, parameter predecessors, op cost, weight). Kinds:
 #  c constant | s sum (r=1: copy) | d difference | m/t K more than / K times as much as a
 #  single parameter or a sum | M/T the same around a difference.
 OPTIONS = (
@@ -441,10 +441,10 @@ class Generator:
         problem.pair = [f"{names[p]}'s {names[c]}" for p, c in problem.edges]
 
     # ---- 2. the necessary graph, built for its op ------------------------------------------
-    # Words of the construction: a sink is an edge the query needs that nothing else may need
-    # after it (the instance query itself, or the support of an abstract query); a defined
-    # parameter is dangling until some later definition reads it (it must, to be an ancestor of
-    # the query), consumed afterwards (free to be read again).
+    # Words of the construction: a sink is an edge the query reads directly (the instance query
+    # itself, or an edge of an abstract query's support), so no later definition has to read it;
+    # any other defined parameter is dangling until a later definition reads it (it must, to be
+    # an ancestor of the query), consumed afterwards (and free to be read again).
     def _necessary(self, problem: Problem, rng: random.Random, op: int) -> bool:
         """Define parameters one after another until the budget `op` is spent and every sink is
         defined (problem.order, problem.defs, problem.query); False at a dead end."""
@@ -659,17 +659,16 @@ class Generator:
         rest = [k for k in range(len(problem.edges)) if k not in defs]
         _shuffle(rest, rng.random)
         for edge in rest:
-            pos = int(rand() * (len(order) + 1))
-            n = pos
+            pos = int(rand() * (len(order) + 1))  # stated after the first `pos` parameters, reading only them
             x = rand() * OPTION_TOTAL
-            for kind, r, c, w in OPTIONS:
-                x -= w
+            for kind, n_preds, _, weight in OPTIONS:
+                x -= weight
                 if x < 0:
                     break
-            if r > n:
-                kind, r, c = ("c", 0, 1) if n == 0 else ("s", min(n, 2), 1)
-            refs = _sample(order[:pos], rng.random, r) if r else []
-            if r and rand() < P_ABSTRACT_DISTRACTOR:
+            if n_preds > pos:
+                kind, n_preds = ("c", 0) if pos == 0 else ("s", min(pos, 2))
+            refs = _sample(order[:pos], rng.random, n_preds) if n_preds else []
+            if n_preds and rand() < P_ABSTRACT_DISTRACTOR:
                 mask = 0
                 for k in order[:pos]:
                     mask |= 1 << k
@@ -678,7 +677,7 @@ class Generator:
                     refs[-1] = cands[int(rand() * len(cands))]
                     problem.abs_value(refs[-1])
             const = _constant(kind, rand)
-            defs[edge] = (kind, const, refs, _cost(kind, r))
+            defs[edge] = (kind, const, refs, _cost(kind, n_preds))
             vals[edge] = _evaluate(kind, const, [vals[p] for p in refs])
             order.insert(pos, edge)
 
@@ -978,8 +977,8 @@ def _constant(kind: str, rand) -> int:
     return 0
 
 
-def _cost(kind: str, r: int) -> int:
-    preds = r + (1 if kind in "cmtMT" else 0)
+def _cost(kind: str, n_preds: int) -> int:
+    preds = n_preds + (1 if kind in "cmtMT" else 0)  # a constant counts as a predecessor
     return max(1, preds - 1)
 
 
