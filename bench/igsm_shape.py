@@ -33,7 +33,7 @@ def measure(gen: Generator, problems: list) -> dict:
     sentences = reading = 0
     widths = collections.Counter()
     for P in problems:
-        need = gen.necessary(P, P.query)
+        need = P.necessary(P.query)
         abstract_step += any(r >= ABS for r in need)
         abstract_question += P.query >= ABS
         zero += P.answer == 0

@@ -1,13 +1,13 @@
-"""The first losses of vld.train.golden's tiny CPU run equal the recorded ones: a refactor that
+"""The first losses of tests/golden_loss.py's tiny CPU run equal the recorded ones: a refactor that
 changes numerics (model, loss, optimiser, schedule, data order) is caught here. Re-record a
-deliberate change with `python -m vld.train.golden --write`."""
+deliberate change with `python tests/golden_loss.py --write`."""
 
 from __future__ import annotations
 
 import json
 import math
 
-from vld.train.golden import GOLDEN_FILE, compare, golden_losses
+from golden_loss import GOLDEN_FILE, compare, golden_losses
 
 
 def test_loss_curve_equals_the_golden_file(tmp_path):
@@ -15,7 +15,7 @@ def test_loss_curve_equals_the_golden_file(tmp_path):
     assert len(golden["losses"]) == 10 and golden["losses"][-1] < golden["losses"][0] < math.log(64) + 0.1
     losses = golden_losses(tmp_path)
     diffs = compare(losses, golden)
-    assert not diffs, "numerics changed (re-record with `python -m vld.train.golden --write` if deliberate): " + "; ".join(diffs)
+    assert not diffs, "numerics changed (re-record with `python tests/golden_loss.py --write` if deliberate): " + "; ".join(diffs)
 
 
 def test_compare_reports_a_changed_loss():

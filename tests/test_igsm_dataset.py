@@ -1,6 +1,8 @@
-"""iGSM data sets: tokenizer, on-disk layout, worker-independent bytes, fixed-op test sets, CLI errors."""
+"""iGSM data sets: tokenizer, on-disk layout, worker-independent bytes, fixed-op test sets, CLI errors,
+the bytes of a few sets as recorded."""
 
 import dataclasses
+import hashlib
 import json
 import random
 import subprocess
@@ -154,3 +156,27 @@ def test_cli(tmp_path):
         assert res.returncode == 2 and text in res.stderr and res.stderr.count("\n") == 1, res.stderr
         assert res.stderr.startswith("vld: error: ")
     assert not (tmp_path / "never").exists()
+
+
+# sha256 over tokens.npy, index.npy and problems.jsonl, recorded before the generator's
+# refactor (issue 22): a change of the construction, the text or the tokens is caught here
+RECORDED_SETS = {
+    "med_train": ((PRESETS["med"], "train", 300, 0, None),
+                  "4bc09364cbd1f016eec86db34c4a89915376b2a0e75ce674e9400e7b125efab2"),
+    "med_test20": ((PRESETS["med"], "test", 100, 1, 20),
+                   "be979af4f75afe011504162cf5c6f643f48966fe7b2f6341cdc5261873a35f5c"),
+    "hard_reask_qp": ((dataclasses.replace(PRESETS["hard"], reask=True, format="qp"), "train", 200, 2, None),
+                      "31de0ebf470f07ca1c43dba537ad3438fbe5daff8d962c3f9ead0d785ce27807"),
+    "small_perm0": ((dataclasses.replace(SMALL, perm_level=0), "train", 300, 3, None),
+                    "bda3f9d1420d9ba2e18a3e2c1ec84e6cdbb9f161f0d722c1a28a6cfa04d4d48e"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED_SETS))
+def test_generated_sets_are_byte_identical_to_the_recorded_ones(tmp_path, name):
+    (cfg, split, n, seed, op), recorded = RECORDED_SETS[name]
+    out = generate_dataset(cfg, split, n, seed, tmp_path / name, workers=1, op=op, progress=False)
+    digest = hashlib.sha256()
+    for file in ("tokens.npy", "index.npy", "problems.jsonl"):
+        digest.update((out / file).read_bytes())
+    assert digest.hexdigest() == recorded

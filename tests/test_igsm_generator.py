@@ -16,8 +16,10 @@ from vld.data.igsm.generator import (
     TEST_OPS,
     Generator,
     IgsmConfig,
+    Problem,
     light_law,
     light_op,
+    shape_of,
     template_bin,
 )
 from vld.data.igsm.judge import judge
@@ -81,8 +83,8 @@ def test_every_problem_is_exact_and_judged_correct(preset, ops, fmt, reask):
                 assert P.op == op and P.query == P.base_query
             else:  # a new question of the same problem: its own op, the base problem's is `op`
                 assert P.query != P.base_query
-                assert gen.op_of(P, gen.necessary(P, P.base_query)) == op
-                assert P.op == gen.op_of(P, gen.necessary(P, P.query))
+                assert P.op_of(P.necessary(P.base_query)) == op
+                assert P.op == P.op_of(P.necessary(P.query))
             assert written_op(P.solution) == P.op
             assert len(set(re.findall(r" as ([A-Za-z]);", P.solution))) == P.solution.count("Define ")
             assert recompute(P, P.query) == P.answer
@@ -158,7 +160,8 @@ def test_template_bin_is_a_function_of_the_solution_shape():
         P = gen.make(rng, light_op(rng, 6), None)
         bins_of[text_shape(P.solution)].add(P.template_bin)
         assert P.template_bin == template_bin(P.shape)
-        assert gen._shape(P, P.query, gen.necessary(P, P.query)) == P.shape  # the fast pass that splits
+        # the shape `make` split on, before values, distractors and names, is the text's
+        assert shape_of(P.solution_steps(P.query, P.necessary(P.query))) == P.shape
     assert all(len(b) == 1 for b in bins_of.values())
     assert len({next(iter(b)) for b in bins_of.values()}) == N_BINS  # all bins are reached
 
@@ -249,19 +252,20 @@ def test_config_from_dict_is_the_preset_plus_fields():
             IgsmConfig.from_dict(values, "data.igsm.generator")
 
 
-def test_lexicon_is_read_once_per_process_and_the_shape_once_per_problem(monkeypatch):
+def test_lexicon_is_read_once_per_process_and_the_solution_steps_once_per_attempt(monkeypatch):
     a = dataclasses.replace(PRESETS["med"], lexicon_size=6)
     assert a.lexicon() is dataclasses.replace(PRESETS["hard"], lexicon_size=6).lexicon()
     assert PRESETS["med"].lexicon() is Lexicon.load()
     gen = Generator(PRESETS["med"])
     calls = collections.Counter()
-    shape = gen._shape
+    steps = Problem.solution_steps
 
     def counted(*args):
-        calls["shape"] += 1
-        return shape(*args)
+        calls["steps"] += 1
+        return steps(*args)
 
-    monkeypatch.setattr(gen, "_shape", counted)
+    monkeypatch.setattr(Problem, "solution_steps", counted)
     before = gen.bin_rejects
     P = gen.make(random.Random(3), 9, "train")
-    assert calls["shape"] == gen.bin_rejects - before + 1 and P.shape == shape(P, P.query, gen.necessary(P, P.query))
+    assert calls["steps"] == gen.bin_rejects - before + 1
+    assert P.shape == shape_of(steps(P, P.query, P.necessary(P.query)))

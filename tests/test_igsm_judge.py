@@ -168,14 +168,14 @@ def test_unnecessary_but_correct_steps_are_allowed():
         if P.query >= ABS:
             continue
         pos = {ref: i for i, ref in enumerate(P.order)}
-        need_q = gen.necessary(P, P.query)
+        need_q = P.necessary(P.query)
         for other in range(len(P.edges)):
-            need_o = gen.necessary(P, other)
+            need_o = P.necessary(other)
             if other in need_q or max(pos[r] for r in need_o if r in pos) > pos[P.query]:
                 continue
             # the steps of a parameter the question does not need, then the real solution
             need = need_o | need_q
-            gen._solution(P, random.Random(0), P.query, need, gen.op_of(P, need))
+            gen._solution(P, random.Random(0), P.query, need, P.op_of(need))
             assert P.solution.count("Define ") == len(need) > len(need_q)
             assert judge(P.text, P.solution, str(P.answer), gen.lexicon) == Verdict(True, True, None)
             found += 1

@@ -17,9 +17,10 @@ from torch import nn
 from vld.errors import UserError
 from vld.train.config import OptimConfig, TrainConfig
 from vld.train.datamodules import BiographyDataModule, StepSampler, TokenWindowDataModule, epoch_permutation
-from vld.train.golden import tiny_model, tiny_train_config, write_tiny_token_set
 from vld.train.module import LMModule, lr_factor, next_token_loss, parameter_groups
 from vld.train.run import run_training
+
+from golden_loss import tiny_model, tiny_train_config, write_tiny_token_set
 
 
 @pytest.fixture(autouse=True)

@@ -86,8 +86,9 @@ def train_in_process(data: Path, out: Path, **overrides) -> tuple[dict, dict]:
     """The script's run, in this process with one thread like the subprocesses (OMP_NUM_THREADS=1),
     so that the numerics are the same: (metrics, state_dict)."""
     from vld.train.datamodules import TokenWindowDataModule
-    from vld.train.golden import tiny_model, tiny_train_config
     from vld.train.run import run_training
+
+    from golden_loss import tiny_model, tiny_train_config
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -108,7 +109,7 @@ def metrics_of(output: str) -> dict:
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tmp_path):
-    from vld.train.golden import write_tiny_token_set
+    from golden_loss import write_tiny_token_set
 
     data = write_tiny_token_set(tmp_path / "data")
     ddp_train = {"devices": 2, "strategy": "ddp", "micro_batch_size": 4}  # global batch 8: no accumulation

@@ -14,7 +14,7 @@ from test_train_ddp import SCRIPT, launch, launch_nodes, metrics_of, processes_i
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tmp_path):
-    from vld.train.golden import write_tiny_token_set
+    from golden_loss import write_tiny_token_set
 
     data = write_tiny_token_set(tmp_path / "data")
     train = json.dumps({"checkpoint_every": 4})
@@ -45,7 +45,7 @@ def test_nodes_that_would_resume_from_different_steps_stop_together(tmp_path):
     """Node 1 runs in another directory (as without a shared filesystem) and finds no checkpoint.
     Unchecked, node 0 resumed at step 4 and exited 0 after averaging gradients with a node 1
     that had started over."""
-    from vld.train.golden import write_tiny_token_set
+    from golden_loss import write_tiny_token_set
 
     data = write_tiny_token_set(tmp_path / "data")
     killed, _ = launch(["--data", str(data), "--out", str(tmp_path / "node0"), "--train", json.dumps({"checkpoint_every": 4})],

@@ -1,4 +1,4 @@
-"""Subprocess launcher for the DDP and resume tests: trains the tiny model of vld.train.golden.
+"""Subprocess launcher for the DDP and resume tests: trains the tiny model of tests/golden_loss.py.
 
     python tests/scripts/train_script.py --data DIR --out DIR [--train JSON] [--save-model PATH] [--seeds S ...]
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 
@@ -31,10 +32,12 @@ def main() -> None:
 
     from vld.pipeline.tracking import is_global_zero
     from vld.train.datamodules import TokenWindowDataModule
-    from vld.train.golden import tiny_model, tiny_train_config
     from vld.train.run import run_training
 
     from exit_after_step import ExitAfterStep  # beside this script
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from golden_loss import tiny_model, tiny_train_config  # in tests/
 
     cfg = tiny_train_config(**json.loads(args.train))
     callbacks = []

@@ -90,6 +90,28 @@ def _generate_chunk(task):
     )
 
 
+def _run_chunks(tasks: list[tuple[int, int]], workers: int, desc: str, progress: bool) -> list:
+    """_generate_chunk of every (chunk, count) task, in order, in `workers` forked processes."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=sum(count for _, count in tasks), desc=desc, unit="problem",
+               disable=None if progress else True, leave=False)
+    results = []
+    try:
+        if workers == 1:
+            for task in tasks:
+                results.append(_generate_chunk(task))
+                bar.update(task[1])
+        else:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                for task, res in zip(tasks, pool.imap(_generate_chunk, tasks)):
+                    results.append(res)
+                    bar.update(task[1])
+    finally:
+        bar.close()
+    return results
+
+
 def _stats(lengths: np.ndarray) -> dict:
     return {
         "mean": round(float(lengths.mean()), 2),
@@ -123,22 +145,9 @@ def generate_dataset(
     tasks = [(c, min(CHUNK, n - c * CHUNK)) for c in range((n + CHUNK - 1) // CHUNK)]
     workers = max(1, min(workers, len(tasks)))
     _STATE.update(generator=generator, tokenizer=tokenizer, op=op, split=split, seed=seed)
-    from tqdm import tqdm
-
-    bar = tqdm(total=n, desc=f"igsm {split}", unit="problem", disable=None if progress else True, leave=False)
-    results = []
     try:
-        if workers == 1:
-            for task in tasks:
-                results.append(_generate_chunk(task))
-                bar.update(task[1])
-        else:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                for task, res in zip(tasks, pool.imap(_generate_chunk, tasks)):
-                    results.append(res)
-                    bar.update(task[1])
+        results = _run_chunks(tasks, workers, f"igsm {split}", progress)
     finally:
-        bar.close()
         _STATE.clear()
     tokens = np.frombuffer(b"".join(r[0] for r in results), dtype=np.uint16)
     lengths = np.concatenate([r[1] for r in results])

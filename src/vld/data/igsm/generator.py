@@ -39,7 +39,7 @@ LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 MAX_SYMBOLS = len(LETTERS)
 ABS = 1 << 16  # abstract parameter refs: ABS + (item << 3) + layer; instance refs are edge ids
 
-# Definition options: (kind, parameter predecessors r, op cost, weight). Kinds:
+# Definition options: (kind, parameter predecessors, op cost, weight). Kinds:
 #  c constant | s sum (r=1: copy) | d difference | m/t K more than / K times as much as a
 #  single parameter or a sum | M/T the same around a difference.
 OPTIONS = (
@@ -193,6 +193,164 @@ class Problem:
         self.defs = {}
         self.vals = {}
 
+    # An abstract parameter "each A's Category" (ref ABS + (A << 3) + layer) sums, over A's
+    # children C, "each A's C" (the category is the next layer) or "each A's C" times "each C's
+    # Category" (a deeper one).
+    def abstract(self, ref: int) -> tuple[int, int, list[int]]:
+        """(support edge mask, own op cost, sub-abstract refs) of an abstract parameter."""
+        info = self.abs_info.get(ref)
+        if info is None:
+            item, layer = (ref - ABS) >> 3, ref & 7
+            children = self.children[item]
+            next_layer = layer == self.item_layer[item] + 1
+            mask, subs = 0, []
+            for child, edge in children:
+                mask |= 1 << edge
+                if not next_layer:
+                    sub = ABS + (child << 3) + layer
+                    subs.append(sub)
+                    mask |= self.abstract(sub)[0]
+            n = len(children)
+            cost = max(1, n - 1) if next_layer else max(1, 2 * n - 1)
+            info = self.abs_info[ref] = (mask, cost, subs)
+        return info
+
+    def closure(self, ref: int, used, out: list) -> None:
+        """Append to `out` the abstract refs `ref` needs (subs first) not in `used` or `out`."""
+        if ref in used or ref in out:
+            return
+        for sub in self.abstract(ref)[2]:
+            self.closure(sub, used, out)
+        out.append(ref)
+
+    def closure_cost(self, closure: list[int]) -> int:
+        return sum(self.abstract(ref)[1] for ref in closure)
+
+    def abs_value(self, ref: int) -> int:
+        value = self.vals.get(ref)
+        if value is None:
+            item, layer = (ref - ABS) >> 3, ref & 7
+            vals = self.vals
+            total = 0
+            if layer == self.item_layer[item] + 1:
+                for child, edge in self.children[item]:
+                    total += vals[edge]
+            else:
+                for child, edge in self.children[item]:
+                    total += vals[edge] * self.abs_value(ABS + (child << 3) + layer)
+            value = vals[ref] = total % MOD
+        return value
+
+    def all_abstracts(self) -> list[int]:
+        if self.all_abs is None:
+            self.all_abs = [ABS + (item << 3) + layer
+                            for item, i in enumerate(self.item_layer) for layer in range(i + 1, self.d)]
+        return self.all_abs
+
+    def necessary(self, query: int) -> set[int]:
+        """Every parameter the answer to `query` depends on (itself included)."""
+        need: set[int] = set()
+        stack = [query]
+        defs = self.defs
+        while stack:
+            ref = stack.pop()
+            if ref in need:
+                continue
+            need.add(ref)
+            if ref >= ABS:
+                mask, _, subs = self.abstract(ref)
+                stack.extend(subs)
+                edge = 0
+                while mask:
+                    if mask & 1:
+                        stack.append(edge)
+                    mask >>= 1
+                    edge += 1
+            else:
+                stack.extend(defs[ref][2])
+        return need
+
+    def op_of(self, need: set[int]) -> int:
+        return sum(self.abstract(ref)[1] if ref >= ABS else self.defs[ref][3] for ref in need)
+
+    def solution_steps(self, query: int, need: set[int]) -> list[tuple[int, int, list[tuple]]]:
+        """The detailed solution of `query` defining the parameters of `need`, as symbols (numbered
+        in order of definition): steps (the ref a step defines, its symbol, its assignments), an
+        abstract parameter's step before the first step reading it. An assignment is one of
+        ("k", x, c): x = c | ("=", x, s): x = s | (o, x, s, t): x = s o t, o in "+-*" |
+        ("k" + o, x, c, s): x = c o s, o in "+*". A sum, difference or product of several terms
+        is written left to right through temporary symbols. Both the text and the shape (which
+        `make` needs before values and names are drawn) are rendered from these steps."""
+        defs, children = self.defs, self.children
+        symbol_of: dict[int, int] = {}
+        steps: list[tuple[int, int, list[tuple]]] = []
+        count = 0
+
+        def new_symbol() -> int:
+            nonlocal count
+            count += 1
+            return count - 1
+
+        def chain(terms: list[int], o: str, target: int | None, out: list) -> int:
+            """Binarise `terms` left to right; the last result goes to `target` (None: a temporary)."""
+            left = terms[0]
+            last = len(terms) - 1
+            for i in range(1, len(terms)):
+                result = target if (i == last and target is not None) else new_symbol()
+                out.append((o, result, left, terms[i]))
+                left = result
+            return left
+
+        def define_abstract(ref: int) -> None:
+            if ref in symbol_of:
+                return
+            subs = self.abstract(ref)[2]
+            for sub in subs:
+                define_abstract(sub)
+            x = symbol_of[ref] = new_symbol()
+            item_children = children[(ref - ABS) >> 3]
+            out: list[tuple] = []
+            if not item_children:
+                out.append(("k", x, 0))
+            elif not subs:  # the category is the next layer: a sum over the children's edges
+                if len(item_children) == 1:
+                    out.append(("=", x, symbol_of[item_children[0][1]]))
+                else:
+                    chain([symbol_of[edge] for _, edge in item_children], "+", x, out)
+            else:  # deeper: a sum of each edge times the child's own abstract parameter
+                layer = ref & 7
+                single = x if len(item_children) == 1 else None
+                products = [chain([symbol_of[edge], symbol_of[ABS + (child << 3) + layer]], "*", single, out)
+                            for child, edge in item_children]
+                if len(item_children) > 1:
+                    chain(products, "+", x, out)
+            steps.append((ref, x, out))
+
+        for ref in self.order:
+            if ref not in need:
+                continue
+            kind, const, refs, _ = defs[ref]
+            for p in refs:
+                if p >= ABS:
+                    define_abstract(p)
+            x = symbol_of[ref] = new_symbol()
+            out: list[tuple] = []
+            if kind == "c":
+                out.append(("k", x, const))
+            else:
+                terms = [symbol_of[p] for p in refs]
+                if kind == "s" and len(terms) == 1:
+                    out.append(("=", x, terms[0]))
+                elif kind == "s" or kind == "d":
+                    chain(terms, "+" if kind == "s" else "-", x, out)
+                else:  # K more than / K times as much as one term, a sum or a difference
+                    inner = terms[0] if len(terms) == 1 else chain(terms, "-" if kind in "MT" else "+", None, out)
+                    out.append(("k" + ("+" if kind in "mM" else "*"), x, const, inner))
+            steps.append((ref, x, out))
+        if query >= ABS:
+            define_abstract(query)
+        return steps
+
 
 class Generator:
     """Builds problems for a config; `make(rng, op, split)` returns a Problem."""
@@ -245,11 +403,11 @@ class Generator:
         e = base + min(int(rand() * span), int(rand() * span))
         e = lo if e < lo else (hi if e > hi else e)
         top = int(rand() * (len(levels) - d + 1))
-        P = Problem()
-        P.d = d
-        P.hierarchy = h
-        P.top = top
-        P.widths = widths
+        problem = Problem()
+        problem.d = d
+        problem.hierarchy = h
+        problem.top = top
+        problem.widths = widths
         item_layer, layers = [], []
         for i in range(d):
             layers.append(list(range(len(item_layer), len(item_layer) + widths[i])))
@@ -266,200 +424,161 @@ class Generator:
         children = [[] for _ in item_layer]
         for k, (p, c) in enumerate(edges):
             children[p].append((c, k))
-        P.item_layer, P.edges, P.children = item_layer, edges, children
-        return P
+        problem.item_layer, problem.edges, problem.children = item_layer, edges, children
+        return problem
 
-    def _name(self, P: Problem, rng: random.Random) -> None:
+    def _name(self, problem: Problem, rng: random.Random) -> None:
         """Draw the layers' sub-categories and item names (only for problems that are kept)."""
         rand = rng.random
-        levels = self.tables[P.hierarchy]
+        levels = self.tables[problem.hierarchy]
         names, cats = [], []
-        for i, w in enumerate(P.widths):
-            options = levels[P.top + i]
+        for i, w in enumerate(problem.widths):
+            options = levels[problem.top + i]
             cat, pool = options[int(rand() * len(options))]
             cats.append(cat)
             names.extend(_sample(pool, rand, w))
-        P.names, P.cats = names, cats
-        P.pair = [f"{names[p]}'s {names[c]}" for p, c in P.edges]
+        problem.names, problem.cats = names, cats
+        problem.pair = [f"{names[p]}'s {names[c]}" for p, c in problem.edges]
 
-    # ---- abstract parameters -----------------------------------------------------------
-    @staticmethod
-    def abstract(P: Problem, ref: int):
-        """(support edge mask, own op cost, sub-abstract refs) of an abstract parameter."""
-        info = P.abs_info.get(ref)
-        if info is None:
-            a, j = (ref - ABS) >> 3, ref & 7
-            ch = P.children[a]
-            nxt = j == P.item_layer[a] + 1
-            mask, subs = 0, []
-            for c, k in ch:
-                mask |= 1 << k
-                if not nxt:
-                    s = ABS + (c << 3) + j
-                    subs.append(s)
-                    mask |= Generator.abstract(P, s)[0]
-            n = len(ch)
-            cost = max(1, n - 1) if nxt else max(1, 2 * n - 1)
-            info = P.abs_info[ref] = (mask, cost, subs)
-        return info
-
-    @staticmethod
-    def closure(P: Problem, ref: int, used, out: list) -> None:
-        """Append to `out` the abstract refs `ref` needs (subs first) not in `used` or `out`."""
-        if ref in used or ref in out:
-            return
-        for s in Generator.abstract(P, ref)[2]:
-            Generator.closure(P, s, used, out)
-        out.append(ref)
-
-    @staticmethod
-    def abs_value(P: Problem, ref: int) -> int:
-        v = P.vals.get(ref)
-        if v is None:
-            a, j = (ref - ABS) >> 3, ref & 7
-            vals = P.vals
-            total = 0
-            if j == P.item_layer[a] + 1:
-                for c, k in P.children[a]:
-                    total += vals[k]
-            else:
-                for c, k in P.children[a]:
-                    total += vals[k] * Generator.abs_value(P, ABS + (c << 3) + j)
-            v = vals[ref] = total % MOD
-        return v
-
-    @staticmethod
-    def all_abstracts(P: Problem) -> list[int]:
-        if P.all_abs is None:
-            P.all_abs = [ABS + (a << 3) + j for a, i in enumerate(P.item_layer) for j in range(i + 1, P.d)]
-        return P.all_abs
-
-    # ---- 2. the necessary graph, built for op T -------------------------------------------
-    def _necessary(self, P: Problem, rng: random.Random, T: int) -> bool:
+    # ---- 2. the necessary graph, built for its op ------------------------------------------
+    # Words of the construction: a sink is an edge the query reads directly (the instance query
+    # itself, or an edge of an abstract query's support), so no later definition has to read it;
+    # any other defined parameter is dangling until a later definition reads it (it must, to be
+    # an ancestor of the query), consumed afterwards (and free to be read again).
+    def _necessary(self, problem: Problem, rng: random.Random, op: int) -> bool:
+        """Define parameters one after another until the budget `op` is spent and every sink is
+        defined (problem.order, problem.defs, problem.query); False at a dead end."""
         rand = rng.random
-        E = len(P.edges)
-        defs = P.defs
-        abstracts = self.all_abstracts(P)
         # the op the necessary set spends on abstract parameters: the reference's max of two draws
-        n_abs = max(int(rand() * T), int(rand() * T)) + 1
-        used: set[int] = set()  # abstracts in the necessary graph (their cost is counted)
-        reserved: list[int] = []  # the abstract query's closure
-        q = None
-        spent = 0
-        if abstracts and rand() < P_ABSTRACT_QUERY + P_ABSTRACT_QUERY_GROWTH * min(1.0, (T - 1) / (self.cfg.max_edge - 1)):
-            cands = list(abstracts)
-            _shuffle(cands, rand)
-            for cand in cands:
-                closure: list[int] = []
-                Generator.closure(P, cand, used, closure)
-                xq = sum(self.abstract(P, r)[1] for r in closure)
-                mask = self.abstract(P, cand)[0]
-                R = [k for k in range(E) if mask >> k & 1]
-                if xq <= n_abs and xq + len(R) <= T and T - xq <= 3 * E and (R or T == xq):
-                    q, reserved, spent = cand, closure, xq
-                    break
-        if q is None:
-            R = [int(rand() * E)]
-            B = T
-            last_only = True
-            q = R[0]
-        else:
-            B = T - spent
-            last_only = False
-        pending = set(R)
-        free = [k for k in range(E) if k not in pending]
+        abstract_op = max(int(rand() * op), int(rand() * op)) + 1
+        query, reserved, spent, sinks = self._query(problem, rand, op, abstract_op)
+        instance_query = query < ABS  # then the definition closing the budget is the query
+        budget = op - spent
+        undefined_sinks = set(sinks)
+        free = [k for k in range(len(problem.edges)) if k not in undefined_sinks]
         _shuffle(free, rand)
-        used.update(reserved)
-        plan = self._plan(P, rand, free, used, n_abs - spent, B, (1 << q) if last_only else 0) if spent < n_abs else []
-        Rl = list(R)
-        _shuffle(Rl, rand)
-        nd: list[int] = []  # defined refs already consumed (or sinks): free to reuse as predecessors
-        dang: list[int] = []  # defined non-sink refs nothing consumes yet
+        used = set(reserved)  # abstracts in the necessary graph (their cost is counted)
+        plan = []
+        if spent < abstract_op:
+            avoid = (1 << query) if instance_query else 0
+            plan = self._plan(problem, rand, free, used, abstract_op - spent, budget, avoid)
+        sinks = list(sinks)
+        _shuffle(sinks, rand)  # the order sinks are defined in (popped from the end)
+        consumed: list[int] = []
+        dangling: list[int] = []
         order: list[int] = []
-        defined = 0
-        while B > 0 or pending:
-            u, F, D = len(pending), len(free), len(dang)
-            n = D + len(nd)
-            if last_only:
-                choices = (None,)  # decided per option: the node closing the budget is the query
-            elif u == 0:
-                choices = (False,)
-            elif F == 0:
-                choices = (True,)
-            else:
-                first = rand() * (u + F) < u
-                choices = (first, not first)
-            picked = None
-            cache = self._feasible_cache
-            for flag in choices:
-                state = (flag, B, D, n if n < 4 else 4, u, F)
-                feas = cache.get(state)
-                if feas is None:
-                    feas = cache[state] = _feasible(*state)
-                if feas[0]:
-                    x = rand() * feas[1]
-                    for picked in feas[0]:
-                        x -= picked[1][3]
-                        if x < 0:
-                            break
-                    break
+        defined = 0  # mask of the edges defined so far
+        while budget > 0 or undefined_sinks:
+            picked = self._draw_option(rand, instance_query, budget, len(dangling), len(dangling) + len(consumed),
+                                       len(undefined_sinks), len(free))
             if picked is None:
                 return False
-            is_r, (kind, r, c, _) = picked
-            b2 = B - c
-            u2 = u - 1 if is_r else u
+            is_sink, (kind, n_preds, cost, _) = picked
+            budget_after = budget - cost
+            sinks_after = len(undefined_sinks) - 1 if is_sink else len(undefined_sinks)
             use = None
-            if r and b2 > 0 and rand() < (P_ABSTRACT_WANTED if spent < n_abs else P_ABSTRACT_EXTRA):
-                use = self._abstract_use(P, rand, plan, used, defined, dang, nd, r, b2, u2, is_r, n_abs - spent)
+            if n_preds and budget_after > 0 and rand() < (P_ABSTRACT_WANTED if spent < abstract_op else P_ABSTRACT_EXTRA):
+                use = self._abstract_use(problem, rand, plan, used, defined, dangling, consumed, n_preds, budget_after,
+                                         sinks_after, is_sink, abstract_op - spent)
             if use is not None:
-                ref, closure, extra, k = use
-                absorbed = self.abstract(P, ref)[0]
-                nd.extend(x for x in dang if absorbed >> x & 1)
-                dang[:] = [x for x in dang if not absorbed >> x & 1]
+                ref, closure, extra, from_dangling = use
+                absorbed = problem.abstract(ref)[0]  # dangling edges the abstract parameter reads
+                consumed.extend(x for x in dangling if absorbed >> x & 1)
+                dangling[:] = [x for x in dangling if not absorbed >> x & 1]
                 used.update(closure)
                 spent += extra
-                b2 -= extra
-                refs = [ref] + (_sample(nd, rand, r - 1 - k) if r - 1 > k else [])
+                budget_after -= extra
+                others = n_preds - 1 - from_dangling
+                refs = [ref] + (_sample(consumed, rand, others) if others > 0 else [])
             else:
-                # consume dangling refs: enough to stay feasible, usually as many as possible
-                k_min = max(0, D + (0 if is_r else 1) - b2 - u2, r - (n - D))
-                k_max = r if r < D else D
-                if b2 == 0:
-                    k_min = D
-                k = k_max if rand() < 0.6 else k_min + int(rand() * (k_max - k_min + 1))
-                refs = _sample(nd, rand, r - k) if r > k else []
-            for _ in range(k):  # swap-remove k random dangling refs
-                j = int(rand() * len(dang))
-                x = dang[j]
-                dang[j] = dang[-1]
-                dang.pop()
-                refs.append(x)
-                nd.append(x)
+                from_dangling = self._dangling_to_read(rand, len(dangling), len(consumed), n_preds, is_sink,
+                                                       budget_after, sinks_after)
+                others = n_preds - from_dangling
+                refs = _sample(consumed, rand, others) if others > 0 else []
+            _consume(rand, dangling, consumed, from_dangling, refs)
             if len(refs) > 1:
                 _shuffle(refs, rand)
-            edge = Rl.pop() if is_r else free.pop()
-            if is_r:
-                pending.discard(edge)
-            const = 0
-            if kind in "cmM":
-                const = int(rand() * MOD)  # constants and "K more than": K in 0..22
-            elif kind in "tT":
-                const = 1 + int(rand() * (MOD - 1))
-            defs[edge] = (kind, const, refs, c)
+            edge = sinks.pop() if is_sink else free.pop()
+            if is_sink:
+                undefined_sinks.discard(edge)
+            problem.defs[edge] = (kind, _constant(kind, rand), refs, cost)
             order.append(edge)
             defined |= 1 << edge
-            (nd if is_r else dang).append(edge)
-            B = b2
-        P.order = order
-        P.query = q if not last_only else order[-1]
+            (consumed if is_sink else dangling).append(edge)
+            budget = budget_after
+        problem.order = order
+        problem.query = order[-1] if instance_query else query
         return True
 
-    def _plan(self, P: Problem, rand, free: list, taken: set, room: int, budget: int, avoid: int) -> list:
+    def _query(self, problem: Problem, rand, op: int, abstract_op: int) -> tuple[int, list[int], int, list[int]]:
+        """The parameter the question asks for: an abstract one (more often as op grows) when
+        one fits, else an instance edge (the one the last definition will take). Returns
+        (query, the abstract refs it reserves, the op they cost, the sinks)."""
+        n_edges = len(problem.edges)
+        abstracts = problem.all_abstracts()
+        growth = P_ABSTRACT_QUERY_GROWTH * min(1.0, (op - 1) / (self.cfg.max_edge - 1))
+        if abstracts and rand() < P_ABSTRACT_QUERY + growth:
+            candidates = list(abstracts)
+            _shuffle(candidates, rand)
+            for candidate in candidates:
+                closure: list[int] = []
+                problem.closure(candidate, (), closure)
+                cost = problem.closure_cost(closure)
+                mask = problem.abstract(candidate)[0]
+                support = [k for k in range(n_edges) if mask >> k & 1]
+                if (cost <= abstract_op and cost + len(support) <= op and op - cost <= 3 * n_edges
+                        and (support or op == cost)):
+                    return candidate, closure, cost, support
+        edge = int(rand() * n_edges)
+        return edge, [], 0, [edge]
+
+    def _draw_option(self, rand, instance_query: bool, budget: int, n_dangling: int, n_usable: int,
+                     n_sinks: int, n_free: int):
+        """(is_sink, option) for the next definition, drawn by weight among the options that keep
+        the construction completable; None at a dead end. Whether it defines a sink is drawn
+        first (by the share of sinks among the undefined edges), the other way if that fails."""
+        if instance_query:
+            choices = (None,)  # decided per option: the node closing the budget is the query
+        elif n_sinks == 0:
+            choices = (False,)
+        elif n_free == 0:
+            choices = (True,)
+        else:
+            first = rand() * (n_sinks + n_free) < n_sinks
+            choices = (first, not first)
+        cache = self._feasible_cache
+        for sink_flag in choices:
+            state = (sink_flag, budget, n_dangling, n_usable if n_usable < 4 else 4, n_sinks, n_free)
+            feasible = cache.get(state)
+            if feasible is None:
+                feasible = cache[state] = _feasible(*state)
+            options, total = feasible
+            if options:
+                x = rand() * total
+                for picked in options:
+                    x -= picked[1][3]
+                    if x < 0:
+                        break
+                return picked
+        return None
+
+    @staticmethod
+    def _dangling_to_read(rand, n_dangling: int, n_consumed: int, n_preds: int, is_sink: bool,
+                          budget_after: int, sinks_after: int) -> int:
+        """How many of a definition's predecessors are dangling refs: enough to stay
+        feasible, usually as many as possible."""
+        least = max(0, n_dangling + (0 if is_sink else 1) - budget_after - sinks_after, n_preds - n_consumed)
+        most = n_preds if n_preds < n_dangling else n_dangling
+        if budget_after == 0:
+            least = n_dangling
+        return most if rand() < 0.6 else least + int(rand() * (most - least + 1))
+
+    def _plan(self, problem: Problem, rand, free: list, taken: set, room: int, budget: int, avoid: int) -> list:
         """Abstract parameters to read, smallest layer gap first, while their op fits in `room`;
         their support edges go to the end of `free` (defined first). Returns them in that order."""
         by_gap: dict[int, list[int]] = {}
-        layer = P.item_layer
-        for a in self.all_abstracts(P):
+        layer = problem.item_layer
+        for a in problem.all_abstracts():
             if a not in taken:
                 by_gap.setdefault((a & 7) - layer[(a - ABS) >> 3], []).append(a)
         plan: list[int] = []
@@ -471,12 +590,12 @@ class Generator:
             for a in cands:
                 if room <= 0 or budget <= 1:
                     break
-                mask = self.abstract(P, a)[0]
+                mask = problem.abstract(a)[0]
                 if mask & avoid or a in seen:
                     continue
                 closure: list[int] = []
-                Generator.closure(P, a, seen, closure)
-                extra = sum(self.abstract(P, x)[1] for x in closure)
+                problem.closure(a, seen, closure)
+                extra = problem.closure_cost(closure)
                 edges = (mask & ~planned).bit_count()
                 if extra > room or edges + extra + 1 > budget:
                     continue
@@ -490,273 +609,108 @@ class Generator:
             free[:] = [k for k in free if not planned >> k & 1] + first[::-1]
         return plan
 
-    def _abstract_use(self, P, rand, plan, used, defined, dang, nd, r, b2, u2, is_r, room):
-        """An available abstract parameter for one slot of a definition with r predecessors, and
-        how many dangling refs the other slots take, keeping the construction completable:
-        (ref, its new closure, the op it adds, k), or None."""
-        cands = [a for a in plan if a not in used and not (self.abstract(P, a)[0] & ~defined)]
-        if not cands:
-            cands = [a for a in self.all_abstracts(P) if not (self.abstract(P, a)[0] & ~defined)]
-            if not cands:
+    def _abstract_use(self, problem, rand, plan, used, defined, dangling, consumed, n_preds, budget, n_sinks,
+                      is_sink, room):
+        """An available abstract parameter for one slot of a definition with n_preds predecessors,
+        and how many dangling refs the other slots take, keeping the construction completable:
+        (ref, its new closure, the op it adds, the dangling count), or None. `budget` and
+        `n_sinks` are what is left after this definition."""
+        candidates = [a for a in plan if a not in used and not (problem.abstract(a)[0] & ~defined)]
+        if not candidates:
+            candidates = [a for a in problem.all_abstracts() if not (problem.abstract(a)[0] & ~defined)]
+            if not candidates:
                 return None
-            _shuffle(cands, rand)
-        for a in cands:
+            _shuffle(candidates, rand)
+        for a in candidates:
             closure: list[int] = []
-            Generator.closure(P, a, used, closure)
-            extra = sum(self.abstract(P, x)[1] for x in closure)
-            if extra > b2 or (closure and a not in plan and extra > room > 0):
+            problem.closure(a, used, closure)
+            extra = problem.closure_cost(closure)
+            if extra > budget or (closure and a not in plan and extra > room > 0):
                 continue
-            mask = self.abstract(P, a)[0]
-            absorbed = sum(1 for x in dang if mask >> x & 1)
-            D2, free_nd = len(dang) - absorbed, len(nd) + absorbed
-            b3 = b2 - extra
-            ks = []
-            for k in range(min(r - 1, D2) + 1):
-                d3 = D2 - k + (0 if is_r else 1)
-                if r - 1 - k > free_nd or b3 < u2 or d3 > b3 + u2 or ((b3 == 0 or u2 == 0) and (b3 or d3 or u2)):
+            mask = problem.abstract(a)[0]
+            absorbed = sum(1 for x in dangling if mask >> x & 1)
+            n_dangling, n_consumed = len(dangling) - absorbed, len(consumed) + absorbed
+            budget_after = budget - extra
+            counts = []
+            for k in range(min(n_preds - 1, n_dangling) + 1):
+                dangling_after = n_dangling - k + (0 if is_sink else 1)
+                if (n_preds - 1 - k > n_consumed or budget_after < n_sinks or dangling_after > budget_after + n_sinks
+                        or ((budget_after == 0 or n_sinks == 0) and (budget_after or dangling_after or n_sinks))):
                     continue
-                ks.append(k)
-            if ks:
-                k = ks[-1] if rand() < 0.6 else ks[int(rand() * len(ks))]
+                counts.append(k)
+            if counts:
+                k = counts[-1] if rand() < 0.6 else counts[int(rand() * len(counts))]
                 return a, closure, extra, k
         return None
 
-    def _values(self, P: Problem) -> None:
+    def _values(self, problem: Problem) -> None:
         """Values of the necessary graph, in order (deferred until the template bin is known)."""
-        vals, defs, abs_value = P.vals, P.defs, self.abs_value
-        for ref in P.order:
+        vals, defs, abs_value = problem.vals, problem.defs, problem.abs_value
+        for ref in problem.order:
             kind, const, refs, _ = defs[ref]
-            vals[ref] = _evaluate(kind, const, [vals[p] if p < ABS else abs_value(P, p) for p in refs])
-        if P.query >= ABS:
-            abs_value(P, P.query)
+            vals[ref] = _evaluate(kind, const, [vals[p] if p < ABS else abs_value(p) for p in refs])
+        if problem.query >= ABS:
+            abs_value(problem.query)
 
     # ---- 3. distractors ------------------------------------------------------------------
-    def _distractors(self, P: Problem, rng: random.Random) -> None:
+    def _distractors(self, problem: Problem, rng: random.Random) -> None:
         rand = rng.random
-        order, defs, vals = P.order, P.defs, P.vals
-        rest = [k for k in range(len(P.edges)) if k not in defs]
+        order, defs, vals = problem.order, problem.defs, problem.vals
+        rest = [k for k in range(len(problem.edges)) if k not in defs]
         _shuffle(rest, rng.random)
         for edge in rest:
-            pos = int(rand() * (len(order) + 1))
-            n = pos
+            pos = int(rand() * (len(order) + 1))  # stated after the first `pos` parameters, reading only them
             x = rand() * OPTION_TOTAL
-            for kind, r, c, w in OPTIONS:
-                x -= w
+            for kind, n_preds, _, weight in OPTIONS:
+                x -= weight
                 if x < 0:
                     break
-            if r > n:
-                kind, r, c = ("c", 0, 1) if n == 0 else ("s", min(n, 2), 1)
-            refs = _sample(order[:pos], rng.random, r) if r else []
-            if r and rand() < P_ABSTRACT_DISTRACTOR:
+            if n_preds > pos:
+                kind, n_preds = ("c", 0) if pos == 0 else ("s", min(pos, 2))
+            refs = _sample(order[:pos], rng.random, n_preds) if n_preds else []
+            if n_preds and rand() < P_ABSTRACT_DISTRACTOR:
                 mask = 0
                 for k in order[:pos]:
                     mask |= 1 << k
-                cands = [a for a in self.all_abstracts(P) if not (self.abstract(P, a)[0] & ~mask) and a not in refs]
+                cands = [a for a in problem.all_abstracts() if not (problem.abstract(a)[0] & ~mask) and a not in refs]
                 if cands:
                     refs[-1] = cands[int(rand() * len(cands))]
-                    self.abs_value(P, refs[-1])
-            const = int(rand() * MOD) if kind in "cmM" else (1 + int(rand() * (MOD - 1)) if kind in "tT" else 0)
-            defs[edge] = (kind, const, refs, _cost(kind, r))
+                    problem.abs_value(refs[-1])
+            const = _constant(kind, rand)
+            defs[edge] = (kind, const, refs, _cost(kind, n_preds))
             vals[edge] = _evaluate(kind, const, [vals[p] for p in refs])
             order.insert(pos, edge)
 
-    # ---- the necessary set of a query and its op -------------------------------------------
-    def necessary(self, P: Problem, query: int) -> set[int]:
-        need: set[int] = set()
-        stack = [query]
-        defs = P.defs
-        while stack:
-            ref = stack.pop()
-            if ref in need:
-                continue
-            need.add(ref)
-            if ref >= ABS:
-                mask, _, subs = self.abstract(P, ref)
-                stack.extend(subs)
-                k = 0
-                while mask:
-                    if mask & 1:
-                        stack.append(k)
-                    mask >>= 1
-                    k += 1
-            else:
-                stack.extend(defs[ref][2])
-        return need
-
-    def op_of(self, P: Problem, need: set[int]) -> int:
-        return sum(self.abstract(P, r)[1] if r >= ABS else P.defs[r][3] for r in need)
-
     # ---- 4. text -------------------------------------------------------------------------
-    def _solution(self, P: Problem, rng: random.Random, query: int, need: set[int], op: int, shape: str | None = None) -> None:
-        """Render the detailed solution and the answer; `shape` is the solution's shape (`_shape`,
-        computed once by `make` for the template split)."""
+    def _solution(self, problem: Problem, rng: random.Random, query: int, need: set[int], op: int,
+                  steps: list | None = None) -> None:
+        """Render the detailed solution, its shape and the answer; `steps` are the solution's
+        steps (problem.solution_steps, computed once by `make` for the template split)."""
         letters = _sample(LETTERS, rng.random, op)
-        vals, defs, names, cats, pair = P.vals, P.defs, P.names, P.cats, P.pair
-        sym: dict[int, int] = {}
-        steps: list[str] = []
-        counter = [0]
-
-        def new():
-            i = counter[0]
-            counter[0] = i + 1
-            return i
-
-        def chain(terms, op_char, target, out_t):
-            """Binarise a sum/difference left to right; the last result goes to `target` (or a temp)."""
-            s0, v0 = terms[0]
-            last = len(terms) - 1
-            for i in range(1, len(terms)):
-                s1, v1 = terms[i]
-                res = (v0 + v1) % MOD if op_char == "+" else ((v0 - v1) % MOD if op_char == "-" else (v0 * v1) % MOD)
-                t = target if (i == last and target is not None) else new()
-                out_t.append(f"{letters[t]} = {letters[s0]} {op_char} {letters[s1]} = {v0} {op_char} {v1} = {res}")
-                s0, v0 = t, res
-            return s0, v0
-
-        def emit_abs(ref):
-            if ref in sym:
-                return
-            mask, _, subs = self.abstract(P, ref)
-            for s in subs:
-                emit_abs(s)
-            a, j = (ref - ABS) >> 3, ref & 7
-            x = sym[ref] = new()
-            ch = P.children[a]
-            at = []
-            if not ch:
-                at.append(f"{letters[x]} = 0")
-            elif not subs:
-                terms = [(sym[k], vals[k]) for _, k in ch]
-                if len(terms) == 1:
-                    at.append(f"{letters[x]} = {letters[terms[0][0]]} = {terms[0][1]}")
-                else:
-                    chain(terms, "+", x, at)
-            else:
-                prods = []
-                for c, k in ch:
-                    s = ABS + (c << 3) + j
-                    pair_terms = [(sym[k], vals[k]), (sym[s], vals[s])]
-                    prods.append(chain(pair_terms, "*", x if len(ch) == 1 else None, at))
-                if len(ch) > 1:
-                    chain(prods, "+", x, at)
-            at[-1] = "so " + at[-1]
-            steps.append(f"Define {names[a]}'s {cats[j]} as {letters[x]}; " + "; ".join(at))
-
-        for ref in P.order:
-            if ref not in need:
-                continue
-            kind, const, refs, _ = defs[ref]
-            for p in refs:
-                if p >= ABS:
-                    emit_abs(p)
-            x = sym[ref] = new()
-            at = []
-            L = letters
-            if kind == "c":
-                at.append(f"{L[x]} = {const}")
-            else:
-                terms = [(sym[p], vals[p]) for p in refs]
-                if kind == "s" and len(terms) == 1:
-                    at.append(f"{L[x]} = {L[terms[0][0]]} = {terms[0][1]}")
-                elif kind == "s" or kind == "d":
-                    chain(terms, "+" if kind == "s" else "-", x, at)
-                else:
-                    if len(terms) == 1:
-                        s, v = terms[0]
-                    else:
-                        s, v = chain(terms, "-" if kind in "MT" else "+", None, at)
-                    o = "+" if kind in "mM" else "*"
-                    res = (const + v) % MOD if o == "+" else (const * v) % MOD
-                    at.append(f"{L[x]} = {const} {o} {L[s]} = {const} {o} {v} = {res}")
-            at[-1] = "so " + at[-1]
-            steps.append(f"Define {pair[ref]} as {L[x]}; " + "; ".join(at))
+        if steps is None:
+            steps = problem.solution_steps(query, need)
+        names, cats, pair = problem.names, problem.cats, problem.pair
+        value: dict[int, int] = {}  # of each symbol, as the solution computes it
+        texts = []
+        for ref, symbol, assignments in steps:
+            parts = [_assignment_text(assignment, letters, value) for assignment in assignments]
+            parts[-1] = "so " + parts[-1]
+            what = f"{names[(ref - ABS) >> 3]}'s {cats[ref & 7]}" if ref >= ABS else pair[ref]
+            texts.append(f"Define {what} as {letters[symbol]}; " + "; ".join(parts))
+        problem.solution = ". ".join(texts) + "."
+        problem.shape = shape_of(steps)
+        problem.template_bin = template_bin(problem.shape)
+        problem.answer = problem.vals[query]
+        problem.op = op
         if query >= ABS:
-            emit_abs(query)
-        P.solution = ". ".join(steps) + "."
-        P.shape = shape if shape is not None else self._shape(P, query, need)
-        P.template_bin = template_bin(P.shape)
-        P.answer = vals[query]
-        P.op = op
-        if query >= ABS:
-            a, j = (query - ABS) >> 3, query & 7
-            P.question = f"How many {cats[j]} does {names[a]} have?"
+            problem.question = f"How many {cats[query & 7]} does {names[(query - ABS) >> 3]} have?"
         else:
-            p, c = P.edges[query]
-            P.question = f"How many {names[c]} does {names[p]} have?"
-        P.query = query
+            parent, child = problem.edges[query]
+            problem.question = f"How many {names[child]} does {names[parent]} have?"
+        problem.query = query
 
-    def _shape(self, P: Problem, query: int, need: set[int]) -> str:
-        """The solution's shape exactly as `_solution` writes it, without values, names or letters."""
-        defs = P.defs
-        sym: dict[int, int] = {}
-        shape: list[str] = []
-        counter = [0]
-
-        def chain(terms, op_char, target, out):
-            s0 = terms[0]
-            last = len(terms) - 1
-            for i in range(1, len(terms)):
-                if i == last and target is not None:
-                    t = target
-                else:
-                    t = counter[0]
-                    counter[0] = t + 1
-                out.append(f"{t}={s0}{op_char}{terms[i]}")
-                s0 = t
-            return s0
-
-        def emit_abs(ref):
-            if ref in sym:
-                return
-            subs = self.abstract(P, ref)[2]
-            for s in subs:
-                emit_abs(s)
-            x = sym[ref] = counter[0]
-            counter[0] = x + 1
-            ch = P.children[(ref - ABS) >> 3]
-            ash = []
-            if not ch:
-                ash.append(f"{x}=k")
-            elif not subs:
-                if len(ch) == 1:
-                    ash.append(f"{x}={sym[ch[0][1]]}")
-                else:
-                    chain([sym[k] for _, k in ch], "+", x, ash)
-            else:
-                j = ref & 7
-                prods = [chain([sym[k], sym[ABS + (c << 3) + j]], "*", x if len(ch) == 1 else None, ash) for c, k in ch]
-                if len(ch) > 1:
-                    chain(prods, "+", x, ash)
-            shape.append("D;" + ";".join(ash))
-
-        for ref in P.order:
-            if ref not in need:
-                continue
-            kind, const, refs, _ = defs[ref]
-            for p in refs:
-                if p >= ABS:
-                    emit_abs(p)
-            x = sym[ref] = counter[0]
-            counter[0] = x + 1
-            if kind == "c":
-                shape.append(f"D;{x}=k")
-                continue
-            terms = [sym[p] for p in refs]
-            ash = []
-            if kind == "s" and len(terms) == 1:
-                ash.append(f"{x}={terms[0]}")
-            elif kind == "s" or kind == "d":
-                chain(terms, "+" if kind == "s" else "-", x, ash)
-            else:
-                t = terms[0] if len(terms) == 1 else chain(terms, "-" if kind in "MT" else "+", None, ash)
-                ash.append(f"{x}=k{'+' if kind in 'mM' else '*'}{t}")
-            shape.append("D;" + ";".join(ash))
-        if query >= ABS:
-            emit_abs(query)
-        return "|".join(shape)
-
-    def _problem_text(self, P: Problem, rng: random.Random) -> None:
-        names, cats, defs, pair = P.names, P.cats, P.defs, P.pair
+    def _problem_text(self, problem: Problem, rng: random.Random) -> None:
+        names, cats, defs, pair = problem.names, problem.cats, problem.defs, problem.pair
 
         def ref_text(p):
             if p >= ABS:
@@ -765,19 +719,19 @@ class Generator:
 
         level = self.cfg.perm_level
         if level == 6:  # the order the problem was built in, no shuffle
-            start = stated = P.order
+            start = stated = problem.order
         elif level == 5:
-            start = P.order
+            start = problem.order
             stated = list(start)
             _shuffle(stated, rng.random)
         else:  # a random topological order, each sentence moved to key i + U{0..level}, ties at random
-            start = self._random_topological(P, rng.random)
+            start = self._random_topological(problem, rng.random)
             stated = start
             if level:
                 rand = rng.random
                 keyed = sorted((i + int(rand() * (level + 1)), rand(), ref) for i, ref in enumerate(start))
                 stated = [ref for _, _, ref in keyed]
-        P.start_order, P.stated_order = start, stated
+        problem.start_order, problem.stated_order = start, stated
         sentences = []
         for ref in stated:
             kind, const, refs, _ = defs[ref]
@@ -800,22 +754,22 @@ class Generator:
                 else:
                     rhs = inner
             sentences.append(f"The number of each {pair[ref]} equals {rhs}")
-        P.sentences = sentences
+        problem.sentences = sentences
         body = ". ".join(sentences) + "."
-        P.text = f"{body} {P.question}" if self.cfg.format == "pq" else f"{P.question} {body}"
+        problem.text = f"{body} {problem.question}" if self.cfg.format == "pq" else f"{problem.question} {body}"
 
-    def _random_topological(self, P: Problem, rand) -> list[int]:
+    def _random_topological(self, problem: Problem, rand) -> list[int]:
         """A uniformly drawn ready sentence at each step: a random topological order of the
         parameters (an abstract reference waits for every edge it sums over)."""
-        defs, abstract = P.defs, self.abstract
+        defs, abstract = problem.defs, problem.abstract
         need = {}
-        for ref in P.order:
+        for ref in problem.order:
             m = 0
             for p in defs[ref][2]:
-                m |= abstract(P, p)[0] if p >= ABS else 1 << p
+                m |= abstract(p)[0] if p >= ABS else 1 << p
             need[ref] = m
         done, out = 0, []
-        left = list(P.order)
+        left = list(problem.order)
         while left:
             ready = [i for i, ref in enumerate(left) if not need[ref] & ~done]
             i = ready[int(rand() * len(ready))]
@@ -834,47 +788,48 @@ class Generator:
         while True:
             if misses > MAX_BIN_MISSES:
                 fail("split", f"no solution template of op {op} falls in the {split} bins {lo_bin}..{hi_bin - 1} after {misses} tries")
-            P = self._structure(rng, e_need, op)
-            if not self._necessary(P, rng, op):
+            problem = self._structure(rng, e_need, op)
+            if not self._necessary(problem, rng, op):
                 self.restarts += 1
                 continue
             if cfg.reask:
-                self._values(P)
-                self._distractors(P, rng)
-                query = self._reask_query(P, rng)
+                self._values(problem)
+                self._distractors(problem, rng)
+                query = self._reask_query(problem, rng)
                 if query is None:
                     self.restarts += 1
                     continue
             else:
-                query = P.query
-            P.base_query = P.query  # the question the problem was built for (differs when reasking)
-            need = self.necessary(P, query)
-            shape = self._shape(P, query, need)
-            if lo_bin <= template_bin(shape) < hi_bin:
+                query = problem.query
+            problem.base_query = problem.query  # the question the problem was built for (differs when reasking)
+            need = problem.necessary(query)
+            steps = problem.solution_steps(query, need)
+            if lo_bin <= template_bin(shape_of(steps)) < hi_bin:
                 break
             self.bin_rejects += 1
             misses += 1
         if not cfg.reask:
-            self._values(P)
-            self._distractors(P, rng)
+            self._values(problem)
+            self._distractors(problem, rng)
         if query >= ABS:
-            self.abs_value(P, query)
-        self._name(P, rng)
-        self._solution(P, rng, query, need, self.op_of(P, need), shape)
-        self._problem_text(P, rng)
-        return P
+            problem.abs_value(query)
+        self._name(problem, rng)
+        self._solution(problem, rng, query, need, problem.op_of(need), steps)
+        self._problem_text(problem, rng)
+        return problem
 
-    def _reask_query(self, P: Problem, rng: random.Random):
+    def _reask_query(self, problem: Problem, rng: random.Random):
         """A new question among all parameters, abstract ones included. Most parameters of a
         problem need far fewer operations than its query (a third are constants), so the draw
         is among those needing at least half the base problem's op, keeping a reask set's op
         near its base set's; failing any, the one needing the most."""
-        base_op = self.op_of(P, self.necessary(P, P.query))
-        cands = [k for k in range(len(P.edges)) if k != P.query] + [a for a in self.all_abstracts(P) if a != P.query]
+        base_op = problem.op_of(problem.necessary(problem.query))
+        cands = ([k for k in range(len(problem.edges)) if k != problem.query]
+                 + [a for a in problem.all_abstracts() if a != problem.query])
         _shuffle(cands, rng.random)
         best, best_op = None, 0
         for k in cands:
-            op = self.op_of(P, self.necessary(P, k))
+            op = problem.op_of(problem.necessary(k))
             if op > MAX_SYMBOLS:
                 continue
             if 2 * op >= base_op:
@@ -894,34 +849,73 @@ def template_bin(shape: str) -> int:
     return (zlib.crc32(shape.encode()) - _BIN_SHIFT) % N_BINS
 
 
-def _feasible(flag, B, D, n, u, F):
+def shape_of(steps: list) -> str:
+    """A solution's shape: its steps (Problem.solution_steps) without values, names or letters."""
+    return "|".join("D;" + ";".join(_assignment_shape(a) for a in assignments) for _, _, assignments in steps)
+
+
+def _assignment_shape(assignment: tuple) -> str:
+    o, x = assignment[0], assignment[1]
+    if o == "k":
+        return f"{x}=k"
+    if o == "=":
+        return f"{x}={assignment[2]}"
+    if o[0] == "k":
+        return f"{x}=k{o[1]}{assignment[3]}"
+    return f"{x}={assignment[2]}{o}{assignment[3]}"
+
+
+def _assignment_text(assignment: tuple, letters: str | list, value: dict[int, int]) -> str:
+    """An assignment as the solution writes it; records the value of the symbol it defines."""
+    o, x = assignment[0], assignment[1]
+    if o == "k":
+        value[x] = assignment[2]
+        return f"{letters[x]} = {assignment[2]}"
+    if o == "=":
+        s = assignment[2]
+        value[x] = value[s]
+        return f"{letters[x]} = {letters[s]} = {value[s]}"
+    if o[0] == "k":
+        const, s = assignment[2], assignment[3]
+        v = value[s]
+        result = value[x] = (const + v) % MOD if o[1] == "+" else (const * v) % MOD
+        return f"{letters[x]} = {const} {o[1]} {letters[s]} = {const} {o[1]} {v} = {result}"
+    s, t = assignment[2], assignment[3]
+    v, w = value[s], value[t]
+    result = value[x] = (v + w) % MOD if o == "+" else ((v - w) % MOD if o == "-" else (v * w) % MOD)
+    return f"{letters[x]} = {letters[s]} {o} {letters[t]} = {v} {o} {w} = {result}"
+
+
+def _feasible(sink_flag, budget, n_dangling, n_usable, n_sinks, n_free):
     """Definition options that keep the construction completable, with their total weight.
 
-    State: budget B left, D dangling parameters, n usable predecessors (capped at 4), u sinks
-    left to define (the query, or the support of an abstract query), F other free edges.
-    flag: True/False = the node is/is not a sink; None = the node closing the budget is the
-    sink (instance query)."""
-    feas, total = [], 0.0
-    for opt in OPTIONS:
-        kind, r, c, w = opt
-        if r > n or c > B:
+    State: the op budget left, the dangling parameters, the usable predecessors (capped at 4),
+    the sinks left to define (the query, or the support of an abstract query), the other free
+    edges. sink_flag: True/False = the node is/is not a sink; None = the node closing the
+    budget is the sink (instance query)."""
+    feasible, total = [], 0.0
+    for option in OPTIONS:
+        kind, n_preds, cost, weight = option
+        if n_preds > n_usable or cost > budget:
             continue
-        b2 = B - c
-        is_r = (b2 == 0) if flag is None else flag
-        k = r if r < D else D
-        if is_r:
-            d2, u2, f2 = D - k, u - 1, F
+        budget_after = budget - cost
+        is_sink = (budget_after == 0) if sink_flag is None else sink_flag
+        k = n_preds if n_preds < n_dangling else n_dangling  # dangling refs it reads
+        if is_sink:
+            dangling_after, sinks_after, free_after = n_dangling - k, n_sinks - 1, n_free
         else:
-            if F == 0:
+            if n_free == 0:
                 continue
-            d2, u2, f2 = D - k + 1, u, F - 1
+            dangling_after, sinks_after, free_after = n_dangling - k + 1, n_sinks, n_free - 1
         # the budget must stay reachable, the dangling absorbable, and nothing may follow
         # the last sink (it could never become an ancestor of the query)
-        if b2 < u2 or d2 > b2 + u2 or b2 > 3 * (f2 + u2) or ((b2 == 0 or u2 == 0) and (b2 or d2 or u2)):
+        if (budget_after < sinks_after or dangling_after > budget_after + sinks_after
+                or budget_after > 3 * (free_after + sinks_after)
+                or ((budget_after == 0 or sinks_after == 0) and (budget_after or dangling_after or sinks_after))):
             continue
-        feas.append((is_r, opt))
-        total += w
-    return feas, total
+        feasible.append((is_sink, option))
+        total += weight
+    return feasible, total
 
 
 def _cumulative(weighted) -> tuple:
@@ -963,8 +957,28 @@ def _sample(pop, rand, k: int) -> list:
     return out
 
 
-def _cost(kind: str, r: int) -> int:
-    preds = r + (1 if kind in "cmtMT" else 0)
+def _consume(rand, dangling: list, consumed: list, k: int, refs: list) -> None:
+    """Move k random dangling refs (swap-remove) to `consumed`, appending them to `refs`."""
+    for _ in range(k):
+        j = int(rand() * len(dangling))
+        ref = dangling[j]
+        dangling[j] = dangling[-1]
+        dangling.pop()
+        refs.append(ref)
+        consumed.append(ref)
+
+
+def _constant(kind: str, rand) -> int:
+    """The K of a definition: a constant or "K more than" 0..22, "K times as much as" 1..22."""
+    if kind in "cmM":
+        return int(rand() * MOD)
+    if kind in "tT":
+        return 1 + int(rand() * (MOD - 1))
+    return 0
+
+
+def _cost(kind: str, n_preds: int) -> int:
+    preds = n_preds + (1 if kind in "cmtMT" else 0)  # a constant counts as a predecessor
     return max(1, preds - 1)
 
 

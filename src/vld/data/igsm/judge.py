@@ -336,93 +336,129 @@ def _check_solution(parsed: ParsedProblem, solution: str, lex: Lexicon):
     symbols: dict[str, int] = {}  # symbol -> value
     owner: dict[str, object] = {}  # symbol -> parameter key (step symbols) or step index (temporaries)
     last = None
-    for si, step in enumerate(text.split(". "), 1):
-        where = f"step {si}"
+    for index, step in enumerate(text.split(". "), 1):
+        last = _StepCheck(parsed, lex, index, symbols, owner).run(step)
+    return last
+
+
+class _StepCheck:
+    """One step of a solution ("Define <parameter> as x; ...; so x = ..."), checked against the
+    problem; `symbols` and `owner` hold the solution's symbols so far and take the step's."""
+
+    def __init__(self, parsed: ParsedProblem, lex: Lexicon, index: int, symbols: dict, owner: dict):
+        self.parsed, self.lex, self.index = parsed, lex, index
+        self.where = f"step {index}"
+        self.symbols, self.owner = symbols, owner
+        self.leaves: Counter = Counter()  # the parameters the step reads, each as often as it does
+        self.temps: dict[str, dict] = {}  # the step's temporaries not used yet -> their polynomial
+
+    def run(self, step: str) -> tuple:
+        """The step's (parameter, value), or raises _Bad."""
+        key, x, assigns = self._head(step)
+        value = poly = None
+        for i, assign in enumerate(assigns):
+            final = i == len(assigns) - 1
+            lhs, value, poly = self._assignment(assign, x, final)
+            self.symbols[lhs] = value
+            if not final:
+                self.owner[lhs] = self.index
+                self.temps[lhs] = poly
+        self._check_result(key, x, value, poly)
+        return key, value
+
+    def _head(self, step: str) -> tuple:
+        """(parameter key, its symbol, the assignments with the final 'so ' removed)."""
+        where = self.where
         head, sep, body = step.partition("; ")
         m = _DEFINE.fullmatch(head)
         if not sep or not m:
             raise _Bad(f"unparseable: {where} is not 'Define ... as x; ...'")
-        key = lex.split_pair(m.group(1))
+        key = self.lex.split_pair(m.group(1))
         if key is None:
             raise _Bad(f"unparseable: {where} defines {m.group(1)[:60]!r}")
         x = m.group(2)
-        if x in symbols or x in owner:
+        if x in self.symbols or x in self.owner:
             raise _Bad(f"undefined symbol: {where} defines {x} again")
-        if not parsed.is_parameter(key, lex):
+        if not self.parsed.is_parameter(key, self.lex):
             raise _Bad(f"wrong dependency: {where} defines {key[0]}'s {key[1]}, not a parameter of the problem")
-        owner[x] = key
+        self.owner[x] = key
         assigns = body.split("; ")
         if not assigns[-1].startswith("so "):
             raise _Bad(f"unparseable: {where} does not end with 'so {x} = ...'")
         assigns[-1] = assigns[-1][3:]
-        leaves: Counter = Counter()
-        temps: dict[str, dict] = {}  # this step's temporaries not used yet -> their polynomial
-        value = poly = None
-        for ai, assign in enumerate(assigns):
-            parts = assign.split(" = ")
-            lhs = parts[0]
-            final = ai == len(assigns) - 1
-            if final and lhs != x:
-                raise _Bad(f"unparseable: {where} concludes {lhs[:10]!r}, not {x}")
-            if not final:
-                if not _SYM.fullmatch(lhs):
-                    raise _Bad(f"unparseable: {where} assigns to {lhs[:10]!r}")
-                if lhs in symbols or lhs in owner:
-                    raise _Bad(f"undefined symbol: {where} defines {lhs} again")
-            rhs = parts[1:]
+        return key, x, assigns
 
-            def operand(sym_text: str, num_text: str):
-                num = _int(num_text)
-                if _SYM.fullmatch(sym_text):
-                    if sym_text not in symbols:
-                        raise _Bad(f"undefined symbol: {where} uses {sym_text} before it is defined")
-                    if symbols[sym_text] != num:
-                        raise _Bad(f"arithmetic error: {where} reads {sym_text} as {num}, it is {symbols[sym_text]}")
-                    own = owner[sym_text]
-                    if own == si:
-                        if sym_text not in temps:
-                            raise _Bad(f"wrong dependency: {where} uses its temporary {sym_text} twice")
-                        return num, temps.pop(sym_text)
-                    if isinstance(own, int):
-                        raise _Bad(f"wrong dependency: {where} uses {sym_text}, a temporary of step {own}")
-                    leaves[own] += 1
-                    return num, {(own,): 1}
-                if _INT.fullmatch(sym_text):
-                    if int(sym_text) != num:
-                        raise _Bad(f"arithmetic error: {where} copies {sym_text} as {num}")
-                    return num, _poly_const(num)
-                raise _Bad(f"unparseable: {where} operand {sym_text[:10]!r}")
+    def _assignment(self, assign: str, x: str, final: bool) -> tuple:
+        """(symbol, value, polynomial) of one `lhs = ...` of the step."""
+        where = self.where
+        parts = assign.split(" = ")
+        lhs = parts[0]
+        if final and lhs != x:
+            raise _Bad(f"unparseable: {where} concludes {lhs[:10]!r}, not {x}")
+        if not final:
+            if not _SYM.fullmatch(lhs):
+                raise _Bad(f"unparseable: {where} assigns to {lhs[:10]!r}")
+            if lhs in self.symbols or lhs in self.owner:
+                raise _Bad(f"undefined symbol: {where} defines {lhs} again")
+        rhs = parts[1:]
+        if len(rhs) == 1:  # x = 5
+            value = _int(rhs[0])
+            return lhs, value, _poly_const(value)
+        if len(rhs) == 2:  # x = y = 5
+            return (lhs, *self._operand(rhs[0], rhs[1]))
+        if len(rhs) == 3:  # x = y + z = 5 + 6 = 11
+            return (lhs, *self._operation(rhs))
+        raise _Bad(f"unparseable: {where} assignment {assign[:30]!r}")
 
-            if len(rhs) == 1:
-                value = _int(rhs[0])
-                poly = _poly_const(value)
-            elif len(rhs) == 2:
-                value, poly = operand(rhs[0], rhs[1])
-            elif len(rhs) == 3:
-                sa = rhs[0].split(" ")
-                na = rhs[1].split(" ")
-                if len(sa) != 3 or len(na) != 3 or sa[1] != na[1] or sa[1] not in ("+", "-", "*"):
-                    raise _Bad(f"unparseable: {where} expression {rhs[0][:20]!r}")
-                a, pa = operand(sa[0], na[0])
-                b, pb = operand(sa[2], na[2])
-                o = sa[1]
-                true = (a + b) % MOD if o == "+" else ((a - b) % MOD if o == "-" else (a * b) % MOD)
-                value = _int(rhs[2])
-                if value != true:
-                    raise _Bad(f"arithmetic error: {where} {a} {o} {b} = {value}, it is {true}")
-                poly = _poly_sum(pa, pb) if o == "+" else (_poly_sub(pa, pb) if o == "-" else _poly_mul(pa, pb))
-            else:
-                raise _Bad(f"unparseable: {where} assignment {assign[:30]!r}")
-            symbols[lhs] = value
-            if not final:
-                owner[lhs] = si
-                temps[lhs] = poly
-        if temps:
-            raise _Bad(f"wrong dependency: {where} computes {', '.join(temps)} but never uses it in {x}")
+    def _operation(self, rhs: list[str]) -> tuple:
+        where = self.where
+        sa = rhs[0].split(" ")
+        na = rhs[1].split(" ")
+        if len(sa) != 3 or len(na) != 3 or sa[1] != na[1] or sa[1] not in ("+", "-", "*"):
+            raise _Bad(f"unparseable: {where} expression {rhs[0][:20]!r}")
+        a, pa = self._operand(sa[0], na[0])
+        b, pb = self._operand(sa[2], na[2])
+        o = sa[1]
+        true = (a + b) % MOD if o == "+" else ((a - b) % MOD if o == "-" else (a * b) % MOD)
+        value = _int(rhs[2])
+        if value != true:
+            raise _Bad(f"arithmetic error: {where} {a} {o} {b} = {value}, it is {true}")
+        poly = _poly_sum(pa, pb) if o == "+" else (_poly_sub(pa, pb) if o == "-" else _poly_mul(pa, pb))
+        return value, poly
+
+    def _operand(self, sym_text: str, num_text: str) -> tuple:
+        """(value, polynomial) of an operand written as a symbol or a number, and its stated value."""
+        where = self.where
+        num = _int(num_text)
+        if _SYM.fullmatch(sym_text):
+            if sym_text not in self.symbols:
+                raise _Bad(f"undefined symbol: {where} uses {sym_text} before it is defined")
+            if self.symbols[sym_text] != num:
+                raise _Bad(f"arithmetic error: {where} reads {sym_text} as {num}, it is {self.symbols[sym_text]}")
+            own = self.owner[sym_text]
+            if own == self.index:
+                if sym_text not in self.temps:
+                    raise _Bad(f"wrong dependency: {where} uses its temporary {sym_text} twice")
+                return num, self.temps.pop(sym_text)
+            if isinstance(own, int):
+                raise _Bad(f"wrong dependency: {where} uses {sym_text}, a temporary of step {own}")
+            self.leaves[own] += 1
+            return num, {(own,): 1}
+        if _INT.fullmatch(sym_text):
+            if int(sym_text) != num:
+                raise _Bad(f"arithmetic error: {where} copies {sym_text} as {num}")
+            return num, _poly_const(num)
+        raise _Bad(f"unparseable: {where} operand {sym_text[:10]!r}")
+
+    def _check_result(self, key: tuple, x: str, value: int, poly: dict) -> None:
+        """The step read exactly the stated predecessors, combined as stated, to the stated value."""
+        where, parsed, lex = self.where, self.parsed, self.lex
+        if self.temps:
+            raise _Bad(f"wrong dependency: {where} computes {', '.join(self.temps)} but never uses it in {x}")
         expected = parsed.predecessors(key, lex)
-        if leaves != expected:
-            missing = expected - leaves
-            extra = leaves - expected
+        if self.leaves != expected:
+            missing = expected - self.leaves
+            extra = self.leaves - expected
             what = f"misses {', '.join(f'{a}'+chr(39)+f's {b}' for a, b in missing)}" if missing else ""
             what += ("; " if what else "") + (f"uses {', '.join(f'{a}'+chr(39)+f's {b}' for a, b in extra)}" if extra else "")
             raise _Bad(f"wrong dependency: {where} ({key[0]}'s {key[1]}) {what}")
@@ -431,8 +467,6 @@ def _check_solution(parsed: ParsedProblem, solution: str, lex: Lexicon):
         true = parsed.value(key, lex)
         if value != true:
             raise _Bad(f"wrong dependency: {where} computes {key[0]}'s {key[1]} as {value}, the problem gives {true}")
-        last = (key, value)
-    return last
 
 
 def judge(problem_text, solution_text, answer_text, lexicon) -> Verdict:

@@ -1,11 +1,12 @@
 """The golden loss: a fixed tiny training run whose first losses on CPU are recorded in
-tests/golden/loss_tiny.json, so that a refactor that changes numerics is caught.
+tests/golden/loss_tiny.json (checked by tests/test_golden_loss.py), so that a refactor that
+changes numerics is caught.
 
-    python -m vld.train.golden            # compare with the recorded file (exit 1 if different)
-    python -m vld.train.golden --write    # re-record it, deliberately
+    python tests/golden_loss.py            # compare with the recorded file (exit 1 if different)
+    python tests/golden_loss.py --write    # re-record it, deliberately
 
 The tiny setting (data, model, config) also serves the training tests and their subprocess
-launcher, so that all of them exercise the same path.
+launcher (tests/scripts/train_script.py), so that all of them exercise the same path.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from vld.errors import fail, run_cli
 
-GOLDEN_FILE = Path(__file__).resolve().parents[3] / "tests" / "golden" / "loss_tiny.json"
+GOLDEN_FILE = Path(__file__).resolve().parent / "golden" / "loss_tiny.json"
 TOLERANCE = 1e-6  # relative; the recorded values are float32 losses printed in full
 
 TINY_MODEL = dict(vocab_size=64, n_layer=2, d_model=32, n_head=2, max_seq_len=32, block="gpt2")
@@ -49,7 +50,7 @@ def write_tiny_token_set(out_dir: str | Path, n_tokens: int = TINY_DATA_TOKENS, 
     tokens[0] = 0
     for i in range(1, n_tokens):
         tokens[i] = successors[tokens[i - 1], choices[i]]
-    return write_token_set(out_dir, tokens, np.array([0, n_tokens]), vocab_size, {"generator": "vld.train.golden", "seed": seed})
+    return write_token_set(out_dir, tokens, np.array([0, n_tokens]), vocab_size, {"generator": "tests/golden_loss.py", "seed": seed})
 
 
 def tiny_model(seed: int = 0, backend=None, **overrides: Any):
@@ -108,8 +109,8 @@ def record(path: Path = GOLDEN_FILE) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         losses = golden_losses(tmp)
     golden = {
-        "what": "loss per optimizer step of vld.train.golden's tiny run on CPU (float32)",
-        "re-record": "python -m vld.train.golden --write",
+        "what": "loss per optimizer step of tests/golden_loss.py's tiny run on CPU (float32)",
+        "re-record": "python tests/golden_loss.py --write",
         "torch": torch.__version__,
         "model": TINY_MODEL,
         "train": TINY_TRAIN,
@@ -133,7 +134,7 @@ def compare(losses: list[float], golden: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vld.train.golden", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python tests/golden_loss.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", action="store_true", help="re-record the golden file")
     parser.add_argument("--file", type=Path, default=GOLDEN_FILE, help="golden file (default: %(default)s)")
     args = parser.parse_args(argv)
