@@ -2,7 +2,8 @@
 
 When DVC restores a stage's outputs from its cache, the stage's command does not run, so it
 logs nothing. Therefore every stage also writes its tracking record (params, metrics, tags,
-artifact paths, its run id) as `results/records/<stage>@<variant>.json`, a DVC output of the
+artifact paths, its run id) as `results/records/<stage>@<variant>/seed<s>.json` (one per seed; a data
+stage: `results/records/<stage>[@<dataset>].json`), a DVC output of the
 stage, so DVC caches and restores it with the results. The report stage depends on every record
 and runs whenever anything changed; it calls `reattach_records`, which gives every record whose
 stage has no child run under the current parent a child run tagged `vld.restored=true` (with
@@ -38,7 +39,7 @@ def record_path(stage: str, variant: str | None, root: str | Path | None = None)
 def read_records(root: str | Path | None = None) -> list[dict[str, Any]]:
     directory = repo_root(root) / RECORDS_DIR
     records = []
-    for file in sorted(directory.glob("*.json")):
+    for file in sorted(directory.rglob("*.json")):  # a variant's seeds: <stage>@<variant>/seed<s>.json
         try:
             record = json.loads(file.read_text())
         except (OSError, ValueError):
