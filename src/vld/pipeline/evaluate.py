@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                         {**variant.tags(), **shared.data_tags(dirs)}) as run:
         from vld.atomic import write_json
         from vld.eval.variant import evaluate_variant
+        from vld.train.config import apply_threads
 
         if family.trained_by == "retrofit":
             from vld.retrofit.api import load_retrofit
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
             model = load_model(where / "model.pt")
         model.to(device).eval()
+        apply_threads(variant.train)  # the CPU thread count the variant was trained with
         result = evaluate_variant(model, variant.family, data, settings, meta)
         pipeline.check_unchanged(variant)
         write_json(out, result)
