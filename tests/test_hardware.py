@@ -140,6 +140,21 @@ def test_apply_threads_sets_exactly_the_count():
         assert apply_threads(cfg) == threads and torch.get_num_threads() == threads
 
 
+@pytest.mark.slow
+def test_every_ddp_rank_trains_with_the_count_set(tiny_data, tmp_path):
+    """Lightning's DDP launcher sets its own count (the cores / processes) when OMP_NUM_THREADS
+    is unset; the setting is put back in each rank. Asked for one more thread than that."""
+    threads = max(1, len(os.sched_getaffinity(0)) // 2) + 1
+    train = {"devices": 2, "strategy": "ddp", "micro_batch_size": 4, "max_steps": 2, "threads": threads}
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    proc = subprocess.run([sys.executable, str(ROOT / "tests/scripts/train_script.py"), "--data", str(tiny_data),
+                           "--out", str(tmp_path / "ddp"), "--train", json.dumps(train)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Starting with 2 processes" in proc.stdout + proc.stderr
+    assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["threads"] == threads
+
+
 # ----------------------------------------------------------------------------- threads: a busy machine
 
 def test_the_busy_note_suggests_a_count_and_names_the_setting():

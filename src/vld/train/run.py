@@ -227,8 +227,8 @@ def run_training(
 ) -> dict[str, Any]:
     """Train `model` in place; returns (and writes to out_dir/metrics.json on rank 0)
     final_loss, steps, tokens_seen, train_tokens_per_s, wall_s, loss_curve, and the run
-    settings that are resolved per machine: threads and cpu_gemm (what `cfg` holds; the
-    pipeline builds `model` with cfg.backend)."""
+    settings that are resolved per machine: threads (the count the process trained with) and
+    cpu_gemm (cfg's; the pipeline builds `model` with cfg.backend)."""
     start = time.perf_counter()
     apply_threads(cfg)
     out_dir = Path(out_dir)
@@ -262,7 +262,7 @@ def run_training(
         "train_wall_s": module.train_wall_s,
         "wall_s": time.perf_counter() - start,
         "resumed_from_step": module.resumed_from_step,
-        "threads": cfg.threads,
+        "threads": torch.get_num_threads(),  # cfg.threads, unless something changed it while training
         "cpu_gemm": cfg.cpu_gemm,
         "loss_curve": list(module.loss_curve),
     }
