@@ -3,12 +3,15 @@
     .venv/bin/python bench/bench_model.py            # about 4 minutes on 2 CPU cores
     .venv/bin/python bench/bench_model.py --quick    # fewer steps, rougher figures
 
+The first line names this machine's CPU and the library `hardware.cpu_gemm: auto` picks for it
+(vld.model.backend.CPU_GEMM_BY_VENDOR); the ceiling and the unlabelled VLD figures use that one.
+
 0. the GEMMs of each layer shape's training step in torch's BLAS (MKL) and in oneDNN, the two
-   choices of `Backend.cpu_gemm` (see vld.model.linear);
+   choices of `Backend.cpu_gemm` (see vld.model.linear), and of the whole step's GEMMs;
 1. identity schedule vs Hugging Face GPT2LMHeadModel (SDPA), same width/depth/heads/seq/batch,
    each trained in its own process (the steady state of a training run; see `hf_section`),
    under glibc's default allocator and again with freed memory kept (no page faults); our
-   model runs with each cpu_gemm choice;
+   model runs with each cpu_gemm library;
 2. cycle xk (k = 1..3) vs base: block-stack time against (k+1) x the base block-stack time,
    and against the unrolled (untied) model of the same effective depth (schedule overhead);
 3. greedy generation of 512 tokens with the KV cache vs recomputing the sequence each step.
@@ -24,7 +27,7 @@ import time
 
 
 # section 1's processes: the model each trains (vld: with that cpu_gemm)
-WORKERS = {"vld": "onednn", "vld-blas": "blas", "hf": None}
+WORKERS = {"vld-onednn": "onednn", "vld-blas": "blas", "hf": None}
 
 
 def parse_args(argv=None):
@@ -67,6 +70,7 @@ def main(argv=None) -> None:
     import torch.nn.functional as F
 
     from vld.model import Backend, ModelConfig, VLDTransformer
+    from vld.model.backend import machine_cpu_gemm
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -107,7 +111,8 @@ def main(argv=None) -> None:
         return {name: min(t) for name, t in times.items()}
 
     vld_logits = lambda m, x: m(x)  # noqa: E731
-    base = VLDTransformer(config()).train()
+    chosen = machine_cpu_gemm()
+    base = VLDTransformer(config(), backend=Backend(cpu_gemm=chosen)).train()
     if args.worker:
         if args.worker == "hf":
             model, logits_of = hf_gpt2(args, base.config.max_seq_len), hf_logits
@@ -117,15 +122,18 @@ def main(argv=None) -> None:
         print(json.dumps(worker_times(trainer(model, logits_of), args.steps, clock)))
         return
 
+    print(f"# CPU: {cpu_name()}; hardware.cpu_gemm auto -> {chosen}")
     print(f"# fp32, {args.threads} threads, width {args.width}, {args.layers} layers, {args.heads} heads, "
           f"seq {args.seq}, batch {args.batch}, vocab {args.vocab}, {args.clock} clock")
     print(f"{'measurement':44s} {'value':>12s} {'ratio':>8s}  reference")
     if "gemm" in sections:
         gemm_section(args, base, race, n_tokens)
     if "hf" in sections:
-        step_s = hf_section(args, argv, n_tokens)
+        step_s = hf_section(args, argv, n_tokens, chosen)
         floor = race({"gemm": weight_gemms(base, n_tokens)}, args.steps)["gemm"]
-        print(f"{'step s, its weight GEMMs alone (replayed)':44s} {floor:>12.3f} {floor / step_s['vld']:>8.2f}  of the VLD step")
+        vld_step = step_s[f"vld-{chosen}"]
+        print(f"{'step s, its weight GEMMs alone (replayed)':44s} {floor:>12.3f} {floor / vld_step:>8.2f}  of the VLD step"
+              f" ({chosen}; = its share of the ceiling)")
         print(f"{'  ceiling if all else were free':44s} {'':>12s} {step_s['hf'] / floor:>8.2f}  vs HF (no page faults)")
 
     if sections & {"cycle", "generate"}:
@@ -134,6 +142,18 @@ def main(argv=None) -> None:
         cycle_section(args, base, trainer, race, vld_logits, config)
     if "generate" in sections:
         generate_section(args, base)
+
+
+def cpu_name() -> str:
+    """/proc/cpuinfo's model name and vendor ("unknown" where it has none)."""
+    from vld.model.backend import CPUINFO, cpu_vendor
+
+    try:
+        text = open(CPUINFO).read()
+    except OSError:
+        return "unknown"
+    name = next((line.partition(":")[2].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    return f"{name or 'unknown model'} ({cpu_vendor(text) or 'no vendor_id'})"
 
 
 def hf_gpt2(args, max_seq_len: int):
@@ -177,7 +197,7 @@ def worker_times(step, n: int, clock) -> dict:
     return {"times": times, "faults": faults}
 
 
-def hf_section(args, argv, n_tokens: int) -> dict:
+def hf_section(args, argv, n_tokens: int, chosen: str) -> dict:
     """Each model trains in a process of its own, as in a real run. In one process the two
     models' allocations interact (HF's freed heap spared our step its page faults), which
     inflated the ratio (1.17-1.30 from run to run, against 1.14 here, both with the BLAS).
@@ -202,8 +222,11 @@ def hf_section(args, argv, n_tokens: int) -> dict:
         print(f"# {mode}: median of {args.rounds} x {args.steps} steps per model, a process each")
         print(f"{'train tokens/s, HF GPT2LMHeadModel (sdpa)':44s} {n_tokens / step['hf']:>12,.0f} {'1.00':>8s}  "
               f"reference; {faults['hf']:,.0f} page faults/step")
-        for name, label, note in (("vld", "VLD identity schedule", "target >= 1.25"),
-                                  ("vld-blas", "  the same, cpu_gemm=blas", "HF's GEMM library")):
+        for name, library in WORKERS.items():
+            if library is None:
+                continue
+            label = f"VLD, cpu_gemm={library}" + (" (auto)" if library == chosen else "")
+            note = "HF's GEMM library" if library == "blas" else "oneDNN"
             print(f"{'train tokens/s, ' + label:44s} {n_tokens / step[name]:>12,.0f} "
                   f"{step['hf'] / step[name]:>8.2f}  vs HF ({note}); {faults[name]:,.0f} page faults/step")
         medians = step
@@ -254,6 +277,14 @@ def gemm_section(args, base, race, n_tokens: int) -> None:
     shapes = sorted(set(linear_shapes(base)))
     libraries = {lib: dict(zip(shapes, training_gemms(shapes, n_tokens, lib))) for lib in ("blas", "onednn")}
     print(f"# GEMMs of one step's linear layers, {n_tokens} rows, GFLOP/s; fastest of {args.steps}")
+    everything = linear_shapes(base)
+    step_flops = sum(3 * 2 * n_tokens * i * o for i, o in everything)
+    whole = {lib: training_gemms(everything, n_tokens, lib) for lib in libraries}
+    timed = race({lib: (lambda gemms=gemms: [gemm() for three in gemms for gemm in three]) for lib, gemms in whole.items()},
+                 args.steps)
+    rates = {lib: step_flops / seconds / 1e9 for lib, seconds in timed.items()}
+    label = "all of one step's GEMMs, BLAS | oneDNN"
+    print(f"{label:44s} {rates['blas']:>5.0f} |{rates['onednn']:>5.0f} {rates['onednn'] / rates['blas']:>8.2f}  oneDNN vs BLAS")
     for shape in shapes:
         flops = 2 * n_tokens * shape[0] * shape[1]
         for index, name in enumerate(("forward", "input grad", "weight grad")):

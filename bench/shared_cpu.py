@@ -1,7 +1,8 @@
-"""Training steps/s on a shared CPU: alone and beside one CPU-heavy process, with torch's
-default threads (one per core) and with the threads vld picks (vld.train.config.resolve_threads).
+"""Training steps/s on a shared CPU: alone and beside one CPU-heavy process, for every thread
+count from 1 to the usable cores, and the `vld: note:` line training would print beside it
+(vld.train.config.busy_note: the count it suggests for hardware.threads).
 
-    OMP_NUM_THREADS= python bench/shared_cpu.py [--seconds 15] [--out bench/out/shared_cpu.json]
+    python bench/shared_cpu.py [--seconds 15] [--out bench/out/shared_cpu.json]
 
 The model is the 2-layer width-128 GPT of docs (sequence 256, batch 8); the neighbour is
 another process multiplying matrices with torch's default threads. Meaningful only on a
@@ -58,33 +59,25 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--out", default="bench/out/shared_cpu.json")
     args = parser.parse_args()
-    os.environ.pop("OMP_NUM_THREADS", None)  # resolve_threads honours it; this measures the default
-    import torch
+    from vld.train.config import busy_cores, busy_note, machine_cores
 
-    from vld.train.config import resolve_threads
-
-    default = torch.get_num_threads()
-    result = {"cores": len(os.sched_getaffinity(0)), "default_threads": default,
-              "load_average_at_start": os.getloadavg()}
-    result["alone_default"] = _steps_per_s(default, args.seconds)
-    result["alone_vld_threads"], _ = resolve_threads(default)
+    cores = machine_cores()
+    counts = range(1, cores + 1)
+    result = {"cores": cores, "load_average_at_start": os.getloadavg(),
+              "alone_steps_per_s": {threads: _steps_per_s(threads, args.seconds) for threads in counts}}
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     neighbour = ctx.Process(target=_neighbour, args=(stop,))
     neighbour.start()
     try:
         time.sleep(3.0)  # its imports, then it computes
-        picked, note = resolve_threads(default)
-        result["beside_one_default"] = _steps_per_s(default, args.seconds)
-        result["beside_one_vld_threads"] = picked
-        result["beside_one_vld"] = _steps_per_s(picked, args.seconds)
-        result["note"] = note
+        result["note_beside_one"] = busy_note(cores, busy_cores(), cores)
+        result["beside_one_steps_per_s"] = {threads: _steps_per_s(threads, args.seconds) for threads in counts}
     finally:
         stop.set()
         neighbour.join(10)
         if neighbour.is_alive():
             neighbour.kill()
-    result["alone_vld"] = _steps_per_s(result["alone_vld_threads"], args.seconds)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))

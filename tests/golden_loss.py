@@ -31,6 +31,7 @@ TINY_TRAIN = dict(
     micro_batch_size=4,
     seq_len=32,
     seed=0,
+    threads=1,  # one thread: the same reduction order whatever the machine's core count
     optim=dict(lr=5e-3, warmup_fraction=0.1),
 )
 TINY_DATA_TOKENS = 16_384
@@ -77,27 +78,27 @@ def tiny_train_config(**overrides: Any):
     return TrainConfig.from_dict({**d, **overrides, "optim": optim}, where="golden")
 
 
-def golden_losses(work_dir: str | Path) -> list[float]:
-    """Run the tiny training from scratch in `work_dir` and return its loss curve."""
+def golden_losses(work_dir: str | Path, cpu_gemm: str = "auto") -> list[float]:
+    """Run the tiny training from scratch in `work_dir` and return its loss curve; the model
+    runs with the config's backend, as in a pipeline stage (`cpu_gemm`: hardware.cpu_gemm)."""
     import torch
 
     from vld.train.datamodules import TokenWindowDataModule
     from vld.train.run import run_training
 
     work_dir = Path(work_dir)
-    cfg = tiny_train_config()
+    cfg = tiny_train_config(cpu_gemm=cpu_gemm)
     data = write_tiny_token_set(work_dir / "data")
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: the same reduction order whatever the machine's core count
     try:
         metrics = run_training(
-            tiny_model(seed=0),
+            tiny_model(seed=0, backend=cfg.backend),
             TokenWindowDataModule(data, cfg.seq_len, cfg.micro_batch_size, seed=cfg.seed),
             cfg,
             work_dir / "run",
         )
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # run_training set the config's count; the caller keeps its own
     return metrics["loss_curve"]
 
 

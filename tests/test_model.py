@@ -370,7 +370,9 @@ def test_run_settings_are_a_backend_not_the_config(tmp_path):
         assert str(err.value) == (f"models.t.{key}: is a run setting, not part of the model: set {spelling} "
                                   f"(vld.model.Backend.{key})")
         assert key not in ModelConfig().to_dict()
-    assert Backend() == Backend.from_dict({}) == Backend("onednn", False)
+    from vld.model.backend import machine_cpu_gemm
+
+    assert Backend() == Backend.from_dict({}) == Backend(machine_cpu_gemm(), False)  # this CPU's library
     assert Backend.from_dict({"cpu_gemm": "blas", "activation_checkpointing": True}) == Backend("blas", True)
     for values, message in (
         ({"cpu_gemm": "mkl"}, "hardware.cpu_gemm: unknown CPU GEMM library 'mkl' (known: onednn, blas)"),

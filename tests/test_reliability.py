@@ -346,30 +346,6 @@ def test_ranges_run_in_their_written_direction():
     assert expand_notation("3..1", 4, 0) == [3, 2, 1] and expand_notation("0..L-1", 1, 0) == [0]
 
 
-# ----------------------------------------------------------------------------- item 10
-
-def test_threads_leave_busy_cores_alone(monkeypatch):
-    from vld.train.config import pick_threads, resolve_threads
-
-    assert pick_threads(2, 0.1, 2) == 2
-    assert pick_threads(2, 1.0, 2) == 1 and pick_threads(2, 3.7, 2) == 1
-    assert pick_threads(16, 4.2, 16) == 12 and pick_threads(16, 4.2, 16, processes=4) == 3
-    clean = {"PATH": "/bin"}
-    threads, note = resolve_threads(2, environ=clean, busy=1.2)
-    cores = len(os.sched_getaffinity(0))
-    assert threads == max(1, min(2, cores - 1))
-    assert (note is None) == (threads == 2)
-    if note:
-        assert note.startswith("vld: note:") and "\n" not in note and "VLD_THREADS" in note
-    assert resolve_threads(2, environ={**clean, "OMP_NUM_THREADS": "2"}, busy=5.0) == (2, None)
-    assert resolve_threads(2, environ={**clean, "VLD_THREADS": "3"}, busy=5.0) == (3, None)
-    with pytest.raises(UserError, match="VLD_THREADS: must be 'auto' or a positive thread count"):
-        resolve_threads(2, environ={**clean, "VLD_THREADS": "many"})
-    from vld.train.config import busy_cores
-
-    assert 0.0 <= busy_cores(0.05) <= os.cpu_count() + 0.5
-
-
 # ----------------------------------------------------------------------------- item 11
 
 def test_requires_python_admits_the_current_distribution_pythons():
@@ -399,27 +375,3 @@ def test_tracking_does_not_import_params():
 
     code = "import sys, vld.pipeline.tracking; assert 'vld.pipeline.params' not in sys.modules, sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-
-
-def test_a_resumed_cpu_run_keeps_its_thread_count(tmp_path, monkeypatch):
-    from lightning.pytorch.accelerators import CPUAccelerator
-
-    from vld.train.run import THREADS_FILE, _share_cpu
-
-    trainer = types.SimpleNamespace(accelerator=CPUAccelerator(), world_size=1)
-    before = torch.get_num_threads()
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setenv("VLD_THREADS", "1")
-    try:
-        _share_cpu(trainer, tmp_path, resuming=False)
-        assert json.loads((tmp_path / THREADS_FILE).read_text()) == {"threads": 1}
-        (tmp_path / THREADS_FILE).write_text('{"threads": 2}')
-        monkeypatch.delenv("VLD_THREADS")
-        _share_cpu(trainer, tmp_path, resuming=True)  # the checkpoints' count, whatever the load
-        assert torch.get_num_threads() == 2
-        monkeypatch.setenv("OMP_NUM_THREADS", "1")
-        torch.set_num_threads(1)
-        _share_cpu(trainer, tmp_path, resuming=True)  # the user's setting wins
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from test_train_ddp import launch, metrics_of, processes_in_group
 from vld.errors import UserError
 from vld.train.datamodules import TokenWindowDataModule
-from vld.train.golden import GOLDEN_FILE, compare, tiny_model, tiny_train_config, write_tiny_token_set
+from golden_loss import GOLDEN_FILE, compare, tiny_model, tiny_train_config, write_tiny_token_set
 from vld.train.run import run_training
 from vld.train.stacked import StackedModel, clip_grad_norm_per_model, seed_dir, train_seeds
 

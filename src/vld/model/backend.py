@@ -3,7 +3,9 @@
 A `ModelConfig` is the architecture: it travels inside checkpoints and decides the function
 the model computes. A `Backend` is how one process runs that model (which library does the
 CPU GEMMs, whether backward recomputes each virtual layer): it is chosen per run, never saved,
-and changes results by summation order at most.
+and changes results by summation order at most. `hardware.cpu_gemm: auto` (the default) is
+the library this CPU's vendor is listed with in `CPU_GEMM_BY_VENDOR`: TrainConfig resolves it
+once, where the hardware block is parsed, and a Backend only ever holds a library.
 
     model = VLDTransformer(config, backend=Backend(activation_checkpointing=True))
     model.set_backend(Backend.from_dict({"cpu_gemm": "blas"}, where="hardware"))
@@ -12,12 +14,30 @@ and changes results by summation order at most.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from vld.errors import fail
 
 CPU_GEMMS = ("onednn", "blas")  # see vld.model.linear
+AUTO = "auto"  # hardware.cpu_gemm's default: the library CPU_GEMM_BY_VENDOR names for this CPU
+
+# The faster library per CPU vendor (/proc/cpuinfo `vendor_id`), from measurements, never from
+# a timing at start-up: that would make a run's arithmetic depend on the load at the time.
+# `bench/bench_model.py --sections gemm,hf` prints both libraries' rates and this choice.
+CPU_GEMM_BY_VENDOR = {
+    # Measured on an AMD EPYC (Zen 5, AVX-512), the development machine: MKL takes its generic
+    # code path on a non-Intel CPU, while oneDNN picks its kernels by instruction set.
+    "AuthenticAMD": "onednn",
+    # Measured on an Intel Xeon (issue 27): MKL's weight-gradient GEMMs beat oneDNN's and the
+    # model trained faster with the BLAS.
+    "GenuineIntel": "blas",
+}
+# Any other CPU (ARM, an unlisted vendor, no /proc/cpuinfo): nothing was measured there, so
+# torch's own choice for the platform, exactly `nn.Linear`.
+UNLISTED_CPU_GEMM = "blas"
+CPUINFO = "/proc/cpuinfo"
 
 # Where each setting is spelled in params.yaml (named by the error a model config that still
 # carries one of them raises).
@@ -27,13 +47,48 @@ PARAMS_SPELLING = {
 }
 
 
+def cpu_vendor(cpuinfo: str) -> str | None:
+    """The `vendor_id` of /proc/cpuinfo's text (None where it names none, e.g. on ARM)."""
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "vendor_id":
+            return value.strip() or None
+    return None
+
+
+def cpu_gemm_for(cpuinfo: str) -> str:
+    """The CPU GEMM library for the CPU /proc/cpuinfo's text describes."""
+    return CPU_GEMM_BY_VENDOR.get(cpu_vendor(cpuinfo) or "", UNLISTED_CPU_GEMM)
+
+
+@functools.lru_cache(maxsize=1)
+def machine_cpu_gemm() -> str:
+    """cpu_gemm_for this machine's CPU (read once per process)."""
+    try:
+        with open(CPUINFO) as handle:
+            return cpu_gemm_for(handle.read())
+    except OSError:
+        return UNLISTED_CPU_GEMM
+
+
+def resolve_cpu_gemm(value, where: str) -> str:
+    """hardware.cpu_gemm as a library: "auto" becomes this CPU's (machine_cpu_gemm), a library
+    stays; anything else is a one-line UserError naming `where`.cpu_gemm."""
+    if value == AUTO:
+        return machine_cpu_gemm()
+    if not isinstance(value, str) or value not in CPU_GEMMS:
+        fail(f"{where}.cpu_gemm", f"unknown CPU GEMM library {value!r} (known: {AUTO}, {', '.join(CPU_GEMMS)})")
+    return value
+
+
 @dataclass(frozen=True)
 class Backend:
     """cpu_gemm: the library for fp32 CPU matmuls, "onednn" or "blas" (torch's own; exactly
-    `nn.Linear`), see vld.model.linear. activation_checkpointing: recompute each virtual layer
+    `nn.Linear`), see vld.model.linear; by default the one this CPU's vendor is listed with
+    (`machine_cpu_gemm`). activation_checkpointing: recompute each virtual layer
     in backward instead of keeping its activations."""
 
-    cpu_gemm: str = "onednn"
+    cpu_gemm: str = field(default_factory=machine_cpu_gemm)
     activation_checkpointing: bool = False
 
     def __post_init__(self):
@@ -80,4 +135,5 @@ def moved_to_backend(values: Mapping, where: str) -> None:
             )
 
 
-__all__ = ["Backend", "CPU_GEMMS", "PARAMS_SPELLING", "moved_to_backend"]
+__all__ = ["Backend", "CPU_GEMMS", "CPU_GEMM_BY_VENDOR", "PARAMS_SPELLING", "cpu_gemm_for", "machine_cpu_gemm",
+           "moved_to_backend", "resolve_cpu_gemm"]

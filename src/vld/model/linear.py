@@ -8,8 +8,8 @@ at training shapes its GEMMs are the faster ones (the measured rates per shape: 
 and README, Performance; `bench/bench_model.py --sections gemm` prints them).
 
 Both are IEEE fp32 (no reduced-precision mode): results differ from `F.linear` by summation
-order only, a relative 1e-6. `vld.model.Backend.cpu_gemm` chooses: "onednn" (the default) or
-"blas" (exactly `nn.Linear`). GPUs, other dtypes, autocast, torch.compile and calls too small
+order only, a relative 1e-6. `vld.model.Backend.cpu_gemm` chooses: "onednn" or "blas" (exactly
+`nn.Linear`); by default the library vld.model.backend lists for the CPU's vendor. GPUs, other dtypes, autocast, torch.compile and calls too small
 to repay oneDNN's per-call cost take `F.linear`.
 """
 

@@ -38,6 +38,7 @@ def _evaluate_seed(pipeline, variant, family, device: str, run) -> dict:
     meta.update({key: getattr(variant, key) for key in ("source", "method", "data", "objective")
                  if getattr(variant, key) is not None})
     from vld.eval.variant import evaluate_variant
+    from vld.train.config import apply_threads
 
     if family.trained_by == "retrofit":
         from vld.retrofit.api import load_retrofit
@@ -48,6 +49,7 @@ def _evaluate_seed(pipeline, variant, family, device: str, run) -> dict:
 
         model = load_model(where / "model.pt")
     model.to(device).eval()
+    apply_threads(variant.train)  # the CPU thread count the variant was trained with
     result = evaluate_variant(model, variant.family, data, family.eval_settings(variant), meta)
     run.log_metrics(shared.numeric_leaves({key: result.get(key) for key in (
         "params", "params_no_embed", "effective_depth", "flops_per_token", "flops_per_token_train",

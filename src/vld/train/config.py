@@ -10,6 +10,7 @@ import contextlib
 import contextvars
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -19,7 +20,8 @@ from vld.errors import UserError, fail
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 # The TrainConfig fields params.yaml's hardware block may set (where training runs).
-HARDWARE_FIELDS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "num_workers", "cpu_gemm")
+HARDWARE_FIELDS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "num_workers", "cpu_gemm",
+                   "threads")
 _LAYERED = "<train>"
 # Where the config being built was written (params.yaml key), for the errors of __post_init__.
 _WHERE: contextvars.ContextVar[str | None] = contextvars.ContextVar("vld_train_config_where", default=None)
@@ -108,13 +110,27 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end
     log_every: int = 1
     num_workers: int = 0
-    # How the model runs (vld.model.Backend): not part of the model, chosen per run.
-    cpu_gemm: str = "onednn"
+    # CPU threads per process (torch.set_num_threads, training and evaluation): a setting, since
+    # CPU kernels split their sums by thread. None: the cores this process may use divided by
+    # the processes per node (`devices`), resolved at construction.
+    threads: int | None = None
+    # How the model runs (vld.model.Backend): not part of the model, chosen per run. "auto": the
+    # library vld.model.backend's table names for this CPU, resolved at construction.
+    cpu_gemm: str = "auto"
     activation_checkpointing: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self):
-        self.validate(_WHERE.get() or "train")  # an instance is valid by construction
+        where = _WHERE.get() or "train"
+        # The machine-dependent defaults become values here, once, so that what is recorded
+        # (metrics, MLflow params, the variant's fingerprint, the resume check) is what ran.
+        from vld.model.backend import resolve_cpu_gemm
+
+        self.cpu_gemm = resolve_cpu_gemm(self.cpu_gemm, where)
+        if self.threads is None:
+            processes = self.devices if isinstance(self.devices, int) and self.devices >= 1 else 1
+            self.threads = default_threads(processes)
+        self.validate(where)  # an instance is valid by construction
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, where: str = "train") -> "TrainConfig":
@@ -170,7 +186,8 @@ class TrainConfig:
             raise UserError(named + text[len(_LAYERED) + 1 + len(path):]) from None
 
     def validate(self, where: str = "train") -> None:
-        for key in ("max_steps", "global_batch_size", "micro_batch_size", "seq_len", "devices", "num_nodes", "log_every"):
+        for key in ("max_steps", "global_batch_size", "micro_batch_size", "seq_len", "devices", "num_nodes", "log_every",
+                    "threads"):
             value = _integer(getattr(self, key), f"{where}.{key}")
             if value < 1:
                 fail(f"{where}.{key}", f"must be >= 1, got {value}")
@@ -273,13 +290,37 @@ def _number(value: Any, where: str) -> float:
 
 # ----------------------------------------------------------------------------- CPU threads
 #
-# On a shared machine torch's default (one thread per core) collapses when another CPU-heavy
-# process holds some of the cores: OpenMP threads wait for each other at every operation,
-# and a preempted thread stalls them all. Fewer threads than free cores degrade gracefully.
-# VLD_THREADS: "auto" (the default) or a thread count; OMP_NUM_THREADS, when set, is honoured.
+# hardware.threads decides the thread count; the machine's load never does (another count is
+# another summation order, so a result would depend on what else ran when the stage started).
+# On a busy machine training only says so, in one line, with a count that may run faster.
 
-THREADS_ENV = "VLD_THREADS"
-BUSY_SAMPLE_S = 0.2  # how long the machine's CPU use is sampled at training start
+BUSY_SAMPLE_S = 0.2  # how long the machine's CPU use is sampled for that line
+
+
+def machine_cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. a container's or taskset's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_threads(processes: int = 1) -> int:
+    """hardware.threads when unset: the usable cores shared by the training processes of a node."""
+    return max(1, machine_cores() // max(1, processes))
+
+
+def apply_threads(cfg: TrainConfig) -> int:
+    """Run this process's CPU kernels on cfg.threads threads; training and evaluation both call
+    it, so a variant is evaluated with the count it was trained with. Returns the count.
+
+    Inter-op threads (torch.jit.fork only) are left alone: they do not split a kernel's sums,
+    and torch allows setting them only once per process."""
+    import torch
+
+    if torch.get_num_threads() != cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return cfg.threads
 
 
 def _cpu_times() -> tuple[float, float] | None:
@@ -296,7 +337,6 @@ def _cpu_times() -> tuple[float, float] | None:
 def busy_cores(sample_s: float = BUSY_SAMPLE_S) -> float | None:
     """How many of the machine's cores other processes keep busy, sampled over `sample_s`
     while this process sleeps (None where /proc/stat is unavailable)."""
-    import os
     import time
 
     before = _cpu_times()
@@ -310,40 +350,14 @@ def busy_cores(sample_s: float = BUSY_SAMPLE_S) -> float | None:
     return (os.cpu_count() or 1) * (after[0] - before[0]) / total
 
 
-def pick_threads(cores: int, busy: float, current: int, processes: int = 1) -> int:
-    """Threads per training process: the cores other processes leave free, shared by this
-    run's processes, at least 1 and never more than `current`."""
-    free = cores - int(busy + 0.5)
-    return max(1, min(current, free // max(1, processes)))
-
-
-def resolve_threads(current: int, processes: int = 1, environ: Mapping[str, str] | None = None,
-                    busy: float | None = None) -> tuple[int, str | None]:
-    """(threads to use, a one-line note or None) for a CPU training run."""
-    import os
-
-    environ = os.environ if environ is None else environ
-    setting = environ.get(THREADS_ENV, "auto").strip().lower() or "auto"
-    if setting != "auto":
-        try:
-            threads = int(setting)
-        except ValueError:
-            threads = 0
-        if threads < 1:
-            fail(THREADS_ENV, f"must be 'auto' or a positive thread count, got {setting!r}")
-        return threads, None
-    if environ.get("OMP_NUM_THREADS", "").strip():
-        return current, None
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    busy = busy_cores() if busy is None else busy
+def busy_note(threads: int, busy: float | None, cores: int, processes: int = 1) -> str | None:
+    """The line a training prints when other processes leave fewer free cores than its
+    `processes` x `threads` want (None otherwise): it names a count that may run faster,
+    and the count stays as set."""
     if busy is None:
-        return current, None
-    threads = pick_threads(cores, busy, current, processes)
-    if threads >= current:
-        return current, None
-    return threads, (f"vld: note: other processes keep about {busy:.1f} of {cores} cores busy; training with"
-                     f" {threads} thread{'s' if threads > 1 else ''} per process instead of {current}"
-                     f" ({THREADS_ENV}=N to choose)")
+        return None
+    suggested = max(1, (cores - int(busy + 0.5)) // max(1, processes))
+    if suggested >= threads:
+        return None
+    return (f"vld: note: other processes keep about {busy:.1f} of {cores} cores busy; training with"
+            f" hardware.threads={threads} as set; hardware.threads={suggested} may run faster here")

@@ -25,7 +25,7 @@ from torch import nn
 
 from vld.atomic import write_failure, write_json
 from vld.errors import fail
-from vld.train.config import THREADS_ENV, TrainConfig, check_devices, resolve_threads
+from vld.train.config import TrainConfig, apply_threads, busy_cores, busy_note, check_devices, machine_cores
 from vld.train.datamodules import _WindowDataModuleBase
 from vld.train.module import LMModule
 
@@ -33,7 +33,6 @@ CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
 RUN_CONFIG = "train_config.json"  # what the checkpoints were made with; a resume must match it
 METRICS = "metrics.json"
-THREADS_FILE = "threads.json"  # the CPU thread count of the run, kept on resume
 # settings a resumed run may change without changing the result
 _RESUME_FREE = ("devices", "num_nodes", "strategy", "num_workers", "checkpoint_every", "log_every", "accelerator")
 
@@ -116,6 +115,17 @@ class SameResumeOnEveryRank(Callback):
             fail("train", f"the ranks would resume from different steps ({seen}; this rank looked for"
                           f" {self.checkpoint}); run every node in one directory on a filesystem they all"
                           " share, or delete the checkpoints to start over")
+
+
+class ThreadCount(Callback):
+    """hardware.threads in every rank: Lightning's launchers set their own count (the cores
+    divided by the processes) before the run when OMP_NUM_THREADS is unset; `setup` comes after."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        apply_threads(self.cfg)
 
 
 class RunProgressBar(TQDMProgressBar):
@@ -216,7 +226,9 @@ def run_training(
     callbacks: Iterable[Callback] = (),
 ) -> dict[str, Any]:
     """Train `model` in place; returns (and writes to out_dir/metrics.json on rank 0)
-    final_loss, steps, tokens_seen, train_tokens_per_s, wall_s and loss_curve."""
+    final_loss, steps, tokens_seen, train_tokens_per_s, wall_s, loss_curve, and the run
+    settings that are resolved per machine: threads (the count the process trained with) and
+    cpu_gemm (cfg's; the pipeline builds `model` with cfg.backend)."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     _check_vocab(model, datamodule)
@@ -247,11 +259,12 @@ def fit(
     resume_step = _checkpoint_step(resume) if resume else -1
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    apply_threads(cfg)  # a setting: the thread count changes the arithmetic
     if cfg.accelerator == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
-    callbacks = [SameResumeOnEveryRank(ckpt_dir / LAST, resume_step), *callbacks]
+    callbacks = [SameResumeOnEveryRank(ckpt_dir / LAST, resume_step), ThreadCount(cfg), *callbacks]
     trainer = build_trainer(cfg, out_dir, logger=logger, callbacks=callbacks, distributed_sampler=distributed_sampler)
-    _share_cpu(trainer, ckpt_dir, resume is not None)
+    _note_busy_cpu(trainer, cfg)
     if trainer.is_global_zero:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if resume is None:
@@ -274,36 +287,22 @@ def training_metrics(loss_curve: list[float], trainer: L.Trainer, cfg: TrainConf
         "train_wall_s": module.train_wall_s,
         "wall_s": wall_s,
         "resumed_from_step": module.resumed_from_step,
+        "threads": torch.get_num_threads(),  # cfg.threads, unless something changed it while training
+        "cpu_gemm": cfg.cpu_gemm,
         "loss_curve": list(loss_curve),
     }
 
 
-def _share_cpu(trainer: L.Trainer, ckpt_dir: Path, resuming: bool) -> None:
-    """A one-process CPU run on a shared machine: fewer threads when other processes hold
-    cores (see vld.train.config.resolve_threads); multi-process runs are left to Lightning,
-    which divides the cores between the ranks. A resumed run keeps the thread count its
-    checkpoints were made with (CPU kernels may sum in another order with other counts, and
-    a resume is bit-identical only with the same), unless VLD_THREADS or OMP_NUM_THREADS
-    says otherwise."""
+def _note_busy_cpu(trainer: L.Trainer, cfg: TrainConfig) -> None:
+    """One line on stderr (rank 0 of a CPU run) when other processes keep cores busy: the run
+    keeps hardware.threads; the line names a count that may run faster here."""
     from lightning.pytorch.accelerators import CPUAccelerator
 
-    if not isinstance(trainer.accelerator, CPUAccelerator) or trainer.world_size != 1:
+    if not isinstance(trainer.accelerator, CPUAccelerator) or not trainer.is_global_zero:
         return
-    saved = ckpt_dir / THREADS_FILE
-    threads, note = None, None
-    chosen = any(os.environ.get(name, "").strip() for name in (THREADS_ENV, "OMP_NUM_THREADS"))
-    if resuming and saved.is_file() and not chosen:
-        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-            threads = max(1, int(json.loads(saved.read_text())["threads"]))
-    if threads is None:
-        threads, note = resolve_threads(torch.get_num_threads())
+    note = busy_note(cfg.threads, busy_cores(), machine_cores(), cfg.devices)
     if note:
         print(note, file=sys.stderr, flush=True)
-    if threads != torch.get_num_threads():
-        torch.set_num_threads(threads)
-    with contextlib.suppress(OSError):
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        write_json(saved, {"threads": threads})
 
 
 def _check_vocab(model: nn.Module, datamodule: L.LightningDataModule) -> None:
