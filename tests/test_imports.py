@@ -1,5 +1,6 @@
 """The import graph inside `vld` has no circle (an AST walk over src/vld: every `import vld...`
-and `from vld... import ...`, at module level or inside a function)."""
+and `from vld... import ...`, at module level or inside a function), and evaluation and the
+report do not import each other (what both need, statistics and result schemas, sits apart)."""
 
 from __future__ import annotations
 
@@ -29,12 +30,14 @@ def _executed(tree: ast.AST):
             stack.append(child)
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(walk=_executed) -> dict[str, set[str]]:
+    """{module: the vld modules it imports}; `walk` yields the AST nodes searched (by default
+    those that run: imports for type hints only are left out)."""
     modules = {module_name(p): p for p in (SRC / "vld").rglob("*.py")}
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in _executed(ast.parse(path.read_text(), str(path))):
+        for node in walk(ast.parse(path.read_text(), str(path))):
             targets = []
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
@@ -90,3 +93,25 @@ def test_the_cycle_finder_finds_a_planted_circle():
     assert find_cycle({"vld.a": {"vld.b"}, "vld.b": set()}) is None
     graph = import_graph()
     assert "vld.pipeline.params" in graph["vld.pipeline.pretrain"]  # the walk sees real imports
+
+
+def crossings(graph: dict[str, set[str]], one: str, other: str) -> list[str]:
+    """Imports from package `one` into package `other` or back, as "importer -> imported"."""
+    inside = lambda module, package: module == package or module.startswith(package + ".")
+    return sorted(f"{module} -> {target}" for module, targets in graph.items() for target in targets
+                  if (inside(module, one) and inside(target, other)) or (inside(module, other) and inside(target, one)))
+
+
+def test_evaluation_and_report_do_not_import_each_other():
+    # Every import counts here, type-only ones too: a type hint still ties the two together.
+    found = crossings(import_graph(walk=ast.walk), "vld.eval", "vld.report")
+    assert not found, "imports between vld.eval and vld.report: " + ", ".join(found)
+
+
+def test_the_crossing_finder_finds_planted_imports():
+    graph = {"vld.eval.khop": {"vld.stats", "vld.report.stats"}, "vld.report.build": {"vld.eval.variant"},
+             "vld.report": {"vld.eval"}, "vld.evaluation": {"vld.report_x"}, "vld.stats": set()}
+    assert crossings(graph, "vld.eval", "vld.report") == [
+        "vld.eval.khop -> vld.report.stats", "vld.report -> vld.eval", "vld.report.build -> vld.eval.variant"]
+    # The real graph sees a real import between the two packages' neighbours.
+    assert "vld.stats" in import_graph(walk=ast.walk)["vld.eval.khop"]
