@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from vld.atomic import check_writable, write_json
-from vld.pipeline.tracking import runs
+from vld.pipeline.tracking import lineage, runs
 from vld.pipeline.tracking.records import RECORD_SCHEMA, record_path, stage_key
 from vld.pipeline.tracking.store import enabled, open_client, repo_root, store_errors, tracking_uri
 
@@ -72,6 +72,8 @@ class StageRun:
         }
         self.tags.update({k: str(v) for k, v in (tags or {}).items()})
         self.artifacts: list[str] = []  # paths relative to the repo root
+        self.inputs: list[dict[str, Any]] = []  # lineage.dataset_entry / stream_entry
+        self.models: list[dict[str, Any]] = []  # lineage.model_entry, with its model_id once logged
         self.run_id: str | None = None
         self.parent: runs.ParentRun | None = None
         self.uri = tracking_uri(self.root)
@@ -121,6 +123,21 @@ class StageRun:
                 for k, v in values.items():
                     self.parent.client.set_tag(self.run_id, k, v)
 
+    def log_datasets(self, entries: list[dict[str, Any]]) -> None:
+        """The datasets the stage read, as MLflow dataset inputs (by reference)."""
+        self.inputs.extend(entries)
+        if self.parent and entries:
+            with store_errors(self.uri):
+                lineage.log_datasets(self.parent.client, self.run_id, entries)
+
+    def log_model(self, entry: dict[str, Any]) -> None:
+        """A trained model (lineage.model_entry) as a logged model of this run."""
+        self.models.append(entry)
+        if self.parent:
+            with store_errors(self.uri):
+                entry["model_id"] = lineage.log_model(self.parent.client, self.parent.experiment_id,
+                                                      self.run_id, entry)
+
     def add_artifact(self, path: str | Path) -> None:
         """Register a file or directory (logged when the stage finishes, from its final place)."""
         path = Path(path)
@@ -139,7 +156,7 @@ class StageRun:
         return {
             "schema": RECORD_SCHEMA, "stage": self.stage, "variant": self.variant, "stage_key": self.key,
             "profile": self.profile, "params": self.params, "metrics": self.metrics, "tags": self.tags,
-            "artifacts": self.artifacts, "run_id": self.run_id, "parent_run_id": self.parent_run_id,
+            "artifacts": self.artifacts, "inputs": self.inputs, "models": self.models, "run_id": self.run_id, "parent_run_id": self.parent_run_id,
             "tracking_uri": self.uri if self.run_id else None,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
