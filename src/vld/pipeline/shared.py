@@ -22,9 +22,9 @@ def summary(key: str, out: str | Path, seeds: int | None = None, headline: str |
             values: list[float] | tuple[float, ...] = ()) -> None:
     """The stage's closing line: what it wrote, its headline metric (one value per seed), its time:
     `vld: pretrain_khop@cycle_x1: 2 seeds -> results/pretrain/khop/cycle_x1 (final loss 0.41 / 0.39) in 12 s`."""
-    line = f"vld: {key}:"
+    line = f"vld: {key}"
     if seeds is not None:
-        line += f" {seeds} seed{'' if seeds == 1 else 's'}"
+        line += f": {seeds} seed{'' if seeds == 1 else 's'}"
     line += f" -> {out}"
     shown = [f"{v:.3g}" for v in values if isinstance(v, (int, float))]
     if headline and shown:
