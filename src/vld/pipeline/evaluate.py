@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from pathlib import Path
 
 from vld.errors import fail, run_cli
 from vld.pipeline import paths, shared, tracking
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             {**seeded.flat_params(), **{f"eval.{k}": v for k, v in seeded.eval.items()}},
             {**seeded.tags(), **shared.data_tags(dirs), "vld.variant": variant.name})) for seeded in seeds]
         for run in runs:
-            run.log_datasets([tracking.dataset_entry(name, path, "test") for name, path in dirs.items()])
+            run.log_datasets([tracking.dataset_entry(Path(path).name, path, "test") for path in dirs.values()])
         results = [_evaluate_seed(pipeline, seeded, family, device, run) for seeded, run in zip(seeds, runs)]
         for seeded in seeds:
             pipeline.check_unchanged(seeded)

@@ -12,11 +12,13 @@ import warnings
 _installed = False
 
 
-class _DropTip(logging.Filter):
-    # lightning 2.6.6 (trainer/connectors/logger_connector) logs "💡 Tip: ... litlogger" through
-    # rank_zero_info whenever the trainer's loggers include no LitLogger
+class _Drop(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        return self.text not in record.getMessage()
 
 
 def quiet_third_party() -> None:
@@ -24,7 +26,13 @@ def quiet_third_party() -> None:
     if _installed:
         return
     _installed = True
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTip())
+    # lightning 2.6.6 (trainer/connectors/logger_connector) logs "💡 Tip: ... litlogger" through
+    # rank_zero_info whenever the trainer's loggers include no LitLogger
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_Drop("litlogger"))
+    # lightning 2.6.6 (trainer/connectors/checkpoint_connector) logs this at every checkpoint saved
+    # without the argument; the full checkpoint (optimizer and loop state) is what a resume needs
+    logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").addFilter(
+        _Drop("`weights_only` was not set"))
     # torch 2.13 deprecated its pytree LeafSpec; lightning 2.6.6's utilities/_pytree.py still builds one
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")

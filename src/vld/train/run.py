@@ -78,7 +78,7 @@ class StepCheckpoint(Callback):
         final = self.dirpath / LAST
         tmp = self.dirpath / f".{LAST}.tmp"
         try:
-            trainer.save_checkpoint(tmp, weights_only=False)  # collective: every rank calls it, rank 0 writes
+            trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
         except (OSError, RuntimeError) as err:  # a full disk: torch's writer raises RuntimeError
             cause = write_failure(err)
             if cause is None:
