@@ -65,7 +65,7 @@ def main() -> None:
             for stage in stages:
                 stage.finish()
     for name, times in (("training stage", train), ("evaluation stage", evaluate)):
-        print(f"{name} ({args.seeds} seeds): added {statistics.median(times):.3f} s median,"
+        print(f"{name} ({args.seeds} seed{'' if args.seeds == 1 else 's'}): added {statistics.median(times):.3f} s median,"
               f" {max(times):.3f} s worst over {len(times)} runs")
 
 

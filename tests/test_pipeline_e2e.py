@@ -153,7 +153,13 @@ def _check_lineage(repo: Path, client, kids: dict) -> None:
             name = data.dataset.name + (" stream" if data.dataset.source_type == "code" else "")
             assert tags["mlflow.data.context"] == context and tags["vld.sha256"] == digests[name], key
             assert data.dataset.digest == digests[name][:32]
-        if stage.startswith("evaluate_"):
+        if stage.startswith("evaluate_"):  # the evaluated model is its input, and holds its metrics
+            family = stage.split("_", 1)[1]
+            trainer = kids[("retrofit" if family == "retrofit" else f"pretrain_{family}") + "@" + key.split("@")[1]]
+            [evaluated] = client.get_run(run.info.run_id).inputs.model_inputs
+            assert [evaluated.model_id] == [o.model_id for o in trainer.outputs.model_outputs], key
+            measured = {m.key for m in client.get_logged_model(evaluated.model_id).metrics}
+            assert "flops_per_token" in measured and "stage_wall_s" not in measured, key
             continue
         [output] = run.outputs.model_outputs
         model = client.get_logged_model(output.model_id)

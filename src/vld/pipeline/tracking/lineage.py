@@ -118,6 +118,29 @@ def link_model(client, run_id: str, model_id: str) -> bool:
     return True
 
 
+def recorded_model_id(record_file: str | Path) -> str | None:
+    """The logged model id in a training stage's record (None: none, or tracking was off)."""
+    try:
+        record = json.loads(Path(record_file).read_text())
+    except (OSError, ValueError):
+        return None
+    models = (record.get("models") or []) if isinstance(record, dict) else []
+    return models[0].get("model_id") if models else None
+
+
+def link_model_input(client, run_id: str, model_id: str) -> bool:
+    """Make an existing logged model an input of `run_id` (an evaluation of it); False when the
+    store lacks it."""
+    from mlflow.entities import LoggedModelInput
+
+    try:
+        client.get_logged_model(model_id)
+    except Exception:
+        return False
+    client.log_inputs(run_id, models=[LoggedModelInput(model_id)])
+    return True
+
+
 def load_logged_model(model: str, tracking_uri_: str | None = None):
     """The model of a LoggedModel (`m-...` or `models:/m-...`), loaded from the checkpoint it
     points at (vld.model.load_model, or a retrofit's model through load_retrofit)."""

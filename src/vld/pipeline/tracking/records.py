@@ -91,6 +91,8 @@ def _restore_lineage(client, parent: runs.ParentRun, child: str, record: dict[st
     """The record's dataset inputs, and its models: the original logged model linked when this
     store holds it, else a new logged model pointing at the same checkpoint."""
     lineage.log_datasets(client, child, record.get("inputs") or [])
+    if same_store and record.get("evaluated_model"):
+        lineage.link_model_input(client, child, record["evaluated_model"])
     for entry in record.get("models") or []:
         model_id = entry.get("model_id")
         if not (same_store and model_id and lineage.link_model(client, child, model_id)):

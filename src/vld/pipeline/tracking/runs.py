@@ -237,12 +237,12 @@ def log_params(client, run_id: str, params: dict[str, Any]) -> None:
         client.log_batch(run_id, params=items[i:i + PARAMS_PER_BATCH])
 
 
-def metric_entities(values: dict[str, float], step: int = 0) -> list:
-    """mlflow Metric entities of `values`, stamped now."""
+def metric_entities(values: dict[str, float], step: int = 0, model_id: str | None = None) -> list:
+    """mlflow Metric entities of `values`, stamped now (and of the logged model `model_id`)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    return [Metric(k, v, now, step) for k, v in values.items()]
+    return [Metric(k, v, now, step, model_id=model_id) for k, v in values.items()]
 
 
 def log_metric_entities(client, run_id: str, metrics: list) -> None:
