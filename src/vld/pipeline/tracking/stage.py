@@ -4,7 +4,8 @@ under the pipeline's parent, plus the JSON record every stage writes (vld.pipeli
 The child holds params (the variant's resolved settings), metrics (final values; the training
 curve through Lightning's MLFlowLogger bound to the same run id), tags (vld.stage, vld.variant,
 vld.pattern, vld.k, vld.git_commit, vld.data.<name>.sha256, ...) and artifacts (result files,
-tables, figures, the resolved config). With VLD_TRACKING off only the record is written.
+tables, figures, the resolved config), dataset inputs and logged models (vld.pipeline.tracking.lineage).
+With VLD_TRACKING off only the record is written.
 """
 
 from __future__ import annotations
