@@ -10,6 +10,7 @@ date (bytecode does not); `dvc exp run -S` runs only what its override touches.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -117,6 +118,63 @@ def _check_outputs(repo: Path, outs: dict[str, list[str]]) -> None:
                 assert json.loads((path / "tracking.json").read_text())["stage_key"] == "report"
 
 
+def _digests(repo: Path) -> dict[str, str]:
+    """Each dataset's content hash, as the test computes it: a token set's tokens_sha256, the
+    k-hop test sets' meta.json hashed whole, the k-hop training stream's settings hashed."""
+    out = {}
+    for meta in repo.glob("data/**/meta.json"):
+        recorded = json.loads(meta.read_text()).get("tokens_sha256")
+        out[meta.parent.name] = recorded or hashlib.sha256(meta.read_bytes()).hexdigest()
+    out["igsm_train"] = out.pop("train")
+    spec = yaml.safe_load((repo / "params.yaml").read_text())["data"]["khop"]["kh12"]
+    out["kh12 stream"] = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    return out
+
+
+def _check_lineage(repo: Path, client, kids: dict) -> None:
+    """MLflow 3's view: a model-training experiment; every training run's dataset inputs (by
+    digest) and its logged model, which loads from MLflow to the DVC output's logits."""
+    from vld.model import load_model
+    from vld.pipeline.tracking import load_logged_model
+    from vld.retrofit.api import load_retrofit
+
+    experiment = client.get_experiment_by_name("tiny")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    digests = _digests(repo)
+    for key, run in kids.items():
+        stage = run.data.tags["vld.stage"]
+        if not stage.startswith(("pretrain_", "retrofit", "evaluate_")):
+            continue
+        inputs = run.inputs.dataset_inputs
+        context = "test" if stage.startswith("evaluate_") else "training"
+        assert inputs, key
+        for data in inputs:
+            tags = {t.key: t.value for t in data.tags}
+            name = data.dataset.name + (" stream" if data.dataset.source_type == "code" else "")
+            assert tags["mlflow.data.context"] == context and tags["vld.sha256"] == digests[name], key
+            assert data.dataset.digest == digests[name][:32]
+        if stage.startswith("evaluate_"):  # the evaluated model is its input, and holds its metrics
+            family = stage.split("_", 1)[1]
+            trainer = kids[("retrofit" if family == "retrofit" else f"pretrain_{family}") + "@" + key.split("@")[1]]
+            [evaluated] = client.get_run(run.info.run_id).inputs.model_inputs
+            assert [evaluated.model_id] == [o.model_id for o in trainer.outputs.model_outputs], key
+            measured = {m.key for m in client.get_logged_model(evaluated.model_id).metrics}
+            assert "flops_per_token" in measured and "stage_wall_s" not in measured, key
+            continue
+        [output] = run.outputs.model_outputs
+        model = client.get_logged_model(output.model_id)
+        assert model.source_run_id == run.info.run_id and "final_loss" in {m.key for m in model.metrics}, key
+    for key, out, load in (("pretrain_khop@cycle_x1/seed1", "results/pretrain/khop/cycle_x1/seed1/model.pt", load_model),
+                           ("retrofit@cycle_x1/seed0", "results/retrofit/cycle_x1/seed0", lambda p: load_retrofit(p)[0])):
+        [output] = kids[key].outputs.model_outputs
+        from_mlflow = load_logged_model(f"models:/{output.model_id}", f"sqlite:///{repo / 'mlflow.db'}")
+        from_dvc = load(repo / out)
+        vocab = from_dvc.config.vocab_size if hasattr(from_dvc, "config") else 16
+        tokens = torch.randint(0, vocab, (2, 8), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            assert torch.equal(from_mlflow(tokens), from_dvc(tokens)), key
+
+
 def test_dvc_repro_tiny_profile(dvc_project):
     repo = dvc_project
     shutil.copy(ROOT / "conf/profiles/tiny.yaml", repo / "params.yaml")
@@ -184,6 +242,7 @@ def test_dvc_repro_tiny_profile(dvc_project):
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     config = {a.path for a in client.list_artifacts(parent.info.run_id, "config")}
     assert config == {"config/params.yaml", "config/resolved_variants.json"}
+    _check_lineage(repo, client, kids)
 
     # nothing changed: nothing runs
     second = _run(repo, "dvc", "repro")
@@ -212,6 +271,11 @@ def test_dvc_repro_tiny_profile(dvc_project):
     assert old.data.tags["vld.original_run_id"] not in ("", "None", old.info.run_id)
     assert len(client.get_metric_history(old.info.run_id, "train/loss")) == 4  # curve copied
     assert kids["evaluate_reasoning@base/seed0"].data.metrics["igsm.op2.answer_accuracy"] == ev["igsm.op2.answer_accuracy"]
+    # a restored run links the original logged model and logs the same dataset inputs
+    assert [o.model_id for o in old.outputs.model_outputs] == [
+        o.model_id for o in client.get_run(old.data.tags["vld.original_run_id"]).outputs.model_outputs]
+    assert [d.dataset.digest for d in old.inputs.dataset_inputs] == [
+        d.dataset.digest for d in client.get_run(old.data.tags["vld.original_run_id"]).inputs.dataset_inputs]
 
     # a variant added: only its own stages are out of date, and the report (it reads params.yaml)
     params["knowledge"]["variants"]["w16_cycle"] = {"model": "k16", "data": "rt1k",

@@ -423,3 +423,15 @@ def test_table1_says_whether_any_variant_learned(full_report, tmp_path):
             "against 4.0% for always giving the most common train answer (0.8x; learned means at least 3x). "
             "Differences between rows are noise here, not effects of depth; train longer or on an easier "
             "setting (docs/igsm_learnability.md).\n") in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_panel_without_labelled_lines_asks_for_no_legend(tmp_path):
+    """The tiny profile's case: one knowledge model, no VLD variant to compare with it; (b, c)
+    hold only their unlabelled zero line, and matplotlib warns when asked for a legend there."""
+    import warnings
+
+    from vld.report.figures import figure4
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert figure4(knowledge_set()[:1], tmp_path / "figure4.png")

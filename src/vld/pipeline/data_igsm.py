@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             run.add_artifact(path / "meta.json")
         run.set_tags(shared.data_tags(sets))
         run.finish()
+    shared.summary(f"data_igsm_{args.split}", out)
     return 0
 
 

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
                          "sequences": sum(entry["sequences"] for entry in meta["sets"].values())})
         run.add_artifact(out / "meta.json")
         run.finish()
+    shared.summary(f"data_khop@{args.dataset}", out)
     return 0
 
 

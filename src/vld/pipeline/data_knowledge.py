@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
                          **{key: value for key, value in tokens.meta.items() if key in ("dataset_bits", "bits_per_token")}})
         run.add_artifact(out / "meta.json")
         run.finish()
+    shared.summary(f"data_knowledge@{args.dataset}", out)
     return 0
 
 

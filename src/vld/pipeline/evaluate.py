@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from pathlib import Path
 
 from vld.errors import fail, run_cli
 from vld.pipeline import paths, shared, tracking
@@ -60,6 +61,19 @@ def _evaluate_seed(pipeline, variant, family, device: str, run) -> dict:
     return result
 
 
+def _headline(result: dict) -> tuple[str, float | None]:
+    """The number a stage's closing line shows: k-hop error (mean over hop counts), the first
+    test's answer accuracy, or the absorbed bits."""
+    if result.get("khop"):
+        errors = [hop["error"] for hop in result["khop"]["hops"].values()]
+        return "mean k-hop error", sum(errors) / len(errors) if errors else None
+    if result.get("igsm"):
+        test, measures = next(iter(result["igsm"].items()))
+        return f"{test} answer accuracy", measures.get("answer_accuracy")
+    knowledge = result.get("knowledge") or {}
+    return "absorbed bits", knowledge.get("absorbed_bits_ce")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = shared.parser("evaluate", __doc__.splitlines()[0], tuple(FAMILIES)).parse_args(argv)
     pipeline = load_pipeline(args.params)
@@ -82,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             pipeline, f"evaluate_{variant.family}", paths.seed_key(variant.name, seeded.seed),
             {**seeded.flat_params(), **{f"eval.{k}": v for k, v in seeded.eval.items()}},
             {**seeded.tags(), **shared.data_tags(dirs), "vld.variant": variant.name})) for seeded in seeds]
+        trainer = "retrofit" if family.trained_by == "retrofit" else f"pretrain_{variant.family}"
+        for seeded, run in zip(seeds, runs):
+            run.log_datasets([tracking.dataset_entry(Path(path).name, path, "test") for path in dirs.values()])
+            run.evaluate_model(tracking.record_path(trainer, paths.seed_key(variant.name, seeded.seed)))
         results = [_evaluate_seed(pipeline, seeded, family, device, run) for seeded, run in zip(seeds, runs)]
         for seeded in seeds:
             pipeline.check_unchanged(seeded)
@@ -91,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         for seeded, run in zip(seeds, runs):
             run.add_artifact(paths.eval_file(variant.family, variant.name, seeded.seed))
             run.finish()
+    headline = [_headline(result) for result in results]
+    shared.summary(f"evaluate_{variant.family}@{variant.name}", out, len(seeds), headline[0][0] if headline else None,
+                   [value for _, value in headline])
     return 0
 
 

@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         model_cfg = variant.model
         data_id = {"stream": variant.data, "spec": asdict(pipeline.data[variant.family][variant.data])}
         data_tags = {}
+        inputs = [tracking.stream_entry(variant.data, f"vld.data.{variant.family}", data_id["spec"], "training")]
     else:
         from vld.data.tokens import TokenSet
 
@@ -51,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         if len(tokens.tokens) < variant.train.seq_len + 1:
             fail(f"{variant.key}.train.seq_len", f"{variant.train.seq_len} is longer than the data ({len(tokens.tokens)} tokens)")
         data_id = {"data": shared.data_sha256(data_dir), "dataset": str(data_dir)}
-        data_tags = shared.data_tags({data_dir.name if variant.family == "knowledge" else "igsm_train": data_dir})
+        data_name = data_dir.name if variant.family == "knowledge" else "igsm_train"
+        data_tags = shared.data_tags({data_name: data_dir})
+        inputs = [tracking.dataset_entry(data_name, data_dir, "training")]
     if variant.objective is not None:
         data_id["objective"] = variant.objective
     stage = f"pretrain_{variant.family}"
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = [stack.enter_context(tracking.tracked(
             pipeline, stage, paths.seed_key(variant.name, seeded.seed), seeded.flat_params(),
             {**seeded.tags(), **data_tags, "vld.variant": variant.name})) for seeded in seeds]
+        for run in runs:
+            run.log_datasets(inputs)
         import torch
 
         from vld.atomic import atomic_dir, write_json
@@ -98,10 +103,14 @@ def main(argv: list[str] | None = None) -> int:
                         run.log_metrics({"train/loss": loss}, step=step)
             run.log_metrics({key: value for key, value in metrics.items() if key != "loss_curve"})
             run.log_params({"params": model.parameter_count(), "effective_depth": model.effective_depth})
+            run.log_model(tracking.model_entry(
+                f"{variant.family}-{variant.name}-seed{seeded.seed}", family.model_dir(seeded) / "model.pt",
+                "vld.model.load_model", seeded.flat_params(), metrics))
             run.add_artifact(family.model_dir(seeded) / "metrics.json")
             run.add_artifact(family.model_dir(seeded) / "config.json")
             run.finish()
     shared.drop_work_dir(work)
+    shared.summary(f"{stage}@{variant.name}", out, len(seeds), "final loss", [m.get("final_loss") for m in per_seed])
     return 0
 
 

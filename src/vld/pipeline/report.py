@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                   + ", ".join(restored))
         run.finish(record_file=paths.REPORT / "tracking.json")
         tracking.finish_pipeline(run, pipeline)
+    shared.summary("report", paths.REPORT)
     return 0
 
 

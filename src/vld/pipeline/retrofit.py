@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             run = stack.enter_context(tracking.tracked(
                 pipeline, "retrofit", paths.seed_key(variant.name, seeded.seed), seeded.flat_params(),
                 {**seeded.tags(), **data_tags, "vld.source.sha256": source_sha256, "vld.variant": variant.name}))
+            run.log_datasets([tracking.dataset_entry("igsm_train", paths.IGSM_TRAIN, "training")])
             metrics = retrofit_and_finetune(info, seeded.schedule_spec, seeded.method, seeded.lora_rank,
                                             str(paths.IGSM_TRAIN), seeded.train, work, patterns=pipeline.patterns,
                                             logger=run.lightning_logger(), backend=seeded.train.backend,
@@ -78,11 +79,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     for seeded, run in zip(seeds, runs):  # the outputs are in place: the runs can end
         where = paths.retrofit_model_dir(variant.name, seeded.seed)
+        run.log_model(tracking.model_entry(f"retrofit-{variant.name}-seed{seeded.seed}", where,
+                                           "vld.retrofit.api.load_retrofit", seeded.flat_params(), run.metrics))
         run.add_artifact(where / METRICS_FILE)
         run.add_artifact(where / MODEL_DIR / "retrofit.json")
         run.finish()
     for work in works:
         shared.drop_work_dir(work)
+    shared.summary(f"retrofit@{variant.name}", out, len(seeds), "final loss",
+                   [run.metrics.get("final_loss") for run in runs])
     return 0
 
 

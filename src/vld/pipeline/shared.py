@@ -9,11 +9,28 @@ import contextlib
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from vld.errors import fail
 from vld.pipeline.paths import WORK
+
+STARTED = time.time()  # every stage imports this module first thing: the stage's start
+
+def summary(key: str, out: str | Path, seeds: int | None = None, headline: str | None = None,
+            values: list[float] | tuple[float, ...] = ()) -> None:
+    """The stage's closing line: what it wrote, its headline metric (one value per seed), its time:
+    `vld: pretrain_khop@cycle_x1: 2 seeds -> results/pretrain/khop/cycle_x1 (final loss 0.41 / 0.39) in 12 s`."""
+    line = f"vld: {key}"
+    if seeds is not None:
+        line += f": {seeds} seed{'' if seeds == 1 else 's'}"
+    line += f" -> {out}"
+    shown = [f"{v:.3g}" for v in values if isinstance(v, (int, float))]
+    if headline and shown:
+        line += f" ({headline} {' / '.join(shown)})"
+    print(f"{line} in {time.time() - STARTED:.0f} s", flush=True)
+
 
 def config_hash(obj: Any) -> str:
     """A short stable hash of a JSON-able config (names work directories)."""

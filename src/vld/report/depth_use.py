@@ -268,7 +268,7 @@ def depth_use_figure(results: list[dict], path, metric: str | None = None,
         if not ax.lines and not ax.collections:
             ax.text(0.5, 0.5, "none (no revisited layer)" if ax is axes[2] else "none",
                     ha="center", va="center", transform=ax.transAxes, color="gray")
-    if axes[3].lines:
+    if axes[3].get_legend_handles_labels()[1]:  # labelled artists only
         axes[3].legend(fontsize=7)
     fig.suptitle(title or f"Depth use: ablations and early exit (95% bootstrap intervals over "
                  f"test sequences)", y=1.03)
@@ -299,7 +299,7 @@ def early_exit_figure(results: list[dict], path, metrics: list[str] | None = Non
         ax.set_title(e["variant"], fontsize=9)
         ax.set_xlabel("virtual layers run (0 = embeddings)")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        if ax.lines:
+        if ax.get_legend_handles_labels()[1]:  # labelled artists only
             ax.legend(fontsize=7)
     axes[0][0].set_ylabel("metric (lower is better)")
     fig.suptitle(title or "Early exit through the logit lens (95% bootstrap intervals)", y=1.04)

@@ -84,7 +84,7 @@ def figure3(results: list[dict], path: Path) -> bool:
         ax.set_title(f"ours: {test} (95% intervals)")
         ax.set_xlabel("effective depth")
         ax.set_ylabel("answer accuracy %")
-        if ax.lines:
+        if ax.get_legend_handles_labels()[1]:  # labelled artists only
             ax.legend(fontsize=7)
     ax = axes[0][-1]
     for size in (4, 8):
@@ -128,7 +128,7 @@ def figure4(results: list[dict], path: Path) -> bool:
     axes[0].set_xlabel("parameters (no VLD)")
     axes[0].set_ylabel("absorbed bits (thousands)")
     axes[0].set_title("(a) capacity vs parameters")
-    if axes[0].lines:
+    if axes[0].get_legend_handles_labels()[1]:  # labelled artists only
         axes[0].legend(fontsize=7)
     patterns = sorted({str(r["pattern"]) for r in knowledge}, key=pattern_key)
     sizes = sorted({(r["n_layer"], r.get("d_model") or 0, r["params"]) for r in knowledge
@@ -164,7 +164,7 @@ def figure4(results: list[dict], path: Path) -> bool:
         ax.set_ylabel("absorbed bits vs base, %")
         ax.set_title(f"({'b' if measure == 'entropy' else 'c'}) fixed params: "
                      f"{'paper measure' if measure == 'entropy' else 'cross-entropy'}")
-        if ax.lines:
+        if ax.get_legend_handles_labels()[1]:  # labelled artists only
             ax.legend(fontsize=7)
     fig.suptitle("Figure 4: knowledge capacity (paper: shape only, no numbers)", y=1.03)
     fig.tight_layout()
@@ -223,7 +223,7 @@ def depth_figure(results: list[dict], path: Path, kind: str) -> bool:
                         linestyle=("-", "--", "-.", ":")[index % 4], label=r["variant"])
         ax.set_xlabel("virtual layer")
         ax.set_title(label)
-    if axes[0].lines:
+    if axes[0].get_legend_handles_labels()[1]:  # labelled artists only
         axes[0].legend(fontsize=6)
     fig.suptitle(f"Depth use per virtual layer ({kind} variants)", y=1.03)
     _save(fig, path)

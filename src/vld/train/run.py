@@ -28,6 +28,7 @@ from vld.errors import fail
 from vld.train.config import TrainConfig, apply_threads, busy_cores, busy_note, check_devices, machine_cores
 from vld.train.datamodules import _WindowDataModuleBase
 from vld.train.module import LMModule
+from vld.train.quiet import quiet_third_party
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
@@ -129,12 +130,18 @@ class ThreadCount(Callback):
 
 
 class RunProgressBar(TQDMProgressBar):
-    """Counts micro-batches of the whole run (Lightning's own total mixes steps and
-    micro-batches when gradients are accumulated)."""
+    """One bar for the whole run, in optimizer steps: steps per second and time left. It counts
+    micro-batches (Lightning's own total mixes steps and micro-batches when gradients are
+    accumulated) and shows them scaled to steps."""
 
     @property
     def total_train_batches(self) -> int | float:
         return self.trainer.num_training_batches
+
+    def _in_steps(self, trainer: L.Trainer) -> None:
+        bar = self.train_progress_bar
+        bar.unit, bar.unit_scale = "step", 1 / max(1, trainer.accumulate_grad_batches)
+        bar.set_description("train")  # one Lightning "epoch" is the whole run
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -142,7 +149,11 @@ class RunProgressBar(TQDMProgressBar):
         bar = self.train_progress_bar
         bar.reset(total=self.total_train_batches)
         bar.n = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        bar.set_description(f"Epoch {trainer.current_epoch}")
+        self._in_steps(trainer)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self._in_steps(trainer)
 
 
 def build_trainer(
@@ -157,6 +168,7 @@ def build_trainer(
     `distributed_sampler=False` (our DataModules split each global batch by rank themselves);
     set it for a foreign DataModule so that Lightning adds its DistributedSampler under DDP."""
     check_devices(cfg)
+    quiet_third_party()
     out_dir = Path(out_dir)
     deterministic = "warn" if cfg.accelerator == "cpu" else None
     return L.Trainer(

@@ -8,6 +8,8 @@ One module per job:
 - `runs`: the experiment, the parent run, run states (stale runs closed, the parent settled
   from its children) and batched writes into a run;
 - `stage`: `StageRun` (one stage execution), `tracked` (rank 0 only), `NullRun`;
+- `lineage`: the datasets a run read (MLflow inputs) and the models it trained (logged models,
+  by reference to DVC's checkpoints; `load_logged_model` loads one);
 - `records`: the record files and their replay as restored child runs by the report stage;
 - `logger`: Lightning's MLFlowLogger bound to a stage's child run (imports lightning).
 
@@ -16,6 +18,12 @@ mlflow is imported lazily, after the probe. This package imports nothing from
 vld.pipeline.params (params imports the stages' helpers, not the other way round).
 """
 
+from vld.pipeline.tracking.lineage import (
+    dataset_entry,
+    load_logged_model,
+    model_entry,
+    stream_entry,
+)
 from vld.pipeline.tracking.records import (
     RECORD_SCHEMA,
     RECORDS_DIR,
@@ -55,7 +63,8 @@ from vld.pipeline.tracking.store import (
 )
 
 __all__ = ["NullRun", "OFF_HINT", "ParentRun", "RECORDS_DIR", "RECORD_SCHEMA", "StageRun", "close_stale_runs",
-           "enabled", "file_sha256", "finish_pipeline", "git_commit", "is_global_zero", "pipeline_state",
+           "dataset_entry", "enabled", "file_sha256", "finish_pipeline", "git_commit", "is_global_zero",
+           "load_logged_model", "model_entry", "pipeline_state", "stream_entry",
            "pipeline_tags", "probe_store", "process_alive", "process_tag", "reattach_records", "read_records",
            "record_path", "repo_root", "settle_parent", "sqlite_path", "stage_key", "stage_run", "store_lock",
            "store_root", "tracked", "tracking_uri"]

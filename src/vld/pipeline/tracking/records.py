@@ -8,7 +8,7 @@ stage, so DVC caches and restores it with the results. The report stage depends 
 and runs whenever anything changed; it calls `reattach_records`, which gives every record whose
 stage has no child run under the current parent a child run tagged `vld.restored=true` (with
 `vld.original_run_id`, the metric histories copied from the original run when it is in the same
-store, and the artifacts), then `finish_pipeline`. The MLflow view of the current parent is thus
+store, the artifacts, the dataset inputs and the logged models), then `finish_pipeline`. The MLflow view of the current parent is thus
 always complete.
 
 The functions taking a run take a StageRun (vld.pipeline.tracking.stage) and use its public
@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vld.pipeline.tracking import runs
+from vld.pipeline.tracking import lineage, runs
 from vld.pipeline.tracking.store import repo_root, tracking_uri
 
 RECORDS_DIR = Path("results/records")
@@ -83,7 +83,20 @@ def _restore(run, parent: runs.ParentRun, key: str, record: dict[str, Any]) -> N
     metrics += runs.metric_entities({k: v for k, v in finals.items() if k not in copied})
     runs.log_metric_entities(client, child, metrics)
     runs.log_artifacts(client, child, run.root, record.get("artifacts") or [])
+    _restore_lineage(client, parent, child, record, same_store=record.get("tracking_uri") == tracking_uri(run.root))
     client.set_terminated(child, "FINISHED")
+
+
+def _restore_lineage(client, parent: runs.ParentRun, child: str, record: dict[str, Any], same_store: bool) -> None:
+    """The record's dataset inputs, and its models: the original logged model linked when this
+    store holds it, else a new logged model pointing at the same checkpoint."""
+    lineage.log_datasets(client, child, record.get("inputs") or [])
+    if same_store and record.get("evaluated_model"):
+        lineage.link_model_input(client, child, record["evaluated_model"])
+    for entry in record.get("models") or []:
+        model_id = entry.get("model_id")
+        if not (same_store and model_id and lineage.link_model(client, child, model_id)):
+            lineage.log_model(client, parent.experiment_id, child, entry)
 
 
 def _copied_history(client, run_id, uri, root: Path) -> list:

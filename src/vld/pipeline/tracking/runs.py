@@ -135,19 +135,27 @@ def settle_parent(client, experiment_id: str, parent_run_id: str) -> str:
 
 # ----------------------------------------------------------------------------- the experiment and the parent
 
+# MLflow 3's UI opens an experiment by its kind: without it, on the GenAI overview (traces)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def open_experiment(client, profile: str, root: Path) -> str:
-    """The id of the profile's experiment (restored if deleted, created if missing)."""
+    """The id of the profile's experiment (restored if deleted, created if missing), marked
+    as a model-training experiment."""
     experiment = client.get_experiment_by_name(profile)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
+        for key, value in EXPERIMENT_KIND.items():
+            if experiment.tags.get(key) != value:
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     location = None
     db = sqlite_path(tracking_uri(root))
     if db is not None:  # artifacts beside the store, so every checkout sharing it finds them
         location = (db.parent / "mlruns" / profile).as_uri()
     try:
-        return client.create_experiment(profile, artifact_location=location)
+        return client.create_experiment(profile, artifact_location=location, tags=EXPERIMENT_KIND)
     except Exception:  # created meanwhile by another process
         return client.get_experiment_by_name(profile).experiment_id
 
@@ -229,12 +237,12 @@ def log_params(client, run_id: str, params: dict[str, Any]) -> None:
         client.log_batch(run_id, params=items[i:i + PARAMS_PER_BATCH])
 
 
-def metric_entities(values: dict[str, float], step: int = 0) -> list:
-    """mlflow Metric entities of `values`, stamped now."""
+def metric_entities(values: dict[str, float], step: int = 0, model_id: str | None = None) -> list:
+    """mlflow Metric entities of `values`, stamped now (and of the logged model `model_id`)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    return [Metric(k, v, now, step) for k, v in values.items()]
+    return [Metric(k, v, now, step, model_id=model_id) for k, v in values.items()]
 
 
 def log_metric_entities(client, run_id: str, metrics: list) -> None:

@@ -4,7 +4,8 @@ under the pipeline's parent, plus the JSON record every stage writes (vld.pipeli
 The child holds params (the variant's resolved settings), metrics (final values; the training
 curve through Lightning's MLFlowLogger bound to the same run id), tags (vld.stage, vld.variant,
 vld.pattern, vld.k, vld.git_commit, vld.data.<name>.sha256, ...) and artifacts (result files,
-tables, figures, the resolved config). With VLD_TRACKING off only the record is written.
+tables, figures, the resolved config), dataset inputs and logged models (vld.pipeline.tracking.lineage).
+With VLD_TRACKING off only the record is written.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from vld.atomic import check_writable, write_json
-from vld.pipeline.tracking import runs
+from vld.pipeline.tracking import lineage, runs
 from vld.pipeline.tracking.records import RECORD_SCHEMA, record_path, stage_key
 from vld.pipeline.tracking.store import enabled, open_client, repo_root, store_errors, tracking_uri
 
@@ -72,6 +73,9 @@ class StageRun:
         }
         self.tags.update({k: str(v) for k, v in (tags or {}).items()})
         self.artifacts: list[str] = []  # paths relative to the repo root
+        self.inputs: list[dict[str, Any]] = []  # lineage.dataset_entry / stream_entry
+        self.models: list[dict[str, Any]] = []  # lineage.model_entry, with its model_id once logged
+        self.evaluated_model: str | None = None  # the logged model this run measures (evaluate_model)
         self.run_id: str | None = None
         self.parent: runs.ParentRun | None = None
         self.uri = tracking_uri(self.root)
@@ -106,12 +110,14 @@ class StageRun:
         if self.parent and new:
             self._log_params(new)
 
-    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None, of_model: bool = True) -> None:
+        """Log finite numbers; `of_model`: also as metrics of the evaluated model (evaluate_model)."""
         values = runs.numeric(metrics)
         self.metrics.update(values)
         if self.parent and values:
+            model_id = self.evaluated_model if of_model else None
             with store_errors(self.uri):
-                runs.log_metric_entities(self.parent.client, self.run_id, runs.metric_entities(values, step or 0))
+                runs.log_metric_entities(self.parent.client, self.run_id, runs.metric_entities(values, step or 0, model_id))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         values = {k: str(v) for k, v in tags.items()}
@@ -120,6 +126,30 @@ class StageRun:
             with store_errors(self.uri):
                 for k, v in values.items():
                     self.parent.client.set_tag(self.run_id, k, v)
+
+    def log_datasets(self, entries: list[dict[str, Any]]) -> None:
+        """The datasets the stage read, as MLflow dataset inputs (by reference)."""
+        self.inputs.extend(entries)
+        if self.parent and entries:
+            with store_errors(self.uri):
+                lineage.log_datasets(self.parent.client, self.run_id, entries)
+
+    def log_model(self, entry: dict[str, Any]) -> None:
+        """A trained model (lineage.model_entry) as a logged model of this run."""
+        self.models.append(entry)
+        if self.parent:
+            with store_errors(self.uri):
+                entry["model_id"] = lineage.log_model(self.parent.client, self.parent.experiment_id,
+                                                      self.run_id, entry)
+
+    def evaluate_model(self, training_record: str | Path) -> None:
+        """Link the logged model of a training stage's record as this run's model input; the
+        metrics logged afterwards are that model's metrics too (its page shows them)."""
+        model_id = lineage.recorded_model_id(training_record)
+        if self.parent and model_id:
+            with store_errors(self.uri):
+                if lineage.link_model_input(self.parent.client, self.run_id, model_id):
+                    self.evaluated_model = model_id
 
     def add_artifact(self, path: str | Path) -> None:
         """Register a file or directory (logged when the stage finishes, from its final place)."""
@@ -139,7 +169,8 @@ class StageRun:
         return {
             "schema": RECORD_SCHEMA, "stage": self.stage, "variant": self.variant, "stage_key": self.key,
             "profile": self.profile, "params": self.params, "metrics": self.metrics, "tags": self.tags,
-            "artifacts": self.artifacts, "run_id": self.run_id, "parent_run_id": self.parent_run_id,
+            "artifacts": self.artifacts, "inputs": self.inputs, "models": self.models,
+            "evaluated_model": self.evaluated_model, "run_id": self.run_id, "parent_run_id": self.parent_run_id,
             "tracking_uri": self.uri if self.run_id else None,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -147,7 +178,7 @@ class StageRun:
     def finish(self, record_file: str | Path | None = None) -> dict[str, Any]:
         """Write the record (default results/records/<key>.json), log artifacts, end the run."""
         # wall time from validation to the end (the ~10 s of interpreter start and imports before it are not in it)
-        self.log_metrics({"stage_wall_s": time.time() - self.started})
+        self.log_metrics({"stage_wall_s": time.time() - self.started}, of_model=False)
         record = self.record()
         write_json(record_file or record_path(self.stage, self.variant, self.root), record)
         if self.parent:
