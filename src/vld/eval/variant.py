@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vld.declared import check_keys
 from vld.errors import fail
 
 SCHEMA = "vld.variant/2"
@@ -103,9 +104,8 @@ def check_settings(task: str, settings: dict, where: str = "settings") -> dict:
     if not isinstance(settings, dict):
         fail(where, f"must be a mapping, got {type(settings).__name__}")
     allowed = TASKS[task]["settings"]
+    check_keys(settings, allowed, where)
     for key, value in settings.items():
-        if key not in allowed:
-            fail(f"{where}.{key}", f"unknown key (known: {', '.join(allowed)})")
         if key in _POSITIVE and value is not None and (
                 not isinstance(value, int) or isinstance(value, bool) or value < 1):
             fail(f"{where}.{key}", f"must be a positive integer, got {value!r}")
@@ -131,9 +131,7 @@ def _check_inputs(family, data, settings, meta) -> str:
         if not isinstance(mapping, dict):
             fail(name, f"must be a mapping, got {type(mapping).__name__}")
     known = sorted({key for task in TASKS.values() for key in (task["needs"], *task["reads"])})
-    for key in data:
-        if key not in known:
-            fail(f"data.{key}", f"unknown key (known: {', '.join(known)})")
+    check_keys(data, known, "data")
     task = task_of(data)
     check_settings(task, settings)
     for key in meta:

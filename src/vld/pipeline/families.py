@@ -18,7 +18,7 @@ from vld.errors import fail
 from vld.pipeline import paths
 
 if TYPE_CHECKING:
-    from vld.pipeline.params import Pipeline, Variant
+    from vld.pipeline.plan import Plan, Variant
 
 COMMON_VARIANT_KEYS = ("schedule", "seed", "seeds", "train")
 
@@ -30,7 +30,7 @@ class Family:
     variant_keys: tuple[str, ...] = ("model",)  # besides COMMON_VARIANT_KEYS
 
     # ---- validation (torch-free) ------------------------------------------------------
-    def check_variant(self, spec: Mapping[str, Any], where: str, pipeline: "Pipeline") -> dict[str, Any]:
+    def check_variant(self, spec: Mapping[str, Any], where: str, pipeline: "Plan") -> dict[str, Any]:
         """Family-specific keys of one variant -> Variant fields (model_name, data, source, ...)."""
         model_name = spec.get("model")
         if model_name is None:
@@ -39,28 +39,28 @@ class Family:
             fail(f"{where}.model", f"unknown model {model_name!r} (known: {', '.join(pipeline.models) or 'none'})")
         return {"model_name": model_name}
 
-    def fixed_train(self, extras: Mapping[str, Any], pipeline: "Pipeline") -> dict[str, Any]:
+    def fixed_train(self, extras: Mapping[str, Any], pipeline: "Plan") -> dict[str, Any]:
         """Train settings the data decides (merged last; the user may not set them)."""
         return {}
 
-    def vocab_size(self, variant: "Variant", pipeline: "Pipeline") -> int | None:
+    def vocab_size(self, variant: "Variant", pipeline: "Plan") -> int | None:
         """The vocabulary when params.yaml decides it; None when the data files do."""
         return None
 
-    def check_eval(self, settings: dict, where: str, pipeline: "Pipeline") -> dict:
+    def check_eval(self, settings: dict, where: str, pipeline: "Plan") -> dict:
         """The family's eval block, checked by the evaluation of its task."""
         from vld.eval.variant import check_settings
 
         return check_settings(self.task, settings, where)
 
-    def check_train(self, variant: "Variant", pipeline: "Pipeline") -> None:
+    def check_train(self, variant: "Variant", pipeline: "Plan") -> None:
         """Checks of a variant's training against its data, before any compute."""
 
-    def default_seeds(self, extras: Mapping[str, Any], pipeline: "Pipeline") -> tuple[int, ...] | None:
+    def default_seeds(self, extras: Mapping[str, Any], pipeline: "Plan") -> tuple[int, ...] | None:
         """Seeds of a variant that names none (None: seed 0)."""
         return None
 
-    def check_seeds(self, variant: "Variant", pipeline: "Pipeline") -> None:
+    def check_seeds(self, variant: "Variant", pipeline: "Plan") -> None:
         """Checks of a variant's seeds against what it builds on."""
 
     # ---- stages ------------------------------------------------------------------------
@@ -68,7 +68,7 @@ class Family:
         """The token set it trains on (None: a generated stream)."""
         raise NotImplementedError
 
-    def datamodule(self, variant: "Variant", pipeline: "Pipeline"):
+    def datamodule(self, variant: "Variant", pipeline: "Plan"):
         from vld.train.datamodules import TokenWindowDataModule
 
         cfg = variant.train
