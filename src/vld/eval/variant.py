@@ -197,7 +197,7 @@ def evaluate_variant(model, family: str, data: dict, settings: dict | None = Non
 
         tokens = probe_windows(probe, seq_len, windows)
         result.depth = layer_usage(model, tokens, batch_size=settings.get("depth_batch_size") or 8)
-    if settings.get("ablations", True) and task in ("khop", "knowledge"):
+    if settings.get("ablations", True) and task in DEPTH_USE_INPUTS:
         result.depth_use = _depth_use(model, task, data, settings, seq_len)
     result.eval_wall_s = time.perf_counter() - start
     out = dataclasses.asdict(result)
@@ -236,20 +236,51 @@ def _measure_khop(model, data, settings, seq_len, result) -> None:
 MEASURES = {"igsm": _measure_igsm, "knowledge": _measure_knowledge, "khop": _measure_khop}
 
 
+def _knowledge_depth_use_inputs(data, seq_len, wanted):
+    from vld.eval.knowledge import depth_use_inputs
+
+    return depth_use_inputs(data["knowledge"], seq_len, wanted)
+
+
+def _khop_depth_use_inputs(data, seq_len, wanted):
+    from vld.eval.khop import depth_use_inputs
+
+    return depth_use_inputs(data["khop_test"], wanted)
+
+
+# The tasks whose depth use is measured by ablation: (data, seq_len, sequences wanted) ->
+# vld.eval.depth_use's inputs (batches, score, chance, sequences).
+DEPTH_USE_INPUTS = {"knowledge": _knowledge_depth_use_inputs, "khop": _khop_depth_use_inputs}
+
+
+def _khop_metrics(khop: dict) -> dict:
+    return {f"k{k}": {m: v[m] for m in ("error", "exact_match")} for k, v in khop["hops"].items()}
+
+
+# Each task's measures as MLflow logs them (nested; the stage flattens them, keys joined with dots).
+TASK_METRICS = {"igsm": dict, "knowledge": dict, "khop": _khop_metrics}
+# The model's size and cost, and what its training measured, logged for every task.
+COMMON_METRICS = ("params", "params_no_embed", "effective_depth", "flops_per_token", "flops_per_token_train",
+                  "train_tokens_per_s")
+
+
+def result_metrics(result: dict) -> dict:
+    """What of one result its evaluation logs to MLflow: COMMON_METRICS and its task's measures
+    ({task: ...}), nested as in the result."""
+    out = {key: result.get(key) for key in COMMON_METRICS}
+    measured = result.get(result["task"])
+    if measured:
+        out[result["task"]] = TASK_METRICS[result["task"]](measured)
+    return out
+
+
 def _depth_use(model, task: str, data: dict, settings: dict, seq_len: int) -> dict:
     """Causal ablations and early exit (vld.eval.depth_use) on a share of the task's test data:
     `ablation_sequences` sequences (default ABLATION_SEQUENCES). Its wall time is recorded."""
     from vld.eval.depth_use import depth_use
 
     wanted = settings.get("ablation_sequences") or ABLATION_SEQUENCES
-    if task == "khop":
-        from vld.eval.khop import depth_use_inputs
-
-        batches, score, chance, n = depth_use_inputs(data["khop_test"], wanted)
-    else:
-        from vld.eval.knowledge import depth_use_inputs
-
-        batches, score, chance, n = depth_use_inputs(data["knowledge"], seq_len, wanted)
+    batches, score, chance, n = DEPTH_USE_INPUTS[task](data, seq_len, wanted)
     began = time.perf_counter()
     use = depth_use(model, batches, score, max_sequences=n, seed=0, chance=chance)
     use["cost"]["wall_s"] = time.perf_counter() - began

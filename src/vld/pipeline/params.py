@@ -256,9 +256,10 @@ def _variant(family, name: str, spec: Any, block: dict, settings: dict, pipeline
                       pattern=schedule_spec["pattern"], k=schedule_spec["k"], layers=schedule_spec.get("layers"),
                       train=train, eval=settings, seed=train.seed, seeds=seeds, **extras)
     family.check_seeds(variant, pipeline)
-    vocab = family.vocab_size(variant, pipeline)
-    if vocab is not None:
-        variant.model = variant.model_config(vocab)
+    # what the data decides; a max_seq_len the models: entry writes is kept (it must fit: above)
+    written = pipeline.raw["models"][variant.model_name]
+    decided = {key: value for key, value in family.model_from_data(variant, pipeline).items() if key not in written}
+    variant.model = dataclasses.replace(variant.model, **decided)
     family.check_train(variant, pipeline)
     return variant
 
