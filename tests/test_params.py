@@ -375,6 +375,23 @@ def test_typed_variant_and_one_tags_per_variant():
         P.validate(raw)
 
 
+def test_khop_context_comes_from_the_data_when_the_model_leaves_it_out():
+    raw = P.load_yaml(ROOT / "conf/profiles/tiny.yaml")
+    raw["models"]["h16"].pop("max_seq_len")
+    raw["reasoning"]["variants"]["base"]["model"] = "h16"  # the same model, used by another family
+    raw["reasoning"]["train"]["seq_len"] = 48
+    pipeline = P.validate(raw)
+    length = raw["data"]["khop"]["kh12"]["length"]
+    assert pipeline.variant("khop", "base").model.max_seq_len == length + 1
+    assert pipeline.variant("khop", "base").train.seq_len == length + 1
+    assert pipeline.variant("reasoning", "base").model.max_seq_len == 1024  # ModelConfig's default: not k-hop's
+    # written: kept (the tiny profile's 16), and one the sequences do not fit is one line naming the data
+    assert P.load_pipeline(ROOT / "conf/profiles/tiny.yaml").variant("khop", "base").model.max_seq_len == 16
+    raw["models"]["h16"]["max_seq_len"] = length
+    raw["reasoning"]["variants"]["base"]["model"] = "t2"
+    assert error_of(raw).startswith(f"data.khop.kh12.length: {length + 1} exceeds models.h16.max_seq_len {length}")
+
+
 # ------------------------------------------------------------------------------ seeds
 
 
