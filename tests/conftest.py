@@ -1,4 +1,4 @@
-"""Fixtures shared by the tests that run the DVC pipeline in a temporary repository."""
+"""Fixtures shared by the tests: the DVC pipeline in a temporary repository, the tiny training set."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,3 +22,21 @@ def dvc_project(tmp_path: Path) -> Path:
         shutil.copy(ROOT / name, repo / name)
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     return repo
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: its results do not depend on the core count, and tiny
+    matmuls are not slowed down by threads waiting for each other on shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """The golden run's token set (tests/golden_loss.py)."""
+    from golden_loss import write_tiny_token_set
+
+    return write_tiny_token_set(tmp_path_factory.mktemp("tiny") / "data")

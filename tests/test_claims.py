@@ -11,8 +11,8 @@ import pytest
 
 from vld.report import claims
 from vld.report.claims import CONTRADICTED, NOT_SHOWN, SUPPORTED, Effect
-from vld.report.stats import (accuracy_difference, paired_difference, relative_change, seeds_and_clusters_bootstrap,
-                              seeds_and_problems_interval)
+from vld.stats import (accuracy_difference, paired_difference, relative_change, seeds_and_clusters_bootstrap,
+                       seeds_and_problems_interval)
 from test_report import igsm_scores, khop_cells, result
 
 SEEDS = (0, 1, 2)

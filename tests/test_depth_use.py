@@ -1,4 +1,5 @@
-"""Causal ablations, early exit, the regime rule and the depth law (vld.eval.depth_use)."""
+"""Causal ablations, early exit (vld.eval.depth_use), the regime rule and the depth law
+(vld.depth_rules, vld.stats)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vld import depth_rules as rules
+from vld import stats
 from vld.errors import UserError
 from vld.eval import depth_use as du
 from vld.model import ModelConfig, VLDTransformer
@@ -287,50 +290,50 @@ def delta_table(skips, swaps, intact=1.0, chance=3.0, width=0.05, schedule=None)
 
 def test_regime_rule_gives_each_verdict():
     # Gain over chance 2.0: a share of 0.25 is 0.5 nats.
-    compositional = du.regime(delta_table(skips=[0.1, 1.5, 0.2], swaps=[0.8, 1.2]))
-    assert compositional["verdict"] == du.COMPOSITIONAL
+    compositional = rules.regime(delta_table(skips=[0.1, 1.5, 0.2], swaps=[0.8, 1.2]))
+    assert compositional["verdict"] == rules.COMPOSITIONAL
     assert compositional["skip_max_share"] == pytest.approx(0.75)
-    assert du.regime(delta_table(skips=[0.1, 0.12, 0.08, 0.11], swaps=[0.05]))["verdict"] == du.ENSEMBLE
+    assert rules.regime(delta_table(skips=[0.1, 0.12, 0.08, 0.11], swaps=[0.05]))["verdict"] == rules.ENSEMBLE
     # A costly skip but cheap swaps: not shown; uneven small skips: not shown.
-    assert du.regime(delta_table(skips=[0.1, 1.5, 0.2], swaps=[0.05, 0.1]))["verdict"] == du.NOT_SHOWN
-    assert du.regime(delta_table(skips=[0.0, 0.4, 0.0], swaps=[0.5]))["verdict"] == du.NOT_SHOWN
+    assert rules.regime(delta_table(skips=[0.1, 1.5, 0.2], swaps=[0.05, 0.1]))["verdict"] == rules.NOT_SHOWN
+    assert rules.regime(delta_table(skips=[0.0, 0.4, 0.0], swaps=[0.5]))["verdict"] == rules.NOT_SHOWN
     # A skip whose interval reaches the threshold is neither small enough nor clearly large.
-    assert du.regime(delta_table(skips=[0.48, 0.48], swaps=[1.0], width=0.05))["verdict"] == du.NOT_SHOWN
+    assert rules.regime(delta_table(skips=[0.48, 0.48], swaps=[1.0], width=0.05))["verdict"] == rules.NOT_SHOWN
     # No better than chance, no chance level, no swap at all.
-    assert du.regime(delta_table(skips=[1.0], swaps=[2.0], intact=3.0))["verdict"] == du.NOT_SHOWN
-    assert du.regime(delta_table(skips=[1.0], swaps=[2.0]), "loss", None)["verdict"] == du.COMPOSITIONAL
+    assert rules.regime(delta_table(skips=[1.0], swaps=[2.0], intact=3.0))["verdict"] == rules.NOT_SHOWN
+    assert rules.regime(delta_table(skips=[1.0], swaps=[2.0]), "loss", None)["verdict"] == rules.COMPOSITIONAL
     no_chance = delta_table(skips=[1.0], swaps=[2.0])
     no_chance["chance"] = {}
-    assert du.regime(no_chance)["verdict"] == du.NOT_SHOWN
-    assert du.regime(delta_table(skips=[1.5], swaps=[]))["verdict"] == du.NOT_SHOWN
-    assert du.regime(delta_table(skips=[1.5], swaps=[]), chance=3.0)["why"]
+    assert rules.regime(no_chance)["verdict"] == rules.NOT_SHOWN
+    assert rules.regime(delta_table(skips=[1.5], swaps=[]))["verdict"] == rules.NOT_SHOWN
+    assert rules.regime(delta_table(skips=[1.5], swaps=[]), chance=3.0)["why"]
 
 
 def test_regime_counts_each_distinct_operation_once():
     # sequence x1 on 2 layers: schedule 0 0 1 1. Swaps 0-1 and 2-3 exchange a layer with itself
     # (the intact order: zero by construction); skip 0 = skip 1 and skip 2 = skip 3.
     schedule = [0, 0, 1, 1]
-    distinct = du.distinct_ablations(schedule, du.ablations(schedule))
+    distinct = rules.distinct_ablations(schedule, du.ablations(schedule))
     assert [a["label"] for a in distinct if a["kind"] in ("skip", "swap")] == ["skip 0", "skip 2", "swap 1-2"]
     # Gain over chance 2.0. Counted once each, the skips are 0.2 and 1.0 (median 0.6) and the
     # one real swap costs 0.8: compositional. Counting the zero self-swaps (median swap 0.0)
     # and the repeated skips would give not shown.
     table = delta_table(skips=[0.2, 0.2, 1.0, 1.0], swaps=[0.0, 0.8, 0.0], schedule=schedule)
-    got = du.regime(table)
-    assert got["verdict"] == du.COMPOSITIONAL
+    got = rules.regime(table)
+    assert got["verdict"] == rules.COMPOSITIONAL
     assert (got["skip_median"], got["swap_median"]) == (pytest.approx(0.6), pytest.approx(0.8))
     # The same costs on four distinct layers (every ablation its own operation): not shown.
-    assert du.regime(delta_table(skips=[0.2, 0.2, 1.0, 1.0], swaps=[0.0, 0.8, 0.0]))["verdict"] == du.NOT_SHOWN
+    assert rules.regime(delta_table(skips=[0.2, 0.2, 1.0, 1.0], swaps=[0.0, 0.8, 0.0]))["verdict"] == rules.NOT_SHOWN
     # A duplicated skip counts once in the median: skips 0.1 (x2 as one), 0.9 and 1.0 -> 0.9.
-    assert du.regime(delta_table(skips=[0.1, 0.1, 0.9, 1.0], swaps=[2.0, 2.0, 2.0],
+    assert rules.regime(delta_table(skips=[0.1, 0.1, 0.9, 1.0], swaps=[2.0, 2.0, 2.0],
                                  schedule=[0, 0, 1, 2]))["skip_median"] == pytest.approx(0.9)
 
 
 def test_depth_use_result_carries_a_regime_per_metric():
     model = affine_model(SCHEDULE, MAPS)
     result = du.depth_use(model, [tokens_batch()], sequence_loss, chance={"loss": math.log(VOCAB)})
-    assert result["regime"]["loss"]["verdict"] in du.VERDICTS
-    assert result["regime"]["loss"] == du.regime(result, "loss")
+    assert result["regime"]["loss"]["verdict"] in rules.VERDICTS
+    assert result["regime"]["loss"] == rules.regime(result, "loss")
 
 
 # ---------------------------------------------------------------- depth law
@@ -338,27 +341,27 @@ def test_depth_use_result_carries_a_regime_per_metric():
 def test_fit_recovers_a_known_law():
     depth = np.array([1, 2, 3, 4, 6, 8, 12, 16])
     loss = 2.5 * depth ** -0.9 + 1.3
-    fit = du.fit_power_law(depth, loss)
+    fit = stats.fit_power_law(depth, loss)
     assert fit["a"] == pytest.approx(0.9, abs=1e-6)
     assert fit["L0"] == pytest.approx(1.3, abs=1e-6) and fit["c"] == pytest.approx(2.5, abs=1e-5)
     assert fit["sse"] < 1e-12 and not fit["a_at_bound"]
-    assert du.fit_power_law([1, 2, 2], [3.0, 2.0, 2.1]) is None
+    assert stats.fit_power_law([1, 2, 2], [3.0, 2.0, 2.1]) is None
 
 
 def test_fit_intervals_from_seeds_and_from_the_covariance():
     rng = np.random.default_rng(0)
     points = [{"depth": d, "loss": 2.0 * d ** -1.1 + 0.8 + rng.normal(0, 0.01), "seed": s,
                "tied": False} for s in range(4) for d in (1, 2, 4, 8, 16)]
-    fit = du.fit_with_interval(points)
+    fit = stats.fit_with_interval(points)
     assert fit["interval_method"] == "seed bootstrap" and fit["seeds"] == 4
     low, high = fit["interval"]["a"]
     assert low <= 1.1 <= high and high - low < 0.5
     low, high = fit["interval"]["L0"]
     assert low <= 0.8 <= high
-    one_seed = du.fit_with_interval([p for p in points if p["seed"] == 0])
+    one_seed = stats.fit_with_interval([p for p in points if p["seed"] == 0])
     assert one_seed["interval_method"] == "fit covariance"
     assert one_seed["interval"]["a"][0] < one_seed["a"] < one_seed["interval"]["a"][1]
-    three = du.fit_with_interval([p for p in points if p["seed"] == 0 and p["depth"] <= 4])
+    three = stats.fit_with_interval([p for p in points if p["seed"] == 0 and p["depth"] <= 4])
     assert three["interval_method"] == "none" and three["interval"] is None
 
 
@@ -377,27 +380,27 @@ def law_points(tied_loss_of, seeds=(0, 1, 2), noise=0.005):
 
 
 def test_tied_share_verdicts():
-    same = du.depth_law(law_points(lambda native, d: native(d)))
-    assert same["tied_share"]["verdict"] == du.AS_MUCH
+    same = rules.depth_law(law_points(lambda native, d: native(d)))
+    assert same["tied_share"]["verdict"] == rules.AS_MUCH
     assert same["tied_share"]["compared_depths"] == [4, 6, 8]
     lo, hi = same["tied_share"]["interval"]
     assert lo <= 1.0 <= hi
     assert same["native"]["a"] == pytest.approx(1.0, abs=0.2)
     assert same["tied"]["n"] == 3 * 3 + 3  # tied points and the base model's seeds
-    half = du.depth_law(law_points(lambda native, d: native(2) - 0.5 * (native(2) - native(d))))
-    assert half["tied_share"]["verdict"] == du.LESS
+    half = rules.depth_law(law_points(lambda native, d: native(2) - 0.5 * (native(2) - native(d))))
+    assert half["tied_share"]["verdict"] == rules.LESS
     assert half["tied_share"]["share"] == pytest.approx(0.5, abs=0.05)
-    flat = du.depth_law(law_points(lambda native, d: native(2)))
-    assert flat["tied_share"]["verdict"] == du.NOTHING
-    noisy = du.depth_law(law_points(lambda native, d: native(2) - 0.5 * (native(2) - native(d)),
+    flat = rules.depth_law(law_points(lambda native, d: native(2)))
+    assert flat["tied_share"]["verdict"] == rules.NOTHING
+    noisy = rules.depth_law(law_points(lambda native, d: native(2) - 0.5 * (native(2) - native(d)),
                                     noise=0.5))
-    assert noisy["tied_share"]["verdict"] == du.NOT_SHOWN
-    single = du.depth_law(law_points(lambda native, d: native(d), seeds=(0,)))
-    assert single["tied_share"]["interval"] is None and single["tied_share"]["verdict"] == du.AS_MUCH
-    unmatched = du.depth_law([p for p in law_points(lambda n, d: n(d)) if p["tied"] or p["depth"] == 2])
-    assert unmatched["tied_share"]["verdict"] == du.NOT_SHOWN
+    assert noisy["tied_share"]["verdict"] == rules.NOT_SHOWN
+    single = rules.depth_law(law_points(lambda native, d: native(d), seeds=(0,)))
+    assert single["tied_share"]["interval"] is None and single["tied_share"]["verdict"] == rules.AS_MUCH
+    unmatched = rules.depth_law([p for p in law_points(lambda n, d: n(d)) if p["tied"] or p["depth"] == 2])
+    assert unmatched["tied_share"]["verdict"] == rules.NOT_SHOWN
     with pytest.raises(UserError, match="base_depth"):
-        du.depth_law([{"depth": 2, "loss": 1.0, "tied": True}])
+        rules.depth_law([{"depth": 2, "loss": 1.0, "tied": True}])
 
 
 def test_tied_share_does_not_take_patterns_of_one_depth_for_seeds():
@@ -408,15 +411,15 @@ def test_tied_share_does_not_take_patterns_of_one_depth_for_seeds():
               {"depth": 4, "loss": losses["cycle"], "seed": 0, "tied": True, "base_depth": 2, "pattern": "cycle"},
               {"depth": 4, "loss": losses["sequence"], "seed": 0, "tied": True, "base_depth": 2,
                "pattern": "sequence"}]
-    share = du.tied_share(points)
+    share = rules.tied_share(points)
     # Each pattern is its own tied model: S = ((2 - 1.2) + (2 - 1.6)) / (2 * (2 - 1)) = 0.6,
     # with no interval (one seed per model), not the spread between the two patterns.
     assert share["share"] == pytest.approx(0.6) and share["interval"] is None
-    assert share["verdict"] == du.LESS and share["compared_depths"] == [4]
+    assert share["verdict"] == rules.LESS and share["compared_depths"] == [4]
     # Three seeds of each: an interval from seeds alone, still one model per pattern.
     seeds = [dict(p, seed=s, loss=p["loss"] + 0.01 * s) for p in points for s in range(3)]
-    low, high = du.tied_share(seeds)["interval"]
-    assert low <= du.tied_share(seeds)["share"] <= high and high - low < 0.1
+    low, high = rules.tied_share(seeds)["interval"]
+    assert low <= rules.tied_share(seeds)["share"] <= high and high - low < 0.1
 
 
 # ---------------------------------------------------------------- report pieces
@@ -443,10 +446,10 @@ def test_report_tables_and_figures(tmp_path):
     regimes = report.regime_table(results)
     assert [row[3] for row in regimes.rows] == [r["depth_use"]["regime"]["loss"]["verdict"] for r in results[:2]]
     assert report.regime_lines(results)[0].startswith("knowledge: base (loss): ")
-    law = du.depth_law(law_points(lambda native, d: native(d)))
+    law = rules.depth_law(law_points(lambda native, d: native(d)))
     law_table = report.depth_law_table({"knowledge loss": law})
     assert [row[1] for row in law_table.rows] == ["native", "tied", "tied / native gain"]
-    assert law_table.rows[-1][-1] == du.AS_MUCH
+    assert law_table.rows[-1][-1] == rules.AS_MUCH
     for path in (report.depth_use_figure(results, tmp_path / "use.png"),
                  report.early_exit_figure(results, tmp_path / "exit.png"),
                  report.depth_law_figure(law, tmp_path / "law.png")):
@@ -461,6 +464,8 @@ def test_report_tables_and_figures(tmp_path):
 
 
 def test_depth_law_points_from_variant_results():
+    from vld.report import depth_use as report
+
     results = [{"variant": "base", "pattern": "base", "effective_depth": 2, "n_layer": 2,
                 "native_depth": True, "seed": 0, "loss": 2.0},
                {"variant": "cycle x1", "pattern": "cycle", "effective_depth": 4, "n_layer": 2,
@@ -469,12 +474,12 @@ def test_depth_law_points_from_variant_results():
                 "native_depth": True, "seed": 0, "loss": 1.5},
                {"variant": "unmeasured", "pattern": "cycle", "effective_depth": 6, "n_layer": 2,
                 "native_depth": False, "seed": 0, "loss": None}]
-    points = du.depth_law_points(results, lambda r: r["loss"])
+    points = report.depth_law_points(results, lambda r: r["loss"])
     assert [(p["variant"], p["depth"], p["tied"], p.get("base_depth"), p["pattern"]) for p in points] == [
         ("base", 2, False, None, "base"), ("cycle x1", 4, True, 2, "cycle"), ("native 4", 4, False, None, "base")]
-    share = du.depth_law(points)["tied_share"]
+    share = rules.depth_law(points)["tied_share"]
     assert share["share"] == pytest.approx((2.0 - 1.8) / (2.0 - 1.5))
-    assert share["verdict"] == du.LESS and share["interval"] is None
+    assert share["verdict"] == rules.LESS and share["interval"] is None
 
 
 class LinearBlock(nn.Module):
@@ -528,7 +533,7 @@ def test_regime_of_a_composing_and_an_averaging_model_end_to_end():
     assert skips["skip 0"] == pytest.approx(math.log(5) - intact, abs=1e-6)  # B(0) = 0
     assert skips["skip 1"] == pytest.approx(wrong - intact, abs=1e-6)
     assert skips["swap 0-1"] == pytest.approx(wrong - intact, abs=1e-6)  # A(B(0)) = 4 e1
-    assert result["regime"]["loss"]["verdict"] == du.COMPOSITIONAL
+    assert result["regime"]["loss"]["verdict"] == rules.COMPOSITIONAL
     # Averaging: eight visits of one layer, each adding the same small step toward the answer.
     step = LinearBlock(eye, eye[0])
     averaging = logits_are_states_model([step], [0] * 8)
@@ -537,7 +542,7 @@ def test_regime_of_a_composing_and_an_averaging_model_end_to_end():
     seven = float(F.cross_entropy(7 * eye[0][None], torch.tensor([0])))
     eight = float(F.cross_entropy(8 * eye[0][None], torch.tensor([0])))
     assert costs == pytest.approx([seven - eight] * 8, abs=1e-6)
-    assert result["regime"]["loss"]["verdict"] == du.ENSEMBLE
+    assert result["regime"]["loss"]["verdict"] == rules.ENSEMBLE
     # Its revisits re-add the same step: replacing any of them changes nothing.
     assert all(abs(a["delta"]["loss"]["mean"]) < 1e-6 for a in result["ablations"]
                if a["kind"] in ("revisit", "revisit_all"))

@@ -231,7 +231,8 @@ def variant_data(igsm_sets, tmp_path):
 
 
 def test_reasoning_variant_result_has_the_documented_schema(variant_data, tmp_path):
-    from vld.eval.variant import MEASURED_KEYS, SCHEMA, check_result, evaluate_variant
+    from vld.eval.variant import evaluate_variant
+    from vld.result_schema import MEASURED_KEYS, SCHEMA, check_result
     from vld.report.build import build_report
 
     from vld.data.igsm.tokenizer import IgsmTokenizer

@@ -23,7 +23,7 @@ from vld.model.backend import Backend, cpu_gemm_for, machine_cpu_gemm
 from vld.pipeline import params as P
 from vld.train.config import TrainConfig, apply_threads, busy_note
 from vld.train.datamodules import TokenWindowDataModule
-from golden_loss import tiny_model, tiny_train_config, write_tiny_token_set
+from golden_loss import tiny_model, tiny_train_config
 from vld.train.run import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,10 +59,6 @@ def keep_thread_count():
     yield
     torch.set_num_threads(threads)
 
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    return write_tiny_token_set(tmp_path_factory.mktemp("tiny") / "data")
 
 
 def train(data: Path, out: Path, **overrides):

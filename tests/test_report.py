@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from vld.errors import UserError
-from vld.eval.variant import SCHEMA
 from vld.report import paper
 from vld.report.build import build_report, load_results
-from vld.report.stats import wilson_interval
+from vld.result_schema import SCHEMA
+from vld.stats import wilson_interval
 
 
 # ---------------------------------------------------------------- Wilson

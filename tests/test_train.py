@@ -20,22 +20,11 @@ from vld.train.datamodules import BiographyDataModule, StepSampler, TokenWindowD
 from vld.train.module import LMModule, lr_factor, next_token_loss, parameter_groups
 from vld.train.run import run_training
 
-from golden_loss import tiny_model, tiny_train_config, write_tiny_token_set
+from golden_loss import tiny_model, tiny_train_config
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # one thread: the results do not depend on the core count, and 2 engineers' threads
-    # on 2 shared cores would otherwise slow tiny matmuls down many times
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    return write_tiny_token_set(tmp_path_factory.mktemp("tiny") / "data")
 
 
 def train_tiny(data: Path, out: Path, model=None, logger=None, **overrides):

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from test_train_ddp import launch, metrics_of, processes_in_group
 from vld.errors import UserError
 from vld.train.datamodules import TokenWindowDataModule
-from golden_loss import GOLDEN_FILE, compare, tiny_model, tiny_train_config, write_tiny_token_set
+from golden_loss import GOLDEN_FILE, compare, tiny_model, tiny_train_config
 from vld.train.run import run_training
 from vld.train.stacked import StackedModel, clip_grad_norm_per_model, seed_dir, train_seeds
 
@@ -30,17 +30,8 @@ DDP_TOLERANCE = 1e-5
 WIDE = dict(d_model=64, n_head=2)  # wide enough that the oneDNN linear path runs (vld.model.linear.MIN_MACS)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    return write_tiny_token_set(tmp_path_factory.mktemp("tiny") / "data")
 
 
 class BatchLog(Callback):

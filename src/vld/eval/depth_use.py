@@ -1,4 +1,4 @@
-"""Does a (revisited) virtual layer do new work? Causal ablations, early exit, regime rule.
+"""Does a (revisited) virtual layer do new work? Causal ablations and early exit.
 
 `depth_use(model, batches, score_fn, ...)` runs, over the first `max_sequences` sequences:
   - the intact model (its own forward pass);
@@ -13,33 +13,24 @@ own step (vld.model.step; no weight is changed), so a skip of layer i costs D - 
 error): a tensor [B] (metric "loss") or {metric name: tensor [B]}; NaN marks a sequence the
 metric does not cover (e.g. an error at one hop count). Deltas are ablated - intact per
 sequence, with a 95% percentile interval from a paired bootstrap over sequences.
-The rules (`regime`) are in docs/depth_use.md.
+Each metric's regime verdict comes from vld.depth_rules.regime (docs/depth_use.md).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
+from vld.depth_rules import regime
 from vld.errors import fail
+from vld.result_schema import DEPTH_USE_SCHEMA
+from vld.stats import bootstrap_ratio_interval
 
-SCHEMA = "vld.depth_use/1"
 ABLATION_KINDS = ("skip", "swap", "revisit", "revisit_all")
 RESAMPLES = 1000  # bootstrap resamples per interval
 LEVEL = 0.95
-
-# Regime rule (docs/depth_use.md). Costs are ablated - intact metric, in units of the gain
-# over chance (chance - intact).
-COMPOSITIONAL_SKIP_SHARE = 0.25  # some single skip costs more than this share (interval low)
-ENSEMBLE_SKIP_SHARE = 0.25       # ... no single skip may cost this much (interval high)
-ENSEMBLE_EVEN_SHARE = 0.10       # max - min of the skip costs, at most this share
-COMPOSITIONAL = "compositional"
-ENSEMBLE = "ensemble"
-NOT_SHOWN = "not shown"
-VERDICTS = (COMPOSITIONAL, ENSEMBLE, NOT_SHOWN)
 
 
 # ---------------------------------------------------------------- running the model's step
@@ -125,7 +116,7 @@ def ablated_final(model, ablation: dict, hidden, inputs):
     return x, runs
 
 
-# ---------------------------------------------------------------- statistics
+# ---------------------------------------------------------------- metric values
 
 def _as_metrics(values) -> dict:
     import torch
@@ -140,33 +131,19 @@ def _as_metrics(values) -> dict:
             for k, v in out.items()}
 
 
-class _Bootstrap:
-    """Paired percentile bootstrap over sequences; one index matrix per sample size, drawn
-    from `seed`, so an interval does not depend on which ablations ran before it."""
-
-    def __init__(self, seed: int, resamples: int = RESAMPLES):
-        self.seed = seed
-        self.resamples = resamples
-        self._indices: dict[int, np.ndarray] = {}
-
-    def indices(self, n: int) -> np.ndarray:
-        if n not in self._indices:
-            rng = np.random.default_rng([self.seed, n])
-            self._indices[n] = rng.integers(0, n, size=(self.resamples, n))
-        return self._indices[n]
-
-    def summary(self, values: np.ndarray) -> dict:
-        values = values[~np.isnan(values)]
-        n = int(values.size)
-        if n == 0:
-            return {"mean": None, "low": None, "high": None, "n": 0}
-        mean = float(values.mean())
-        if n == 1:
-            return {"mean": mean, "low": None, "high": None, "n": 1}
-        means = values[self.indices(n)].mean(axis=1)
-        tail = 100 * (1 - LEVEL) / 2
-        low, high = np.percentile(means, [tail, 100 - tail])
-        return {"mean": mean, "low": float(low), "high": float(high), "n": n}
+def _summary(values: np.ndarray, seed: int) -> dict:
+    """Mean of the defined values with a percentile bootstrap interval over sequences. The
+    draws come from (seed, number of values) alone, so an interval does not depend on which
+    ablations ran before it, and deltas over the same sequences are paired."""
+    values = values[~np.isnan(values)]
+    n = int(values.size)
+    if n == 0:
+        return {"mean": None, "low": None, "high": None, "n": 0}
+    mean = float(values.mean())
+    if n == 1:
+        return {"mean": mean, "low": None, "high": None, "n": 1}
+    low, high = bootstrap_ratio_interval(values, resamples=RESAMPLES, seed=[seed, n], level=LEVEL)
+    return {"mean": mean, "low": low, "high": high, "n": n}
 
 
 def _mean(values: np.ndarray) -> float | None:
@@ -250,10 +227,6 @@ def depth_use(model, batches: Iterable, score_fn: Callable, max_sequences: int |
       under cost.seconds (off by default: the result is then a function of its inputs).
     Returns a JSON-serialisable dict, schema vld.depth_use/1 (docs/depth_use.md).
     """
-    import torch
-
-    from vld.model.step import run_visits
-
     if max_sequences is not None and (not isinstance(max_sequences, int)
                                       or isinstance(max_sequences, bool) or max_sequences < 1):
         fail("depth_use.max_sequences", f"must be an integer >= 1 or None, got {max_sequences!r}")
@@ -262,15 +235,68 @@ def depth_use(model, batches: Iterable, score_fn: Callable, max_sequences: int |
     if unknown:
         fail("depth_use.kinds", f"unknown ablation {unknown[0]!r} (known: {', '.join(ABLATION_KINDS)})")
     schedule = [int(b) for b in (getattr(model, "schedule", None) or range(model.config.n_layer))]
-    depth = len(schedule)
     plan = [a for a in ablations(schedule) if a["kind"] in kinds]
-    intact_values: dict[str, list] = {}
-    ablated_values = [dict() for _ in plan]
-    exit_values = [dict() for _ in range(depth + 1)]
-    seconds = {"intact": 0.0, "ablations": 0.0, "early_exit": 0.0}
-    runs = {"intact": 0, "ablations": 0, "early_exit_readouts": 0}
-    seen = 0
+    measured = _Measured(plan, len(schedule))
+    _measure(model, batches, score_fn, measured, max_sequences, early_exit, measure_time)
+    if measured.seen == 0:
+        fail("depth_use.batches", "no sequence to evaluate")
 
+    intact = {name: np.concatenate(parts) for name, parts in measured.intact.items()}
+    metrics = sorted(intact)
+    result = {
+        "schema": DEPTH_USE_SCHEMA,
+        "schedule": schedule,
+        "effective_depth": len(schedule),
+        "tied": len(set(schedule)) < len(schedule),
+        "sequences": measured.seen,
+        "metrics": metrics,
+        "interval": {"method": "paired percentile bootstrap over sequences", "level": LEVEL,
+                     "resamples": RESAMPLES, "seed": seed},
+        "chance": {k: float(v) for k, v in (chance or {}).items()},
+        "intact": {name: _summary(intact[name], seed) for name in metrics},
+        "ablations": _ablation_records(plan, measured.ablated, intact, seed),
+        "early_exit": _early_exit_records(schedule, measured.exits, intact, seed) if early_exit else [],
+    }
+    result["regime"] = {name: regime(result, name) for name in metrics}
+    runs = measured.runs
+    cost = {"layer_runs_intact": runs["intact"], "layer_runs_ablations": runs["ablations"],
+            "ablation_to_intact": (runs["ablations"] / runs["intact"]) if runs["intact"] else None}
+    if measure_time:
+        cost["seconds"] = {k: round(v, 6) for k, v in measured.seconds.items()}
+    result["cost"] = cost
+    return result
+
+
+class _Measured:
+    """Per-sequence metric values gathered batch by batch ({metric: [array per batch]}: of the
+    intact model, of each planned ablation, read out after each virtual layer), with the
+    layer runs and wall seconds of each phase and the number of sequences seen."""
+
+    def __init__(self, plan: list[dict], depth: int):
+        self.plan, self.depth = plan, depth
+        self.intact: dict[str, list] = {}
+        self.ablated = [dict() for _ in plan]
+        self.exits = [dict() for _ in range(depth + 1)]
+        self.seconds = {"intact": 0.0, "ablations": 0.0, "early_exit": 0.0}
+        self.runs = {"intact": 0, "ablations": 0, "early_exit_readouts": 0}
+        self.seen = 0
+
+    @staticmethod
+    def collect(store: dict, values) -> None:
+        for name, array in _as_metrics(values).items():
+            store.setdefault(name, []).append(array)
+
+
+def _measure(model, batches: Iterable, score_fn: Callable, measured: _Measured,
+             max_sequences: int | None, early_exit: bool, measure_time: bool) -> None:
+    """Run the intact model, every planned ablation and the early exits over the first
+    `max_sequences` sequences of `batches`, into `measured`; the model is left in the
+    training mode it came in."""
+    import torch
+
+    from vld.model.step import run_visits
+
+    depth, collect = measured.depth, measured.collect
     device = next(model.parameters()).device
 
     def clock() -> float:
@@ -279,393 +305,76 @@ def depth_use(model, batches: Iterable, score_fn: Callable, max_sequences: int |
             torch.cuda.synchronize(device)
         return time.perf_counter()
 
-    def collect(store: dict, values) -> None:
-        for name, array in _as_metrics(values).items():
-            store.setdefault(name, []).append(array)
-
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             for batch in batches:
-                if max_sequences is not None and seen >= max_sequences:
+                if max_sequences is not None and measured.seen >= max_sequences:
                     break
                 _tokens_of(batch)  # a malformed batch is a user error before any compute
                 if max_sequences is not None:
-                    batch = _take(batch, max_sequences - seen)
+                    batch = _take(batch, max_sequences - measured.seen)
                 batch = _to_device(batch, device)
                 tokens = _tokens_of(batch)
                 mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
-                seen += int(tokens.shape[0])
+                measured.seen += int(tokens.shape[0])
 
                 started = clock()
                 # The model's forward, its parts kept: the ablations re-run its step from these.
                 inputs = model.prepare(tokens, attention_mask=mask)
                 hidden = [inputs.embedding]
                 logits = model.readout(run_visits(model, inputs, inputs.embedding, range(depth), hidden))
-                collect(intact_values, score_fn(logits, batch))
-                seconds["intact"] += clock() - started
-                runs["intact"] += depth
+                collect(measured.intact, score_fn(logits, batch))
+                measured.seconds["intact"] += clock() - started
+                measured.runs["intact"] += depth
 
                 started = clock()
-                for index, ablation in enumerate(plan):
+                for index, ablation in enumerate(measured.plan):
                     state, cost = ablated_final(model, ablation, hidden, inputs)
-                    collect(ablated_values[index], score_fn(model.readout(state), batch))
-                    runs["ablations"] += cost
-                seconds["ablations"] += clock() - started
+                    collect(measured.ablated[index], score_fn(model.readout(state), batch))
+                    measured.runs["ablations"] += cost
+                measured.seconds["ablations"] += clock() - started
 
                 if early_exit:
                     started = clock()
                     for j in range(depth):
-                        collect(exit_values[j], score_fn(model.readout(hidden[j]), batch))
-                    seconds["early_exit"] += clock() - started
-                    runs["early_exit_readouts"] += depth
+                        collect(measured.exits[j], score_fn(model.readout(hidden[j]), batch))
+                    measured.seconds["early_exit"] += clock() - started
+                    measured.runs["early_exit_readouts"] += depth
     finally:
         model.train(was_training)
-    if seen == 0:
-        fail("depth_use.batches", "no sequence to evaluate")
 
-    boot = _Bootstrap(seed)
-    intact = {name: np.concatenate(parts) for name, parts in intact_values.items()}
-    metrics = sorted(intact)
-    result = {
-        "schema": SCHEMA,
-        "schedule": schedule,
-        "effective_depth": depth,
-        "tied": len(set(schedule)) < depth,
-        "sequences": seen,
-        "metrics": metrics,
-        "interval": {"method": "paired percentile bootstrap over sequences", "level": LEVEL,
-                     "resamples": RESAMPLES, "seed": seed},
-        "chance": {k: float(v) for k, v in (chance or {}).items()},
-        "intact": {name: boot.summary(intact[name]) for name in metrics},
-        "ablations": [],
-        "early_exit": [],
-    }
+
+def _ablation_records(plan: list[dict], ablated_values: list[dict], intact: dict, seed: int) -> list[dict]:
+    """Each ablation with its mean metric values and its paired change vs the intact model."""
+    metrics, records = sorted(intact), []
     for ablation, values in zip(plan, ablated_values):
         record = dict(ablation)
         ablated = {name: np.concatenate(values[name]) for name in metrics}
         record["value"] = {name: _mean(ablated[name]) for name in metrics}
-        record["delta"] = {name: boot.summary(_paired(ablated[name], intact[name]))
+        record["delta"] = {name: _summary(_paired(ablated[name], intact[name]), seed)
                            for name in metrics}
-        result["ablations"].append(record)
-    if early_exit:
-        visits: dict[int, int] = {}
-        for j in range(depth + 1):
-            record = {"layers_run": j}
-            if j:
-                base = schedule[j - 1]
-                record.update({"virtual_layer": j - 1, "base_layer": base,
-                               "visit": visits.get(base, 0)})
-                visits[base] = visits.get(base, 0) + 1
-            else:
-                record.update({"virtual_layer": None, "base_layer": None, "visit": None})
-            values = intact if j == depth else {n: np.concatenate(exit_values[j][n]) for n in metrics}
-            record["value"] = {name: boot.summary(values[name]) for name in metrics}
-            result["early_exit"].append(record)
-    result["regime"] = {name: regime(result, name) for name in metrics}
-    cost = {"layer_runs_intact": runs["intact"], "layer_runs_ablations": runs["ablations"],
-            "ablation_to_intact": (runs["ablations"] / runs["intact"]) if runs["intact"] else None}
-    if measure_time:
-        cost["seconds"] = {k: round(v, 6) for k, v in seconds.items()}
-    result["cost"] = cost
-    return result
+        records.append(record)
+    return records
 
 
-# ---------------------------------------------------------------- the regime rule
-
-def distinct_ablations(schedule, ablations: list[dict]) -> list[dict]:
-    """The skips and swaps of `ablations` that are distinct operations on `schedule`, each once.
-
-    An ablation is the order of base layers it runs: a swap of two visits of one base layer
-    runs the intact order (zero by construction) and is left out; skips of neighbouring
-    visits of one base layer (schedule 0 0 1 1: skip 0 = skip 1) run the same order and
-    count once (the first). Other kinds pass unchanged."""
-    schedule = [int(b) for b in schedule]
-    seen = {tuple(schedule)}
-    out = []
-    for a in ablations:
-        if a["kind"] not in ("skip", "swap"):
-            out.append(a)
-            continue
-        order = list(schedule)
-        v = a["virtual_layers"]
-        if a["kind"] == "skip":
-            del order[v[0]]
+def _early_exit_records(schedule: list[int], exit_values: list[dict], intact: dict, seed: int) -> list[dict]:
+    """The metrics read after each number of virtual layers run, 0 (embeddings) .. D (the
+    model's own output), with the base layer and visit of the last layer run."""
+    depth, metrics = len(schedule), sorted(intact)
+    visits: dict[int, int] = {}
+    records = []
+    for j in range(depth + 1):
+        record = {"layers_run": j}
+        if j:
+            base = schedule[j - 1]
+            record.update({"virtual_layer": j - 1, "base_layer": base,
+                           "visit": visits.get(base, 0)})
+            visits[base] = visits.get(base, 0) + 1
         else:
-            order[v[0]], order[v[1]] = order[v[1]], order[v[0]]
-        if tuple(order) not in seen:
-            seen.add(tuple(order))
-            out.append(a)
-    return out
-
-
-def regime(result: Mapping, metric: str = "loss", chance: float | None = None) -> dict:
-    """Which regime the ablations of one metric point to (docs/depth_use.md, "Regime rule").
-
-    Uses result["schedule"] and result["ablations"] (skip and swap deltas with intervals,
-    each distinct operation once: `distinct_ablations`), result["intact"][metric]
-    and the chance value (argument, else result["chance"][metric]). Returns {"verdict", "why",
-    "gain", "skip_max_share", "skip_spread_share", "skip_median", "swap_median"}."""
-    if chance is None:
-        chance = (result.get("chance") or {}).get(metric)
-    intact = (result.get("intact") or {}).get(metric) or {}
-    out = {"verdict": NOT_SHOWN, "why": "", "gain": None, "skip_max_share": None,
-           "skip_spread_share": None, "skip_median": None, "swap_median": None}
-    distinct = distinct_ablations(result.get("schedule") or [], result.get("ablations", []))
-    skips = [a["delta"][metric] for a in distinct
-             if a["kind"] == "skip" and a["delta"].get(metric, {}).get("mean") is not None]
-    swaps = [a["delta"][metric]["mean"] for a in distinct
-             if a["kind"] == "swap" and a["delta"].get(metric, {}).get("mean") is not None]
-    if chance is None or intact.get("mean") is None:
-        out["why"] = "no chance level or no intact value"
-        return out
-    gain = float(chance) - float(intact["mean"])
-    out["gain"] = gain
-    if not skips:
-        out["why"] = "no skip ablation"
-        return out
-    if not gain > 0:
-        out["why"] = "the model is no better than chance"
-        return out
-    means = [s["mean"] for s in skips]
-    # Without an interval (one sequence) the mean stands for both ends.
-    lows = [s["mean"] if s.get("low") is None else s["low"] for s in skips]
-    highs = [s["mean"] if s.get("high") is None else s["high"] for s in skips]
-    skip_median = float(np.median(means))
-    out.update(skip_max_share=max(means) / gain, skip_spread_share=(max(means) - min(means)) / gain,
-               skip_median=skip_median, swap_median=float(np.median(swaps)) if swaps else None)
-    big_skip = max(lows) > COMPOSITIONAL_SKIP_SHARE * gain
-    if big_skip and swaps and out["swap_median"] > skip_median:
-        out.update(verdict=COMPOSITIONAL, why=(
-            f"a skip costs > {COMPOSITIONAL_SKIP_SHARE:g} of the gain over chance and the "
-            "median swap costs more than the median skip"))
-    elif (max(highs) < ENSEMBLE_SKIP_SHARE * gain
-          and out["skip_spread_share"] <= ENSEMBLE_EVEN_SHARE):
-        out.update(verdict=ENSEMBLE, why=(
-            f"every skip costs < {ENSEMBLE_SKIP_SHARE:g} of the gain over chance and skip costs "
-            f"differ by <= {ENSEMBLE_EVEN_SHARE:g} of it"))
-    else:
-        out["why"] = ("a skip is costly but swaps are not costlier" if big_skip and swaps else
-                      "a skip is costly but there is no swap" if big_skip else
-                      "skip costs neither clearly large nor small and even")
-    return out
-
-
-# ---------------------------------------------------------------- the depth law
-
-A_GRID = np.linspace(0.01, 4.0, 400)  # exponents searched (then refined) by the fit
-
-
-def _profile_sse(depth: np.ndarray, loss: np.ndarray, a) -> tuple:
-    """(c, L0, sse) of the best linear fit loss ~ c * depth^-a + L0, for each exponent in a
-    (closed-form simple regression, vectorised over a)."""
-    a = np.atleast_1d(np.asarray(a, dtype=np.float64))
-    x = depth[None, :] ** -a[:, None]
-    x_mean = x.mean(axis=1, keepdims=True)
-    loss_mean = loss.mean()
-    dx = x - x_mean
-    sxx = (dx * dx).sum(axis=1)
-    sxy = (dx * (loss - loss_mean)).sum(axis=1)
-    syy = float(((loss - loss_mean) ** 2).sum())
-    c = np.where(sxx > 0, sxy / np.where(sxx > 0, sxx, 1.0), 0.0)
-    l0 = loss_mean - c * x_mean[:, 0]
-    sse = np.maximum(syy - c * sxy, 0.0)
-    return c, l0, sse
-
-
-def fit_power_law(depth, loss) -> dict | None:
-    """Least-squares L = c * depth^-a + L0: for each a, c and L0 are linear; a is found on
-    A_GRID, then on four successively finer grids around the best point.
-    Returns {"c", "a", "L0", "sse", "n", "a_at_bound"} or None with < 3 distinct depths."""
-    depth = np.asarray(depth, dtype=np.float64)
-    loss = np.asarray(loss, dtype=np.float64)
-    if depth.size != loss.size or np.unique(depth).size < 3 or np.any(depth <= 0):
-        return None
-    sse = _profile_sse(depth, loss, A_GRID)[2]
-    best = int(np.argmin(sse))
-    a, best_sse = float(A_GRID[best]), float(sse[best])
-    step = float(A_GRID[1] - A_GRID[0])
-    # Refinement: finer grids around the best point (the profile is smooth in a).
-    for _ in range(4):
-        grid = np.linspace(max(a - step, 1e-6), a + step, 101)
-        fine = _profile_sse(depth, loss, grid)[2]
-        index = int(np.argmin(fine))
-        if fine[index] <= best_sse:
-            a, best_sse = float(grid[index]), float(fine[index])
-        step = float(grid[1] - grid[0])
-    c, l0, _ = (float(v[0]) for v in _profile_sse(depth, loss, a))
-    # The closed-form sse can lose digits at an exact fit: recompute from the residuals.
-    residual = loss - (c * depth ** -a + l0)
-    return {"c": c, "a": float(a), "L0": l0, "sse": float(residual @ residual), "n": int(depth.size),
-            "a_at_bound": bool(best in (0, A_GRID.size - 1))}
-
-
-def _covariance_interval(depth, fit) -> dict | None:
-    """95% normal intervals of a and L0 from s^2 (J^T J)^-1 (needs more points than 3)."""
-    depth = np.asarray(depth, dtype=np.float64)
-    n = depth.size
-    if n <= 3:
-        return None
-    power = depth ** -fit["a"]
-    jac = np.stack([power, -fit["c"] * np.log(depth) * power, np.ones_like(depth)], axis=1)
-    try:
-        cov = np.linalg.inv(jac.T @ jac) * (fit["sse"] / (n - 3))
-    except np.linalg.LinAlgError:
-        return None
-    z = 1.959963984540054
-    sd_a, sd_l0 = math.sqrt(max(cov[1, 1], 0.0)), math.sqrt(max(cov[2, 2], 0.0))
-    return {"a": [fit["a"] - z * sd_a, fit["a"] + z * sd_a],
-            "L0": [fit["L0"] - z * sd_l0, fit["L0"] + z * sd_l0]}
-
-
-def _seed_bootstrap(points: list[dict], seed: int) -> dict | None:
-    seeds = sorted({p["seed"] for p in points}, key=str)
-    if len(seeds) < 3:
-        return None
-    rng = np.random.default_rng(seed)
-    by_seed = {s: [p for p in points if p["seed"] == s] for s in seeds}
-    a_values, l0_values = [], []
-    for _ in range(RESAMPLES):
-        chosen = rng.integers(0, len(seeds), size=len(seeds))
-        sample = [p for i in chosen for p in by_seed[seeds[i]]]
-        fit = fit_power_law([p["depth"] for p in sample], [p["loss"] for p in sample])
-        if fit is not None:
-            a_values.append(fit["a"])
-            l0_values.append(fit["L0"])
-    if len(a_values) < RESAMPLES // 2:
-        return None
-    tail = 100 * (1 - LEVEL) / 2
-    return {"a": [float(v) for v in np.percentile(a_values, [tail, 100 - tail])],
-            "L0": [float(v) for v in np.percentile(l0_values, [tail, 100 - tail])]}
-
-
-def fit_with_interval(points: list[dict], seed: int = 0) -> dict | None:
-    """fit_power_law over points {"depth", "loss", "seed"} with intervals of a and L0:
-    percentile bootstrap over seeds when there are >= 3 seeds, else the fit's covariance
-    (normal, 95%) when there are more than 3 points, else none."""
-    fit = fit_power_law([p["depth"] for p in points], [p["loss"] for p in points])
-    if fit is None:
-        return None
-    interval = _seed_bootstrap(points, seed)
-    method = "seed bootstrap"
-    if interval is None:
-        interval = _covariance_interval([p["depth"] for p in points], fit)
-        method = "fit covariance" if interval is not None else "none"
-    fit["interval"] = interval
-    fit["interval_method"] = method
-    fit["seeds"] = len({p["seed"] for p in points})
-    return fit
-
-
-# Tied-vs-native rule (docs/depth_use.md, "Depth law"): share S = tied gain / native gain.
-SHARE_AS_MUCH = 0.8   # S (interval low) at least this: as much as a native layer
-SHARE_NOTHING = 0.2   # S (interval high) at most this: nothing
-AS_MUCH = "as much as native"
-LESS = "less than native"
-NOTHING = "nothing"
-DEPTH_VERDICTS = (AS_MUCH, LESS, NOTHING, NOT_SHOWN)
-
-
-def _cell(point) -> tuple:
-    """The model a point measures, apart from its seed: (tied, depth, pattern, base depth).
-    Tied models of one depth with different patterns (or bases) are different models, not
-    seeds of one; a native model is known by its depth."""
-    if point["tied"]:
-        return True, int(point["depth"]), str(point.get("pattern") or ""), int(point["base_depth"])
-    return False, int(point["depth"]), "", 0
-
-
-def tied_share(points: list[dict], seed: int = 0) -> dict:
-    """Share of the native depth gain that tied depth buys, at depths both reach.
-
-    For each tied model (depth d, pattern, base depth b) with a native model of depth d and a
-    native base of depth b: tied gain = L(base) - L(tied), native gain = L(base) - L(native, d),
-    means over seeds. S = sum of tied gains / sum of native gains over those tied models; its
-    95% interval resamples the seeds of every model independently (none with one seed per
-    model: different patterns of one depth are not seeds)."""
-    cells: dict[tuple, list[float]] = {}
-    for p in points:
-        cells.setdefault(_cell(p), []).append(float(p["loss"]))
-    native = lambda depth: (False, depth, "", 0)
-    tied_cells = sorted(c for c in cells if c[0] and native(c[1]) in cells and native(c[3]) in cells)
-    out = {"compared_depths": sorted({c[1] for c in tied_cells}), "share": None, "interval": None,
-           "verdict": NOT_SHOWN, "why": ""}
-    if not tied_cells:
-        out["why"] = "no tied depth also reached by a native model with its base"
-        return out
-
-    def share(means) -> float | None:
-        tied = sum(means[native(c[3])] - means[c] for c in tied_cells)
-        gain = sum(means[native(c[3])] - means[native(c[1])] for c in tied_cells)
-        return tied / gain if gain > 0 else None
-
-    point = share({k: float(np.mean(v)) for k, v in cells.items()})
-    if point is None:
-        out["why"] = "native depth does not lower the loss here"
-        return out
-    out["share"] = point
-    low = high = point
-    if any(len(v) > 1 for v in cells.values()):
-        rng = np.random.default_rng(seed)
-        keys = sorted(cells)
-        samples = []
-        for _ in range(RESAMPLES):
-            means = {k: float(np.mean(np.asarray(cells[k])[rng.integers(0, len(cells[k]), len(cells[k]))]))
-                     for k in keys}
-            value = share(means)
-            if value is not None:
-                samples.append(value)
-        tail = 100 * (1 - LEVEL) / 2
-        low, high = (float(v) for v in np.percentile(samples, [tail, 100 - tail]))
-        out["interval"] = [low, high]
-    if low >= SHARE_AS_MUCH:
-        out.update(verdict=AS_MUCH, why=f"share >= {SHARE_AS_MUCH:g}")
-    elif high <= SHARE_NOTHING:
-        out.update(verdict=NOTHING, why=f"share <= {SHARE_NOTHING:g}")
-    elif high < SHARE_AS_MUCH and low > SHARE_NOTHING:
-        out.update(verdict=LESS, why=f"{SHARE_NOTHING:g} < share < {SHARE_AS_MUCH:g}")
-    else:
-        out["why"] = "the share's interval spans a threshold"
-    return out
-
-
-def depth_law(points: list[dict], seed: int = 0) -> dict:
-    """The depth law of one metric over a profile's variants.
-
-    points: {"depth" (effective), "loss" (the metric, lower is better), "seed", "tied" (bool:
-    a reused layer), "base_depth" (tied points: the base model's depth), optional "pattern"
-    (tied points: tells tied models of one depth apart) and "variant"}.
-    The native fit uses native points; the tied fit uses tied points and their base models.
-    Returns {"native": fit|None, "tied": fit|None, "tied_share": tied_share(...), "points"}."""
-    for index, p in enumerate(points):
-        for key in ("depth", "loss", "tied"):
-            if key not in p:
-                fail(f"depth_law.points[{index}]", f"missing key {key!r}")
-        if p["tied"] and "base_depth" not in p:
-            fail(f"depth_law.points[{index}]", "a tied point needs 'base_depth'")
-    points = [dict(p, seed=p.get("seed")) for p in points]
-    native = [p for p in points if not p["tied"]]
-    bases = {int(p["base_depth"]) for p in points if p["tied"]}
-    tied = [p for p in points if p["tied"]] + [p for p in native if int(p["depth"]) in bases]
-    return {"native": fit_with_interval(native, seed), "tied": fit_with_interval(tied, seed),
-            "tied_share": tied_share(points, seed), "points": points}
-
-
-def depth_law_points(results: list[dict], value_of: Callable[[dict], float | None]) -> list[dict]:
-    """depth_law points from variant results (schema vld.variant/1) of one width and family.
-
-    value_of(result) gives the metric (lower is better) or None to leave a result out; a
-    result is tied unless `native_depth`, and a tied one's base depth is its `n_layer`."""
-    points = []
-    for r in results:
-        value = value_of(r)
-        if value is None or not math.isfinite(float(value)):
-            continue
-        tied = not r.get("native_depth")
-        point = {"depth": int(r["effective_depth"]), "loss": float(value), "seed": r.get("seed"),
-                 "tied": tied, "variant": r.get("variant"), "pattern": r.get("pattern")}
-        if tied:
-            point["base_depth"] = int(r["n_layer"])
-        points.append(point)
-    return points
+            record.update({"virtual_layer": None, "base_layer": None, "visit": None})
+        values = intact if j == depth else {n: np.concatenate(exit_values[j][n]) for n in metrics}
+        record["value"] = {name: _summary(values[name], seed) for name in metrics}
+        records.append(record)
+    return records

@@ -229,17 +229,7 @@ def evaluate_igsm(
     When `records` is a list, one dict per problem (test-set order) is appended to it.
     """
     test_dir = Path(test_dir)
-    for name in REQUIRED_FILES:
-        if not (test_dir / name).is_file():
-            fail(str(test_dir), f"not an iGSM test set: {name} is missing")
-    if train_dir is not None and not (Path(train_dir) / "problems.jsonl").is_file():
-        fail(str(train_dir), "not an iGSM set: problems.jsonl is missing")
-    if batch_size < 1:
-        fail("igsm.batch_size", f"must be >= 1, got {batch_size}")
-    if limit is not None and limit < 1:
-        fail("igsm.limit", f"must be >= 1, got {limit}")
-    if max_new_tokens is not None and max_new_tokens < 1:
-        fail("igsm.max_new_tokens", f"must be >= 1, got {max_new_tokens}")
+    _check_arguments(test_dir, train_dir, batch_size, limit, max_new_tokens)
     from vld.data.igsm.objectives import check_objective
 
     answer_only = check_objective(objective, "igsm.objective") == "answer_only"
@@ -253,10 +243,8 @@ def evaluate_igsm(
         problems = problems[:limit]
     tokenizer = IgsmTokenizer.load(test_dir)
     lexicon = Lexicon.load(test_dir / "lexicon.json")
-    if max_new_tokens is None:  # what the reference continuation needs, twice, and a margin
-        longest = max((0 if answer_only else len(tokenizer.encode(p["solution"])) + 1)
-                      + len(tokenizer.encode(str(p["answer"]))) + 1 for p in problems)
-        max_new_tokens = 2 * longest + 8
+    if max_new_tokens is None:
+        max_new_tokens = _default_max_new_tokens(problems, tokenizer, answer_only)
 
     import torch
 
@@ -277,6 +265,29 @@ def evaluate_igsm(
     result["decoding"] = {"strategy": "greedy", "kv_cache": True, "max_new_tokens": max_new_tokens,
                           "batch_size": batch_size, "limit": limit}
     return result
+
+
+def _check_arguments(test_dir: Path, train_dir, batch_size: int, limit, max_new_tokens) -> None:
+    """evaluate_igsm's arguments, before any compute: one line naming what is wrong."""
+    for name in REQUIRED_FILES:
+        if not (test_dir / name).is_file():
+            fail(str(test_dir), f"not an iGSM test set: {name} is missing")
+    if train_dir is not None and not (Path(train_dir) / "problems.jsonl").is_file():
+        fail(str(train_dir), "not an iGSM set: problems.jsonl is missing")
+    if batch_size < 1:
+        fail("igsm.batch_size", f"must be >= 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        fail("igsm.limit", f"must be >= 1, got {limit}")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        fail("igsm.max_new_tokens", f"must be >= 1, got {max_new_tokens}")
+
+
+def _default_max_new_tokens(problems: list[dict], tokenizer, answer_only: bool) -> int:
+    """What the longest reference continuation (solution <sep> answer <eos>, or answer <eos>
+    for answer_only) needs, twice, and a margin."""
+    longest = max((0 if answer_only else len(tokenizer.encode(p["solution"])) + 1)
+                  + len(tokenizer.encode(str(p["answer"]))) + 1 for p in problems)
+    return 2 * longest + 8
 
 
 def write_records(path: str | Path, records: list[dict]) -> None:

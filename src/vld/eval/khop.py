@@ -1,7 +1,7 @@
 """k-hop evaluation: per hop count, the per-position error and the per-sequence exact match.
 
 Positions of one sequence share its letters, so they are not independent draws: the error's
-95% interval is a bootstrap over sequences (vld.report.stats.bootstrap_ratio_interval); exact
+95% interval is a bootstrap over sequences (vld.stats.bootstrap_ratio_interval); exact
 match is one Bernoulli draw per sequence (Wilson interval). The chance line is the error of the
 best constant prediction on the same test labels. Each result also keeps the wrong-position
 count of every sequence, so the report can pool seeds and bootstrap again.
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vld.errors import fail
+from vld.stats import bootstrap_ratio_interval, wilson_interval
 
 
 def wrong_positions(model, inputs: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -35,8 +36,6 @@ def wrong_positions(model, inputs: np.ndarray, labels: np.ndarray, batch_size: i
 
 def summarise(wrong, positions, chance_error: float, resamples: int = 1000, seed: int = 0) -> dict:
     """Error and exact match of per-sequence wrong counts (positions = labelled per sequence)."""
-    from vld.report.stats import bootstrap_ratio_interval, wilson_interval
-
     wrong = np.asarray(wrong, dtype=np.int64)
     positions = np.broadcast_to(np.asarray(positions, dtype=np.int64), wrong.shape)
     exact = int((wrong == 0).sum())

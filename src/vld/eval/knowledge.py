@@ -324,9 +324,41 @@ def bio_capacity(
     (directory, BioRendering) pair to score a fresh rendering. Each biography is scored alone,
     from its <bos>; every token after <bos> is predicted once.
     """
+    _check_args(seq_len, batch_size, chunk)
+    token_set, rendering = _bio_rendering(data, seq_len)
+    meta = token_set.meta
+    n_people = len(rendering.index) - 1
+    sums, counts, model_vocab = _bio_losses(model, token_set, rendering, batch_size, chunk, dtype,
+                                            _device_of(model, device))
+    n0, s0 = int(meta["n_names"]), int(meta["n_attribute_values"])
+    name_loss, value_loss = float(sums["name"]), float(sums["value"])
+    capacity = part33_capacity_bits(n_people, n0, s0, name_loss, value_loss)
+    param_counts = count_parameters(model, model_vocab, _bio_tokens_used(token_set, rendering.tokens))
+    out: dict[str, Any] = {
+        "bio_capacity_bits": capacity,
+        "bio_people": n_people,
+        "bio_n0": n0,
+        "bio_s0": s0,
+        "bio_name_loss_nats_per_person": name_loss / n_people,  # p1
+        "bio_value_loss_nats_per_person": value_loss / n_people,  # p2
+        "bio_name_tokens": counts["name"],
+        "bio_value_tokens": counts["value"],
+        "bio_mean_loss_nats": float(sums["all"]) / max(counts["all"], 1),
+        "bio_capacity_bits_per_person": capacity / n_people,
+        "dataset_bits": float(meta["dataset_bits"]),
+        "part33_max_bits": float(meta["part33_max_bits"]),
+        **param_counts,
+    }
+    _per_param(out, "bio_capacity_bits", param_counts)
+    _per_param(out, "dataset_bits", param_counts)
+    return out
+
+
+def _bio_rendering(data: Any, seq_len: int):
+    """(token set, rendering) of `bio_capacity`'s data, checked: a biography set, one
+    biography per person, none longer than seq_len predictions."""
     from vld.data.knowledge.biographies import BioRendering, read_fixed_rendering  # no torch there
 
-    _check_args(seq_len, batch_size, chunk)
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], BioRendering):
         token_set, rendering = _open(data[0]), data[1]
     else:
@@ -337,15 +369,23 @@ def bio_capacity(
         fail(str(token_set.path), f"not a biography set (generator {meta.get('generator')!r})")
     if rendering is None:
         rendering = read_fixed_rendering(token_set)
-    tokens, index = rendering.tokens, rendering.index
-    n_people = len(index) - 1
+    n_people = len(rendering.index) - 1
     if n_people != int(meta["params"]["people"]):
         fail("data", f"rendering has {n_people} biographies but the set has {meta['params']['people']} people")
-    lengths = np.diff(index)
-    if int(lengths.max()) - 1 > seq_len:
-        fail("seq_len", f"{seq_len} is shorter than the longest biography ({int(lengths.max()) - 1} predictions)")
+    longest = int(np.diff(rendering.index).max())
+    if longest - 1 > seq_len:
+        fail("seq_len", f"{seq_len} is shorter than the longest biography ({longest - 1} predictions)")
+    return token_set, rendering
+
+
+def _bio_losses(model: nn.Module, token_set: TokenSet, rendering, batch_size: int, chunk: int,
+                dtype: torch.dtype, device) -> tuple[dict, dict, int | None]:
+    """Summed loss (nats) and token counts over the name tokens, the attribute-value tokens and
+    all predicted tokens ({"name", "value", "all"}), each biography scored alone from its
+    <bos>, batch_size at a time; and the model's vocabulary size (None without a batch)."""
+    tokens, index = rendering.tokens, rendering.index
+    n_people, lengths = len(index) - 1, np.diff(index)
     knowledge_bits = rendering.name_mask.astype(np.int8) + 2 * rendering.value_mask.astype(np.int8)
-    device = _device_of(model, device)
     sums = {"name": torch.zeros((), dtype=torch.float64, device=device), "value": torch.zeros((), dtype=torch.float64, device=device),
             "all": torch.zeros((), dtype=torch.float64, device=device)}
     counts = {"name": 0, "value": 0, "all": 0}
@@ -375,35 +415,20 @@ def bio_capacity(
                 counts["name"] += int((part == 1).sum())
                 counts["value"] += int((part == 2).sum())
             del logits, flat
-    n0, s0 = int(meta["n_names"]), int(meta["n_attribute_values"])
-    name_loss, value_loss = float(sums["name"]), float(sums["value"])
-    capacity = part33_capacity_bits(n_people, n0, s0, name_loss, value_loss)
+    return sums, counts, model_vocab
+
+
+def _bio_tokens_used(token_set: TokenSet, tokens: np.ndarray) -> np.ndarray:
+    """Token ids the biographies can contain: those rendered, and for a fresh-rendering set every
+    template word and pronoun (any of them can occur in some exposure)."""
     used = np.unique(tokens)
-    if meta["params"].get("mode") == "fresh":  # every template word can occur in some exposure
+    if token_set.meta["params"].get("mode") == "fresh":
         from vld.data.knowledge.biographies import BiographyRenderer
 
         lists = BiographyRenderer(token_set.path).lists
         words = [t for templates in lists.templates.values() for tpl in templates for t in tpl if not isinstance(t, str)]
         used = np.union1d(used, np.array(words + list(lists.ids["pronouns"]), dtype=np.int64))
-    param_counts = count_parameters(model, model_vocab, used)
-    out: dict[str, Any] = {
-        "bio_capacity_bits": capacity,
-        "bio_people": n_people,
-        "bio_n0": n0,
-        "bio_s0": s0,
-        "bio_name_loss_nats_per_person": name_loss / n_people,  # p1
-        "bio_value_loss_nats_per_person": value_loss / n_people,  # p2
-        "bio_name_tokens": counts["name"],
-        "bio_value_tokens": counts["value"],
-        "bio_mean_loss_nats": float(sums["all"]) / max(counts["all"], 1),
-        "bio_capacity_bits_per_person": capacity / n_people,
-        "dataset_bits": float(meta["dataset_bits"]),
-        "part33_max_bits": float(meta["part33_max_bits"]),
-        **param_counts,
-    }
-    _per_param(out, "bio_capacity_bits", param_counts)
-    _per_param(out, "dataset_bits", param_counts)
-    return out
+    return used
 
 
 # ----------------------------------------------------------------------------- pipeline entry

@@ -19,9 +19,9 @@ from typing import Callable
 
 from vld.atomic import atomic_dir, check_replaceable
 from vld.errors import fail
-from vld.eval.variant import check_result
 from vld.report import tables
 from vld.report.tables import Table
+from vld.result_schema import check_result
 
 
 def load_results(sources) -> list[dict]:

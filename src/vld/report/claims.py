@@ -8,7 +8,7 @@ their results measure from `task`.
 
 Effects are in "goodness" units, positive when the side the paper favours is better. Every
 interval resamples the training seeds of each side, then the test items within a seed
-(vld.report.stats), so it carries training noise as well as test sampling:
+(vld.stats), so it carries training noise as well as test sampling:
   k-hop      mean per-position error of the other side minus ours over the hop counts >= 2
              that every result of both sides has (error points; hop counts 0 and 1 need no
              serial depth); seeds, then the shared test sequences (paired_difference);
@@ -45,7 +45,7 @@ import numpy as np
 from vld.pipeline.families import FAMILIES, families_where
 from vld.report import tables
 from vld.report.khop import sequence_errors
-from vld.report.stats import accuracy_difference, paired_difference, relative_change
+from vld.stats import accuracy_difference, paired_difference, relative_change
 from vld.report.tables import Table, VariantGroup, group_name, group_sort, test_key, variant_group
 
 SUPPORTED, NOT_SHOWN, CONTRADICTED = "supported", "not shown", "contradicted"

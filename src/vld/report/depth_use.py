@@ -1,7 +1,7 @@
 """Report pieces for depth use: ablation deltas, early exit, the regime line, the depth law.
 
 Inputs are per-variant entries: either a variant result holding the output of
-`vld.eval.depth_use.depth_use` under "depth_use" (with "variant" and "kind" or "family"), or
+`vld.eval.depth_use.depth_use` (schema vld.depth_use/1) under "depth_use" (with "variant" and "kind" or "family"), or
 that output itself with "variant" (and optionally "family") added. Table builders return a
 `vld.report.tables.Table` or None when there is nothing to show; figure writers return the
 PNG's path or None (nothing written). Rules: docs/depth_use.md.
@@ -9,11 +9,13 @@ PNG's path or None (nothing written). Rules: docs/depth_use.md.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
-from vld.eval.depth_use import SCHEMA
+from vld import depth_rules as rule
 from vld.report.tables import Table
+from vld.result_schema import DEPTH_USE_SCHEMA
 
 KIND_ORDER = ("skip", "swap", "revisit", "revisit_all")
 SERIES_COLORS = ("black", "tab:orange", "tab:blue", "tab:green", "tab:red", "tab:purple",
@@ -25,7 +27,7 @@ def entries(results: list[dict]) -> list[dict]:
     out = []
     for r in results or []:
         use = r.get("depth_use") if isinstance(r.get("depth_use"), Mapping) else (
-            r if r.get("schema") == SCHEMA else None)
+            r if r.get("schema") == DEPTH_USE_SCHEMA else None)
         if not use or not use.get("metrics"):
             continue
         out.append({"variant": str(r.get("variant", use.get("variant", "?"))),
@@ -128,8 +130,6 @@ def regime_table(results: list[dict]) -> Table | None:
                          _num(r["skip_median"]), _num(r["swap_median"]), r["why"]])
     if not rows:
         return None
-    from vld.eval import depth_use as rule
-
     header = ["variant", "family", "metric", "regime", "gain over chance", "largest skip / gain",
               "skip spread / gain", "median skip", "median swap", "why"]
     notes = [f"compositional: some skip's interval low > {rule.COMPOSITIONAL_SKIP_SHARE:g} x gain "
@@ -159,7 +159,7 @@ def _interval(fit: Mapping, key: str) -> str:
 
 
 def depth_law_table(laws: Mapping[str, dict]) -> Table | None:
-    """The fitted law per family/metric ({label: vld.eval.depth_use.depth_law(...)})."""
+    """The fitted law per family/metric ({label: vld.depth_rules.depth_law(...)})."""
     rows = []
     for label, law in (laws or {}).items():
         if not law:
@@ -179,8 +179,6 @@ def depth_law_table(laws: Mapping[str, dict]) -> Table | None:
                      share.get("verdict", "")])
     if not rows:
         return None
-    from vld.eval import depth_use as rule
-
     header = ["family / metric", "curve", "a", "a 95%", "L0", "L0 95%", "c", "points", "seeds",
               "interval", "a at grid bound / verdict"]
     notes = ["Fit L = c * depth^-a + L0 by least squares (c, L0 linear for each a; a searched "
@@ -351,6 +349,25 @@ def depth_law_figure(law: Mapping | None, path, metric_label: str = "loss",
 
 # ---------------------------------------------------------------- the profile's depth laws
 
+def depth_law_points(results: list[dict], value_of: Callable[[dict], float | None]) -> list[dict]:
+    """depth_law points from variant results (schema vld.variant/1) of one width and family.
+
+    value_of(result) gives the metric (lower is better) or None to leave a result out; a
+    result is tied unless `native_depth`, and a tied one's base depth is its `n_layer`."""
+    points = []
+    for r in results:
+        value = value_of(r)
+        if value is None or not math.isfinite(float(value)):
+            continue
+        tied = not r.get("native_depth")
+        point = {"depth": int(r["effective_depth"]), "loss": float(value), "seed": r.get("seed"),
+                 "tied": tied, "variant": r.get("variant"), "pattern": r.get("pattern")}
+        if tied:
+            point["base_depth"] = int(r["n_layer"])
+        points.append(point)
+    return points
+
+
 def _law_results(results: list[dict], family: str) -> list[dict]:
     """A family's results at its most common width and training length (a compute-matched
     baseline trained longer is not a point of the depth law)."""
@@ -384,8 +401,6 @@ def _igsm_error(r):
 def profile_depth_laws(results: list[dict]) -> dict[str, dict]:
     """{label: depth_law} per family (k-hop: the error over hop counts >= 2 and at each of
     them; knowledge: the loss; iGSM reasoning: 1 - answer accuracy)."""
-    from vld.eval.depth_use import depth_law, depth_law_points
-
     metrics = []
     khop_hops = sorted({int(h) for r in results for h in ((r.get("khop") or {}).get("hops") or {})})
     if khop_hops:
@@ -396,5 +411,5 @@ def profile_depth_laws(results: list[dict]) -> dict[str, dict]:
     for family, label, value in metrics:
         points = depth_law_points(_law_results(results, family), value)
         if len({p["depth"] for p in points if not p["tied"]}) >= 2 or any(p["tied"] for p in points):
-            laws[label] = depth_law(points)
+            laws[label] = rule.depth_law(points)
     return laws

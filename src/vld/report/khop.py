@@ -2,7 +2,7 @@
 
 Per-position error, pooled over seeds: each variant's per-sequence error rates on the shared
 test sequences, with a 95% interval from resampling seeds and sequences
-(vld.report.stats.seeds_and_clusters_bootstrap). The chance line is the error of the best
+(vld.stats.seeds_and_clusters_bootstrap). The chance line is the error of the best
 constant prediction on the same test labels.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vld.report.stats import seeds_and_clusters_bootstrap
+from vld.stats import seeds_and_clusters_bootstrap
 from vld.report.tables import Table, VariantGroup, fmt_int, group_name, group_sort, variant_group
 
 RESAMPLES = 1000

@@ -1,11 +1,11 @@
-"""The report's tables, computed from variant results (schema vld.variant/2, vld.eval.variant.VariantResult).
+"""The report's tables, computed from variant results (schema vld.variant/2, vld.result_schema.VariantResult).
 
 Every builder returns a `Table` (our numbers, with the paper's beside where it gives them)
 or None when the results hold nothing for it (the report then prints its piece's skip note).
 Accuracies are percentages; seeds of the same variant (same VariantGroup: family, pattern, k,
 layers, n_layer, d_model, training steps, objective) are pooled: correct and n summed. Intervals
 are 95%: Wilson for one seed, a bootstrap over seeds and then problems within a seed for several
-(vld.report.stats.seeds_and_problems_interval), so pooled seeds carry their training noise.
+(vld.stats.seeds_and_problems_interval), so pooled seeds carry their training noise.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import NamedTuple
 from vld.model.schedule import BUILTIN_PATTERNS
 from vld.pipeline.families import families_where
 from vld.report import paper
-from vld.report.stats import seeds_and_problems_interval, wilson_interval
+from vld.stats import seeds_and_problems_interval, wilson_interval
 
 PATTERN_ORDER = tuple(BUILTIN_PATTERNS)
 # The results each table reads, by what their family is (vld.pipeline.families).
