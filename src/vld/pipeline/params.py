@@ -4,7 +4,9 @@ Every stage calls `load_pipeline()` first and so validates the WHOLE file, not o
 part: whichever stage `dvc repro` runs first stops the pipeline on a bad file. This module
 assembles; each setting is parsed by the module that owns it (vld.data.*, ModelConfig,
 TrainConfig, the schedule notation, vld.eval.variant, the families of
-vld.pipeline.families). Everything here is torch-free.
+vld.pipeline.families), and every section's keys are checked by one function
+(vld.declared.check_keys). What it builds, `Variant` and the `Plan` the families read, is
+vld.pipeline.plan. Everything here is torch-free.
 
 `python -m vld.pipeline.params [--file params.yaml]` validates and prints the variants.
 
