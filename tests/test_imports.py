@@ -1,6 +1,7 @@
 """The import graph inside `vld` has no circle (an AST walk over src/vld: every `import vld...`
-and `from vld... import ...`, at module level or inside a function), and evaluation and the
-report do not import each other (what both need, statistics and result schemas, sits apart)."""
+and `from vld... import ...`, at module level or inside a function), not even through imports
+for type hints only (`if TYPE_CHECKING:`), and evaluation and the report do not import each
+other (what both need, statistics and result schemas, sits apart)."""
 
 from __future__ import annotations
 
@@ -93,6 +94,21 @@ def test_the_cycle_finder_finds_a_planted_circle():
     assert find_cycle({"vld.a": {"vld.b"}, "vld.b": set()}) is None
     graph = import_graph()
     assert "vld.pipeline.params" in graph["vld.pipeline.pretrain"]  # the walk sees real imports
+
+
+def test_no_import_circle_even_through_type_hints():
+    cycle = find_cycle(import_graph(walk=ast.walk))
+    assert cycle is None, "import circle (counting `if TYPE_CHECKING:` imports): " + " -> ".join(cycle)
+
+
+def test_the_full_walk_sees_type_only_imports():
+    # families.py names Plan and Variant (vld.pipeline.plan) for its type hints only
+    assert "vld.pipeline.plan" in import_graph(walk=ast.walk)["vld.pipeline.families"]
+    assert "vld.pipeline.plan" not in import_graph()["vld.pipeline.families"]
+    # a circle closed only by a type-only import is found
+    graph = {"vld.a": {"vld.b"}, "vld.b": set()}
+    type_only = {"vld.a": {"vld.b"}, "vld.b": {"vld.a"}}
+    assert find_cycle(graph) is None and find_cycle(type_only) == ["vld.a", "vld.b", "vld.a"]
 
 
 def crossings(graph: dict[str, set[str]], one: str, other: str) -> list[str]:

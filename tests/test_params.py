@@ -258,9 +258,10 @@ def test_gpu_profile_on_a_machine_without_gpu_stops_each_stage_in_one_line(tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["params.yaml"]  # nothing written
 
 
-def _origin_of(error: pytest.ExceptionInfo) -> str:
-    """The module whose code called vld.errors.fail for this error (through a re-raise that
-    only renamed the location, e.g. TrainConfig.from_layers)."""
+def _failing_frames(error: pytest.ExceptionInfo) -> list[str]:
+    """The modules of the frames that led to the call of vld.errors.fail behind this error, the
+    caller of fail last (through a re-raise that only renamed the location, e.g.
+    TrainConfig.from_layers)."""
     exc = error.value
     while exc is not None:
         frames = []
@@ -270,9 +271,16 @@ def _origin_of(error: pytest.ExceptionInfo) -> str:
             tb = tb.tb_next
         for i, frame in enumerate(frames):
             if frame.f_code.co_name == "fail" and frame.f_globals["__name__"] == "vld.errors":
-                return frames[i - 1].f_globals["__name__"]
+                return [f.f_globals["__name__"] for f in frames[:i]]
         exc = exc.__context__
     raise AssertionError("no call of vld.errors.fail behind this error")
+
+
+def _origin_of(error: pytest.ExceptionInfo) -> str:
+    """The module that owns the setting of this error: the one that called vld.errors.fail, or
+    that called the one key check (vld.declared.check_keys) which did."""
+    modules = [name for name in _failing_frames(error) if name != "vld.declared"]
+    return modules[-1]
 
 
 @pytest.mark.parametrize("edit, where, owner", [
@@ -300,6 +308,37 @@ def test_each_setting_is_checked_by_its_owner_in_one_message(edit, where, owner)
     with pytest.raises(UserError) as info:
         P.validate(raw, "params.yaml")
     assert str(info.value).startswith(where + ":") and "\n" not in str(info.value)
+    assert _origin_of(info) == owner
+
+
+@pytest.mark.parametrize("edit, where, owner", [
+    (lambda r: r.update(sweep=1), "params.sweep", "vld.pipeline.params"),
+    (lambda r: r["data"].update(wiki={}), "data.wiki", "vld.pipeline.params"),
+    (lambda r: r["data"]["igsm"].update(extra={}), "data.igsm.extra", "vld.data.igsm.sets"),
+    (lambda r: r["data"]["igsm"]["train"].update(op=3), "data.igsm.train.op", "vld.data.igsm.sets"),
+    (lambda r: r["data"]["igsm"]["generator"].update(max_opp=3), "data.igsm.generator.max_opp",
+     "vld.data.igsm.generator"),
+    (lambda r: r["data"]["knowledge"]["rt16k"].update(size=1), "data.knowledge.rt16k.size", "vld.data.knowledge.specs"),
+    (lambda r: r["data"].update(khop={"kh": {"hops": 1}}), "data.khop.kh.hops", "vld.data.khop"),
+    (lambda r: r["models"]["r2"].update(widht=3), "models.r2.widht", "vld.model.config"),
+    (lambda r: r["hardware"].update(gpus=1), "hardware.gpus", "vld.pipeline.params"),
+    (lambda r: r["reasoning"].update(sweep={}), "reasoning.sweep", "vld.pipeline.params"),
+    (lambda r: r["reasoning"]["train"].update(max_step=3), "reasoning.train.max_step", "vld.train.config"),
+    (lambda r: r["reasoning"]["train"]["optim"].update(beta=1), "reasoning.train.optim.beta", "vld.train.config"),
+    (lambda r: r["reasoning"]["eval"].update(batchsize=3), "reasoning.eval.batchsize", "vld.eval.variant"),
+    (lambda r: r["reasoning"]["variants"]["base"].update(data="x"), "reasoning.variants.base.data",
+     "vld.pipeline.params"),
+    (lambda r: r["reasoning"]["variants"]["base"]["schedule"].update(kk=1), "reasoning.variants.base.schedule.kk",
+     "vld.model.schedule"),
+    (lambda r: r.update(report={"numbers": 1}), "report.numbers", "vld.pipeline.params"),
+])
+def test_an_unknown_key_in_each_section_is_one_line_from_its_owner_through_one_check(edit, where, owner):
+    raw = default_raw()
+    edit(raw)
+    with pytest.raises(UserError) as info:
+        P.validate(raw, "params.yaml")
+    assert str(info.value).startswith(f"{where}: unknown key (known: ") and "\n" not in str(info.value)
+    assert _failing_frames(info)[-1] == "vld.declared"  # the one mechanism raised it
     assert _origin_of(info) == owner
 
 
@@ -334,6 +373,23 @@ def test_typed_variant_and_one_tags_per_variant():
     raw["khop"]["train"]["seq_len"] = 9
     with pytest.raises(UserError, match=r"^khop.train.seq_len: is set by the data"):
         P.validate(raw)
+
+
+def test_khop_context_comes_from_the_data_when_the_model_leaves_it_out():
+    raw = P.load_yaml(ROOT / "conf/profiles/tiny.yaml")
+    raw["models"]["h16"].pop("max_seq_len")
+    raw["reasoning"]["variants"]["base"]["model"] = "h16"  # the same model, used by another family
+    raw["reasoning"]["train"]["seq_len"] = 48
+    pipeline = P.validate(raw)
+    length = raw["data"]["khop"]["kh12"]["length"]
+    assert pipeline.variant("khop", "base").model.max_seq_len == length + 1
+    assert pipeline.variant("khop", "base").train.seq_len == length + 1
+    assert pipeline.variant("reasoning", "base").model.max_seq_len == 1024  # ModelConfig's default: not k-hop's
+    # written: kept (the tiny profile's 16), and one the sequences do not fit is one line naming the data
+    assert P.load_pipeline(ROOT / "conf/profiles/tiny.yaml").variant("khop", "base").model.max_seq_len == 16
+    raw["models"]["h16"]["max_seq_len"] = length
+    raw["reasoning"]["variants"]["base"]["model"] = "t2"
+    assert error_of(raw).startswith(f"data.khop.kh12.length: {length + 1} exceeds models.h16.max_seq_len {length}")
 
 
 # ------------------------------------------------------------------------------ seeds

@@ -25,11 +25,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from vld.declared import check_keys, declared_keys
 from vld.errors import fail
 
 NO_LABEL = -1
 INPUTS, LABELS, META = "inputs.npy", "labels.npy", "meta.json"
-SPEC_KEYS = ("alphabet", "length", "min_hops", "max_hops", "seed", "test_sequences", "test_seed")
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,9 @@ class KHopSpec:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None, where: str = "khop") -> "KHopSpec":
         if values is not None and not isinstance(values, Mapping):
-            fail(where, f"must be a mapping of {', '.join(SPEC_KEYS)}, got {values!r}")
+            fail(where, f"must be a mapping of {', '.join(declared_keys(cls))}, got {values!r}")
         values = dict(values or {})
-        for key in values:
-            if key not in SPEC_KEYS:
-                fail(f"{where}.{key}", f"unknown key (known: {', '.join(SPEC_KEYS)})")
+        check_keys(values, cls, where)
         spec = cls(**values)
         spec.validate(where)
         return spec

@@ -42,6 +42,15 @@ def read_json(path: str | Path, what: str, name_in_dir: str | None = None) -> tu
         fail(str(path), f"unreadable {what} ({err.__class__.__name__})")
 
 
+def recorded_sha256(path: str | Path) -> str:
+    """The content hash a token set records in its meta.json ("unknown" without one)."""
+    meta = Path(path) / META
+    try:
+        return str(json.loads(meta.read_text()).get("tokens_sha256", "unknown"))
+    except (OSError, ValueError):
+        return "unknown"
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vld.declared import check_keys
 from vld.errors import fail
 from vld.result_schema import DESCRIPTIVE_KEYS, MEASURED_KEYS, VariantResult
 
@@ -51,9 +52,8 @@ def check_settings(task: str, settings: dict, where: str = "settings") -> dict:
     if not isinstance(settings, dict):
         fail(where, f"must be a mapping, got {type(settings).__name__}")
     allowed = TASKS[task]["settings"]
+    check_keys(settings, allowed, where)
     for key, value in settings.items():
-        if key not in allowed:
-            fail(f"{where}.{key}", f"unknown key (known: {', '.join(allowed)})")
         if key in _POSITIVE and value is not None and (
                 not isinstance(value, int) or isinstance(value, bool) or value < 1):
             fail(f"{where}.{key}", f"must be a positive integer, got {value!r}")
@@ -79,9 +79,7 @@ def _check_inputs(family, data, settings, meta) -> str:
         if not isinstance(mapping, dict):
             fail(name, f"must be a mapping, got {type(mapping).__name__}")
     known = sorted({key for task in TASKS.values() for key in (task["needs"], *task["reads"])})
-    for key in data:
-        if key not in known:
-            fail(f"data.{key}", f"unknown key (known: {', '.join(known)})")
+    check_keys(data, known, "data")
     task = task_of(data)
     check_settings(task, settings)
     for key in meta:
@@ -147,7 +145,7 @@ def evaluate_variant(model, family: str, data: dict, settings: dict | None = Non
 
         tokens = probe_windows(probe, seq_len, windows)
         result.depth = layer_usage(model, tokens, batch_size=settings.get("depth_batch_size") or 8)
-    if settings.get("ablations", True) and task in ("khop", "knowledge"):
+    if settings.get("ablations", True) and task in DEPTH_USE_INPUTS:
         result.depth_use = _depth_use(model, task, data, settings, seq_len)
     result.eval_wall_s = time.perf_counter() - start
     out = dataclasses.asdict(result)
@@ -186,20 +184,51 @@ def _measure_khop(model, data, settings, seq_len, result) -> None:
 MEASURES = {"igsm": _measure_igsm, "knowledge": _measure_knowledge, "khop": _measure_khop}
 
 
+def _knowledge_depth_use_inputs(data, seq_len, wanted):
+    from vld.eval.knowledge import depth_use_inputs
+
+    return depth_use_inputs(data["knowledge"], seq_len, wanted)
+
+
+def _khop_depth_use_inputs(data, seq_len, wanted):
+    from vld.eval.khop import depth_use_inputs
+
+    return depth_use_inputs(data["khop_test"], wanted)
+
+
+# The tasks whose depth use is measured by ablation: (data, seq_len, sequences wanted) ->
+# vld.eval.depth_use's inputs (batches, score, chance, sequences).
+DEPTH_USE_INPUTS = {"knowledge": _knowledge_depth_use_inputs, "khop": _khop_depth_use_inputs}
+
+
+def _khop_metrics(khop: dict) -> dict:
+    return {f"k{k}": {m: v[m] for m in ("error", "exact_match")} for k, v in khop["hops"].items()}
+
+
+# Each task's measures as MLflow logs them (nested; the stage flattens them, keys joined with dots).
+TASK_METRICS = {"igsm": dict, "knowledge": dict, "khop": _khop_metrics}
+# The model's size and cost, and what its training measured, logged for every task.
+COMMON_METRICS = ("params", "params_no_embed", "effective_depth", "flops_per_token", "flops_per_token_train",
+                  "train_tokens_per_s")
+
+
+def result_metrics(result: dict) -> dict:
+    """What of one result its evaluation logs to MLflow: COMMON_METRICS and its task's measures
+    ({task: ...}), nested as in the result."""
+    out = {key: result.get(key) for key in COMMON_METRICS}
+    measured = result.get(result["task"])
+    if measured:
+        out[result["task"]] = TASK_METRICS[result["task"]](measured)
+    return out
+
+
 def _depth_use(model, task: str, data: dict, settings: dict, seq_len: int) -> dict:
     """Causal ablations and early exit (vld.eval.depth_use) on a share of the task's test data:
     `ablation_sequences` sequences (default ABLATION_SEQUENCES). Its wall time is recorded."""
     from vld.eval.depth_use import depth_use
 
     wanted = settings.get("ablation_sequences") or ABLATION_SEQUENCES
-    if task == "khop":
-        from vld.eval.khop import depth_use_inputs
-
-        batches, score, chance, n = depth_use_inputs(data["khop_test"], wanted)
-    else:
-        from vld.eval.knowledge import depth_use_inputs
-
-        batches, score, chance, n = depth_use_inputs(data["knowledge"], seq_len, wanted)
+    batches, score, chance, n = DEPTH_USE_INPUTS[task](data, seq_len, wanted)
     began = time.perf_counter()
     use = depth_use(model, batches, score, max_sequences=n, seed=0, chance=chance)
     use["cost"]["wall_s"] = time.perf_counter() - began

@@ -18,6 +18,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from vld.declared import check_keys, declared_keys
 from vld.errors import fail
 
 CPU_GEMMS = ("onednn", "blas")  # see vld.model.linear
@@ -107,10 +108,8 @@ class Backend:
         """A Backend from a mapping with any of its fields (missing ones take the defaults)."""
         if not isinstance(values, Mapping):
             fail(where, f"must be a mapping, got {type(values).__name__}")
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(map(str, values)) - set(known))
-        if unknown:
-            fail(f"{where}.{unknown[0]}", f"unknown key (known: {', '.join(known)})")
+        check_keys(values, cls, where)
+        known = declared_keys(cls)
         defaults = cls()
         chosen = {name: values.get(name, getattr(defaults, name)) for name in known}
         _check(chosen["cpu_gemm"], chosen["activation_checkpointing"], where)

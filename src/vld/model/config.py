@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Mapping
 
+from vld.declared import check_keys
 from vld.errors import fail
 from vld.model.backend import PARAMS_SPELLING, moved_to_backend
 from vld.model.blocks import block_kind
@@ -111,10 +112,7 @@ class ModelConfig:
             if name not in PRESETS:
                 fail(f"{where}.preset", f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
             base = PRESETS[name].to_dict()
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(map(str, values)) - known)
-        if unknown:
-            fail(f"{where}.{unknown[0]}", f"unknown key (known: preset, {', '.join(sorted(known))})")
+        check_keys(values, cls, where, also=("preset",), sort=True)
         base.update(values)
         schedule = base.get("schedule")
         if isinstance(schedule, (Mapping, ScheduleSpec)):

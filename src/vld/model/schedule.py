@@ -35,6 +35,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from vld.declared import check_keys
 from vld.errors import fail
 
 # Built-in patterns, written in the same notation a user would write.
@@ -262,10 +263,7 @@ class ScheduleSpec:
             return data
         if not isinstance(data, Mapping):
             fail(where, f"must be a mapping with keys pattern, k, layers, order; got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(map(str, data)) - known)
-        if unknown:
-            fail(f"{where}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(known))})")
+        check_keys(data, cls, where, sort=True)
         values = dict(data)
         if values.get("order") is not None:
             values["order"] = list(values["order"])
@@ -342,26 +340,34 @@ def resolve_schedule(
     n_layers: int,
     patterns: Mapping[str, str] | None = None,
     where: str = "schedule",
+    listed: Mapping[str, str] | None = None,
 ) -> list[int]:
-    """Expand a ScheduleSpec (or its dict form) into a list of base indices for `n_layers`."""
+    """Expand a ScheduleSpec (or its dict form) into a list of base indices for `n_layers`.
+
+    `listed`: the only pattern names allowed, even with an explicit order (which the name then
+    labels): params.yaml's `patterns:` section, which lists the built-ins it uses so that DVC
+    tracks them; its user patterns are `patterns`. Default: every built-in and `patterns`."""
     if not isinstance(spec, ScheduleSpec):
         spec = ScheduleSpec.from_dict(spec, where)
     if not _is_int(n_layers) or n_layers < 1:
         fail(where, f"needs at least one base layer, got {n_layers!r}")
+    table = known_patterns(patterns)
+    names = table if listed is None else listed
+    hint = "" if listed is None else "define it under patterns: in params.yaml; "
+    pattern = spec.pattern
+    if spec.order is None or listed is not None:
+        if not isinstance(pattern, str) or not pattern.strip():
+            fail(f"{where}.pattern", f"must be a pattern name or notation string, got {pattern!r}")
+        pattern = pattern.strip()
+        if (listed is not None or _NAME_RE.match(pattern)) and pattern not in names:
+            fail(f"{where}.pattern", f"unknown pattern {pattern!r} ({hint}known: {', '.join(names)})")
     if spec.order is not None:
         return check_order(spec.order, n_layers, f"{where}.order")
     if not _is_int(spec.k):
         fail(f"{where}.k", f"must be an integer, got {spec.k!r}")
     if spec.k < 0:
         fail(f"{where}.k", f"must be >= 0, got {spec.k}")
-    table = known_patterns(patterns)
-    pattern = spec.pattern
-    if not isinstance(pattern, str) or not pattern.strip():
-        fail(f"{where}.pattern", f"must be a pattern name or notation string, got {pattern!r}")
-    pattern = pattern.strip()
     if _NAME_RE.match(pattern):
-        if pattern not in table:
-            fail(f"{where}.pattern", f"unknown pattern {pattern!r} (known: {', '.join(table)})")
         text, label = table[pattern], f"pattern {pattern!r} = {table[pattern]!r}: "
     else:
         text, label = pattern, ""

@@ -38,26 +38,14 @@ def _evaluate_seed(pipeline, variant, family, device: str, run) -> dict:
             "model_name": variant.model_name, "variant_sha256": variant.fingerprint()}
     meta.update({key: getattr(variant, key) for key in ("source", "method", "data", "objective")
                  if getattr(variant, key) is not None})
-    from vld.eval.variant import evaluate_variant
+    from vld.eval.variant import evaluate_variant, result_metrics
     from vld.train.config import apply_threads
 
-    if family.trained_by == "retrofit":
-        from vld.retrofit.api import load_retrofit
-
-        model, _ = load_retrofit(where)
-    else:
-        from vld.model import load_model
-
-        model = load_model(where / "model.pt")
+    model = family.load_model(variant)
     model.to(device).eval()
     apply_threads(variant.train)  # the CPU thread count the variant was trained with
     result = evaluate_variant(model, variant.family, data, family.eval_settings(variant), meta)
-    run.log_metrics(shared.numeric_leaves({key: result.get(key) for key in (
-        "params", "params_no_embed", "effective_depth", "flops_per_token", "flops_per_token_train",
-        "train_tokens_per_s", "igsm", "knowledge")}))
-    if result.get("khop"):
-        run.log_metrics({f"khop.k{k}.{m}": v[m] for k, v in result["khop"]["hops"].items()
-                         for m in ("error", "exact_match")})
+    run.log_metrics(shared.numeric_leaves(result_metrics(result)))
     return result
 
 

@@ -1,10 +1,12 @@
 """The pipeline's families: one object each, saying what a family's variants are made of.
 
 A family names the keys its variants may have, checks them, says where its training data
-comes from, builds its datamodule, names the task its evaluation measures (vld.eval.variant)
-and the inputs that evaluation reads. The validator (vld.pipeline.params), the training and
-evaluation stages and the report all read FAMILIES; adding a family is one entry here plus
-its own data, datamodule, evaluation and report modules (docs/pipeline.md, "Adding a family").
+comes from and how the training stage records it, builds its datamodule, loads its trained
+model, names the task its evaluation measures (vld.eval.variant) and the inputs that evaluation
+reads. The validator (vld.pipeline.params) and the training and evaluation stages read
+FAMILIES, and no code outside this module asks which family a variant is; adding a family is
+one entry here plus its own data, datamodule, evaluation and report modules (docs/pipeline.md,
+"Adding a family").
 
 Torch-free: the validator imports this module.
 """
@@ -18,7 +20,8 @@ from vld.errors import fail
 from vld.pipeline import paths
 
 if TYPE_CHECKING:
-    from vld.pipeline.params import Pipeline, Variant
+    from vld.model.config import ModelConfig
+    from vld.pipeline.plan import Plan, Variant
 
 COMMON_VARIANT_KEYS = ("schedule", "seed", "seeds", "train")
 
@@ -28,9 +31,12 @@ class Family:
     task: str  # what vld.eval.variant measures: igsm | knowledge | khop
     trained_by = "pretrain"  # the stage that trains it
     variant_keys: tuple[str, ...] = ("model",)  # besides COMMON_VARIANT_KEYS
+    # the paper's claims its results are checked against (vld.report.claims): "capacity" (claim 1),
+    # "reasoning" (claims 2-5, per family), "retrofit" (claim 6)
+    claim_set: str
 
     # ---- validation (torch-free) ------------------------------------------------------
-    def check_variant(self, spec: Mapping[str, Any], where: str, pipeline: "Pipeline") -> dict[str, Any]:
+    def check_variant(self, spec: Mapping[str, Any], where: str, pipeline: "Plan") -> dict[str, Any]:
         """Family-specific keys of one variant -> Variant fields (model_name, data, source, ...)."""
         model_name = spec.get("model")
         if model_name is None:
@@ -39,28 +45,30 @@ class Family:
             fail(f"{where}.model", f"unknown model {model_name!r} (known: {', '.join(pipeline.models) or 'none'})")
         return {"model_name": model_name}
 
-    def fixed_train(self, extras: Mapping[str, Any], pipeline: "Pipeline") -> dict[str, Any]:
+    def fixed_train(self, extras: Mapping[str, Any], pipeline: "Plan") -> dict[str, Any]:
         """Train settings the data decides (merged last; the user may not set them)."""
         return {}
 
-    def vocab_size(self, variant: "Variant", pipeline: "Pipeline") -> int | None:
-        """The vocabulary when params.yaml decides it; None when the data files do."""
-        return None
+    def model_from_data(self, variant: "Variant", pipeline: "Plan") -> dict[str, int]:
+        """Model settings its data decides, where params.yaml decides the data (else the data
+        files decide them, when the stage opens them): vocab_size, and max_seq_len when the
+        models: entry leaves it out."""
+        return {}
 
-    def check_eval(self, settings: dict, where: str, pipeline: "Pipeline") -> dict:
+    def check_eval(self, settings: dict, where: str, pipeline: "Plan") -> dict:
         """The family's eval block, checked by the evaluation of its task."""
         from vld.eval.variant import check_settings
 
         return check_settings(self.task, settings, where)
 
-    def check_train(self, variant: "Variant", pipeline: "Pipeline") -> None:
+    def check_train(self, variant: "Variant", pipeline: "Plan") -> None:
         """Checks of a variant's training against its data, before any compute."""
 
-    def default_seeds(self, extras: Mapping[str, Any], pipeline: "Pipeline") -> tuple[int, ...] | None:
+    def default_seeds(self, extras: Mapping[str, Any], pipeline: "Plan") -> tuple[int, ...] | None:
         """Seeds of a variant that names none (None: seed 0)."""
         return None
 
-    def check_seeds(self, variant: "Variant", pipeline: "Pipeline") -> None:
+    def check_seeds(self, variant: "Variant", pipeline: "Plan") -> None:
         """Checks of a variant's seeds against what it builds on."""
 
     # ---- stages ------------------------------------------------------------------------
@@ -68,7 +76,24 @@ class Family:
         """The token set it trains on (None: a generated stream)."""
         raise NotImplementedError
 
-    def datamodule(self, variant: "Variant", pipeline: "Pipeline"):
+    def train_data_tag(self, variant: "Variant") -> str:
+        """The name of its training token set in MLflow tags (vld.data.<name>.sha256)."""
+        raise NotImplementedError
+
+    def train_identity(self, variant: "Variant", pipeline: "Plan") -> tuple["ModelConfig", dict, dict[str, Path]]:
+        """What a variant trains on, as its training stage records it: the model's config with
+        the data's vocabulary, the data's identity (config.json, the resume check) and the token
+        sets it reads ({tag name: directory}). Here: the token set of train_data."""
+        from vld.data.tokens import TokenSet, recorded_sha256
+
+        data_dir = self.train_data(variant)
+        tokens = TokenSet.open(data_dir)
+        if len(tokens.tokens) < variant.train.seq_len + 1:
+            fail(f"{variant.key}.train.seq_len", f"{variant.train.seq_len} is longer than the data ({len(tokens.tokens)} tokens)")
+        return (variant.model_config(tokens.vocab_size), {"data": recorded_sha256(data_dir), "dataset": str(data_dir)},
+                {self.train_data_tag(variant): data_dir})
+
+    def datamodule(self, variant: "Variant", pipeline: "Plan"):
         from vld.train.datamodules import TokenWindowDataModule
 
         cfg = variant.train
@@ -78,6 +103,12 @@ class Family:
     def model_dir(self, variant: "Variant") -> Path:
         """Where the model of `variant` (one seed of it) lives."""
         return paths.pretrain_model_dir(self.name, variant.name, variant.seed)
+
+    def load_model(self, variant: "Variant"):
+        """The trained model of `variant` (one seed of it), on the CPU."""
+        from vld.model import load_model
+
+        return load_model(self.model_dir(variant) / "model.pt")
 
     def eval_settings(self, variant: "Variant") -> dict[str, Any]:
         """The `settings` argument of vld.eval.variant.evaluate_variant."""
@@ -116,6 +147,9 @@ class IgsmEvaluated(Family):
     def train_data(self, variant):
         return paths.IGSM_TRAIN
 
+    def train_data_tag(self, variant):
+        return "igsm_train"
+
     def datamodule(self, variant, pipeline):
         from vld.train.datamodules import igsm_datamodule
 
@@ -125,7 +159,7 @@ class IgsmEvaluated(Family):
 
 
 class Reasoning(IgsmEvaluated):
-    name = "reasoning"
+    name, claim_set = "reasoning", "reasoning"
     variant_keys = ("model", "objective")
 
     def check_variant(self, spec, where, pipeline):
@@ -154,10 +188,13 @@ class OwnDataset(Family):
 
 
 class Knowledge(OwnDataset):
-    name, task, data_section = "knowledge", "knowledge", "knowledge"
+    name, task, data_section, claim_set = "knowledge", "knowledge", "knowledge", "capacity"
 
     def train_data(self, variant):
         return paths.knowledge_dir(variant.data)
+
+    def train_data_tag(self, variant):
+        return variant.data
 
     def check_train(self, variant, pipeline):
         n_tokens = pipeline.data["knowledge"][variant.data].n_tokens
@@ -180,7 +217,7 @@ class Knowledge(OwnDataset):
 
 
 class Retrofit(IgsmEvaluated):
-    name = "retrofit"
+    name, claim_set = "retrofit", "retrofit"
     trained_by = "retrofit"
     variant_keys = ("source", "method", "lora_rank")
 
@@ -214,18 +251,30 @@ class Retrofit(IgsmEvaluated):
     def model_dir(self, variant):
         return paths.retrofit_model_dir(variant.name, variant.seed)
 
+    def load_model(self, variant):
+        from vld.retrofit.api import load_retrofit
+
+        return load_retrofit(self.model_dir(variant))[0]
+
 
 class KHop(OwnDataset):
-    name, task, data_section = "khop", "khop", "khop"
+    name, task, data_section, claim_set = "khop", "khop", "khop", "reasoning"
 
     def fixed_train(self, extras, pipeline):
         return {"seq_len": pipeline.data["khop"][extras["data"]].seq_len}
 
-    def vocab_size(self, variant, pipeline):
-        return pipeline.data["khop"][variant.data].vocab_size
+    def model_from_data(self, variant, pipeline):
+        spec = pipeline.data["khop"][variant.data]
+        return {"vocab_size": spec.vocab_size, "max_seq_len": spec.seq_len}  # sequences are length + 1 tokens
 
     def train_data(self, variant):
         return None  # a stream generated from (seed, step)
+
+    def train_identity(self, variant, pipeline):
+        from dataclasses import asdict
+
+        # a stream: its settings are the data
+        return variant.model, {"stream": variant.data, "spec": asdict(pipeline.data["khop"][variant.data])}, {}
 
     def datamodule(self, variant, pipeline):
         from vld.train.datamodules import KHopDataModule
@@ -244,4 +293,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (Reasoning(), Knowledge(), Ret
 
 def trained_by(stage: str) -> tuple[str, ...]:
     """Names of the families a training stage trains (its --family choices)."""
-    return tuple(name for name, family in FAMILIES.items() if family.trained_by == stage)
+    return families_where(trained_by=stage)
+
+
+def families_where(**attributes: str) -> tuple[str, ...]:
+    """Names of the families whose entries have these values, e.g. task="knowledge": the report
+    picks its results by what a family is, not by its name."""
+    return tuple(name for name, family in FAMILIES.items()
+                 if all(getattr(family, key) == value for key, value in attributes.items()))

@@ -4,7 +4,9 @@ Every stage calls `load_pipeline()` first and so validates the WHOLE file, not o
 part: whichever stage `dvc repro` runs first stops the pipeline on a bad file. This module
 assembles; each setting is parsed by the module that owns it (vld.data.*, ModelConfig,
 TrainConfig, the schedule notation, vld.eval.variant, the families of
-vld.pipeline.families). Everything here is torch-free.
+vld.pipeline.families), and every section's keys are checked by one function
+(vld.declared.check_keys). What it builds, `Variant` and the `Plan` the families read, is
+vld.pipeline.plan. Everything here is torch-free.
 
 `python -m vld.pipeline.params [--file params.yaml]` validates and prints the variants.
 
@@ -28,21 +30,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from vld.declared import check_keys
 from vld.errors import UserError, fail, run_cli
 from vld.pipeline.families import COMMON_VARIANT_KEYS, FAMILIES
+from vld.pipeline.plan import Plan, Variant
 
 PARAMS_FILE = "params.yaml"
 DATA_SECTIONS = ("igsm", "knowledge", "khop")
 TOP_KEYS = ("profile", "description", "patterns", "data", "models", "hardware", "report", *FAMILIES)
 FAMILY_KEYS = ("train", "eval", "variants")
-SCHEDULE_KEYS = ("pattern", "k", "layers", "order")
 # Names become DVC stage names, dvc.yaml param keys and directory names.
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z")
 
@@ -74,109 +75,14 @@ def load_yaml(path: str | Path = PARAMS_FILE) -> dict:
 # ------------------------------------------------------------------------------- the plan
 
 
-@dataclass
-class Variant:
-    """One validated variant of a family: typed configs the stages use as they are."""
-
-    family: str
-    name: str
-    model_name: str  # the models: key (retrofit: the source's model)
-    model: Any  # ModelConfig with the schedule; vocab_size set where params.yaml decides it
-    pattern: str
-    k: int
-    layers: str | None
-    train: Any  # TrainConfig: hardware + family train block + variant overrides + seed
-    eval: dict  # the family's eval settings, validated by vld.eval.variant
-    seed: int
-    data: str | None = None  # knowledge, khop: dataset name under data.<section>
-    source: str | None = None  # retrofit: the reasoning variant it starts from
-    method: str | None = None
-    lora_rank: int | None = None
-    objective: str | None = None  # iGSM families: what the loss is on (vld.data.igsm.objectives)
-    seeds: tuple[int, ...] = (0,)  # every seed of the variant; `seed` is the one this view stands for
-
-    def for_seed(self, seed: int) -> "Variant":
-        """This variant as trained with `seed` (one of its seeds)."""
-        if seed not in self.seeds:
-            fail(f"{self.key}.seeds", f"has no seed {seed} (seeds: {list(self.seeds)})")
-        return dataclasses.replace(self, seed=seed, train=dataclasses.replace(self.train, seed=seed))
-
-    def per_seed(self) -> list["Variant"]:
-        return [self.for_seed(seed) for seed in self.seeds]
-
-    @property
-    def schedule(self) -> list[int]:
-        return list(self.model.schedule)
-
-    @property
-    def effective_depth(self) -> int:
-        return len(self.model.schedule)
-
-    @property
-    def key(self) -> str:
-        return f"{self.family}.variants.{self.name}"
-
-    @property
-    def schedule_spec(self) -> dict:
-        spec = {"pattern": self.pattern, "k": self.k}
-        if self.layers is not None:
-            spec["layers"] = self.layers
-        return spec
-
-    def model_config(self, vocab_size: int | None = None):
-        """The model's config with the data's vocabulary (when the data files decide it)."""
-        return self.model if vocab_size is None else dataclasses.replace(self.model, vocab_size=int(vocab_size))
-
-    def tags(self) -> dict[str, Any]:
-        """MLflow tags of every stage of this variant."""
-        tags = {"vld.family": self.family, "vld.pattern": self.pattern, "vld.k": self.k,
-                "vld.effective_depth": self.effective_depth, "vld.model": self.model_name,
-                "vld.seed": self.seed, "vld.seeds": len(self.seeds)}
-        tags.update({f"vld.{key}": getattr(self, key) for key in ("data", "source", "method", "objective")
-                     if getattr(self, key) is not None})
-        return tags
-
-    def to_dict(self) -> dict:
-        out = {key: getattr(self, key) for key in ("family", "name", "model_name", "pattern", "k", "layers",
-                                                    "seed", "data", "source", "method", "lora_rank")}
-        if self.objective is not None:  # only iGSM variants have one; other fingerprints stay as they were
-            out["objective"] = self.objective
-        # all seeds: a seed trained stacked beside others is computed with them (vld.train.stacked)
-        out.update(seeds=list(self.seeds), schedule=self.schedule, effective_depth=self.effective_depth, eval=self.eval,
-                   model=self.model.to_dict(), train=self.train.to_dict())
-        return out
-
-    def fingerprint(self) -> str:
-        """sha256 of everything that decides this variant's result (its resolved configs):
-        stages record it, and the stages after them check it against params.yaml as it is now."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
-
-    def flat_params(self) -> dict[str, Any]:
-        """Flattened for MLflow params."""
-        out = {"family": self.family, "variant": self.name, "model": self.model_name,
-               "pattern": self.pattern, "k": self.k, "layers": self.layers,
-               "effective_depth": self.effective_depth, "schedule": ",".join(map(str, self.schedule)),
-               "seed": self.seed, "seeds": ",".join(map(str, self.seeds))}
-        for key in ("data", "source", "method", "lora_rank", "objective"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        model = {k: v for k, v in self.model.to_dict().items() if k not in ("schedule", "vocab_size")}
-        out.update(_flatten(model, "model"))
-        out.update(_flatten(self.train.to_dict(), "train"))
-        return out
-
-
-@dataclass
-class Pipeline:
-    """params.yaml, validated."""
+@dataclass(kw_only=True)
+class Pipeline(Plan):
+    """params.yaml, validated: the Plan the families read, and the file it came from."""
 
     raw: dict
     path: Path
     profile: str
     patterns: dict[str, str]  # user patterns only (built-ins are known to vld.model.schedule)
-    data: dict[str, Any] = field(default_factory=dict)  # igsm: IgsmData | None; knowledge, khop: {name: spec}
-    models: dict[str, Any] = field(default_factory=dict)  # name -> ModelConfig (placeholder vocabulary)
-    variants: dict[str, dict[str, Variant]] = field(default_factory=dict)
 
     def check_unchanged(self, variant: Variant | None = None, data: tuple[str, str] | None = None) -> None:
         """Before a stage writes its outputs: params.yaml must still say what the stage ran with
@@ -226,12 +132,6 @@ def _mapping(value: Any, where: str, required: bool = True) -> dict:
     return dict(value)
 
 
-def _known(d: Mapping, allowed, where: str) -> None:
-    for key in d:
-        if key not in allowed:
-            fail(f"{where}.{key}", f"unknown key (known: {', '.join(allowed)})")
-
-
 def _names(table: Mapping, where: str) -> Mapping:
     for name in table:
         if not isinstance(name, str) or not _NAME_RE.match(name):
@@ -243,19 +143,6 @@ def _show(value: Any) -> str:
     return "nothing" if value is None else repr(value)
 
 
-def _flatten(d: Mapping, prefix: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}.{key}"
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, name))
-        elif isinstance(value, (list, tuple)):
-            out[name] = ",".join(map(str, value))
-        else:
-            out[name] = value
-    return out
-
-
 def _data(raw: Any) -> dict[str, Any]:
     """data.igsm (always: dvc.yaml runs its stages unconditionally), data.knowledge, data.khop."""
     from vld.data.igsm.sets import IgsmData
@@ -263,7 +150,7 @@ def _data(raw: Any) -> dict[str, Any]:
     from vld.data.knowledge.specs import spec_from_dict
 
     data = _mapping(raw, "data")
-    _known(data, DATA_SECTIONS, "data")
+    check_keys(data, DATA_SECTIONS, "data")
     for key in DATA_SECTIONS:
         if key not in data:
             fail(f"data.{key}", "missing section" + ("" if key == "igsm" else "; it may be empty: {}"))
@@ -298,18 +185,13 @@ def _schedule(raw: Any, where: str, n_layer: int, pipeline: Pipeline, listed: Ma
     if raw is None:
         fail(where, "missing: give {pattern: NAME, k: INT} (pattern base for no reuse)")
     spec = _mapping(raw, where)
-    _known(spec, SCHEDULE_KEYS, where)
-    pattern = spec.get("pattern")
-    if pattern is None:
+    if spec.get("pattern") is None:
         fail(f"{where}.pattern", "missing (a name under patterns:, e.g. base or cycle; with an explicit"
              " order it names the order in the report)")
-    # The pattern must be a key of `patterns:`: dvc.yaml lists `patterns.<name>` as a param
-    # of every stage that uses it, so editing a pattern re-runs exactly its users.
-    if not isinstance(pattern, str) or pattern not in listed:
-        fail(f"{where}.pattern", f"unknown pattern {pattern!r} (define it under patterns: in params.yaml;"
-             f" known: {', '.join(listed)})")
     spec.setdefault("k", 0)
-    return spec, resolve_schedule(spec, n_layer, pipeline.patterns, where=where)
+    # The pattern must be a key of `patterns:` (`listed`): dvc.yaml lists `patterns.<name>` as a
+    # param of every stage that uses it, so editing a pattern re-runs exactly its users.
+    return spec, resolve_schedule(spec, n_layer, pipeline.patterns, where=where, listed=listed)
 
 
 def _seed_list(value: Any, where: str) -> tuple[int, ...]:
@@ -351,7 +233,7 @@ def _variant(family, name: str, spec: Any, block: dict, settings: dict, pipeline
 
     where = f"{family.name}.variants.{name}"
     spec = _mapping(spec, where)
-    _known(spec, family.variant_keys + COMMON_VARIANT_KEYS, where)
+    check_keys(spec, family.variant_keys + COMMON_VARIANT_KEYS, where)
     extras = family.check_variant(spec, where, pipeline)
     model = pipeline.models[extras["model_name"]]
     schedule_spec, order = _schedule(spec.get("schedule"), f"{where}.schedule", model.n_layer, pipeline, listed)
@@ -376,9 +258,10 @@ def _variant(family, name: str, spec: Any, block: dict, settings: dict, pipeline
                       pattern=schedule_spec["pattern"], k=schedule_spec["k"], layers=schedule_spec.get("layers"),
                       train=train, eval=settings, seed=train.seed, seeds=seeds, **extras)
     family.check_seeds(variant, pipeline)
-    vocab = family.vocab_size(variant, pipeline)
-    if vocab is not None:
-        variant.model = variant.model_config(vocab)
+    # what the data decides; a max_seq_len the models: entry writes is kept (it must fit: above)
+    written = pipeline.raw["models"][variant.model_name]
+    decided = {key: value for key, value in family.model_from_data(variant, pipeline).items() if key not in written}
+    variant.model = dataclasses.replace(variant.model, **decided)
     family.check_train(variant, pipeline)
     return variant
 
@@ -387,7 +270,7 @@ def validate(raw: dict, path: str | Path = PARAMS_FILE) -> Pipeline:
     from vld.model.schedule import BUILTIN_PATTERNS, known_patterns
 
     path = Path(path)
-    _known(raw, TOP_KEYS, "params")
+    check_keys(raw, TOP_KEYS, "params")
     # dvc.yaml reads these keys (foreach and params): a missing one would be a DVC parse error.
     for key in ("profile", "patterns", "data", "models", "hardware", *FAMILIES):
         if key not in raw:
@@ -403,10 +286,10 @@ def validate(raw: dict, path: str | Path = PARAMS_FILE) -> Pipeline:
     _mapping(raw.get("hardware"), "hardware", required=False)
     from vld.train.config import HARDWARE_FIELDS
 
-    _known(raw.get("hardware") or {}, HARDWARE_FIELDS, "hardware")
+    check_keys(raw.get("hardware") or {}, HARDWARE_FIELDS, "hardware")
     for family in FAMILIES.values():
         block = _mapping(raw.get(family.name), family.name, required=False)
-        _known(block, FAMILY_KEYS, family.name)
+        check_keys(block, FAMILY_KEYS, family.name)
         if "variants" not in block:
             fail(f"{family.name}.variants", "missing (it may be empty: {})")
         variants = _names(_mapping(block.get("variants"), f"{family.name}.variants", required=False),
@@ -419,7 +302,7 @@ def validate(raw: dict, path: str | Path = PARAMS_FILE) -> Pipeline:
                                          f"{family.name}.eval", pipeline)
         pipeline.variants[family.name] = {name: _variant(family, name, spec, block, settings, pipeline, listed)
                                           for name, spec in variants.items()}
-    _known(_mapping(raw.get("report"), "report", required=False), ("paper_numbers",), "report")
+    check_keys(_mapping(raw.get("report"), "report", required=False), ("paper_numbers",), "report")
     return pipeline
 
 

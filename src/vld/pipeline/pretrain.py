@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 
-from vld.errors import fail, run_cli
+from vld.errors import run_cli
 from vld.pipeline import paths, shared, tracking
 from vld.pipeline.families import FAMILIES, trained_by
 from vld.pipeline.params import load_pipeline
@@ -29,7 +29,6 @@ def main(argv: list[str] | None = None) -> int:
     family = FAMILIES[variant.family]
     seeds = variant.per_seed()
     check_devices(variant.train, "hardware")  # a GPU asked for and missing: fail now, before any run
-    data_dir = family.train_data(variant)
     out = paths.pretrain_dir(variant.family, variant.name)
     rank0 = tracking.is_global_zero()
 
@@ -37,24 +36,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if rank0:
         check_replaceable(out)
-    if data_dir is None:  # a stream: its settings are the data
-        from dataclasses import asdict
-
-        model_cfg = variant.model
-        data_id = {"stream": variant.data, "spec": asdict(pipeline.data[variant.family][variant.data])}
-        data_tags = {}
-        inputs = [tracking.stream_entry(variant.data, f"vld.data.{variant.family}", data_id["spec"], "training")]
-    else:
-        from vld.data.tokens import TokenSet
-
-        tokens = TokenSet.open(data_dir)
-        model_cfg = variant.model_config(tokens.vocab_size)
-        if len(tokens.tokens) < variant.train.seq_len + 1:
-            fail(f"{variant.key}.train.seq_len", f"{variant.train.seq_len} is longer than the data ({len(tokens.tokens)} tokens)")
-        data_id = {"data": shared.data_sha256(data_dir), "dataset": str(data_dir)}
-        data_name = data_dir.name if variant.family == "knowledge" else "igsm_train"
-        data_tags = shared.data_tags({data_name: data_dir})
-        inputs = [tracking.dataset_entry(data_name, data_dir, "training")]
+    model_cfg, data_id, token_sets = family.train_identity(variant, pipeline)
+    data_tags = shared.data_tags(token_sets)
+    inputs = [tracking.dataset_entry(name, path, "training") for name, path in token_sets.items()]
+    if "stream" in data_id:  # a generated stream (k-hop): its settings are the data
+        inputs.append(tracking.stream_entry(data_id["stream"], f"vld.data.{variant.family}", data_id["spec"], "training"))
     if variant.objective is not None:
         data_id["objective"] = variant.objective
     stage = f"pretrain_{variant.family}"

@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     data_tags = shared.data_tags({"igsm_train": paths.IGSM_TRAIN})
 
     from vld.atomic import atomic_dir, write_json
+    from vld.data.tokens import recorded_sha256
     from vld.retrofit.api import MODEL_DIR, METRICS_FILE, retrofit_and_finetune
 
     works = []
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         for seeded, (info, source_sha256) in zip(seeds, sources):  # one after another: each its own fine-tuning
             work = shared.work_dir("retrofit", variant.name, {
                 "variant": seeded.to_dict(), "train": seeded.train.to_dict(),
-                "source": source_sha256, "data": shared.data_sha256(paths.IGSM_TRAIN)})
+                "source": source_sha256, "data": recorded_sha256(paths.IGSM_TRAIN)})
             run = stack.enter_context(tracking.tracked(
                 pipeline, "retrofit", paths.seed_key(variant.name, seeded.seed), seeded.flat_params(),
                 {**seeded.tags(), **data_tags, "vld.source.sha256": source_sha256, "vld.variant": variant.name}))

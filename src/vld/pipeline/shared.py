@@ -111,17 +111,11 @@ def drop_work_dir(path: Path) -> None:
         path.parent.rmdir()
 
 
-def data_sha256(path: str | Path) -> str:
-    """The content hash a token set records in its meta.json."""
-    meta = Path(path) / "meta.json"
-    try:
-        return str(json.loads(meta.read_text()).get("tokens_sha256", "unknown"))
-    except (OSError, ValueError):
-        return "unknown"
-
-
 def data_tags(dirs: dict[str, str | Path]) -> dict[str, str]:
-    return {f"vld.data.{name}.sha256": data_sha256(path) for name, path in dirs.items()}
+    """MLflow tags of the token sets a stage reads: the hash each records."""
+    from vld.data.tokens import recorded_sha256
+
+    return {f"vld.data.{name}.sha256": recorded_sha256(path) for name, path in dirs.items()}
 
 
 def numeric_leaves(obj: Any, prefix: str = "", depth: int = 3) -> dict[str, float]:

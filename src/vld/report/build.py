@@ -115,7 +115,7 @@ def metrics_summary(results: list[dict], profile_name: str) -> dict:
             entry[f"khop_k{hops}_error"] = cell["error"]
         variants.setdefault(r["family"], {})[r["variant"]] = {k: v for k, v in entry.items() if _finite(v)}
     summary: dict = {"profile": profile_name, "n_variants": len(results), "variants": variants}
-    reasoning = [r for r in results if r["family"] == "reasoning" and r.get("igsm")]
+    reasoning = [r for r in results if r["family"] in tables.PRETRAINED_IGSM and r.get("igsm")]
     if reasoning:
         first = tables.test_names(reasoning)[0]
         scored = [(r["igsm"][first]["answer_accuracy"], r["variant"], r["igsm"][first])

@@ -2,7 +2,9 @@
 
 One row per claim (and family where the claim applies to several): the comparison made, the
 effect with its 95% interval, and a verdict computed by the rule below. docs/report.md#claims
-states the same rule; nothing here is written by hand.
+states the same rule; nothing here is written by hand. Which families' results each claim reads
+comes from their entries in the registry (vld.pipeline.families, `claim_set`), and the task
+their results measure from `task`.
 
 Effects are in "goodness" units, positive when the side the paper favours is better. Every
 interval resamples the training seeds of each side, then the test items within a seed
@@ -40,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vld.pipeline.families import FAMILIES, families_where
 from vld.report import tables
 from vld.report.khop import sequence_errors
 from vld.stats import accuracy_difference, paired_difference, relative_change
@@ -305,17 +308,17 @@ def _reasoning_claims(results: list[dict], family: str, task: str, label: str) -
                   for c in REASONING_CLAIMS if c not in have]
 
 
-def _knowledge_claim(results: list[dict]) -> Verdict | None:
-    """Claim 1: every knowledge VLD variant against its base model at the same size, each judged
-    by the flat rule; supported when all are, contradicted when any is. The row shows the
-    deciding variant: the largest change among those whose verdict is the claim's."""
-    knowledge = _groups(results, "knowledge")
+def _knowledge_claim(results: list[dict], family: str) -> Verdict | None:
+    """Claim 1: every VLD variant of a knowledge family against its base model at the same size,
+    each judged by the flat rule; supported when all are, contradicted when any is. The row
+    shows the deciding variant: the largest change among those whose verdict is the claim's."""
+    knowledge = _groups(results, family)
     judged = []  # (variant, base, effect, verdict, why)
     for g in sorted(knowledge, key=group_sort):
         base = _find(knowledge, pattern="base", k=0, layers=None, n_layer=g.n_layer, d_model=g.d_model,
                      train_steps=g.train_steps)
         if g.k and base:
-            one = _verdict("1", "knowledge", "", *knowledge_effect(knowledge[g], knowledge[base]), flat)
+            one = _verdict("1", family, "", *knowledge_effect(knowledge[g], knowledge[base]), flat)
             judged.append((g, base, one.effect, one.verdict, one.why))
     if not judged:
         return None
@@ -326,29 +329,33 @@ def _knowledge_claim(results: list[dict]) -> Verdict | None:
     if len(judged) > 1:
         comparison += f" (deciding of {len(judged)} VLD variants)"
         why += "; others: " + ", ".join(f"{group_name(j[0])} {j[3]}" for j in judged if j is not deciding)
-    return Verdict("1", "knowledge", comparison, effect, verdict, why)
+    return Verdict("1", family, comparison, effect, verdict, why)
 
 
 def claim_verdicts(results: list[dict]) -> list[Verdict]:
     """Every claim, computed; claims without data get 'not shown' rows saying so."""
     verdicts: list[Verdict] = []
-    knowledge = _knowledge_claim(results)
-    if knowledge:
-        verdicts.append(knowledge)
-    families = [(name, task) for name, task in (("khop", "khop"), ("reasoning", "igsm")) if _groups(results, name)]
-    for name, task in families:
+    for name in families_where(claim_set="capacity"):
+        knowledge = _knowledge_claim(results, name)
+        if knowledge:
+            verdicts.append(knowledge)
+    for name in families_where(claim_set="reasoning"):
+        if not _groups(results, name):
+            continue
+        task = FAMILIES[name].task
         # answer-only iGSM models are compared among themselves (vld.data.igsm.objectives)
         for objective in sorted({r.get("objective") or "" for r in results if r["family"] == name}):
             subset = [r for r in results if r["family"] != name or (r.get("objective") or "") == objective]
             label = name + ("_answer_only" if objective == "answer_only" else "")
             verdicts += _reasoning_claims(subset, name, task, label)
-    retrofit = _groups(results, "retrofit")
-    reuse = _reuse_variant(retrofit)
-    plain = reuse and _find(retrofit, pattern="base", k=0, objective=reuse.objective)
-    if reuse and plain:
-        effect, why = igsm_effect(retrofit[reuse], retrofit[plain], _learned_igsm(results, "retrofit"))
-        verdicts.append(_verdict("6", "retrofit", f"{group_name(reuse)} vs {group_name(plain)} (same fine-tuning)",
-                                 effect, why, directional))
+    for name in families_where(claim_set="retrofit"):
+        retrofit = _groups(results, name)
+        reuse = _reuse_variant(retrofit)
+        plain = reuse and _find(retrofit, pattern="base", k=0, objective=reuse.objective)
+        if reuse and plain:
+            effect, why = igsm_effect(retrofit[reuse], retrofit[plain], _learned_igsm(results, name))
+            verdicts.append(_verdict("6", name, f"{group_name(reuse)} vs {group_name(plain)} (same fine-tuning)",
+                                     effect, why, directional))
     have = {v.claim for v in verdicts}
     verdicts += [Verdict(c, "", "", None, NOT_SHOWN, f"not in this profile: {MISSING[c]}") for c in CLAIMS if c not in have]
     return sorted(verdicts, key=lambda v: (list(CLAIMS).index(v.claim), v.family))

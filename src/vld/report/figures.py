@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vld.report import paper
-from vld.report.tables import (MEASURE_LABELS, knowledge_bits,
+from vld.report.tables import (KNOWLEDGE, MEASURE_LABELS, knowledge_bits,
                                pattern_key, pooled_igsm, table1_results, test_names, variant_group)
 
 # Fixed so the same results give the same picture.
@@ -112,7 +112,7 @@ def figure4(results: list[dict], path: Path) -> bool:
     base model of the same size per pattern and VLD factor, under the paper's measure and the
     cross-entropy one. (b, c) plot changes from zero, so a few percent look like a few percent;
     with several seeds the bars span them (one seed: points only)."""
-    knowledge = [r for r in results if r["family"] == "knowledge"]
+    knowledge = [r for r in results if r["family"] in KNOWLEDGE]
     if not any(knowledge_bits(r, m) is not None for r in knowledge for m in MEASURE_LABELS):
         return False
     plt = _pyplot()

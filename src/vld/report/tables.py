@@ -14,10 +14,16 @@ import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from vld.model.schedule import BUILTIN_PATTERNS
+from vld.pipeline.families import families_where
 from vld.report import paper
 from vld.stats import seeds_and_problems_interval, wilson_interval
 
-PATTERN_ORDER = ("base", "sequence", "cycle", "inverse_cycle")
+PATTERN_ORDER = tuple(BUILTIN_PATTERNS)
+# The results each table reads, by what their family is (vld.pipeline.families).
+PRETRAINED_IGSM = families_where(task="igsm", trained_by="pretrain")  # Tables 1, 3-7
+RETROFITTED = families_where(trained_by="retrofit")  # Table 2
+KNOWLEDGE = families_where(task="knowledge")  # the knowledge table, Figure 1
 
 
 @dataclass
@@ -141,7 +147,7 @@ def test_names(results: list[dict]) -> list[str]:
 
 
 def _reasoning(results: list[dict]) -> list[dict]:
-    return [r for r in results if r["family"] == "reasoning" and r.get("igsm")]
+    return [r for r in results if r["family"] in PRETRAINED_IGSM and r.get("igsm")]
 
 
 def table1_results(results: list[dict]) -> list[dict]:
@@ -323,9 +329,9 @@ def table7(results: list[dict]) -> Table | None:
         ks = sorted({g.k for g in sub_groups})
         patterns = sorted({g.pattern for g in sub_groups}, key=pattern_key)
         wanted = [(g, "no VLD", "none") for g in pooled
-                  if g.family == "reasoning" and g.n_layer == n_layer and g.pattern == "base" and g.layers is None]
+                  if g.family in PRETRAINED_IGSM and g.n_layer == n_layer and g.pattern == "base" and g.layers is None]
         wanted += [(g, "all layers", "all") for g in sorted(pooled, key=group_sort)
-                   if g.family == "reasoning" and g.n_layer == n_layer and g.pattern in patterns
+                   if g.family in PRETRAINED_IGSM and g.n_layer == n_layer and g.pattern in patterns
                    and g.k in ks and g.layers is None]
         half = n_layer // 2
         for g in sub_groups:
@@ -347,7 +353,7 @@ def table7(results: list[dict]) -> Table | None:
 # ---------------------------------------------------------------- Table 2 (retrofit)
 
 def table2(results: list[dict]) -> Table | None:
-    retrofit = [r for r in results if r["family"] == "retrofit"]
+    retrofit = [r for r in results if r["family"] in RETROFITTED]
     if not retrofit:
         return None
     benchmarks = sorted({b for r in retrofit for b in (r.get("scores") or {})})
@@ -437,7 +443,7 @@ def knowledge_per_param(result: dict, key: str) -> float | None:
 
 
 def knowledge_table(results: list[dict]) -> Table | None:
-    knowledge = [r for r in results if r["family"] == "knowledge"]
+    knowledge = [r for r in results if r["family"] in KNOWLEDGE]
     if not knowledge:
         return None
     has_bio = any(_number((r.get("knowledge") or {}).get(BIO_KEY)) is not None for r in knowledge)
@@ -500,7 +506,7 @@ def figure1_pairs(results: list[dict]) -> list[dict]:
     pattern sweep), cross-entropy absorbed bits (paper measure if absent). Reasoning side:
     the smallest base-layer count with VLD variants, first test, seeds pooled.
     """
-    knowledge = [r for r in results if r["family"] == "knowledge" and r.get("layers") is None]
+    knowledge = [r for r in results if r["family"] in KNOWLEDGE and r.get("layers") is None]
     reasoning = table1_results(results)
     if not knowledge or not reasoning:
         return []

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from vld.declared import check_keys
 from vld.errors import UserError, fail
 
 # Precisions Lightning accepts that make sense here; "auto" picks bf16-mixed on GPU, fp32 on CPU.
@@ -267,10 +268,7 @@ def _check_mapping(d: Any, where: str, cls: type) -> dict[str, Any]:
         return {}
     if not isinstance(d, Mapping):
         fail(where, f"expected a mapping, got {type(d).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in d:
-        if key not in known:
-            fail(f"{where}.{key}", f"unknown key; expected one of {', '.join(sorted(known))}")
+    check_keys(d, cls, where, sort=True)
     return dict(d)
 
 

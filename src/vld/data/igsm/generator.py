@@ -27,10 +27,11 @@ from __future__ import annotations
 import math
 import random
 import zlib
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 
 from vld.data.igsm.lexicon import Lexicon
+from vld.declared import check_keys
 from vld.errors import fail
 
 MOD = 23
@@ -105,10 +106,7 @@ class IgsmConfig:
         preset = values.pop("preset", None)
         if preset is not None and preset not in PRESETS:
             fail(f"{where}.preset", f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
-        known = [f.name for f in fields(cls)]
-        for key in values:
-            if key not in known:
-                fail(f"{where}.{key}", f"unknown key (known: preset, {', '.join(known)})")
+        check_keys(values, cls, where, also=("preset",))
         for key, value in values.items():
             if isinstance(value, list):
                 values[key] = tuple(value)

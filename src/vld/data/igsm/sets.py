@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from vld.declared import check_keys
 from vld.errors import fail
 from vld.data.igsm.generator import IgsmConfig
 
@@ -30,12 +31,6 @@ def _mapping(value: Any, where: str) -> dict:
     return dict(value)
 
 
-def _known(values: Mapping, allowed: tuple[str, ...], where: str) -> None:
-    for key in values:
-        if key not in allowed:
-            fail(f"{where}.{key}", f"unknown key (known: {', '.join(allowed)})")
-
-
 @dataclass(frozen=True)
 class IgsmSet:
     """One generated set: `n` problems from `seed`; test sets also fix the operation count."""
@@ -47,7 +42,7 @@ class IgsmSet:
     @classmethod
     def from_dict(cls, values: Any, where: str, test: bool) -> "IgsmSet":
         values = _mapping(values, where)
-        _known(values, ("op", "n", "seed") if test else ("n", "seed"), where)
+        check_keys(values, ("op", "n", "seed") if test else ("n", "seed"), where)
         op = _int(values.get("op"), f"{where}.op", 1) if test else None
         return cls(n=_int(values.get("n"), f"{where}.n", 1), seed=_int(values.get("seed", 0), f"{where}.seed", 0), op=op)
 
@@ -67,7 +62,7 @@ class IgsmData:
         values = _mapping(values, where)
         if not values:
             fail(where, "needs generator, train and tests (dvc.yaml always runs the iGSM data stages)")
-        _known(values, SECTION_KEYS, where)
+        check_keys(values, SECTION_KEYS, where)
         if "generator" not in values:
             fail(f"{where}.generator", "missing (generator settings; it may be empty: {})")
         settings = dict(values["generator"] or {})

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from vld.declared import check_keys
 from vld.errors import fail
 
 
@@ -67,10 +68,7 @@ def spec_from_dict(values: Any, where: str):
     if kind not in KINDS:
         fail(f"{where}.kind", f"unknown kind {'nothing' if kind is None else repr(kind)} (known: {', '.join(KINDS)})")
     cls = KINDS[kind]
-    fields = [name for name in cls.__dataclass_fields__]
-    for key in values:
-        if key not in fields:
-            fail(f"{where}.{key}", f"unknown key (known: {', '.join(fields)})")
+    check_keys(values, cls, where)
     required = [name for name, f in cls.__dataclass_fields__.items() if f.default is f.default_factory]
     for key in required:
         if key not in values:
