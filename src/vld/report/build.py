@@ -186,13 +186,16 @@ def _depth_use_pieces(results: list) -> list[Piece]:
                   lambda rs, where, f=family: [p.name for p in [du.early_exit_figure(own(rs, f), where / f"early_exit_{f}.png",
                                                                                    title=f"Early exit ({f})")] if p]),
         ]
+    from vld.report import figures
+
     laws = lambda rs: du.profile_depth_laws(rs)
 
     def law_figures(rs, where):
         names = []
         for label, law in laws(rs).items():
             slug = re.sub(r"[^a-z0-9]+", "_", label.lower().replace(">=", "ge")).strip("_")
-            path = du.depth_law_figure(law, where / f"depth_law_{slug}.png", metric_label=label, title=f"Depth law: {label}")
+            path = du.depth_law_figure(law, where / f"depth_law_{slug}.png", metric_label=label, title=f"Depth law: {label}",
+                                       warning=figures.not_learned_note(rs, label.split(":")[0]))
             names += [path.name] if path else []
         return names
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vld.report.figures import legend_outside, note, pyplot, save, usual_steps, variant_style
 from vld.stats import seeds_and_clusters_bootstrap
 from vld.report.tables import Table, VariantGroup, fmt_int, group_name, group_sort, variant_group
 
@@ -125,30 +126,43 @@ def khop_long(results: list[dict]) -> Table | None:
     return Table("khop_long", "k-hop (long form)", header, rows)
 
 
+def khop_learned(results: list[dict]) -> bool:
+    """Whether some variant's pooled error is LEARN_MARGIN below the constant prediction at a
+    hop count >= MIN_SERIAL_HOPS (the bar the claims use, vld.report.claims)."""
+    from vld.report.claims import LEARN_MARGIN, MIN_SERIAL_HOPS
+
+    return any(cell.error < cell.chance - LEARN_MARGIN for cells in pooled_errors(results).values()
+               for hops, cell in cells.items() if int(hops) >= MIN_SERIAL_HOPS)
+
+
+def not_learned_text() -> str:
+    from vld.report.claims import LEARN_MARGIN, MIN_SERIAL_HOPS
+
+    return (f"not learned: no variant's error is {LEARN_MARGIN} below the constant prediction at "
+            f"k >= {MIN_SERIAL_HOPS}; differences are noise")
+
+
 def khop_figure(results: list[dict], path: Path) -> bool:
-    """Error against hop count, one line per variant (seeds pooled), 95% intervals drawn."""
+    """Error against hop count, one line per variant (seeds pooled) in its style, 95% intervals
+    drawn; the legend beside the axes."""
     found = khop_results(results)
     if not found:
         return False
-    from vld.report.figures import _pyplot, _save, color
-
-    plt = _pyplot()
+    plt = pyplot()
     pooled = pooled_errors(found)
     groups = sorted(pooled, key=group_sort)
-    patterns = sorted({g.pattern for g in groups})
+    usual = usual_steps(groups)
     steps = _steps_differ(groups)
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     offsets = np.linspace(-0.18, 0.18, len(groups)) if len(groups) > 1 else [0.0]
-    for offset, (index, group) in zip(offsets, enumerate(groups)):
+    for offset, group in zip(offsets, groups):
         hops = sorted(pooled[group], key=int)
         x = np.array([int(h) for h in hops]) + offset  # offsets keep the error bars apart
         y = np.array([pooled[group][h].error for h in hops])
         low = y - np.array([pooled[group][h].interval[0] for h in hops])
         high = np.array([pooled[group][h].interval[1] for h in hops]) - y
-        native_other = group.pattern == "base" and group.n_layer != min(g.n_layer for g in groups)
-        ax.errorbar(x, y, yerr=[low, high], marker="o", markersize=4, capsize=2,
-                    color="tab:purple" if native_other else color(group.pattern, patterns),
-                    linestyle=("-", "--", "-.", ":")[index % 4], label=group_name(group, steps))
+        ax.errorbar(x, y, yerr=[low, high], markersize=4, capsize=2, label=group_name(group, steps),
+                    **variant_style(group, usual).line())
     hops = hop_counts(found)
     chance = [next(c[h].chance for c in pooled.values() if h in c) for h in hops]
     ax.plot([int(h) for h in hops], chance, color="gray", linestyle=":", linewidth=2, label="best constant prediction")
@@ -156,7 +170,9 @@ def khop_figure(results: list[dict], path: Path) -> bool:
     ax.set_ylabel("per-position error")
     ax.set_ylim(bottom=0)
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize=7, loc="upper left")
-    ax.set_title("k-hop induction: error vs hop count (95% intervals; seeds pooled)")
-    _save(fig, path)
+    legend_outside(ax)
+    if not khop_learned(found):
+        note(ax, not_learned_text())
+    ax.set_title("k-hop induction: error vs hop count (95% intervals; seeds pooled)", fontsize=10)
+    save(fig, path)
     return True
