@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from test_report import igsm_scores, khop_cells, khop_set, knowledge_set, reasoning_set, result, retrofit_set
-from vld.report import depth_use, figures, khop
+from vld.report import depth_use, figures
 from vld.report.build import build_report
 from vld.report.claims import FLAT_MARGIN
 from vld.report.tables import variant_group
@@ -73,7 +73,7 @@ def khop_variants_with_depth_use() -> list[dict]:
 
 def test_every_variant_has_one_style_across_figures(drawn, tmp_path):
     results = khop_variants_with_depth_use()
-    assert khop.khop_figure(results, tmp_path / "khop.png")
+    assert figures.khop_figure(results, tmp_path / "khop.png")
     assert depth_use.depth_use_figure(results, tmp_path / "use.png")
     khop_styles, use_styles = (legend_styles(fig) for fig in drawn)
     names = {"base, 2 layers, 100 steps", "base, 4 layers, 100 steps", "cycle x1, 2 layers, 100 steps",
@@ -189,17 +189,17 @@ def test_panels_say_when_the_models_did_not_learn(drawn, tmp_path):
     assert figures.depth_figure(at_chance, tmp_path / "d.png", "reasoning")
     flat = [result(f"h{k}", "khop", p, k, 2, khop=khop_cells({0: 0.0, 2: 0.5, 4: 0.5}), depth=False)
             for p, k in (("base", 0), ("cycle", 1))]  # error 0.5 = the constant prediction's
-    assert khop.khop_figure(flat, tmp_path / "k.png")
+    assert figures.khop_figure(flat, tmp_path / "k.png")
     for fig in drawn:
         assert "not learned" in texts(fig)
     drawn.clear()
     assert figures.figure3(reasoning_set(), tmp_path / "f3b.png")
-    assert khop.khop_figure(khop_set(), tmp_path / "kb.png")
+    assert figures.khop_figure(khop_set(), tmp_path / "kb.png")
     assert all("not learned" not in texts(fig) for fig in drawn)
 
 
 def test_legends_sit_outside_the_axes(drawn, tmp_path):
-    assert khop.khop_figure(khop_set(), tmp_path / "k.png")
+    assert figures.khop_figure(khop_set(), tmp_path / "k.png")
     fig = drawn[0]
     fig.canvas.draw()
     ax = fig.axes[0]

@@ -220,7 +220,7 @@ def _pieces(results: list) -> list[Piece]:
         Piece("Figure 3 skipped: no reasoning variants with iGSM results.", None, _one("figure3.png", figures.figure3),
               caption="Figure 3: accuracy vs effective depth. Points from table1_long.csv; error bars are 95% intervals "
                       "(Wilson for one seed, else seeds and problems resampled); the last panel is the paper's Table 1 (op15) and 12-layer native value."),
-        Piece("k-hop skipped: no k-hop variants in this profile.", khop.khop_table, _one("khop.png", khop.khop_figure),
+        Piece("k-hop skipped: no k-hop variants in this profile.", khop.khop_table, _one("khop.png", figures.khop_figure),
               csv_only=(khop.khop_long,)),
         Piece("Figure 4 skipped: no knowledge variants with absorbed-bits measures.", tables.knowledge_table,
               _one("figure4.png", figures.figure4)),

@@ -13,9 +13,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from vld.report import paper
+import numpy as np
+
+from vld.report import khop, paper
+from vld.report.claims import FLAT_MARGIN, LEARN_MARGIN, MIN_SERIAL_HOPS, RESAMPLES
 from vld.report.tables import (MEASURE_LABELS, VariantGroup, best_variant, group_name, group_sort, knowledge_bits,
                                pattern_key, pooled_igsm, table1_results, test_names, variant_group)
+from vld.stats import relative_change
 
 PATTERN_COLORS = {"sequence": "tab:blue", "cycle": "tab:orange", "inverse_cycle": "tab:green"}
 # Patterns a user defines get one of these by their name (a stable hash), never a base colour.
@@ -107,8 +111,6 @@ def not_learned_note(results: list[dict], family: str) -> str | None:
             return (f"not learned: the best variant answers {100 * best.accuracy:.1f}% vs {100 * best.baseline:.1f}% "
                     "for the most common answer; differences are noise")
     if any((r.get("khop") or {}).get("hops") for r in own):
-        from vld.report.khop import khop_learned, not_learned_text
-
         if not khop_learned(own):
             return not_learned_text()
     return None
@@ -211,9 +213,6 @@ def knowledge_changes(knowledge: list[dict], measure: str) -> list[tuple[Variant
     """Every knowledge VLD variant against its base model (same size and training steps):
     (group, relative change, 95% interval over seeds, seeds of the smaller side), as claim 1
     computes it (vld.report.claims) for the cross-entropy measure."""
-    from vld.report.claims import RESAMPLES
-    from vld.stats import relative_change
-
     groups: dict[VariantGroup, list[float]] = {}
     for r in knowledge:
         bits = knowledge_bits(r, measure)
@@ -233,8 +232,6 @@ def figure4(results: list[dict], path: Path) -> bool:
     base model of the same size per variant, under the paper's measure and the cross-entropy
     one, with the 95% interval over seeds and claim 1's flat band (+-FLAT_MARGIN). (b, c) span at
     least twice the band, so a change the claims call flat looks flat."""
-    from vld.report.claims import FLAT_MARGIN
-
     knowledge = [r for r in results if r["family"] == "knowledge"]
     if not any(knowledge_bits(r, m) is not None for r in knowledge for m in MEASURE_LABELS):
         return False
@@ -351,5 +348,52 @@ def depth_figure(results: list[dict], path: Path, kind: str) -> bool:
     legend_outside(axes[-1])
     fig.suptitle(f"Depth use per virtual layer ({kind} variants; one line per seed)", y=1.02)
     fig.tight_layout()
+    save(fig, path)
+    return True
+
+
+def khop_learned(results: list[dict]) -> bool:
+    """Whether some variant's pooled error is LEARN_MARGIN below the constant prediction at a
+    hop count >= MIN_SERIAL_HOPS (the bar claims 2-5 use, vld.report.claims)."""
+    return any(cell.error < cell.chance - LEARN_MARGIN for cells in khop.pooled_errors(results).values()
+               for hops, cell in cells.items() if int(hops) >= MIN_SERIAL_HOPS)
+
+
+def not_learned_text() -> str:
+    return (f"not learned: no variant's error is {LEARN_MARGIN} below the constant prediction at "
+            f"k >= {MIN_SERIAL_HOPS}; differences are noise")
+
+
+def khop_figure(results: list[dict], path: Path) -> bool:
+    """Error against hop count, one line per variant (seeds pooled) in its style, 95% intervals
+    drawn; the legend beside the axes."""
+    found = khop.khop_results(results)
+    if not found:
+        return False
+    plt = pyplot()
+    pooled = khop.pooled_errors(found)
+    groups = sorted(pooled, key=group_sort)
+    usual = usual_steps(groups)
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    offsets = np.linspace(-0.18, 0.18, len(groups)) if len(groups) > 1 else [0.0]
+    for offset, group in zip(offsets, groups):
+        hops = sorted(pooled[group], key=int)
+        x = np.array([int(h) for h in hops]) + offset  # offsets keep the error bars apart
+        y = np.array([pooled[group][h].error for h in hops])
+        low = y - np.array([pooled[group][h].interval[0] for h in hops])
+        high = np.array([pooled[group][h].interval[1] for h in hops]) - y
+        ax.errorbar(x, y, yerr=[low, high], markersize=4, capsize=2, label=variant_label(group, groups),
+                    **variant_style(group, usual).line())
+    hops = khop.hop_counts(found)
+    chance = [next(c[h].chance for c in pooled.values() if h in c) for h in hops]
+    ax.plot([int(h) for h in hops], chance, color="gray", linestyle=":", linewidth=2, label="best constant prediction")
+    ax.set_xlabel("hop count k")
+    ax.set_ylabel("per-position error")
+    ax.set_ylim(bottom=0)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    legend_outside(ax)
+    if not khop_learned(found):
+        note(ax, not_learned_text())
+    ax.set_title("k-hop induction: error vs hop count (95% intervals; seeds pooled)", fontsize=10)
     save(fig, path)
     return True

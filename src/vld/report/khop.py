@@ -1,4 +1,5 @@
-"""The k-hop pieces of the report: error by variant and hop count, in a table and a figure.
+"""The k-hop pieces of the report: error by variant and hop count, in tables (the figure:
+vld.report.figures.khop_figure).
 
 Per-position error, pooled over seeds: each variant's per-sequence error rates on the shared
 test sequences, with a 95% interval from resampling seeds and sequences
@@ -9,11 +10,9 @@ constant prediction on the same test labels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from vld.report.figures import legend_outside, note, pyplot, save, usual_steps, variant_style
 from vld.stats import seeds_and_clusters_bootstrap
 from vld.report.tables import Table, VariantGroup, fmt_int, group_name, group_sort, variant_group
 
@@ -124,55 +123,3 @@ def khop_long(results: list[dict]) -> Table | None:
                          round(c.error, 5), round(c.interval[0], 5), round(c.interval[1], 5), "", "", "",
                          round(c.chance, 5)])
     return Table("khop_long", "k-hop (long form)", header, rows)
-
-
-def khop_learned(results: list[dict]) -> bool:
-    """Whether some variant's pooled error is LEARN_MARGIN below the constant prediction at a
-    hop count >= MIN_SERIAL_HOPS (the bar the claims use, vld.report.claims)."""
-    from vld.report.claims import LEARN_MARGIN, MIN_SERIAL_HOPS
-
-    return any(cell.error < cell.chance - LEARN_MARGIN for cells in pooled_errors(results).values()
-               for hops, cell in cells.items() if int(hops) >= MIN_SERIAL_HOPS)
-
-
-def not_learned_text() -> str:
-    from vld.report.claims import LEARN_MARGIN, MIN_SERIAL_HOPS
-
-    return (f"not learned: no variant's error is {LEARN_MARGIN} below the constant prediction at "
-            f"k >= {MIN_SERIAL_HOPS}; differences are noise")
-
-
-def khop_figure(results: list[dict], path: Path) -> bool:
-    """Error against hop count, one line per variant (seeds pooled) in its style, 95% intervals
-    drawn; the legend beside the axes."""
-    found = khop_results(results)
-    if not found:
-        return False
-    plt = pyplot()
-    pooled = pooled_errors(found)
-    groups = sorted(pooled, key=group_sort)
-    usual = usual_steps(groups)
-    steps = _steps_differ(groups)
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    offsets = np.linspace(-0.18, 0.18, len(groups)) if len(groups) > 1 else [0.0]
-    for offset, group in zip(offsets, groups):
-        hops = sorted(pooled[group], key=int)
-        x = np.array([int(h) for h in hops]) + offset  # offsets keep the error bars apart
-        y = np.array([pooled[group][h].error for h in hops])
-        low = y - np.array([pooled[group][h].interval[0] for h in hops])
-        high = np.array([pooled[group][h].interval[1] for h in hops]) - y
-        ax.errorbar(x, y, yerr=[low, high], markersize=4, capsize=2, label=group_name(group, steps),
-                    **variant_style(group, usual).line())
-    hops = hop_counts(found)
-    chance = [next(c[h].chance for c in pooled.values() if h in c) for h in hops]
-    ax.plot([int(h) for h in hops], chance, color="gray", linestyle=":", linewidth=2, label="best constant prediction")
-    ax.set_xlabel("hop count k")
-    ax.set_ylabel("per-position error")
-    ax.set_ylim(bottom=0)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    legend_outside(ax)
-    if not khop_learned(found):
-        note(ax, not_learned_text())
-    ax.set_title("k-hop induction: error vs hop count (95% intervals; seeds pooled)", fontsize=10)
-    save(fig, path)
-    return True
