@@ -255,6 +255,8 @@ def depth_use_figure(results: list[dict], path, metric: str | None = None,
     plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     width = 0.6 / max(len(chosen), 1)
+    depth = max(len(e["use"].get("schedule") or []) or 1 + max(
+        (v for a in e["use"]["ablations"] for v in a["virtual_layers"]), default=0) for e in chosen)
     for index, (e, style, name, first) in enumerate(_styled(chosen)):
         use = e["use"]
         shift = (index - (len(chosen) - 1) / 2) * width
@@ -277,7 +279,9 @@ def depth_use_figure(results: list[dict], path, metric: str | None = None,
         if ax is not axes[3]:
             ax.axhline(0.0, color="gray", linewidth=0.8, linestyle=":")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        if not ax.lines and not ax.collections:
+        if ax is not axes[3]:
+            ax.set_xlim(-0.5, depth - 0.5)
+        if not ax.containers:
             ax.text(0.5, 0.5, {axes[1]: "none (no swap changes the order)",
                                axes[2]: "none (no revisited layer)"}.get(ax, "none"),
                     ha="center", va="center", transform=ax.transAxes, color="gray")

@@ -171,7 +171,8 @@ def figure3(results: list[dict], path: Path) -> bool:
                 if line:
                     xy = sorted(point(g) for g in line + start)
                     ax.plot(*zip(*xy), color=variant_style(line[0]).color, linewidth=1,
-                            linestyle=("-", "-.", ":")[size_index % 3])
+                            linestyle=("-", "-.", ":")[size_index % 3],
+                            label=f"ours: {pattern.replace('_', ' ')} ({n_layer}L base)")
         rates = [c.baseline_rate for c in cells.values() if c.baseline_rate is not None]
         if rates:
             ax.axhline(100 * rates[0], color="gray", linestyle=":", label="most common answer")
