@@ -250,8 +250,8 @@ def figure4(results: list[dict], path: Path) -> bool:
     axes[0].set_xlabel("parameters (models without VLD)")
     axes[0].set_ylabel("absorbed bits (thousands)")
     axes[0].set_title("(a) capacity vs parameters", fontsize=10)
-    if axes[0].lines:
-        axes[0].legend(fontsize=7, loc="best")
+    if axes[0].get_legend_handles_labels()[1]:  # labelled artists only
+        axes[0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # under the axes
     usual = usual_steps({variant_group(r) for r in knowledge})
     band = 100 * FLAT_MARGIN
     single_seed = False
@@ -259,9 +259,10 @@ def figure4(results: list[dict], path: Path) -> bool:
         ax.axhspan(-band, band, color="tab:green", alpha=0.12, label=f"flat (claim 1): +-{band:g}%")
         ax.axhline(0.0, color="gray", linewidth=0.8)
         changes = knowledge_changes(knowledge, measure)
-        sizes = sorted({(g.n_layer, g.d_model or 0) for g, *_ in changes})
+        ranked = sorted((c[0] for c in changes), key=group_sort)
         for g, value, (low, high), seeds in changes:
-            shift = 0.08 * (sizes.index((g.n_layer, g.d_model or 0)) - (len(sizes) - 1) / 2)
+            same_k = [h for h in ranked if h.k == g.k]  # side by side, so no interval hides another
+            shift = 0.1 * (same_k.index(g) - (len(same_k) - 1) / 2)
             _errorbar_point(ax, g.k + shift, 100 * value, 100 * low, 100 * high, variant_style(g, usual),
                             label=f"{variant_label(g, [c[0] for c in changes])}, d={g.d_model}"
                             + (" (1 seed: no interval)" if seeds < 2 else ""))
