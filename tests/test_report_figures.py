@@ -176,8 +176,10 @@ def test_figure4_draws_the_flat_band_and_the_interval(drawn, tmp_path):
     # the cycle point: mean of its seeds' cross-entropy bits over the base's, minus one
     cycle = [r["knowledge"]["absorbed_bits_ce"] for r in results if r["variant"] == "k-big-cycle-x1"]
     base = [r["knowledge"]["absorbed_bits_ce"] for r in results if r["variant"] == "k-big"]
-    points = [y for line in panel_c.lines if line.get_marker() == "s" for y in line.get_ydata()]
-    assert 100 * (np.mean(cycle) / np.mean(base) - 1) == pytest.approx(points[0])
+    orange = matplotlib.colors.to_hex("tab:orange")
+    points = [y for bars in panel_c.containers if matplotlib.colors.to_hex(bars.lines[0].get_color()) == orange
+              for y in bars.lines[0].get_ydata()]
+    assert points == [pytest.approx(100 * (np.mean(cycle) / np.mean(base) - 1))]
     bars = [c for c in panel_c.collections if isinstance(c, matplotlib.collections.LineCollection)]
     assert any(seg[1][1] - seg[0][1] > 0 for c in bars for seg in c.get_segments())  # an interval, not a point
 
