@@ -186,13 +186,16 @@ def _depth_use_pieces(results: list) -> list[Piece]:
                   lambda rs, where, f=family: [p.name for p in [du.early_exit_figure(own(rs, f), where / f"early_exit_{f}.png",
                                                                                    title=f"Early exit ({f})")] if p]),
         ]
+    from vld.report import figures
+
     laws = lambda rs: du.profile_depth_laws(rs)
 
     def law_figures(rs, where):
         names = []
         for label, law in laws(rs).items():
             slug = re.sub(r"[^a-z0-9]+", "_", label.lower().replace(">=", "ge")).strip("_")
-            path = du.depth_law_figure(law, where / f"depth_law_{slug}.png", metric_label=label, title=f"Depth law: {label}")
+            path = du.depth_law_figure(law, where / f"depth_law_{slug}.png", metric_label=label, title=f"Depth law: {label}",
+                                       warning=figures.not_learned_note(rs, label.split(":")[0]))
             names += [path.name] if path else []
         return names
 
@@ -217,7 +220,7 @@ def _pieces(results: list) -> list[Piece]:
         Piece("Figure 3 skipped: no reasoning variants with iGSM results.", None, _one("figure3.png", figures.figure3),
               caption="Figure 3: accuracy vs effective depth. Points from table1_long.csv; error bars are 95% intervals "
                       "(Wilson for one seed, else seeds and problems resampled); the last panel is the paper's Table 1 (op15) and 12-layer native value."),
-        Piece("k-hop skipped: no k-hop variants in this profile.", khop.khop_table, _one("khop.png", khop.khop_figure),
+        Piece("k-hop skipped: no k-hop variants in this profile.", khop.khop_table, _one("khop.png", figures.khop_figure),
               csv_only=(khop.khop_long,)),
         Piece("Figure 4 skipped: no knowledge variants with absorbed-bits measures.", tables.knowledge_table,
               _one("figure4.png", figures.figure4)),

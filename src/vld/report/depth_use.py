@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from vld import depth_rules as rule
-from vld.report.tables import Table
+from vld.report.figures import (Style, legend_outside, not_learned_note, note, pyplot, save, usual_steps,
+                                variant_label, variant_style)
+from vld.report.tables import Table, VariantGroup, group_name, variant_group
 from vld.result_schema import DEPTH_USE_SCHEMA
 
 KIND_ORDER = ("skip", "swap", "revisit", "revisit_all")
@@ -23,7 +25,8 @@ SERIES_COLORS = ("black", "tab:orange", "tab:blue", "tab:green", "tab:red", "tab
 
 
 def entries(results: list[dict]) -> list[dict]:
-    """[{"variant", "family", "use"}] for every result that holds a depth-use record."""
+    """[{"variant", "family", "use", "seed", "group"}] for every result that holds a depth-use
+    record ("group": its VariantGroup, None for a bare depth-use record)."""
     out = []
     for r in results or []:
         use = r.get("depth_use") if isinstance(r.get("depth_use"), Mapping) else (
@@ -32,8 +35,9 @@ def entries(results: list[dict]) -> list[dict]:
             continue
         out.append({"variant": str(r.get("variant", use.get("variant", "?"))),
                     "family": str(r.get("family") or r.get("kind") or use.get("family") or ""),
-                    "use": use})
-    return sorted(out, key=lambda e: (e["family"], e["variant"]))
+                    "use": use, "seed": str(r.get("seed")),
+                    "group": variant_group(r) if {"family", "pattern", "n_layer"} <= set(r) else None})
+    return sorted(out, key=lambda e: (e["family"], e["variant"], e["seed"]))
 
 
 def _metrics(chosen: list[dict], metric: str | None) -> list[str]:
@@ -196,21 +200,21 @@ def depth_law_table(laws: Mapping[str, dict]) -> Table | None:
 
 # ---------------------------------------------------------------- figures
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path) -> Path:
-    path = Path(path)
-    # No software/date metadata: the same results give the same bytes.
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
-    _pyplot().close(fig)
-    return path
+def _styled(chosen: list[dict]) -> list[tuple[dict, Style, str, bool]]:
+    """(entry, style, name, first seed of its variant) per entry: a variant's style and legend name
+    (vld.report.figures); a bare depth-use record without its variant result gets a colour by
+    its place and its variant's name."""
+    groups = {e["group"] for e in chosen if e["group"] is not None}
+    usual = usual_steps(groups)
+    out, seen = [], set()
+    for index, e in enumerate(chosen):
+        if e["group"] is not None:
+            style, name = variant_style(e["group"], usual), variant_label(e["group"], groups)
+        else:
+            style, name = Style(SERIES_COLORS[index % len(SERIES_COLORS)], "o"), e["variant"]
+        out.append((e, style, name, name not in seen))
+        seen.add(name)
+    return out
 
 
 def _pick_metric(chosen: list[dict], metric: str | None) -> str | None:
@@ -220,65 +224,86 @@ def _pick_metric(chosen: list[dict], metric: str | None) -> str | None:
     return "loss" if metric is None and "loss" in metrics else metrics[0]
 
 
-def _errorbar(ax, xs, cells, **style) -> None:
+def _errorbar(ax, xs, cells, style, label=None, linestyle="none") -> None:
     points = [(x, c) for x, c in zip(xs, cells) if c and c.get("mean") is not None]
     if not points:
         return
     means = [c["mean"] for _, c in points]
     lows = [c["mean"] - c["low"] if c.get("low") is not None else 0.0 for _, c in points]
     highs = [c["high"] - c["mean"] if c.get("high") is not None else 0.0 for _, c in points]
-    ax.errorbar([x for x, _ in points], means, yerr=[lows, highs], capsize=3, **style)
+    ax.errorbar([x for x, _ in points], means, yerr=[lows, highs], capsize=3, markersize=4, label=label,
+                **dict(style.line(), linestyle=linestyle))
+
+
+def _family_note(results: list[dict], chosen: list[dict]) -> str | None:
+    families = {e["family"] for e in chosen}
+    variants = [r for r in results or [] if r.get("family") in families and "pattern" in r]
+    return next((text for f in sorted(families) if (text := not_learned_note(variants, f))), None)
 
 
 def depth_use_figure(results: list[dict], path, metric: str | None = None,
                      title: str | None = None) -> Path | None:
     """Four panels per metric: skip, swap and revisit deltas per virtual layer (95%
-    intervals) and the early-exit curve, one series per variant."""
+    intervals) and the early-exit curve, one series per seed, each variant in its style. Only
+    distinct operations are drawn (vld.depth_rules.distinct_ablations): a swap of two visits of
+    one layer changes nothing by construction and is left out, as is a repeated skip."""
     chosen = entries(results)
     metric = _pick_metric(chosen, metric)
     if metric is None:
         return None
     chosen = [e for e in chosen if metric in e["use"]["metrics"]]
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4))
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     width = 0.6 / max(len(chosen), 1)
-    for index, e in enumerate(chosen):
+    depth = max(len(e["use"].get("schedule") or []) or 1 + max(
+        (v for a in e["use"]["ablations"] for v in a["virtual_layers"]), default=0) for e in chosen)
+    for index, (e, style, name, first) in enumerate(_styled(chosen)):
         use = e["use"]
-        style = {"color": SERIES_COLORS[index % len(SERIES_COLORS)], "marker": "o",
-                 "linestyle": "none", "markersize": 4, "label": e["variant"]}
         shift = (index - (len(chosen) - 1) / 2) * width
+        ablations = rule.distinct_ablations(use["schedule"], use["ablations"]) if use.get("schedule") else use["ablations"]
         for ax, kind in zip(axes[:3], ("skip", "swap", "revisit")):
-            chosen_ablations = [a for a in use["ablations"] if a["kind"] == kind]
+            chosen_ablations = [a for a in ablations if a["kind"] == kind]
             xs = [a["virtual_layers"][0] + (0.5 if kind == "swap" else 0.0) + shift
                   for a in chosen_ablations]
-            _errorbar(ax, xs, [a["delta"].get(metric) for a in chosen_ablations], **style)
+            _errorbar(ax, xs, [a["delta"].get(metric) for a in chosen_ablations], style)
         exits = use.get("early_exit") or []
         _errorbar(axes[3], [x["layers_run"] for x in exits], [x["value"].get(metric) for x in exits],
-                  **dict(style, linestyle="-"))
-    titles = (f"skip virtual layer i: change in {metric}",
-              f"swap i, i+1 (plotted at i+0.5): change in {metric}",
-              f"revisit i replaced by first visit's update: change in {metric}",
-              f"early exit: {metric} after n virtual layers")
+                  style, label=name if first else None, linestyle="-")
+    titles = ("skip virtual layer i", "swap i, i+1 (plotted at i+0.5)",
+              "revisit i replaced by first visit's update", "early exit")
+    warning = _family_note(results, chosen)
     for ax, text in zip(axes, titles):
         ax.set_title(text, fontsize=9)
-        ax.set_xlabel("layers run" if ax is axes[3] else "virtual layer")
+        ax.set_xlabel("virtual layers run (0 = embeddings)" if ax is axes[3] else "virtual layer i")
+        ax.set_ylabel(f"{metric} after n layers" if ax is axes[3] else f"change in {metric} (ablated - intact)")
         if ax is not axes[3]:
             ax.axhline(0.0, color="gray", linewidth=0.8, linestyle=":")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        if not ax.lines and not ax.collections:
-            ax.text(0.5, 0.5, "none (no revisited layer)" if ax is axes[2] else "none",
+        if ax is not axes[3]:
+            ax.set_xlim(-0.5, depth - 0.5)
+        if not ax.containers:
+            ax.text(0.5, 0.5, {axes[1]: "none (no swap changes the order)",
+                               axes[2]: "none (no revisited layer)"}.get(ax, "none"),
                     ha="center", va="center", transform=ax.transAxes, color="gray")
-    if axes[3].get_legend_handles_labels()[1]:  # labelled artists only
-        axes[3].legend(fontsize=7)
-    fig.suptitle(title or f"Depth use: ablations and early exit (95% bootstrap intervals over "
-                 f"test sequences)", y=1.03)
-    return _save(fig, path)
+        if warning:
+            note(ax, warning)
+    legend_outside(axes[3])
+    fig.suptitle(title or "Depth use: ablations and early exit", y=1.02)
+    fig.text(0.5, -0.04, "95% bootstrap intervals over test sequences; one series per seed; "
+             "swaps of two visits of one layer (no change by construction) and repeated skips not drawn",
+             ha="center", fontsize=8, color="dimgray")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+EXIT_COLUMNS = 4
+MAX_FIGURE_INCHES = 20.0
 
 
 def early_exit_figure(results: list[dict], path, metrics: list[str] | None = None,
                       title: str | None = None) -> Path | None:
-    """One panel per variant: each metric (e.g. the error per hop count) read after n virtual
-    layers, to show at which depth each gets solved."""
+    """One panel per variant (its seeds as lines of one style): each metric (e.g. the error per
+    hop count) read after n virtual layers, to show at which depth each gets solved."""
     chosen = [e for e in entries(results) if e["use"].get("early_exit")]
     if not chosen:
         return None
@@ -286,65 +311,113 @@ def early_exit_figure(results: list[dict], path, metrics: list[str] | None = Non
     chosen = [e for e in chosen if any(m in e["use"]["metrics"] for m in names)]
     if not chosen:
         return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(chosen), figsize=(4.6 * len(chosen), 3.8), squeeze=False,
-                             sharey=True)
-    for ax, e in zip(axes[0], chosen):
-        exits = e["use"]["early_exit"]
-        for index, m in enumerate(names):
-            if m in e["use"]["metrics"]:
-                _errorbar(ax, [x["layers_run"] for x in exits], [x["value"].get(m) for x in exits],
-                          color=SERIES_COLORS[index % len(SERIES_COLORS)], marker="o",
-                          markersize=4, label=m)
-        ax.set_title(e["variant"], fontsize=9)
+    panels: dict[str, list[dict]] = {}
+    for e, _, name, _ in _styled(chosen):
+        panels.setdefault(name, []).append(e)
+    plt = pyplot()
+    columns = min(EXIT_COLUMNS, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, squeeze=False, sharey=True,
+                             figsize=(min(4.4 * columns, MAX_FIGURE_INCHES), min(3.6 * rows, MAX_FIGURE_INCHES)))
+    warning = _family_note(results, chosen)
+    for ax, (name, members) in zip(axes.flat, panels.items()):
+        for seed_index, e in enumerate(members):
+            exits = e["use"]["early_exit"]
+            for index, m in enumerate(names):
+                if m in e["use"]["metrics"]:
+                    style = Style(SERIES_COLORS[index % len(SERIES_COLORS)], "o",
+                                  linestyle=("-", "--", "-.", ":")[seed_index % 4])
+                    _errorbar(ax, [x["layers_run"] for x in exits], [x["value"].get(m) for x in exits], style,
+                              label=m if seed_index == 0 else None, linestyle=style.linestyle)
+        ax.set_title(f"{name} ({len(members)} seed{'s' if len(members) > 1 else ''})", fontsize=9)
         ax.set_xlabel("virtual layers run (0 = embeddings)")
+        ax.set_ylabel("metric (lower is better)")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        if ax.get_legend_handles_labels()[1]:  # labelled artists only
-            ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("metric (lower is better)")
-    fig.suptitle(title or "Early exit through the logit lens (95% bootstrap intervals)", y=1.04)
-    return _save(fig, path)
+        if warning:
+            note(ax, warning)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    legend_outside(axes[0][-1])
+    fig.suptitle(title or "Early exit through the logit lens", y=1.02)
+    fig.text(0.5, -0.02, "95% bootstrap intervals over test sequences; one line style per seed",
+             ha="center", fontsize=8, color="dimgray")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def _law_cells(points: list[dict]) -> dict[tuple, list[float]]:
+    """The losses of each model of the law over its seeds, keyed (tied, depth, pattern, base
+    depth) as vld.depth_rules.tied_share tells models apart (a native model by its depth)."""
+    cells: dict[tuple, list[float]] = {}
+    for p in points:
+        key = ((True, int(p["depth"]), str(p.get("pattern") or ""), int(p["base_depth"])) if p["tied"]
+               else (False, int(p["depth"]), "", 0))
+        cells.setdefault(key, []).append(float(p["loss"]))
+    return cells
 
 
 def depth_law_figure(law: Mapping | None, path, metric_label: str = "loss",
-                     title: str | None = None) -> Path | None:
-    """Points and fitted curves L = c * depth^-a + L0, native (black) and tied (orange)."""
+                     title: str | None = None, warning: str | None = None) -> Path | None:
+    """Each model of the law (mean over seeds, 95% interval over seeds; one seed: the point)
+    in its variant's style, tied models told apart by pattern; the fitted curves
+    L = c * depth^-a + L0, native dashed, tied solid; the tied / native gain with its interval."""
     if not law or not law.get("points"):
         return None
     import numpy as np
 
-    plt = _pyplot()
+    from vld.stats import bootstrap_ratio_interval
+
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2))
     points = law["points"]
-    bases = {int(p["base_depth"]) for p in points if p["tied"]}
-    styles = (("native", "black", "s", lambda p: not p["tied"]),
-              ("tied", "tab:orange", "o", lambda p: p["tied"]))
+    cells = _law_cells(points)
+    widths = {c: 0.0 for c in cells}
+    ranked = sorted(cells)
+    for c in ranked:  # models of one depth side by side
+        same = [d for d in ranked if d[1] == c[1]]
+        widths[c] = 0.12 * (same.index(c) - (len(same) - 1) / 2)
+    ys = []
+    for c in ranked:
+        tied, depth, pattern, base = c
+        values = cells[c]
+        mean = float(np.mean(values))
+        low, high = bootstrap_ratio_interval(values, resamples=1000, seed=depth)
+        group = (VariantGroup("", pattern or "base", depth // base - 1, None, base, None) if tied
+                 else VariantGroup("", "base", 0, None, depth, None))
+        style = variant_style(group)
+        seeds = f"{len(values)} seeds" if len(values) > 1 else "1 seed, no interval"
+        ax.errorbar([depth + widths[c]], [mean], yerr=[[mean - low], [high - mean]], capsize=3, markersize=6,
+                    label=f"{group_name(group)} ({seeds})", **dict(style.line(), linestyle="none"))
+        ys += [low, high]
     depths = [p["depth"] for p in points]
     grid = np.linspace(min(depths), max(depths), 200)
-    for name, colour, marker, member in styles:
-        own = [p for p in points if member(p)]
-        if name == "tied":
-            own += [p for p in points if not p["tied"] and int(p["depth"]) in bases]
-        if not own:
-            continue
-        ax.scatter([p["depth"] for p in own], [p["loss"] for p in own], color=colour,
-                   marker=marker, alpha=0.7, label=f"{name} depth ({len(own)} models)")
+    for name, colour, linestyle in (("native", "black", "--"), ("tied", "tab:red", "-")):
         fit = law.get(name)
         if fit:
             interval = (fit.get("interval") or {}).get("a")
-            text = f"a = {fit['a']:.2f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
-            ax.plot(grid, fit["c"] * grid ** -fit["a"] + fit["L0"], color=colour,
-                    linestyle="--" if name == "native" else "-",
-                    label=f"fit {name}: {text}, L0 = {fit['L0']:.2f}")
+            text = f"a = {fit['a']:.2f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else " (no interval)")
+            ax.plot(grid, fit["c"] * grid ** -fit["a"] + fit["L0"], color=colour, linestyle=linestyle,
+                    linewidth=1, label=f"fit {name}: {text}, L0 = {fit['L0']:.2f}")
+    # A range of at least 10% of the level, so intervals that overlap look like they do.
+    middle, half = (max(ys) + min(ys)) / 2, (max(ys) - min(ys)) / 2
+    half = max(half * 1.15, 0.05 * abs(middle), 1e-3)
+    ax.set_ylim(middle - half, middle + half)
     share = law.get("tied_share") or {}
+    gain = "tied / native gain: "
     if share.get("share") is not None:
-        ax.text(0.98, 0.97, f"tied / native gain: {share['share']:.2f} -> {share['verdict']}",
-                ha="right", va="top", transform=ax.transAxes, fontsize=8)
-    ax.set_xlabel("effective depth")
+        interval = share.get("interval")
+        gain += f"{share['share']:.2f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval
+                                          else " (no interval: one seed per model)") + f" -> {share['verdict']}"
+    else:
+        gain += f"not computed ({share.get('why') or 'no tied depth reached natively'})"
+    ax.set_xlabel(f"effective depth\n{gain}")
     ax.set_ylabel(metric_label)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    legend_outside(ax)
+    if warning:
+        note(ax, warning)
     ax.set_title(title or f"Depth law: {metric_label} = c * depth^-a + L0", fontsize=10)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # ---------------------------------------------------------------- the profile's depth laws

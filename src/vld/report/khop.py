@@ -1,4 +1,5 @@
-"""The k-hop pieces of the report: error by variant and hop count, in a table and a figure.
+"""The k-hop pieces of the report: error by variant and hop count, in tables (the figure:
+vld.report.figures.khop_figure).
 
 Per-position error, pooled over seeds: each variant's per-sequence error rates on the shared
 test sequences, with a 95% interval from resampling seeds and sequences
@@ -9,7 +10,6 @@ constant prediction on the same test labels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -123,40 +123,3 @@ def khop_long(results: list[dict]) -> Table | None:
                          round(c.error, 5), round(c.interval[0], 5), round(c.interval[1], 5), "", "", "",
                          round(c.chance, 5)])
     return Table("khop_long", "k-hop (long form)", header, rows)
-
-
-def khop_figure(results: list[dict], path: Path) -> bool:
-    """Error against hop count, one line per variant (seeds pooled), 95% intervals drawn."""
-    found = khop_results(results)
-    if not found:
-        return False
-    from vld.report.figures import _pyplot, _save, color
-
-    plt = _pyplot()
-    pooled = pooled_errors(found)
-    groups = sorted(pooled, key=group_sort)
-    patterns = sorted({g.pattern for g in groups})
-    steps = _steps_differ(groups)
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    offsets = np.linspace(-0.18, 0.18, len(groups)) if len(groups) > 1 else [0.0]
-    for offset, (index, group) in zip(offsets, enumerate(groups)):
-        hops = sorted(pooled[group], key=int)
-        x = np.array([int(h) for h in hops]) + offset  # offsets keep the error bars apart
-        y = np.array([pooled[group][h].error for h in hops])
-        low = y - np.array([pooled[group][h].interval[0] for h in hops])
-        high = np.array([pooled[group][h].interval[1] for h in hops]) - y
-        native_other = group.pattern == "base" and group.n_layer != min(g.n_layer for g in groups)
-        ax.errorbar(x, y, yerr=[low, high], marker="o", markersize=4, capsize=2,
-                    color="tab:purple" if native_other else color(group.pattern, patterns),
-                    linestyle=("-", "--", "-.", ":")[index % 4], label=group_name(group, steps))
-    hops = hop_counts(found)
-    chance = [next(c[h].chance for c in pooled.values() if h in c) for h in hops]
-    ax.plot([int(h) for h in hops], chance, color="gray", linestyle=":", linewidth=2, label="best constant prediction")
-    ax.set_xlabel("hop count k")
-    ax.set_ylabel("per-position error")
-    ax.set_ylim(bottom=0)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize=7, loc="upper left")
-    ax.set_title("k-hop induction: error vs hop count (95% intervals; seeds pooled)")
-    _save(fig, path)
-    return True
