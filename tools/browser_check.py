@@ -125,13 +125,16 @@ def api(url: str, endpoint: str, body: dict) -> dict:
         return json.loads(reply.read())
 
 
+def tags(run: dict) -> dict:
+    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
 def pipeline_runs(url: str) -> tuple[str, dict, list[dict]]:
     """The experiment holding the latest pipeline (parent) run, that run, and its children."""
     experiments = api(url, "experiments/search", {"max_results": 1000})["experiments"]
     ids = [e["experiment_id"] for e in experiments]
     runs = api(url, "runs/search", {"experiment_ids": ids, "max_results": 1000,
                                     "order_by": ["attributes.start_time DESC"]}).get("runs", [])
-    tags = lambda run: {t["key"]: t["value"] for t in run["data"].get("tags", [])}
     parents = [r for r in runs if "mlflow.parentRunId" not in tags(r)]
     if not parents:
         sys.exit(f"{url}: no pipeline run in the store (run dvc repro first)")
@@ -243,14 +246,17 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="browser_check_")))
         # the repository's own plot page settings (.dvc/config), else this project's offline page
-        page = ([] if "html_template" in (repo / ".dvc/config").read_text(errors="replace")
+        config = repo / ".dvc/config"
+        page = ([] if config.is_file() and "html_template" in config.read_text(errors="replace")
                 else ["--html-template", str(ROOT / "conf/plots/offline.html")])
-        subprocess.run(["dvc", "plots", "show", "-o", str(scratch / "plots"), *page], cwd=repo, check=True,
-                       capture_output=True, timeout=300, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+        shown = subprocess.run(["dvc", "plots", "show", "-o", str(scratch / "plots"), *page], cwd=repo,
+                               capture_output=True, text=True, timeout=300, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+        if shown.returncode != 0:
+            sys.exit(f"dvc plots show failed in {repo}:\n{shown.stderr[-2000:]}")
         plots = stack.enter_context(served(scratch / "plots"))
         ui = stack.enter_context(mlflow_ui(repo / "mlflow.db", repo))
         experiment, parent, children = pipeline_runs(ui)
-        training = sorted((r for r in children if r["info"]["run_name"].startswith(("pretrain", "retrofit"))),
+        training = sorted((r for r in children if tags(r).get("vld.stage", "").startswith(("pretrain", "retrofit"))),
                           key=lambda r: r["info"]["run_name"]) or children
         one = training[0]["info"]["run_id"] if training else parent["info"]["run_id"]
         compare = [r["info"]["run_id"] for r in training] or [parent["info"]["run_id"]]
