@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test bench ui
+.PHONY: setup repro test bench ui plots
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,10 @@ test: setup
 
 bench: setup
 	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
+
+# DVC's plots of the report's data, offline (.dvc/config: plots.html_template); open results/plots/index.html
+plots: setup
+	$(VENV)/bin/dvc plots show -o results/plots
 
 ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def dvc_project(tmp_path: Path) -> Path:
-    """tmp_path/repo holding the project's DAG: dvc.yaml, .dvcignore and src/. The stages run the
+    """tmp_path/repo holding the project's DAG: dvc.yaml, .dvcignore, src/ and conf/plots/ (the plot
+    templates dvc.yaml names). The stages run the
     installed package; the src/ copy is what DVC hashes as their code dependencies, so a test
     may edit it. No params.yaml, no git or DVC repository yet."""
     repo = tmp_path / "repo"
@@ -21,6 +22,7 @@ def dvc_project(tmp_path: Path) -> Path:
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, repo / name)
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(ROOT / "conf/plots", repo / "conf/plots")
     return repo
 
 

@@ -243,6 +243,12 @@ def test_dvc_repro_tiny_profile(dvc_project):
     config = {a.path for a in client.list_artifacts(parent.info.run_id, "config")}
     assert config == {"config/params.yaml", "config/resolved_variants.json"}
     _check_lineage(repo, client, kids)
+    # DVC's plots of the report's data, on the offline page the project's .dvc/config names
+    shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")
+    shown = _run(repo, "dvc", "plots", "show", "-o", str(repo.parent / "plots")).stdout
+    page = (repo.parent / "plots/index.html").read_text()
+    assert "plots/index.html" in shown and not re.search(r"<script[^>]*\bsrc=", page)
+    assert all(f'<div id = "{name}">' in page for name in ("khop_error", "knowledge_bits", "loss_curves"))
 
     # nothing changed: nothing runs
     second = _run(repo, "dvc", "repro")

@@ -183,7 +183,7 @@ def test_every_file_is_written_and_parses(full_report):
         "depth_law_khop_error_k_4.png", "depth_law_reasoning_1_accuracy.png", "depth_use_khop.md",
         "depth_use_khop.csv", "depth_use_khop.png", "early_exit_khop.md", "early_exit_khop.csv",
         "early_exit_khop.png", "depth_regime.md", "depth_regime.csv",
-        "depth_knowledge.png", "metrics.json", "report.md"])
+        "depth_knowledge.png", "metrics.json", "report.md", "khop_error.csv", "knowledge_bits.csv"])
     for path in written:
         assert path.parent == out and path.is_file() and path.stat().st_size > 0
         if path.suffix == ".png":

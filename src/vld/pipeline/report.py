@@ -2,7 +2,8 @@
 
     python -m vld.pipeline.report
 
-Thin: the report is `vld.report.build.build_report(results/eval, results/report, profile)`.
+Thin: the report is `vld.report.build.build_report(results/eval, results/report, profile,
+training curves)`, the curves read from each trained model's metrics.json.
 This stage also completes the MLflow view of the pipeline: every stage record under
 results/records/ whose stage did not run under the current parent run (DVC restored it from
 its cache) is re-attached as a child run tagged vld.restored=true (vld.pipeline.tracking).
@@ -40,6 +41,24 @@ def current_results(pipeline) -> list[dict]:
     return results
 
 
+def training_curves(pipeline) -> list[dict]:
+    """The pretraining loss curve (metrics.json "loss_curve") of every seed of every pretrained
+    variant params.yaml has now, for the report's loss_curves.csv. Not retrofit's: a profile
+    without retrofit variants has no results/retrofit for the stage to depend on."""
+    curves = []
+    for family, table in pipeline.variants.items():
+        if family == "retrofit":
+            continue
+        for seeded in (one for variant in table.values() for one in variant.per_seed()):
+            folder = paths.pretrain_model_dir(family, seeded.name, seeded.seed)
+            try:
+                curve = json.loads((folder / "metrics.json").read_text())["loss_curve"]
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                fail(str(folder / "metrics.json"), f"no readable loss_curve ({type(err).__name__}); run dvc repro")
+            curves.append({"family": family, "variant": seeded.name, "seed": seeded.seed, "loss_curve": curve})
+    return curves
+
+
 def main(argv: list[str] | None = None) -> int:
     args = shared.parser("report", __doc__.splitlines()[0], variant=False).parse_args(argv)
     pipeline = load_pipeline(args.params)
@@ -50,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     with tracking.tracked(pipeline, "report", None, {"profile": pipeline.profile}, {}) as run:
         from vld.report.build import build_report
 
-        build_report(results, paths.REPORT, pipeline.profile)
+        build_report(results, paths.REPORT, pipeline.profile, training_curves(pipeline))
         summary = paths.REPORT / "metrics.json"
         if summary.is_file():
             run.log_metrics(shared.numeric_leaves(json.loads(summary.read_text())))

@@ -19,7 +19,7 @@ from typing import Callable
 
 from vld.atomic import atomic_dir, check_replaceable
 from vld.errors import fail
-from vld.report import tables
+from vld.report import plot_data, tables
 from vld.report.tables import Table
 from vld.result_schema import check_result
 
@@ -234,9 +234,10 @@ def _pieces(results: list) -> list[Piece]:
     ]
 
 
-def build_report(results, out_dir, profile_name: str = "default") -> list[Path]:
+def build_report(results, out_dir, profile_name: str = "default", curves: list[dict] = ()) -> list[Path]:
     """Write the report for `results` (dicts, JSON paths or result directories) into
-    `out_dir`, replacing it atomically; returns the written files (final paths)."""
+    `out_dir`, replacing it atomically; returns the written files (final paths). `curves`: the
+    training loss curves for loss_curves.csv (vld.report.plot_data.loss_rows)."""
     out_dir = Path(out_dir)
     check_replaceable(out_dir)
     results = load_results(results)
@@ -279,9 +280,13 @@ def build_report(results, out_dir, profile_name: str = "default") -> list[Path]:
                 sections.extend([f"- {piece.caption}", ""])
             sections.extend(["Files: " + ", ".join(links), ""])
 
+        plotted = plot_data.write_plot_data(tmp, results, list(curves))
+        written.extend(plotted)
         summary = metrics_summary(results, profile_name)
         put("metrics.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
         sections.extend(["## Summary metrics", "",
                          "[metrics.json](metrics.json) (for `dvc metrics show`).", ""])
+        if plotted:
+            sections.extend(["Plot data for `dvc plots show`: " + ", ".join(f"[{n}]({n})" for n in plotted), ""])
         put("report.md", "\n".join(sections).rstrip() + "\n")
     return [out_dir / name for name in written]
