@@ -66,7 +66,7 @@ def test_pretrain_stage_under_ddp_trains_like_one_process(tmp_path, launch):
     assert all(node.returncode == 0 for node in done), "".join(node.stdout[-3000:] for node in done)
     assert "Starting with 2 processes" in done[0].stdout
 
-    out = Path("results") / "pretrain" / "knowledge" / "w16"
+    out = Path("results") / "pretrain" / "knowledge" / "w16" / "seed0"
     a = json.loads((one / out / "metrics.json").read_text())
     b = json.loads((nodes / out / "metrics.json").read_text())
     assert b["steps"] == a["steps"] == 6 and b["tokens_seen"] == a["tokens_seen"]
@@ -74,7 +74,7 @@ def test_pretrain_stage_under_ddp_trains_like_one_process(tmp_path, launch):
     wa, wb = load_model(one / out / "model.pt").state_dict(), load_model(nodes / out / "model.pt").state_dict()
     assert wa.keys() == wb.keys() and max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
 
-    runs = stage_runs(nodes, "pretrain_knowledge@w16")  # rank 1 tracked nothing
+    runs = stage_runs(nodes, "pretrain_knowledge@w16/seed0")  # rank 1 tracked nothing
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.metrics["final_loss"] == pytest.approx(b["final_loss"], abs=1e-6)
     assert not list((nodes / ".vld-work").glob("pretrain_knowledge/*"))  # the finished run's checkpoints are gone
