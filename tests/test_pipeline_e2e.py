@@ -218,6 +218,10 @@ def test_dvc_repro_tiny_profile(dvc_project):
     assert parent.data.tags["vld.git_commit"] == _run(repo, "git", "rev-parse", "HEAD").stdout.strip()
     curve = client.get_metric_history(kids["pretrain_reasoning@cycle_x1/seed0"].info.run_id, "train/loss")
     assert [m.step for m in curve] == [0, 1, 2, 3]  # the training curve, one point per step
+    stacked = client.get_metric_history(kids["pretrain_khop@cycle_x1/seed1"].info.run_id, "train/loss")
+    assert [m.step for m in stacked] == [0, 1, 2, 3]  # a stacked seed's curve: the same steps, its own values
+    own = json.loads((repo / "results/pretrain/khop/cycle_x1/seed1/metrics.json").read_text())["loss_curve"]
+    assert [m.value for m in sorted(stacked, key=lambda m: m.step)] == pytest.approx(own, rel=1e-6)
     pre = kids["pretrain_reasoning@cycle_x1/seed0"].data
     assert pre.params["pattern"] == "cycle" and pre.params["effective_depth"] == "4"
     assert pre.tags["vld.pattern"] == "cycle" and pre.tags["vld.k"] == "1"

@@ -83,10 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    "train": seeded.train.to_dict(), **data_id})
         for seeded, model, metrics, run in zip(seeds, models, per_seed, runs):
             if logger is None:
-                log_every = max(1, seeded.train.log_every)
-                for step, loss in enumerate(metrics["loss_curve"], start=1):
-                    if step % log_every == 0 or step == len(metrics["loss_curve"]):
-                        run.log_metrics({"train/loss": loss}, step=step)
+                run.log_curve("train/loss", metrics["loss_curve"], seeded.train.log_every)
             run.log_metrics({key: value for key, value in metrics.items() if key != "loss_curve"})
             run.log_params({"params": model.parameter_count(), "effective_depth": model.effective_depth})
             run.log_model(tracking.model_entry(

@@ -119,6 +119,16 @@ class StageRun:
             with store_errors(self.uri):
                 runs.log_metric_entities(self.parent.client, self.run_id, runs.metric_entities(values, step or 0, model_id))
 
+    def log_curve(self, key: str, values: list[float], every: int = 1) -> None:
+        """A whole training curve in one batched write: values[i] at step i (0-based, as
+        Lightning logs it), every `every` steps and the last (a stacked run's seeds log theirs
+        after training, where one call per step would be one store transaction each)."""
+        steps = [i for i in range(len(values)) if i % max(1, every) == 0 or i == len(values) - 1]
+        if self.parent and steps:
+            entities = [e for i in steps for e in runs.metric_entities({key: float(values[i])}, i)]
+            with store_errors(self.uri):
+                runs.log_metric_entities(self.parent.client, self.run_id, entities)
+
     def set_tags(self, tags: dict[str, Any]) -> None:
         values = {k: str(v) for k, v in tags.items()}
         self.tags.update(values)
