@@ -4,19 +4,18 @@ against the alternatives, measured in the same run.
     .venv/bin/python bench/bench_seeds.py [--steps 200 --rounds 2 --seeds 1,2,3,4,8 --models h2,h4]
     .venv/bin/python bench/bench_seeds.py --device cuda         # the same on a GPU
 
-For each k-hop model of params.yaml (h2: 2 layers width 128; h4: the native 4 layers) on the
-default profile's data (kh40: alphabet 4, length 40, hops 0-4) and its train block (global
-batch 64), and for each N:
+For each k-hop model of params.yaml (default profile: h2, the 2-layer model; h4, the native 4
+layers) on the data set its variants use and the k-hop train block, and for each N:
   sequential  N single-seed runs one after another in this process (run_training), at
               --threads threads (default: the machine's cores): the reference;
   stacked     the N seeds as one stacked model in this process (train_seeds), same threads;
   processes   N single-seed processes side by side, one thread each, released together
               (on a GPU they share it).
-Each rate is all N seeds' positions (steps x 64 sequences x 41 positions) over the wall time
+Each rate is all N seeds' positions (steps x global batch x sequence length) over the wall time
 of the whole call (Trainer set-up included: N runs pay it N times); for processes, from the
 release of the last ready process to the end of the last. The printed ratios are stacked /
-sequential and processes / sequential (> 1: faster than one seed after another). Modes
-alternate within a round; the best of --rounds is kept. Run it on an otherwise idle machine.
+sequential and processes / sequential (> 1: faster than one seed after another). --modes picks
+which run (sequential is the reference of the ratios). Modes alternate within a round; the best of --rounds is kept. Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seeds", default="1,2,3,4,8", help="the seed counts N to measure")
     parser.add_argument("--models", default="h2,h4", help="k-hop models of params.yaml")
+    parser.add_argument("--modes", default=",".join(MODES), help="which of sequential, stacked, processes to run")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="threads of the sequential and stacked runs (processes: 1 each)")
@@ -49,8 +49,9 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def setting(params: Path, model_name: str, steps: int, device: str):
-    """(model config, k-hop spec, train config) of the default k-hop variants, for `steps` steps."""
+def setting(params: Path, model_name: str, steps: int, device: str, threads: int):
+    """(model config, k-hop spec, train config) of the k-hop variants that use `model_name`
+    (their data set and the family's train block), for `steps` steps on `threads` threads."""
     import yaml
 
     from vld.data.khop import KHopSpec
@@ -58,10 +59,11 @@ def setting(params: Path, model_name: str, steps: int, device: str):
     from vld.train.config import TrainConfig
 
     raw = yaml.safe_load(params.read_text())
-    spec = KHopSpec.from_dict(raw["data"]["khop"]["kh40"])
+    data = next(v["data"] for v in raw["khop"]["variants"].values() if v.get("model") == model_name)
+    spec = KHopSpec.from_dict(raw["data"]["khop"][data])
     model = ModelConfig(**raw["models"][model_name], vocab_size=spec.vocab_size)
     train = {**raw.get("hardware", {}), **raw["khop"]["train"], "max_steps": steps, "checkpoint_every": 0,
-             "seq_len": spec.seq_len, "log_every": max(1, steps)}
+             "seq_len": spec.seq_len, "log_every": max(1, steps), "threads": threads}
     if device == "cuda":
         train.update(accelerator="gpu", precision="auto")
     return model, spec, TrainConfig.from_dict(train)
@@ -105,10 +107,13 @@ def stacked(model_cfg, spec, cfg, n: int, work: Path) -> float:
     return positions(cfg, n) / (time.perf_counter() - start)
 
 
+RUNNERS = {"sequential": sequential, "stacked": stacked}
+
+
 def processes(args, model_name: str, cfg, n: int, work: Path) -> float:
     """N worker processes (one thread each); each says READY once set up, all are released
     together, each prints its finish time."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLD_THREADS": "1",
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, __file__, "--params", str(args.params), "--steps", str(args.steps),
            "--device", args.device, "--model", model_name]
@@ -135,7 +140,7 @@ def worker(args) -> None:
     os.dup2(2, 1)  # everything else printed (the progress bar) goes to stderr
     from vld.train.run import run_training
 
-    model_cfg, spec, cfg = setting(args.params, args.model, args.steps, args.device)
+    model_cfg, spec, cfg = setting(args.params, args.model, args.steps, args.device, threads=1)
     model, datamodule, cfg = seed_parts(model_cfg, spec, cfg, args.worker)
     print("READY", file=protocol, flush=True)
     sys.stdin.readline()
@@ -149,29 +154,26 @@ def main(argv=None) -> None:
     if args.worker is not None:
         worker(args)
         return
-    os.environ["VLD_THREADS"] = str(args.threads)  # the same count for every in-process run, no load sampling
-    import torch
-
-    torch.set_num_threads(args.threads)
+    modes = args.modes.split(",")
     counts = [int(n) for n in args.seeds.split(",")]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for model_name in args.models.split(","):
-            model_cfg, spec, cfg = setting(args.params, model_name, args.steps, args.device)
-            rates = {n: {mode: [] for mode in MODES} for n in counts}
+            model_cfg, spec, cfg = setting(args.params, model_name, args.steps, args.device, args.threads)
+            rates = {n: {mode: [] for mode in modes} for n in counts}
             for round_ in range(args.rounds):
                 for n in counts:
                     work = Path(tmp) / f"{model_name}-{n}-{round_}"
                     work.mkdir()
-                    rates[n]["sequential"].append(sequential(model_cfg, spec, cfg, n, work))
-                    rates[n]["stacked"].append(stacked(model_cfg, spec, cfg, n, work))
-                    rates[n]["processes"].append(processes(args, model_name, cfg, n, work))
+                    for mode in modes:
+                        rates[n][mode].append(processes(args, model_name, cfg, n, work) if mode == "processes"
+                                              else RUNNERS[mode](model_cfg, spec, cfg, n, work))
             table = {}
             for n in counts:
                 best = {mode: max(values) for mode, values in rates[n].items()}
-                table[n] = {"positions_per_s": best,
-                            "stacked_over_sequential": best["stacked"] / best["sequential"],
-                            "processes_over_sequential": best["processes"] / best["sequential"]}
+                table[n] = {"positions_per_s": best, **{
+                    f"{mode}_over_sequential": best[mode] / best["sequential"]
+                    for mode in modes if mode != "sequential" and "sequential" in modes}}
             results[model_name] = table
     print(json.dumps({"device": args.device, "threads": args.threads, "steps": args.steps, "results": results},
                      indent=1))

@@ -60,7 +60,7 @@ def test_default_profile_has_the_issue_grid():
     knowledge = pipeline.variants["knowledge"]  # claim 1: w32 and w32 cycle x1
     assert all(len(v.seeds) >= 3 for v in knowledge.values() if v.model_name == "k32")
     assert pipeline.raw["hardware"]["threads"] == 2  # one arithmetic path on every machine
-    assert {v.data for v in khop.values()} == {"kh40"}
+    assert {v.data for v in khop.values()} == {"kh32"}
     retro = pipeline.variants["retrofit"]
     assert {(v.pattern, v.k) for v in retro.values()} >= {("base", 0), ("cycle", 1)}
     assert {v.source for v in retro.values()} == {"base"}
