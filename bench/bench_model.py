@@ -1,6 +1,6 @@
 """Training throughput of the VLD transformer, measured against references in the same run.
 
-    .venv/bin/python bench/bench_model.py            # about 4 minutes on 2 CPU cores
+    .venv/bin/python bench/bench_model.py            # about 4 minutes on 2 CPU cores, and the k-hop section
     .venv/bin/python bench/bench_model.py --quick    # fewer steps, rougher figures
 
 The first line names this machine's CPU and the library `hardware.cpu_gemm: auto` picks for it
@@ -55,7 +55,7 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=12, help="timed steps per model (fastest reported)")
     parser.add_argument("--gen-tokens", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="3 timed steps, 128 generated tokens")
+    parser.add_argument("--quick", action="store_true", help="3 timed steps, 128 generated tokens, 30 k-hop steps")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu: process CPU time (all threads), less disturbed by other load; "
                              "use with --threads 1 on a busy machine")
@@ -88,6 +88,7 @@ def main(argv=None) -> None:
         return
     if args.quick:
         args.steps, args.gen_tokens, args.rounds = 3, 128, 1
+        args.khop_steps, args.khop_warmup = 30, 5
     if args.keep_freed_memory:
         keep_freed_memory()  # before torch allocates anything
     import torch

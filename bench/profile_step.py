@@ -9,7 +9,8 @@ plain loop (no Trainer) for Lightning's own cost.
 Models: w256 (width 256, 4 layers, 4 heads, sequence 256, batch 16, vocab 2048: the
 bench/bench_model.py model, one seed, on token windows), h2 and h4 (params.yaml's k-hop models
 on kh40 with the khop train block: 64 sequences of 41 positions, `--seeds` seeds stacked as the
-pipeline trains them).
+pipeline trains them), k32 (the knowledge family's w32: width 32, 2 layers, 32 windows of 128
+tokens over a 64-token vocabulary, `--seeds` seeds stacked).
 
 Table 1 (torch.profiler over `--steps` steps after `--warmup`): each op's own time goes to the
 innermost labelled range around it: forward ranges from module hooks (linear layers, attention,
@@ -38,8 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-MODELS = ("w256", "h2", "h4")
-CATEGORIES = ("GEMMs (linear layers)", "attention", "norms", "activation", "embeddings", "residual adds", "loss",
+MODELS = ("w256", "h2", "h4", "k32")
+CATEGORIES = ("GEMMs (linear layers)", "seed stacking (vmap copies)", "attention", "norms", "activation", "embeddings", "residual adds", "loss",
               "optimizer", "zero_grad", "gradient clipping", "loss logging", "data", "other ops",
               "Python, Lightning, untraced")
 # forward: module class name -> category (the innermost labelled module owns an op)
@@ -50,7 +51,8 @@ FORWARD = {"Linear": "GEMMs (linear layers)", "Attention": "attention", "LayerNo
 BACKWARD = {"OneDNNLinear": "GEMMs (linear layers)", "Addmm": "GEMMs (linear layers)", "Mm": "GEMMs (linear layers)",
             "Linear": "GEMMs (linear layers)", "T": "GEMMs (linear layers)",
             "BlockCausalAttention": "attention", "ScaledDotProduct": "attention", "Permute": "attention",
-            "Unbind": "attention", "NativeLayerNorm": "norms", "Gelu": "activation", "Silu": "activation",
+            # the stacked seeds' input gradients stacked again after OneDNNLinear.vmap's per-seed calls
+            "Unbind": "seed stacking (vmap copies)", "NativeLayerNorm": "norms", "Gelu": "activation", "Silu": "activation",
             "Embedding": "embeddings", "Add": "residual adds", "NllLoss": "loss", "LogSoftmax": "loss",
             "Mul": "loss", "Sum": "loss", "Div": "loss", "Mean": "loss", "Stack": "loss", "Select": "loss",
             "Clamp": "loss", "Bmm": "attention"}
@@ -104,6 +106,8 @@ def build(name: str, args, work: Path) -> Setting:
         model = VLDTransformer(ModelConfig(vocab_size=vocab, n_layer=4, d_model=width, n_head=4, max_seq_len=seq),
                                backend=cfg.backend)
         return Setting(name, [model], [TokenWindowDataModule(data, seq, batch, seed=0)], [cfg])
+    if name == "k32":
+        return knowledge(args, work, steps)
     from bench_seeds import seed_parts, setting
 
     model_cfg, spec, cfg = setting(args.params, name, steps, "cpu")
@@ -112,6 +116,34 @@ def build(name: str, args, work: Path) -> Setting:
         model_cfg = dataclasses.replace(model_cfg, d_model=32, n_head=2)
     parts = [seed_parts(model_cfg, spec, cfg, seed) for seed in range(args.seeds)]
     return Setting(name, *map(list, zip(*parts)))
+
+
+def knowledge(args, work: Path, steps: int) -> Setting:
+    """The knowledge family's w32 variant: params.yaml's k32 model and knowledge train block on
+    windows of rt16k-shaped data (16,384 random tokens over 64 values), its seeds stacked."""
+    import numpy as np
+    import torch
+    import yaml
+
+    from vld.data.tokens import write_token_set
+    from vld.model import ModelConfig, VLDTransformer
+    from vld.train.config import TrainConfig
+    from vld.train.datamodules import TokenWindowDataModule
+
+    raw = yaml.safe_load(args.params.read_text())
+    vocab = 64
+    tokens = np.random.default_rng(0).integers(0, vocab, size=16_384)
+    data = write_token_set(work / "tokens", tokens, np.array([0, len(tokens)]), vocab, {"generator": "bench"})
+    train = {**raw.get("hardware", {}), **raw["knowledge"]["train"], "max_steps": steps, "checkpoint_every": 0,
+             "threads": args.threads}
+    models, datamodules, cfgs = [], [], []
+    for seed in range(args.seeds):
+        cfg = TrainConfig.from_dict({**train, "seed": seed})
+        torch.manual_seed(seed)
+        models.append(VLDTransformer(ModelConfig(**raw["models"]["k32"], vocab_size=vocab), backend=cfg.backend))
+        datamodules.append(TokenWindowDataModule(data, cfg.seq_len, cfg.micro_batch_size, seed=seed))
+        cfgs.append(cfg)
+    return Setting("k32", models, datamodules, cfgs)
 
 
 def _khop_log_every(params: Path) -> int:
@@ -223,6 +255,8 @@ def attribute(events) -> tuple[dict[str, float], dict[str, float]]:
             where = where.cpu_parent
         if label is None:
             label = "other ops"
+        if label == "GEMMs (linear layers)" and event.name in ("aten::cat", "aten::stack"):
+            label = "seed stacking (vmap copies)"  # OneDNNLinear.vmap stacking the seeds' outputs
         if label == "other ops":
             other[event.name] += own
         shares[label] += own
