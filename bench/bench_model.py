@@ -1,6 +1,6 @@
 """Training throughput of the VLD transformer, measured against references in the same run.
 
-    .venv/bin/python bench/bench_model.py            # about 4 minutes on 2 CPU cores, and the k-hop section
+    .venv/bin/python bench/bench_model.py            # every section (--sections picks some)
     .venv/bin/python bench/bench_model.py --quick    # fewer steps, rougher figures
 
 The first line names this machine's CPU and the library `hardware.cpu_gemm: auto` picks for it

@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -41,7 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 MODELS = ("w256", "h2", "h4", "k32")
 CATEGORIES = ("GEMMs (linear layers)", "seed stacking (vmap copies)", "attention", "norms", "activation", "embeddings", "residual adds", "loss",
-              "optimizer", "zero_grad", "gradient clipping", "loss logging", "data", "other ops",
+              "optimizer", "zero_grad", "gradient clipping", "loss logging", "data", "allocator (new tensors)", "other ops",
               "Python, Lightning, untraced")
 # forward: module class name -> category (the innermost labelled module owns an op)
 FORWARD = {"Linear": "GEMMs (linear layers)", "Attention": "attention", "LayerNorm": "norms", "RMSNorm": "norms",
@@ -57,6 +58,10 @@ BACKWARD = {"OneDNNLinear": "GEMMs (linear layers)", "Addmm": "GEMMs (linear lay
             "Mul": "loss", "Sum": "loss", "Div": "loss", "Mean": "loss", "Stack": "loss", "Select": "loss",
             "Clamp": "loss", "Bmm": "attention"}
 EVALUATE = "autograd::engine::evaluate_function: "
+# ops that only allocate: their own time is the allocator's, wherever they run (the first
+# write's page faults land in the kernel that writes; table 2 counts them)
+ALLOCATION = {"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::new_empty", "aten::new_empty_strided",
+              "aten::resize_"}
 
 
 def parse_args(argv=None):
@@ -257,6 +262,8 @@ def attribute(events) -> tuple[dict[str, float], dict[str, float]]:
             label = "other ops"
         if label == "GEMMs (linear layers)" and event.name in ("aten::cat", "aten::stack"):
             label = "seed stacking (vmap copies)"  # OneDNNLinear.vmap stacking the seeds' outputs
+        if event.name in ALLOCATION:
+            label = "allocator (new tensors)"
         if label == "other ops":
             other[event.name] += own
         shares[label] += own
@@ -271,19 +278,25 @@ class StepClock:
 
         class _Clock(Callback):
             def __init__(self, profiler=None, skip: int = 0):
-                self.profiler, self.skip, self.times, self._start = profiler, skip, [], 0.0
+                self.profiler, self.skip, self.times, self.faults, self._start = profiler, skip, [], [], 0.0
 
             def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                self._faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 self._start = time.perf_counter()
 
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
                 self.times.append(time.perf_counter() - self._start)
+                self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self._faults)
                 if self.profiler is not None:
                     self.profiler.step()
 
             def step_s(self) -> float:
                 timed = self.times[self.skip:]
                 return sum(timed) / max(1, len(timed))
+
+            def faults_per_step(self) -> float:
+                counted = self.faults[self.skip:]
+                return sum(counted) / max(1, len(counted))
 
         return _Clock(*args, **kwargs)
 
@@ -312,8 +325,9 @@ def profile(name: str, args, work: Path) -> tuple[dict[str, float], float, dict[
     return per_step, setting.positions_per_step(), {k: v / steps for k, v in other.items()}
 
 
-def plain_step_s(name: str, args, work: Path) -> tuple[float, float]:
-    """(seconds per step of the Lightning fit, of a plain loop over the same batches)."""
+def plain_step_s(name: str, args, work: Path) -> tuple[float, float, float]:
+    """(seconds per step of the Lightning fit, of a plain loop over the same batches, the fit's
+    minor page faults per step)."""
     import torch
 
     from vld.train.config import apply_threads
@@ -360,7 +374,7 @@ def plain_step_s(name: str, args, work: Path) -> tuple[float, float]:
         module._micro_losses.clear()
         times.append(time.perf_counter() - start)
     timed = times[args.warmup:]
-    return clock.step_s(), sum(timed) / max(1, len(timed))
+    return clock.step_s(), sum(timed) / max(1, len(timed)), clock.faults_per_step()
 
 
 def main(argv=None) -> None:
@@ -400,13 +414,14 @@ def main(argv=None) -> None:
         print(f"| {label} | {' | '.join(cells)} |")
     print(f"| step (profiled) | {' | '.join(f'{totals[n] / 1e3:.2f} | 100.0' for n in names)} |")
     print()
-    print("| model | positions/step | Lightning s/step | plain loop s/step | Lightning's share | positions/s (Lightning) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| model | positions/step | Lightning s/step | plain loop s/step | Lightning's share | positions/s (Lightning) "
+          "| page faults/step |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name in names:
-        fit_s, plain_s = timings[name]
+        fit_s, plain_s, faults = timings[name]
         positions = results[name][1]
         print(f"| {name} | {positions} | {fit_s:.4f} | {plain_s:.4f} | {100 * (fit_s - plain_s) / fit_s:.1f}% |"
-              f" {positions / fit_s:,.0f} |")
+              f" {positions / fit_s:,.0f} | {faults:,.0f} |")
     if args.unattributed:
         for name in names:
             print(f"\n{name}: other ops (us/step)")
