@@ -1,6 +1,6 @@
 """Training throughput of the VLD transformer, measured against references in the same run.
 
-    .venv/bin/python bench/bench_model.py            # about 4 minutes on 2 CPU cores
+    .venv/bin/python bench/bench_model.py            # every section (--sections picks some)
     .venv/bin/python bench/bench_model.py --quick    # fewer steps, rougher figures
 
 The first line names this machine's CPU and the library `hardware.cpu_gemm: auto` picks for it
@@ -14,7 +14,14 @@ The first line names this machine's CPU and the library `hardware.cpu_gemm: auto
    model runs with each cpu_gemm library;
 2. cycle xk (k = 1..3) vs base: block-stack time against (k+1) x the base block-stack time,
    and against the unrolled (untied) model of the same effective depth (schedule overhead);
-3. greedy generation of 512 tokens with the KV cache vs recomputing the sequence each step.
+3. greedy generation of 512 tokens with the KV cache vs recomputing the sequence each step;
+4. (khop) positions/s of the default profile's k-hop stages, base (h2) and native4 (h4): their
+   seeds stacked, through the real Lightning fit (vld.train.stacked.train_seeds), in a process
+   each; with `--before REV` also the same with the `src/` of git revision REV (git archive),
+   alternated with this tree's, and the ratio after / before:
+
+    .venv/bin/python bench/bench_model.py --sections khop --before 75db141
+
 All fp32. Processes (section 1) and steps (sections 2-3) of the models being compared
 alternate, so machine load hits them alike.
 """
@@ -23,11 +30,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 
 # section 1's processes: the model each trains (vld: with that cpu_gemm)
 WORKERS = {"vld-onednn": "onednn", "vld-blas": "blas", "hf": None}
+SECTIONS = ("gemm", "hf", "cycle", "generate", "khop")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv=None):
@@ -41,15 +55,22 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=12, help="timed steps per model (fastest reported)")
     parser.add_argument("--gen-tokens", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="3 timed steps, 128 generated tokens")
+    parser.add_argument("--quick", action="store_true", help="3 timed steps, 128 generated tokens, 30 k-hop steps")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu: process CPU time (all threads), less disturbed by other load; "
                              "use with --threads 1 on a busy machine")
-    parser.add_argument("--sections", default="gemm,hf,cycle,generate",
-                        help="comma-separated subset of: gemm, hf, cycle, generate")
+    parser.add_argument("--sections", default="gemm,hf,cycle,generate,khop",
+                        help="comma-separated subset of: " + ", ".join(SECTIONS))
     parser.add_argument("--rounds", type=int, default=2,
                         help="section 1: processes per model and allocator mode, alternated")
+    parser.add_argument("--khop-models", default="h2,h4", help="section 4: k-hop models of params.yaml")
+    parser.add_argument("--khop-steps", type=int, default=100, help="section 4: optimizer steps per run")
+    parser.add_argument("--khop-warmup", type=int, default=10, help="section 4: steps before the timed ones")
+    parser.add_argument("--seeds", type=int, default=3, help="section 4: seeds stacked (params.yaml: 3)")
+    parser.add_argument("--before", metavar="REV", help="section 4: also run git revision REV's src/, for the ratio")
+    parser.add_argument("--small", action="store_true", help="section 4: tiny k-hop models (a smoke test)")
     parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
+    parser.add_argument("--khop-worker", help=argparse.SUPPRESS)
     parser.add_argument("--keep-freed-memory", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -57,13 +78,17 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     sections = {name.strip() for name in args.sections.split(",") if name.strip()}
-    unknown = sections - {"gemm", "hf", "cycle", "generate"}
+    unknown = sections - set(SECTIONS)
     if unknown:
         from vld.errors import fail
 
-        fail("--sections", f"unknown section {sorted(unknown)[0]!r} (known: gemm, hf, cycle, generate)")
+        fail("--sections", f"unknown section {sorted(unknown)[0]!r} (known: {', '.join(SECTIONS)})")
+    if args.khop_worker:
+        khop_worker(args)
+        return
     if args.quick:
         args.steps, args.gen_tokens, args.rounds = 3, 128, 1
+        args.khop_steps, args.khop_warmup = 30, 5
     if args.keep_freed_memory:
         keep_freed_memory()  # before torch allocates anything
     import torch
@@ -83,7 +108,8 @@ def main(argv=None) -> None:
                            max_seq_len=max(args.seq, 64 + args.gen_tokens), schedule=schedule)
 
     def trainer(model, logits_of, with_optimizer=True):
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if with_optimizer else None
+        # foreach: as vld.train.module's AdamW
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True) if with_optimizer else None
 
         def step():
             logits = logits_of(model, inputs)
@@ -134,6 +160,7 @@ def main(argv=None) -> None:
         vld_step = step_s[f"vld-{chosen}"]
         print(f"{'step s, its weight GEMMs alone (replayed)':44s} {floor:>12.3f} {floor / vld_step:>8.2f}  of the VLD step"
               f" ({chosen}; = its share of the ceiling)")
+        print(f"{'  % of the GEMM ceiling reached':44s} {100 * floor / vld_step:>11.0f}% {'':>8s}  goal: 80%")
         print(f"{'  ceiling if all else were free':44s} {'':>12s} {step_s['hf'] / floor:>8.2f}  vs HF (no page faults)")
 
     if sections & {"cycle", "generate"}:
@@ -142,6 +169,8 @@ def main(argv=None) -> None:
         cycle_section(args, base, trainer, race, vld_logits, config)
     if "generate" in sections:
         generate_section(args, base)
+    if "khop" in sections:
+        khop_section(args)
 
 
 def cpu_name() -> str:
@@ -341,6 +370,73 @@ def generate_section(args, base):
     cached, uncached = n_new / gen[True][0], n_new / gen[False][0]
     print(f"{'generate tokens/s, recompute each step':44s} {uncached:>12,.0f} {'1.00':>8s}  reference ({len(prompts)} prompts x {args.gen_tokens} tokens)")
     print(f"{'generate tokens/s, KV cache':44s} {cached:>12,.0f} {cached / uncached:>8.2f}  vs recompute (same tokens)")
+
+
+def khop_section(args) -> None:
+    """Section 4: each (model, source tree) trains in a process of its own, alternating over
+    --rounds; the best rate of each is printed, with after / before when --before is given."""
+    trees = {"this tree": ROOT / "src"}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.before:
+            before = Path(tmp) / "before"
+            before.mkdir()
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before, "src"], check=True,
+                                     capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
+            trees = {f"before {args.before}": before / "src", **trees}
+        print(f"# k-hop stages through the Lightning fit: {args.seeds} seeds stacked, {args.threads} threads, "
+              f"steps {args.khop_warmup + 1}..{args.khop_steps} timed; best of {args.rounds} processes each")
+        for model in args.khop_models.split(","):
+            rates = {name: [] for name in trees}
+            for round_ in range(args.rounds):
+                names = list(trees)[round_ % len(trees):] + list(trees)[: round_ % len(trees)]
+                for name in names:
+                    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(trees[name]), str(ROOT / "bench")]),
+                           "VLD_THREADS": str(args.threads)}
+                    cmd = [sys.executable, __file__, "--khop-worker", model, "--threads", str(args.threads),
+                           "--khop-steps", str(args.khop_steps), "--khop-warmup", str(args.khop_warmup),
+                           "--seeds", str(args.seeds), *(["--small"] if args.small else [])]
+                    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=tmp).stdout
+                    rates[name].append(json.loads(out.strip().splitlines()[-1])["positions_per_s"])
+            best = {name: max(values) for name, values in rates.items()}
+            stage = {"h2": "base", "h4": "native4"}.get(model, model)
+            for name, rate in best.items():
+                ratio = f"{rate / best[next(iter(best))]:>8.2f}" if len(best) > 1 else f"{'':>8s}"
+                print(f"{f'positions/s, k-hop {stage} ({model}), {name}':44s} {rate:>12,.0f} {ratio}"
+                      + ("  vs before (goal: 1.3)" if len(best) > 1 and name == "this tree" else ""))
+
+
+def khop_worker(args) -> None:
+    """One k-hop stage's seeds through train_seeds (vld from PYTHONPATH); prints positions/s
+    between the end of step --khop-warmup and the end of the last step."""
+    import dataclasses
+
+    import torch
+    from lightning.pytorch.callbacks import Callback
+
+    from bench_seeds import seed_parts, setting
+    from vld.train.stacked import train_seeds
+
+    torch.set_num_threads(args.threads)
+    model_cfg, spec, cfg = setting(ROOT / "params.yaml", args.khop_worker, args.khop_steps, "cpu")
+    cfg = dataclasses.replace(cfg, threads=args.threads, log_every=50)  # the k-hop stage's log_every
+    if args.small:
+        model_cfg = dataclasses.replace(model_cfg, d_model=32, n_head=2)
+    parts = [seed_parts(model_cfg, spec, cfg, seed) for seed in range(args.seeds)]
+
+    class StepEnds(Callback):
+        def __init__(self):
+            self.ends = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.ends.append(time.perf_counter())
+
+    ends = StepEnds()
+    with tempfile.TemporaryDirectory() as tmp:
+        train_seeds(*map(list, zip(*parts)), Path(tmp) / "run", callbacks=[ends])
+    timed = ends.ends[max(1, args.khop_warmup) - 1:]  # from the end of the last warm-up step
+    positions = (len(timed) - 1) * args.seeds * cfg.tokens_per_step
+    print(json.dumps({"positions_per_s": positions / (timed[-1] - timed[0])}))
 
 
 if __name__ == "__main__":

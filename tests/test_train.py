@@ -109,6 +109,32 @@ def test_no_weight_decay_on_embeddings_norms_biases_and_tied_head_counted_once()
     assert any(p.ndim == 2 for p in groups[0]["params"])
 
 
+def test_the_optimizer_updates_weights_exactly_as_a_loop_over_the_parameters():
+    """LMModule's AdamW runs foreach for speed; its weights must be bit-equal to AdamW's plain
+    per-parameter loop (foreach=False) with the same groups, lr schedule and gradients."""
+    weights = []
+    for foreach in (None, False):  # None: LMModule's own optimizer
+        torch.manual_seed(0)
+        model = tiny_model(seed=1)
+        module = LMModule(model, OptimConfig(lr=5e-3, weight_decay=0.1, warmup_fraction=0.3), max_steps=6)
+        if foreach is None:
+            optimizer = module.configure_optimizers()["optimizer"]
+        else:
+            optimizer = torch.optim.AdamW(module.optimizer_groups(), lr=5e-3, betas=(0.9, 0.95), eps=1e-8,
+                                          foreach=False)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, 6, 2, 0.1))
+        tokens = torch.randint(0, 64, (4, 17), generator=torch.Generator().manual_seed(2))
+        for _ in range(6):
+            next_token_loss(model(tokens[:, :-1]), tokens[:, 1:]).backward()
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+        weights.append([p.detach().clone() for p in model.parameters()])
+    ours, loop = weights
+    assert all(torch.equal(a, b) for a, b in zip(ours, loop))
+    assert not all(torch.equal(a, b) for a, b in zip(ours, [p.detach() for p in tiny_model(seed=1).parameters()]))
+
+
 def test_optimizer_lr_follows_the_schedule_during_training(tiny_data, tmp_path):
     from lightning.pytorch.loggers import Logger
 

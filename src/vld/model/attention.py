@@ -11,6 +11,7 @@ kept probabilities would cost O(T^2) memory) it is SDPA.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -18,6 +19,13 @@ import torch.nn.functional as F
 
 QUERY_BLOCK = 64  # rows per block: big enough for efficient GEMMs, small enough to skip most masked keys
 MAX_BLOCKED_LEN = 1024  # beyond this the kept probabilities (about B*H*T^2/2 floats) cost too much
+
+
+@functools.lru_cache(maxsize=16)
+def _hidden_keys(block: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The diagonal block's mask, added to its scores: -inf above the diagonal, 0 elsewhere.
+    Built once per (block, dtype, device) instead of at every call; only ever read."""
+    return torch.full((block, block), float("-inf"), dtype=dtype, device=device).triu_(1)
 
 
 class BlockCausalAttention(torch.autograd.Function):
@@ -37,7 +45,7 @@ class BlockCausalAttention(torch.autograd.Function):
         qkv = qkv.reshape(3, batch * heads, seq, head_dim)  # a copy unless already in this layout
         q, k, v = qkv
         out = q.new_empty(batch, seq, heads, head_dim)
-        hidden = torch.full((block, block), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)
+        hidden = _hidden_keys(block, q.dtype, q.device)
         probs = []
         for start in range(0, seq, block):
             end = min(start + block, seq)

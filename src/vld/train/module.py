@@ -132,6 +132,9 @@ class LMModule(L.LightningModule):
             lr=self.optim.lr,
             betas=tuple(self.optim.betas),
             eps=self.optim.eps,
+            # one foreach call per update step for all parameters instead of a Python loop
+            # over them: the same operations in the same order on CPU (bit-identical results)
+            foreach=True,
         )
         max_steps = self.max_steps if self.max_steps is not None else self.trainer.max_steps
         if max_steps is None or max_steps < 1:

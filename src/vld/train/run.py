@@ -274,6 +274,11 @@ def fit(
     apply_threads(cfg)  # a setting: the thread count changes the arithmetic
     if cfg.accelerator == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
+        # Deterministic mode also fills every new tensor with NaN before a kernel writes it (a
+        # guard against kernels that read memory they never wrote): a large share of a small
+        # model's CPU step (docs/model.md, "Where a training step's time goes"). Every kernel
+        # the training step runs writes its whole output, so the results are the same without.
+        torch.utils.deterministic.fill_uninitialized_memory = False
     callbacks = [SameResumeOnEveryRank(ckpt_dir / LAST, resume_step), ThreadCount(cfg), *callbacks]
     trainer = build_trainer(cfg, out_dir, logger=logger, callbacks=callbacks, distributed_sampler=distributed_sampler)
     _note_busy_cpu(trainer, cfg)
