@@ -548,3 +548,31 @@ def test_a_stage_refuses_an_absurd_size_before_its_mlflow_run(tmp_path):
     raw = _tiny_edit(lambda r: r["khop"]["train"].update(max_steps=10**12))
     message = _refused(tmp_path, raw, "vld.pipeline.pretrain", "--family", "khop", "--variant", "base")
     assert message.startswith("khop.train.max_steps: pretrain_khop@base would train for at least")
+
+
+@pytest.mark.parametrize("block", ["gpt2", "llama"])
+def test_the_memory_bounds_are_lower_bounds(block):
+    import numpy as np
+
+    from vld.data.khop import KHopSpec, make_sequences
+    from vld.model import VLDTransformer
+    from vld.model.config import ModelConfig
+    from vld.pipeline.resources import khop_batch_bytes, parameters_at_least
+
+    for shape in ({"n_layer": 2, "d_model": 32, "n_head": 2}, {"n_layer": 3, "d_model": 96, "n_head": 4}):
+        config = ModelConfig(vocab_size=50, max_seq_len=64, block=block, schedule=list(range(shape["n_layer"])) * 2,
+                             **shape)
+        model = VLDTransformer(config)
+        assert parameters_at_least(config) <= model.parameter_count() == sum(p.numel() for p in model.parameters())
+    spec = KHopSpec(alphabet=4, length=12, max_hops=3)
+    inputs, labels = make_sequences(spec, np.random.default_rng(0), np.full(10, 2))
+    assert khop_batch_bytes(10, spec.length) == inputs.nbytes + labels.nbytes
+
+
+def test_a_size_set_on_the_variant_is_named_there():
+    if _memory() >= 10**9 * (16 * 13 + 8):
+        pytest.skip("this machine holds a k-hop batch of 10**9 sequences")
+    raw = P.load_yaml(ROOT / "conf/profiles/tiny.yaml")
+    raw["khop"]["variants"]["base"]["train"] = {"global_batch_size": 10**9}
+    message = error_of(raw)
+    assert message.startswith("khop.variants.base.train.global_batch_size: pretrain_khop@base needs at least")

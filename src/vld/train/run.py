@@ -154,11 +154,11 @@ class TimeEstimate(Callback):
         if self._seen != 1 + self.measured:
             return
         per_batch = (time.perf_counter() - self._start) / self.measured
-        total = int(trainer.num_training_batches)
-        if processed < total and trainer.is_global_zero:
+        total = trainer.num_training_batches  # inf for a loader without a length: nothing to estimate
+        if processed < total < float("inf") and trainer.is_global_zero:
             from tqdm import tqdm
 
-            steps = (total - self._before) // max(1, trainer.accumulate_grad_batches)
+            steps = int(total - self._before) // max(1, trainer.accumulate_grad_batches)
             tqdm.write(self.line(per_batch * (total - self._before), steps, trainer.max_steps))
             sys.stdout.flush()
 
