@@ -84,9 +84,31 @@ def test_dataset_layout_and_same_bytes_for_1_and_2_workers(tmp_path):
     lengths = np.diff(ts.index)
     assert meta["token_length"]["max"] == lengths.max() and meta["n"] == n and meta["split"] == "train"
     assert sum(meta["op_histogram"].values()) == n and meta["config"]["max_op"] == 15
+    # the longest evaluation prompt (problem <sep>), as evaluation builds it from problems.jsonl
+    assert meta["prompt_length"]["max"] == max(len(tok.prompt_ids(r["problem"])) for r in rows)
     # a different seed differs
     c = generate_dataset(PRESETS["med"], "train", 50, 4, tmp_path / "s4", workers=1, progress=False)
     assert (c / "problems.jsonl").read_bytes()[:2000] != (a / "problems.jsonl").read_bytes()[:2000]
+
+
+def test_the_longest_prompt_is_read_only_from_the_set_params_describe(tmp_path):
+    from vld.data.igsm.sets import IgsmData
+
+    igsm = IgsmData.from_dict({"generator": {"max_op": 4}, "train": {"n": 20},
+                               "tests": {"op3": {"op": 3, "n": 30, "seed": 5}}})
+    out = tmp_path / "op3"
+    assert igsm.longest_prompt("op3", out) is None  # not generated yet
+    generate_dataset(igsm.generator, "test", 30, 5, out, op=3, workers=1, progress=False)
+    tok = IgsmTokenizer.load(out)
+    rows = [json.loads(line) for line in (out / "problems.jsonl").read_text().splitlines()]
+    assert igsm.longest_prompt("op3", out) == max(len(tok.prompt_ids(r["problem"])) for r in rows)
+    # the same directory no longer holds the set once params.yaml describes another one
+    for other in ({"op3": {"op": 3, "n": 31, "seed": 5}}, {"op3": {"op": 3, "n": 30, "seed": 6}},
+                  {"op3": {"op": 2, "n": 30, "seed": 5}}):
+        assert IgsmData.from_dict({"generator": {"max_op": 4}, "train": {"n": 20}, "tests": other}).longest_prompt(
+            "op3", out) is None
+    assert IgsmData.from_dict({"generator": {"max_op": 5}, "train": {"n": 20},
+                               "tests": {"op3": {"op": 3, "n": 30, "seed": 5}}}).longest_prompt("op3", out) is None
 
 
 def test_fixed_op_test_sets_and_small_settings(tmp_path):

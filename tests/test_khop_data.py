@@ -130,6 +130,32 @@ def test_constant_predictor_error():
     assert khop.constant_predictor_error(labels) == pytest.approx(1 - 5 / 8)
 
 
+@pytest.mark.parametrize("alphabet,length", [(2, 5), (2, 7), (3, 6), (4, 5)])
+def test_the_longest_hop_chain_is_length_minus_two(alphabet, length):
+    """Over every sequence (no letter equal to the one before it), the largest hop count with a
+    defined label, by the definition (reference_label), is the spec's longest_hop_chain."""
+    import itertools
+
+    spec = KHopSpec(alphabet=alphabet, length=length)
+    none_id = alphabet
+    longest = 0
+    for x in itertools.product(range(alphabet), repeat=length):
+        if any(a == b for a, b in zip(x, x[1:])):
+            continue
+        for k in range(longest + 1, length + 1):
+            if all(reference_label(list(x), i, k, none_id) == none_id for i in range(length)):
+                break
+            longest = k
+    assert longest == spec.longest_hop_chain == length - 2
+
+
+def test_a_hop_count_the_sequences_cannot_hold_is_refused():
+    KHopSpec.from_dict({"length": 40, "max_hops": 38}, "data.khop.kh40")  # the longest chain: valid
+    with pytest.raises(UserError) as info:
+        KHopSpec.from_dict({"length": 40, "min_hops": 0, "max_hops": 200}, "data.khop.kh40")
+    assert str(info.value).startswith("data.khop.kh40.max_hops: 200 hops cannot fit in sequences of length 40")
+
+
 @pytest.mark.parametrize("values,where", [
     ({"alphabet": 1}, "khop.alphabet"), ({"length": True}, "khop.length"),
     ({"min_hops": 3, "max_hops": 2}, "khop.max_hops"), ({"hops": 3}, "khop.hops"),

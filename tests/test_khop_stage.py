@@ -57,6 +57,24 @@ def test_killed_khop_stage_resumes_to_the_uninterrupted_result(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_training_stage_prints_its_estimated_time_early(tmp_path):
+    import re
+
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "conf/profiles/tiny.yaml").read_text())
+    raw["khop"]["train"]["max_steps"] = 8
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    proc = _stage(tmp_path, "--family", "khop", "--variant", "cycle_x1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in re.split(r"[\r\n]", proc.stdout) if line.startswith("vld: ")]
+    # 8 steps of 2 micro-batches, two seeds trained together; the estimate before the closing line
+    assert re.fullmatch(r"vld: pretrain_khop@cycle_x1: estimated \d+ s for 8 steps x 2 seeds \(from micro-batches"
+                        r" 2-4\)", lines[0]), lines
+    assert lines[1].startswith("vld: pretrain_khop@cycle_x1: 2 seeds -> results/pretrain/khop/cycle_x1"), lines
+
+
+@pytest.mark.slow
 def test_params_edited_while_a_stage_trains_stop_it_before_it_writes(tmp_path):
     """The stage checks params.yaml again before writing: DVC would otherwise record settings
     the stage did not run with (and the next stages would train on them)."""

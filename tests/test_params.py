@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -450,3 +451,128 @@ def test_a_retrofit_inherits_its_sources_seeds_and_refuses_others():
     with pytest.raises(UserError, match=r"^retrofit.variants.cycle_x1.seeds: seed 1 is not a seed of "
                                         r"reasoning.variants.base \(its seeds: \[0, 3\]\)"):
         P.validate(raw)
+
+
+# ------------------------------------------------------- sizes and contexts the machine cannot run
+
+def _refused(tmp_path, raw, *stage) -> str:
+    """The one error line of `python -m vld.pipeline.params` (or of a stage) on `raw`; nothing
+    but params.yaml and what was there before is left in tmp_path."""
+    before = sorted(p.name for p in tmp_path.iterdir())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    proc = _cli(["-m", *(stage or ["vld.pipeline.params"])], tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({*before, "params.yaml"})  # nothing written
+    return proc.stderr.strip().removeprefix("vld: error: ")
+
+
+def _tiny_with_igsm_tests(tmp_path) -> tuple[dict, int]:
+    """The tiny profile and its iGSM test set generated where the stage writes it; the longest
+    prompt (problem <sep>) as evaluation builds it from problems.jsonl."""
+    import json
+
+    from vld.data.igsm import generate_dataset
+    from vld.data.igsm.tokenizer import IgsmTokenizer
+
+    raw = P.load_yaml(ROOT / "conf/profiles/tiny.yaml")
+    igsm = P.validate(copy.deepcopy(raw)).data["igsm"]
+    test = igsm.tests["op2"]
+    out = tmp_path / "data" / "igsm" / "tests" / "op2"
+    generate_dataset(igsm.generator, "test", test.n, test.seed, out, op=test.op, workers=1, progress=False)
+    tokenizer = IgsmTokenizer.load(out)
+    problems = [json.loads(line)["problem"] for line in (out / "problems.jsonl").read_text().splitlines()]
+    return raw, max(len(tokenizer.prompt_ids(problem)) for problem in problems)
+
+
+def test_a_context_shorter_than_the_longest_igsm_prompt_is_refused_before_training(tmp_path):
+    raw, longest = _tiny_with_igsm_tests(tmp_path)
+    del raw["reasoning"]["variants"]["answer_only"]  # trains on rows of 384 tokens
+    raw["models"]["t2"]["max_seq_len"] = longest
+    expected = (f"models.t2.max_seq_len: {longest} leaves no room to answer the longest prompt of data.igsm.tests.op2"
+                f" ({longest} tokens), which reasoning.variants.base is evaluated on; give at least {longest + 1}")
+    assert _refused(tmp_path, raw) == expected
+    # the training stage stops on it before any compute (no MLflow run, no checkpoint, no output)
+    assert _refused(tmp_path, raw, "vld.pipeline.pretrain", "--family", "reasoning", "--variant", "base") == expected
+    raw["models"]["t2"]["max_seq_len"] = longest + 1  # one token to answer in: valid
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    ok = _cli(["-m", "vld.pipeline.params"], tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    # before the test set exists, or when it is another set than params.yaml describes (stale:
+    # DVC regenerates it first), validation cannot know and passes; the stage checks it later
+    raw["models"]["t2"]["max_seq_len"] = longest
+    raw["data"]["igsm"]["tests"]["op2"]["n"] += 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert _cli(["-m", "vld.pipeline.params"], tmp_path).returncode == 0
+    shutil.rmtree(tmp_path / "data")
+    assert _cli(["-m", "vld.pipeline.params"], tmp_path).returncode == 0
+
+
+def _memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _tiny_edit(edit):
+    raw = P.load_yaml(ROOT / "conf/profiles/tiny.yaml")
+    edit(raw)
+    return raw
+
+
+@pytest.mark.parametrize("edit, start, needed", [
+    # 10**12 steps of two micro-batches (8 sequences / 4) at 10 us each at least: 231 days
+    (lambda r: r["khop"]["train"].update(max_steps=10**12),
+     f"khop.train.max_steps: pretrain_khop@base would train for at least {10**12 * 2 * 1e-5 / 86400:,.0f} days", 0),
+    (lambda r: r["data"]["khop"]["kh12"].update(length=40, min_hops=0, max_hops=200),
+     "data.khop.kh12.max_hops: 200 hops cannot fit in sequences of length 40", 0),
+    # one hop count's test sequences, inputs and labels as int64: 2 x 8 x 10**12 x 13 bytes
+    (lambda r: r["data"]["khop"]["kh12"].update(test_sequences=10**12),
+     "data.khop.kh12.test_sequences: data_khop@kh12 needs at least 189 TiB of memory", 2 * 8 * 10**12 * 13),
+    # 2 layers of 12 d^2 weights, 16 bytes each with gradients and AdamW's moments: 384 TiB
+    (lambda r: r["models"]["k16"].update(d_model=2**20),
+     "models.k16.d_model: pretrain_knowledge@w16 needs at least", 16 * 2 * 12 * 2**40),
+    # a step's 10**9 sequences of 13 tokens generated at once (inputs, labels: int64) + their order
+    (lambda r: r["khop"]["train"].update(global_batch_size=10**9),
+     "khop.train.global_batch_size: pretrain_khop@base needs at least 201 GiB of memory", 10**9 * (16 * 13 + 8)),
+], ids=["max_steps", "hops", "test_sequences", "d_model", "global_batch_size"])
+def test_absurd_sizes_are_one_line_before_any_compute(tmp_path, edit, start, needed):
+    if needed and needed <= _memory():
+        pytest.skip(f"this machine has {_memory()} bytes: the size fits")
+    message = _refused(tmp_path, _tiny_edit(edit))
+    assert message.startswith(start), message
+    if needed:
+        assert re.search(r"more than this machine's [\d.,]+ [KMGTPE]iB$", message), message
+
+
+@pytest.mark.slow
+def test_a_stage_refuses_an_absurd_size_before_its_mlflow_run(tmp_path):
+    raw = _tiny_edit(lambda r: r["khop"]["train"].update(max_steps=10**12))
+    message = _refused(tmp_path, raw, "vld.pipeline.pretrain", "--family", "khop", "--variant", "base")
+    assert message.startswith("khop.train.max_steps: pretrain_khop@base would train for at least")
+
+
+@pytest.mark.parametrize("block", ["gpt2", "llama"])
+def test_the_memory_bounds_are_lower_bounds(block):
+    import numpy as np
+
+    from vld.data.khop import KHopSpec, make_sequences
+    from vld.model import VLDTransformer
+    from vld.model.config import ModelConfig
+    from vld.pipeline.resources import khop_batch_bytes, parameters_at_least
+
+    for shape in ({"n_layer": 2, "d_model": 32, "n_head": 2}, {"n_layer": 3, "d_model": 96, "n_head": 4}):
+        config = ModelConfig(vocab_size=50, max_seq_len=64, block=block, schedule=list(range(shape["n_layer"])) * 2,
+                             **shape)
+        model = VLDTransformer(config)
+        assert parameters_at_least(config) <= model.parameter_count() == sum(p.numel() for p in model.parameters())
+    spec = KHopSpec(alphabet=4, length=12, max_hops=3)
+    inputs, labels = make_sequences(spec, np.random.default_rng(0), np.full(10, 2))
+    assert khop_batch_bytes(10, spec.length) == inputs.nbytes + labels.nbytes
+
+
+def test_a_size_set_on_the_variant_is_named_there():
+    if _memory() >= 10**9 * (16 * 13 + 8):
+        pytest.skip("this machine holds a k-hop batch of 10**9 sequences")
+    raw = P.load_yaml(ROOT / "conf/profiles/tiny.yaml")
+    raw["khop"]["variants"]["base"]["train"] = {"global_batch_size": 10**9}
+    message = error_of(raw)
+    assert message.startswith("khop.variants.base.train.global_batch_size: pretrain_khop@base needs at least")

@@ -19,6 +19,7 @@ from vld.report.build import build_report
 
 ROOT = Path(__file__).resolve().parents[1]
 PLOTS = ("khop_error", "knowledge_bits", "loss_curves")
+TICKS = "max(1, min(ceil(width / 40), span(domain('x'))))"  # vega-lite's default count, at most the span
 
 
 def rows(path: Path) -> list[list[str]]:
@@ -105,6 +106,15 @@ def test_dvc_plots_show_and_diff_offline(tmp_path):
     for name in PLOTS:
         assert f'<div id = "{name}">' in page and f"vegaEmbed('#{name}', spec)" in page
     assert '"hops": "2", "error": "0.125"' in page  # the data is in the spec, by field
+    # hop counts, widths and steps are integers: their axes tick at whole numbers only. d3 picks a
+    # step of 1, 2 or 5 x 10^k at least (domain span) / (tick count), so at most span ticks give
+    # whole steps (vega's tickMinStep allows span + 1: 0, 0.5, 1, 1.5, 2 for hop counts 0..2)
+    specs = {name: json.loads(spec) for spec, name in re.findall(r"var spec = (\{.*\});\s*vegaEmbed\('#(\w+)', spec\)",
+                                                                  page)}
+    assert set(specs) == set(PLOTS)
+    for name, x in (("khop_error", "hops"), ("knowledge_bits", "d_model"), ("loss_curves", "step")):
+        axes = [layer["encoding"]["x"] for layer in specs[name]["layer"]]
+        assert axes and all(axis["field"] == x and axis["axis"] == {"tickCount": {"expr": TICKS}} for axis in axes)
 
     with open(repo / "results/report/loss_curves.csv", "a") as handle:
         handle.write("khop/cycle,0,4,0.75\n")

@@ -18,7 +18,7 @@ from vld.errors import UserError
 from vld.train.config import OptimConfig, TrainConfig
 from vld.train.datamodules import BiographyDataModule, StepSampler, TokenWindowDataModule, epoch_permutation
 from vld.train.module import LMModule, lr_factor, next_token_loss, parameter_groups
-from vld.train.run import run_training
+from vld.train.run import TimeEstimate, run_training
 
 from golden_loss import tiny_model, tiny_train_config
 
@@ -27,11 +27,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
-def train_tiny(data: Path, out: Path, model=None, logger=None, **overrides):
+def train_tiny(data: Path, out: Path, model=None, logger=None, callbacks=(), **overrides):
     cfg = tiny_train_config(**overrides)
     model = model if model is not None else tiny_model(seed=0)
     dm = TokenWindowDataModule(data, cfg.seq_len, cfg.micro_batch_size, seed=cfg.seed, num_workers=cfg.num_workers)
-    return model, run_training(model, dm, cfg, out, logger=logger)
+    return model, run_training(model, dm, cfg, out, logger=logger, callbacks=callbacks)
 
 
 # ---------------------------------------------------------------- config
@@ -226,6 +226,27 @@ def test_same_seed_same_curve_and_metrics(tiny_data, tmp_path):
     assert json.loads((tmp_path / "a" / "metrics.json").read_text()) == a
     assert (tmp_path / "a" / "checkpoints" / "last.ckpt").is_file()
     assert not [p for p in (tmp_path / "a" / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_time_estimate_is_one_early_line_and_changes_no_arithmetic(tiny_data, tmp_path, capsys):
+    model_plain, plain = train_tiny(tiny_data, tmp_path / "plain")
+    assert "vld: golden" not in capsys.readouterr().out
+    model_timed, timed = train_tiny(tiny_data, tmp_path / "timed", callbacks=[TimeEstimate("golden", measured=3)])
+    lines = re.findall(r"vld: golden:[^\r\n]*", capsys.readouterr().out)
+    # 10 steps of 2 micro-batches: timed over micro-batches 2, 3 and 4, printed after the 4th
+    assert len(lines) == 1 and re.fullmatch(r"vld: golden: estimated \d+ s for 10 steps \(from micro-batches 2-4\)",
+                                            lines[0]), lines
+    assert timed["loss_curve"] == plain["loss_curve"]
+    assert all(torch.equal(a, b) for a, b in zip(model_plain.state_dict().values(), model_timed.state_dict().values()))
+    # resumed at step 4 (of a killed run): the steps left; a run shorter than the timing: no line
+    train_tiny(tiny_data, tmp_path / "resumed", max_steps=4)
+    (tmp_path / "resumed" / "checkpoints" / "train_config.json").unlink()  # allow the longer run to resume it
+    train_tiny(tiny_data, tmp_path / "resumed", callbacks=[TimeEstimate("again", measured=3)])
+    lines = re.findall(r"vld: again:[^\r\n]*", capsys.readouterr().out)
+    assert len(lines) == 1 and re.fullmatch(r"vld: again: estimated \d+ s for the 6 steps left of 10 \(from"
+                                            r" micro-batches 2-4\)", lines[0]), lines
+    train_tiny(tiny_data, tmp_path / "short", max_steps=2, callbacks=[TimeEstimate("short", measured=3)])
+    assert "vld: short" not in capsys.readouterr().out
 
 
 def test_a_finished_run_run_again_returns_its_metrics_without_training(tiny_data, tmp_path):

@@ -65,8 +65,20 @@ class KHopSpec:
                 fail(f"{where}.{key}", f"must be >= {low}, got {value}")
         if self.max_hops < self.min_hops:
             fail(f"{where}.max_hops", f"{self.max_hops} is below min_hops {self.min_hops}")
+        if self.max_hops > self.longest_hop_chain:
+            # each find() moves at least one position back and never reaches 0 (hop_labels)
+            fail(f"{where}.max_hops", f"{self.max_hops} hops cannot fit in sequences of length {self.length}: a chain"
+                 f" of hops is at most length - 2 = {self.longest_hop_chain} long, so every label of a larger hop"
+                 " count is NONE by definition")
         if self.vocab_size > 2**15:
             fail(f"{where}.alphabet", f"alphabet + hop tokens must stay below 32768, got {self.vocab_size}")
+
+    @property
+    def longest_hop_chain(self) -> int:
+        """The largest hop count with a defined label in some sequence: find(i) <= i - 1 (no
+        letter equals the one before it) and find(i) >= 1, so k hops from position n - 1 need
+        n - 1 - k >= 1."""
+        return self.length - 2
 
     @property
     def none_id(self) -> int:

@@ -30,6 +30,7 @@ class Family:
     name: str
     task: str  # what vld.eval.variant measures: igsm | knowledge | khop
     trained_by = "pretrain"  # the stage that trains it
+    seeds_together = True  # its training stage trains the seeds as one stacked model (vld.train.stacked)
     variant_keys: tuple[str, ...] = ("model",)  # besides COMMON_VARIANT_KEYS
     # the paper's claims its results are checked against (vld.report.claims): "capacity" (claim 1),
     # "reasoning" (claims 2-5, per family), "retrofit" (claim 6)
@@ -136,6 +137,18 @@ class IgsmEvaluated(Family):
                 fail(f"{where}.tests", f"names a missing dataset {test!r} (data.igsm.tests has: {', '.join(available)})")
         return {"tests": tests, **super().check_eval(settings, where, pipeline)}
 
+    def check_train(self, variant, pipeline):
+        # evaluation generates after each test prompt: the context must hold the longest one and a
+        # token more; known once the test sets exist (every stage validates, so the first stage
+        # that runs after they are written stops, before any compute)
+        igsm, context = pipeline.data["igsm"], variant.model.max_seq_len
+        for test in variant.eval["tests"]:
+            longest = igsm.longest_prompt(test, paths.IGSM_TESTS / test)
+            if longest is not None and context <= longest:
+                fail(f"models.{variant.model_name}.max_seq_len", f"{context} leaves no room to answer the longest"
+                     f" prompt of data.igsm.tests.{test} ({longest} tokens), which {variant.key} is evaluated on;"
+                     f" give at least {longest + 1}")
+
     def eval_data(self, variant):
         return {"igsm_test": {name: str(paths.IGSM_TESTS / name) for name in variant.eval["tests"]},
                 "igsm_train": str(paths.IGSM_TRAIN)}
@@ -219,6 +232,7 @@ class Knowledge(OwnDataset):
 class Retrofit(IgsmEvaluated):
     name, claim_set = "retrofit", "retrofit"
     trained_by = "retrofit"
+    seeds_together = False  # one fine-tuning after another
     variant_keys = ("source", "method", "lora_rank")
 
     def check_variant(self, spec, where, pipeline):

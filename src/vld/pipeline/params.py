@@ -303,6 +303,9 @@ def validate(raw: dict, path: str | Path = PARAMS_FILE) -> Pipeline:
         pipeline.variants[family.name] = {name: _variant(family, name, spec, block, settings, pipeline, listed)
                                           for name, spec in variants.items()}
     check_keys(_mapping(raw.get("report"), "report", required=False), ("paper_numbers",), "report")
+    from vld.pipeline.resources import check_resources
+
+    check_resources(pipeline, raw)  # last: sizes of settings each valid on its own
     return pipeline
 
 

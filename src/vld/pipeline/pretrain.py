@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from vld.atomic import atomic_dir, write_json
         from vld.model import VLDTransformer, save_model
+        from vld.train.run import TimeEstimate
         from vld.train.stacked import train_seeds
 
         models = []
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             models.append(VLDTransformer(model_cfg, backend=seeded.train.backend))
         # one seed: Lightning logs its curve live; several: each seed's curve is logged below
         logger = runs[0].lightning_logger() if len(seeds) == 1 else None
-        per_seed = train_seeds(models, datamodules, [seeded.train for seeded in seeds], work, logger=logger)
+        per_seed = train_seeds(models, datamodules, [seeded.train for seeded in seeds], work, logger=logger,
+                               callbacks=[TimeEstimate(f"{stage}@{variant.name}", len(seeds))])
         if not rank0:
             return 0
         for seeded in seeds:

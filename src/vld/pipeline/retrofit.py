@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from vld.atomic import atomic_dir, write_json
     from vld.data.tokens import recorded_sha256
     from vld.retrofit.api import MODEL_DIR, METRICS_FILE, retrofit_and_finetune
+    from vld.train.run import TimeEstimate
 
     works = []
     # the other ranks of a multi-process run only train
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             metrics = retrofit_and_finetune(info, seeded.schedule_spec, seeded.method, seeded.lora_rank,
                                             str(paths.IGSM_TRAIN), seeded.train, work, patterns=pipeline.patterns,
                                             logger=run.lightning_logger(), backend=seeded.train.backend,
-                                            objective=seeded.objective)
+                                            objective=seeded.objective, callbacks=[TimeEstimate(
+                                                f"retrofit@{variant.name} seed {seeded.seed}")])
             if not rank0:
                 continue
             pipeline.check_unchanged(seeded)

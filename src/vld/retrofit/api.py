@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from vld.errors import fail
 from vld.model.backend import Backend
@@ -120,6 +120,7 @@ def retrofit_and_finetune(
     lora_alpha: float | None = None,
     backend: Backend | None = None,
     objective: str = "solution",
+    callbacks: Iterable = (),
 ) -> dict[str, Any]:
     """A whole retrofit variant: validate, apply the schedule, fine-tune, save; returns metrics.
 
@@ -128,6 +129,7 @@ def retrofit_and_finetune(
     paper's "Base" row). method: one of METHODS. train_dir: an iGSM token set, trained on with
     `objective` (vld.data.igsm.objectives: the source's own, so the fine-tuning matches it).
     backend: a vld.model.Backend (activation checkpointing, CPU GEMMs), default the default.
+    callbacks: extra Lightning callbacks of the fine-tuning (the stage's time estimate).
     """
     from vld.atomic import check_replaceable, write_json
     from vld.data.tokens import TokenSet
@@ -153,7 +155,7 @@ def retrofit_and_finetune(
     meta.update(parameter_summary(model), lora_alpha=effective_alpha if method != "full" else None)
 
     model.train()  # Lightning keeps submodules' modes: a source loaded for inference is in eval mode
-    metrics = run_training(model, datamodule, train_cfg, out_dir / TRAIN_DIR, logger=logger)
+    metrics = run_training(model, datamodule, train_cfg, out_dir / TRAIN_DIR, logger=logger, callbacks=callbacks)
     result = {**metrics, **meta}
     if _is_global_zero():  # under DDP every rank trains; one writes
         save_retrofit(model, out_dir, meta, in_place=True)

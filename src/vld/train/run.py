@@ -129,6 +129,58 @@ class ThreadCount(Callback):
         apply_threads(self.cfg)
 
 
+class TimeEstimate(Callback):
+    """One line on stdout (global rank 0) early in a run: its estimated time, timed over the
+    `measured` micro-batches after the first (the first carries one-off costs), so that a run of
+    days says so in its first seconds. It only reads the clock: the run's arithmetic is unchanged.
+    Nothing is printed when the run ends within the measured micro-batches.
+
+        vld: pretrain_khop@base: estimated 3.4 h for 1,500 steps x 3 seeds (from micro-batches 2-4)
+    """
+
+    def __init__(self, label: str, seeds: int = 1, measured: int = 3):
+        self.label, self.seeds, self.measured = label, int(seeds), int(measured)
+        self._seen, self._start, self._before = 0, 0.0, 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._seen = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._seen += 1
+        processed = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # of the whole run, resumed too
+        if self._seen == 1:
+            self._start, self._before = time.perf_counter(), processed - 1  # micro-batches of an earlier fit
+            return
+        if self._seen != 1 + self.measured:
+            return
+        per_batch = (time.perf_counter() - self._start) / self.measured
+        total = trainer.num_training_batches  # inf for a loader without a length: nothing to estimate
+        if processed < total < float("inf") and trainer.is_global_zero:
+            from tqdm import tqdm
+
+            steps = int(total - self._before) // max(1, trainer.accumulate_grad_batches)
+            tqdm.write(self.line(per_batch * (total - self._before), steps, trainer.max_steps))
+            sys.stdout.flush()
+
+    def line(self, seconds: float, steps: int, max_steps: int) -> str:
+        """The line for `steps` of this fit (max_steps unless resumed) taking `seconds`."""
+        what = f"{max_steps:,} steps" if steps >= max_steps else f"the {steps:,} steps left of {max_steps:,}"
+        seeds = f" x {self.seeds} seeds" if self.seeds > 1 else ""
+        return (f"vld: {self.label}: estimated {duration(seconds)} for {what}{seeds}"
+                f" (from micro-batches 2-{1 + self.measured})")
+
+
+def duration(seconds: float) -> str:
+    """A time for people: 45 s, 12 min, 3.4 h, 2.1 days."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:,.1f} days"
+
+
 class RunProgressBar(TQDMProgressBar):
     """One bar for the whole run, in optimizer steps: steps per second and time left. It counts
     micro-batches (Lightning's own total mixes steps and micro-batches when gradients are

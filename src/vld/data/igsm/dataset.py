@@ -61,7 +61,7 @@ def _generate_chunk(task):
     encode = tok.encode
     restarts, rejects = gen.restarts, gen.bin_rejects
     ids: list[int] = []
-    lengths, ops, bins, lines = [], [], [], []
+    lengths, prompt_lengths, ops, bins, lines = [], [], [], [], []
     dumps = json.dumps
     for _ in range(count):
         op = op_fixed if op_fixed is not None else light_op(rng, max_op)
@@ -69,6 +69,7 @@ def _generate_chunk(task):
         answer = str(P.answer)
         sample = encode(P.text)
         sample.append(SEP)
+        prompt_lengths.append(len(sample))  # the evaluation prompt: problem <sep>
         sample += encode(P.solution)
         sample.append(SEP)
         sample += encode(answer)
@@ -82,6 +83,7 @@ def _generate_chunk(task):
     return (
         np.asarray(ids, dtype=np.uint16).tobytes(),
         np.asarray(lengths, dtype=np.int64),
+        np.asarray(prompt_lengths, dtype=np.int64),
         ops,
         bins,
         "\n".join(lines).encode(),
@@ -153,13 +155,14 @@ def generate_dataset(
     lengths = np.concatenate([r[1] for r in results])
     index = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=index[1:])
-    ops = np.asarray([o for r in results for o in r[2]])
-    bins = np.asarray([b for r in results for b in r[3]])
-    restarts = sum(r[5] for r in results)
-    rejects = sum(r[6] for r in results)
+    prompt_lengths = np.concatenate([r[2] for r in results])
+    ops = np.asarray([o for r in results for o in r[3]])
+    bins = np.asarray([b for r in results for b in r[4]])
+    restarts = sum(r[6] for r in results)
+    rejects = sum(r[7] for r in results)
     problems = bytearray()
     for r in results:
-        problems += r[4]
+        problems += r[5]
     del results
     meta = {
         "generator": "vld.data.igsm",
@@ -174,6 +177,8 @@ def generate_dataset(
         "sample_layout": "problem <sep> solution <sep> answer <eos>",
         "special_ids": {"pad": tokenizer.pad_id, "sep": tokenizer.sep_id, "eos": tokenizer.eos_id, "unk": tokenizer.unk_id},
         "token_length": _stats(lengths),
+        # evaluation prompts (problem <sep>): the validator checks models' contexts against the longest
+        "prompt_length": _stats(prompt_lengths),
         "op_histogram": {str(k): int(v) for k, v in zip(*np.unique(ops, return_counts=True))},
         "template_bins": {str(k): int(v) for k, v in zip(*np.unique(bins, return_counts=True))},
         # dead ends rebuilt (structure) and problems rebuilt for the template split, per set

@@ -7,7 +7,9 @@ problem has exactly `op` operations."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 from vld.declared import check_keys
@@ -77,3 +79,18 @@ class IgsmData:
             generator.check_op(tests[name].op, f"{where}.tests.{name}.op")
         return cls(generator, settings, train, tests)
 
+
+    def longest_prompt(self, test: str, directory: str | Path) -> int | None:
+        """The longest evaluation prompt (problem <sep>, in tokens) of test set `test`, as its data
+        stage recorded it in `directory`/meta.json; None when that directory does not hold this
+        set as params.yaml describes it now (not generated yet, or stale: DVC regenerates it)."""
+        spec = self.tests[test]
+        try:
+            meta = json.loads((Path(directory) / "meta.json").read_text())
+            longest = int(meta["prompt_length"]["max"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        made_as = {key: meta.get(key) for key in ("split", "op", "n", "seed", "config")}
+        wanted = {"split": "test", "op": spec.op, "n": spec.n, "seed": spec.seed,
+                  "config": json.loads(json.dumps(self.generator.to_dict()))}
+        return longest if made_as == wanted else None
