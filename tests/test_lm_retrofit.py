@@ -172,6 +172,36 @@ def test_cycle_generation_through_the_cache_equals_uncached(ckpt, one_thread):
         assert text == want
 
 
+# ------------------------------------------------------------------------- the report table
+
+
+def test_table2_puts_base_and_cycle_beside_the_paper(tmp_path):
+    from vld.report.build import build_report
+
+    def result(variant, pattern, seed, acc, se):
+        return {"schema": "vld.lm_eval/1", "variant": variant, "family": "lm_retrofit", "pattern": pattern,
+                "k": 0 if pattern == "base" else 1, "seed": seed, "effective_depth": 4 if pattern == "base" else 6,
+                "tasks": {"gpqa_main_zeroshot": {"acc": acc, "acc_stderr": se, "acc_norm": 0.9, "acc_norm_stderr": 0.1},
+                          "vld_local": {"exact_match": 0.5, "exact_match_stderr": 0.25}}}
+
+    where = tmp_path / "eval" / "lm_retrofit"
+    for variant, pattern, seed, acc, se in (("base", "base", 0, 0.30, 0.05), ("cycle", "cycle", 0, 0.40, 0.06),
+                                            ("cycle", "cycle", 1, 0.50, 0.08)):
+        (where / variant).mkdir(parents=True, exist_ok=True)
+        (where / variant / f"seed{seed}.json").write_text(json.dumps(result(variant, pattern, seed, acc, se)))
+    build_report(tmp_path / "eval", tmp_path / "report", "tiny")
+    half_cycle = 1.96 * (0.06 ** 2 + 0.08 ** 2) ** 0.5 / 2  # the standard error of a mean of two seeds
+    import csv
+
+    rows = list(csv.reader((tmp_path / "report" / "table2_lm.csv").read_text().splitlines()))
+    assert rows[0] == ["task", "metric", "base (Base, depth 4, 1 seed)", "cycle (cycle, depth 6, 2 seeds)",
+                       "paper Base", "paper Cycle"]
+    assert rows[1] == ["gpqa_main_zeroshot", "acc", "30.00 [20.20, 39.80]",
+                       f"45.00 [{100 * (0.45 - half_cycle):.2f}, {100 * (0.45 + half_cycle):.2f}]", "29.8", "32.32"]
+    assert rows[2] == ["vld_local", "exact_match", "50.00 [1.00, 99.00]", "50.00 [15.35, 84.65]", "", ""]
+    assert "Table 2 on a language model" in (tmp_path / "report" / "report.md").read_text()
+
+
 # --------------------------------------------------------------------- (f) one-line errors
 
 

@@ -37,11 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     from vld.atomic import atomic_dir, check_replaceable, write_json
     from vld.data.tokens import TokenSet, recorded_sha256
     from vld.retrofit.api import METRICS_FILE, MODEL_DIR, train_retrofit, validate_variant
+    from vld.retrofit.sources import inspect_source
 
     if rank0:
         check_replaceable(out)
     source_key = f"data.sft.{variant.data}.source"
-    info, order = validate_variant(variant.source, variant.schedule_spec, variant.method, variant.lora_rank,
+    info = inspect_source(variant.source, source_key)  # the weights readable, before any compute
+    info, order = validate_variant(info, variant.schedule_spec, variant.method, variant.lora_rank,
                                    pipeline.patterns, variant.key)
     data_dir = family.train_data(variant)
     tokens = TokenSet.open(data_dir)
