@@ -156,21 +156,25 @@ def load_tokenizer(source: str | Path, where: str):
     return tokenizer
 
 
-def _render(tokenizer, messages: list[dict], generation_prompt: bool) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
-                                         date_string=DATE_STRING)
+def _render(tokenizer, messages: list[dict], generation_prompt: bool, where: str) -> list[int]:
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
+                                             date_string=DATE_STRING)
+    except Exception as err:  # jinja's and transformers' errors from the template itself
+        fail(where, f"the chat template cannot render the first {len(messages)} messages ({type(err).__name__}:"
+             f" {str(err).splitlines()[0][:120] if str(err) else ''})")
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def tokenize_conversation(tokenizer, messages: list[dict], where: str) -> tuple[list[int], list[int]]:
     """(tokens, assistant mask) of one conversation (module docstring: how turns are found)."""
-    tokens = _render(tokenizer, messages, False)
+    tokens = _render(tokenizer, messages, False, where)
     mask = [0] * len(tokens)
     for end, message in enumerate(messages, start=1):
         if message["role"] != "assistant":
             continue
-        before = _render(tokenizer, messages[: end - 1], True)
-        through = _render(tokenizer, messages[:end], False)
+        before = _render(tokenizer, messages[: end - 1], True, where)
+        through = _render(tokenizer, messages[:end], False, where)
         if through[: len(before)] != before or tokens[: len(through)] != through:
             fail(where, f"the chat template does not render assistant turn {end - 1} as an extension of the"
                  " conversation before it; its tokens cannot be located")
