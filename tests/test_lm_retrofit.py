@@ -210,8 +210,8 @@ def _raw(ckpt: Path, chats: Path) -> dict:
 
     raw = load_yaml(ROOT / "conf/profiles/tiny.yaml")
     raw["data"]["sft"] = {"chat": {"source": str(ckpt), "dir": str(chats), "files": ["a.jsonl"], "max_tokens": 96}}
-    raw["lm_retrofit"] = {"train": {"max_steps": 3, "global_batch_size": 4, "micro_batch_size": 2, "log_every": 1,
-                                    "checkpoint_every": 1, "optim": {"lr": 0.01}},
+    raw["lm_retrofit"] = {"train": {"max_steps": 4, "global_batch_size": 4, "micro_batch_size": 2, "log_every": 1,
+                                    "checkpoint_every": 2, "optim": {"lr": 0.01}},
                           "eval": {"tasks": ["vld_tiny_mc", "vld_tiny_gen"], "include_path": "tasks", "batch_size": 2},
                           "variants": {"base": {"data": "chat", "schedule": {"pattern": "base"}},
                                        "cycle": {"data": "chat", "schedule": {"pattern": "cycle", "k": 1,
@@ -309,7 +309,8 @@ def test_killed_sft_stage_resumes_to_the_uninterrupted_result(ckpt, tmp_path):
         made = _run(repo, sys.executable, "-m", "vld.pipeline.data_sft", "--dataset", "chat", env=env)
         assert made.returncode == 0, made.stderr[-3000:]
     args = ("lm_retrofit", "--variant", "cycle")
-    killed = _run(repos["killed"], sys.executable, str(STAGE_SCRIPT), *args, env=dict(env, VLD_TEST_EXIT_AFTER_STEP="2"))
+    # checkpoints at step 2 (and at the end, step 4): killed after step 3, it resumes from step 2
+    killed = _run(repos["killed"], sys.executable, str(STAGE_SCRIPT), *args, env=dict(env, VLD_TEST_EXIT_AFTER_STEP="3"))
     assert killed.returncode == 17, killed.stderr[-3000:]
     out = Path("results/lm_retrofit/cycle/seed0")
     assert not (repos["killed"] / out).exists()
