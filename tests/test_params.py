@@ -6,6 +6,7 @@ Most cases call the validator directly (fast); one bad file goes through a real 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -40,11 +41,51 @@ def test_default_params_equal_the_default_profile():
     assert (ROOT / "params.yaml").read_text() == (ROOT / "conf/profiles/default.yaml").read_text()
 
 
+# LLaMA-3.2-3B-Instruct's config.json, as far as validation reads it
+LLAMA_3B_CONFIG = {"model_type": "llama", "num_hidden_layers": 28, "hidden_size": 3072, "num_attention_heads": 24,
+                   "intermediate_size": 8192, "vocab_size": 128256, "max_position_embeddings": 131072}
+
+
+def _stand_in_llama_checkpoints(path: Path) -> list[str]:
+    """The checkpoints a profile's data.sft names (the user puts them on disk): a config.json
+    in the current directory stands in for each (validation reads only that)."""
+    sources = [spec["source"] for spec in (P.load_yaml(path)["data"].get("sft") or {}).values()]
+    for source in sources:
+        Path(source).mkdir(parents=True)
+        (Path(source) / "config.json").write_text(json.dumps(LLAMA_3B_CONFIG))
+    return sources
+
+
 @pytest.mark.parametrize("path", PROFILES, ids=[p.stem for p in PROFILES])
-def test_every_profile_is_valid_and_named_after_its_file(path):
+def test_every_profile_is_valid_and_named_after_its_file(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _stand_in_llama_checkpoints(path)
     pipeline = P.load_pipeline(path)
     assert pipeline.profile == path.stem
     assert pipeline.variants["reasoning"] or pipeline.variants["khop"], "every profile has reasoning variants"
+
+
+def test_a_profile_without_its_llama_checkpoint_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as info:
+        P.load_pipeline(ROOT / "conf/profiles/paper.yaml")
+    assert str(info.value) == ("data.sft.chat.source: inputs/Llama-3.2-3B-Instruct is not a directory (a local Hugging"
+                               " Face Llama checkpoint; nothing is downloaded)")
+    assert P.load_pipeline(ROOT / "params.yaml").variants["lm_retrofit"] == {}  # the default has none
+
+
+def test_paper_profile_has_table_2(tmp_path, monkeypatch):
+    """The paper's Table 2 settings: LoRA rank 4, AdamW with clip 1.0, bf16, batch 192, activation
+    checkpointing; Base and Cycle trained alike, the cycle reusing a layer range."""
+    monkeypatch.chdir(tmp_path)
+    _stand_in_llama_checkpoints(ROOT / "conf/profiles/paper.yaml")
+    table2 = P.load_pipeline(ROOT / "conf/profiles/paper.yaml").variants["lm_retrofit"]
+    base, cycle = table2["base"], table2["cycle"]
+    for v in (base, cycle):
+        assert (v.method, v.lora_rank, v.train.global_batch_size, v.train.optim.grad_clip) == ("lora", 4, 192, 1.0)
+        assert v.train.precision == "bf16-mixed" and v.train.activation_checkpointing
+    assert base.train == cycle.train and base.schedule == list(range(28))
+    assert cycle.schedule == [*range(20), *range(8, 28)]
 
 
 def test_default_profile_has_the_issue_grid():

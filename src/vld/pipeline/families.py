@@ -46,6 +46,10 @@ class Family:
             fail(f"{where}.model", f"unknown model {model_name!r} (known: {', '.join(pipeline.models) or 'none'})")
         return {"model_name": model_name}
 
+    def base_model(self, extras: Mapping[str, Any], pipeline: "Plan") -> "ModelConfig":
+        """The model the variant's schedule applies to (its base layers)."""
+        return pipeline.models[extras["model_name"]]
+
     def fixed_train(self, extras: Mapping[str, Any], pipeline: "Plan") -> dict[str, Any]:
         """Train settings the data decides (merged last; the user may not set them)."""
         return {}
@@ -301,8 +305,78 @@ class KHop(OwnDataset):
         return {"khop_test": str(paths.khop_tests_dir(variant.data))}
 
 
+class LmRetrofit(OwnDataset):
+    """A local Hugging Face Llama checkpoint with a reuse schedule, fine-tuned on chat data
+    (data.sft: its tokenizer, its chat template, labels on assistant tokens) and measured with
+    lm-evaluation-harness (docs/lm_retrofit.md). The checkpoint is the data's `source`."""
+
+    name, task, data_section, claim_set = "lm_retrofit", "lm_eval", "sft", "lm_retrofit"
+    trained_by = "lm_retrofit"
+    variant_keys = ("data", "method", "lora_rank")
+
+    def check_variant(self, spec, where, pipeline):
+        from vld.retrofit.methods import DEFAULT_LORA_RANK, check_method
+        from vld.retrofit.sources import hf_llama_config
+
+        name = spec.get("data")
+        sets = pipeline.data.get("sft", {})
+        if name not in sets:
+            fail(f"{where}.data", f"{'missing' if name is None else f'names a missing dataset {name!r}'}:"
+                 f" name a dataset under data.sft (has: {', '.join(sets) or 'none'})")
+        data = sets[name]
+        config = hf_llama_config(data.source, f"data.sft.{name}.source")
+        limit = config.get("max_position_embeddings")
+        if isinstance(limit, int) and data.max_tokens - 1 > limit:
+            fail(f"data.sft.{name}.max_tokens", f"{data.max_tokens} tokens per conversation exceed the checkpoint's"
+                 f" max_position_embeddings {limit} + 1")
+        method, rank = spec.get("method", "lora"), spec.get("lora_rank", DEFAULT_LORA_RANK)
+        check_method(method, rank, where)
+        return {"model_name": Path(data.source).name, "data": name, "source": data.source, "method": method,
+                "lora_rank": rank}
+
+    def base_model(self, extras, pipeline):
+        from vld.model.config import ModelConfig
+        from vld.retrofit.sources import hf_llama_config
+
+        where = f"data.sft.{extras['data']}.source"
+        config = hf_llama_config(extras["source"], where)
+        fields = {"n_layer": "num_hidden_layers", "d_model": "hidden_size", "n_head": "num_attention_heads",
+                  "d_ff": "intermediate_size", "vocab_size": "vocab_size", "max_seq_len": "max_position_embeddings"}
+        return ModelConfig.from_dict({"block": "llama", **{ours: config[theirs] for ours, theirs in fields.items()
+                                                           if theirs in config}}, where=f"{where} (config.json)")
+
+    def fixed_train(self, extras, pipeline):
+        return {"seq_len": pipeline.data["sft"][extras["data"]].max_tokens - 1}  # one conversation per row
+
+    def train_data(self, variant):
+        return paths.sft_dir(variant.data)
+
+    def train_data_tag(self, variant):
+        return variant.data
+
+    def datamodule(self, variant, pipeline):
+        from vld.train.datamodules import SftDataModule
+
+        cfg = variant.train
+        return SftDataModule(self.train_data(variant), cfg.micro_batch_size, seed=cfg.seed,
+                             num_workers=cfg.num_workers)
+
+    def check_eval(self, settings, where, pipeline):
+        from vld.eval.lm_tasks import check_settings
+
+        return check_settings(settings, where)
+
+    def model_dir(self, variant):
+        return paths.lm_retrofit_model_dir(variant.name, variant.seed)
+
+    def load_model(self, variant):
+        from vld.retrofit.api import load_retrofit
+
+        return load_retrofit(self.model_dir(variant))[0]
+
+
 # Validation order matters: retrofit variants name reasoning variants.
-FAMILIES: dict[str, Family] = {f.name: f for f in (Reasoning(), Knowledge(), Retrofit(), KHop())}
+FAMILIES: dict[str, Family] = {f.name: f for f in (Reasoning(), Knowledge(), Retrofit(), KHop(), LmRetrofit())}
 
 
 def trained_by(stage: str) -> tuple[str, ...]:

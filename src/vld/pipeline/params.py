@@ -14,7 +14,7 @@ Layout of params.yaml (docs/pipeline.md has the full description):
 
     profile: default                      # name; also the MLflow experiment
     patterns: {name: notation}            # built-ins listed verbatim + user patterns
-    data: {igsm: {...}, knowledge: {NAME: {kind, ...}}, khop: {NAME: {...}}}
+    data: {igsm: {...}, knowledge: {NAME: {kind, ...}}, khop: {NAME: {...}}, sft: {NAME: {source, files, ...}}}
     models: {NAME: ModelConfig keys (or preset: NAME), vocab_size comes from the data}
     hardware: {accelerator, devices, num_nodes, strategy, precision, num_workers}
     <family>: {train: {...}, eval: {...}, variants: {NAME: VARIANT}}   for each family
@@ -41,7 +41,7 @@ from vld.pipeline.families import COMMON_VARIANT_KEYS, FAMILIES
 from vld.pipeline.plan import Plan, Variant
 
 PARAMS_FILE = "params.yaml"
-DATA_SECTIONS = ("igsm", "knowledge", "khop")
+DATA_SECTIONS = ("igsm", "knowledge", "khop", "sft")
 TOP_KEYS = ("profile", "description", "patterns", "data", "models", "hardware", "report", *FAMILIES)
 FAMILY_KEYS = ("train", "eval", "variants")
 # Names become DVC stage names, dvc.yaml param keys and directory names.
@@ -144,10 +144,11 @@ def _show(value: Any) -> str:
 
 
 def _data(raw: Any) -> dict[str, Any]:
-    """data.igsm (always: dvc.yaml runs its stages unconditionally), data.knowledge, data.khop."""
+    """data.igsm (always: dvc.yaml runs its stages unconditionally), data.knowledge, data.khop, data.sft."""
     from vld.data.igsm.sets import IgsmData
     from vld.data.khop import KHopSpec
     from vld.data.knowledge.specs import spec_from_dict
+    from vld.data.sft import SftSpec
 
     data = _mapping(raw, "data")
     check_keys(data, DATA_SECTIONS, "data")
@@ -155,7 +156,7 @@ def _data(raw: Any) -> dict[str, Any]:
         if key not in data:
             fail(f"data.{key}", "missing section" + ("" if key == "igsm" else "; it may be empty: {}"))
     out = {"igsm": IgsmData.from_dict(data["igsm"], "data.igsm")}
-    for section, parse in (("knowledge", spec_from_dict), ("khop", KHopSpec.from_dict)):
+    for section, parse in (("knowledge", spec_from_dict), ("khop", KHopSpec.from_dict), ("sft", SftSpec.from_dict)):
         table = _names(_mapping(data[section], f"data.{section}", required=False), f"data.{section}")
         out[section] = {name: parse(spec, f"data.{section}.{name}") for name, spec in table.items()}
     return out
@@ -235,7 +236,7 @@ def _variant(family, name: str, spec: Any, block: dict, settings: dict, pipeline
     spec = _mapping(spec, where)
     check_keys(spec, family.variant_keys + COMMON_VARIANT_KEYS, where)
     extras = family.check_variant(spec, where, pipeline)
-    model = pipeline.models[extras["model_name"]]
+    model = family.base_model(extras, pipeline)
     schedule_spec, order = _schedule(spec.get("schedule"), f"{where}.schedule", model.n_layer, pipeline, listed)
     layers = [(pipeline.raw.get("hardware"), "hardware"), (block.get("train"), f"{family.name}.train"),
               (spec.get("train"), f"{where}.train")]
@@ -259,8 +260,10 @@ def _variant(family, name: str, spec: Any, block: dict, settings: dict, pipeline
                       train=train, eval=settings, seed=train.seed, seeds=seeds, **extras)
     family.check_seeds(variant, pipeline)
     # what the data decides; a max_seq_len the models: entry writes is kept (it must fit: above)
-    written = pipeline.raw["models"][variant.model_name]
-    decided = {key: value for key, value in family.model_from_data(variant, pipeline).items() if key not in written}
+    decided = family.model_from_data(variant, pipeline)
+    if decided:
+        written = pipeline.raw["models"][variant.model_name]
+        decided = {key: value for key, value in decided.items() if key not in written}
     variant.model = dataclasses.replace(variant.model, **decided)
     family.check_train(variant, pipeline)
     return variant

@@ -10,8 +10,10 @@ IGSM_TRAIN = Path("data/igsm/train")
 IGSM_TESTS = Path("data/igsm/tests")
 KNOWLEDGE_DATA = Path("data/knowledge")
 KHOP_DATA = Path("data/khop")
+SFT_DATA = Path("data/sft")
 PRETRAIN = Path("results/pretrain")
 RETROFIT = Path("results/retrofit")
+LM_RETROFIT = Path("results/lm_retrofit")
 EVAL = Path("results/eval")
 REPORT = Path("results/report")
 # Checkpoints of running trainings. DVC deletes a stage's outputs before running it, so a
@@ -26,6 +28,10 @@ def knowledge_dir(name: str) -> Path:
 
 def khop_tests_dir(name: str) -> Path:
     return KHOP_DATA / name
+
+
+def sft_dir(name: str) -> Path:
+    return SFT_DATA / name
 
 
 # A variant's stage writes one directory (DVC's out) with one entry per seed in it.
@@ -47,6 +53,14 @@ def retrofit_dir(variant: str) -> Path:
 
 def retrofit_model_dir(variant: str, seed: int) -> Path:
     return retrofit_dir(variant) / seed_name(seed)
+
+
+def lm_retrofit_dir(variant: str) -> Path:
+    return LM_RETROFIT / variant
+
+
+def lm_retrofit_model_dir(variant: str, seed: int) -> Path:
+    return lm_retrofit_dir(variant) / seed_name(seed)
 
 
 def eval_dir(family: str, variant: str) -> Path:

@@ -32,6 +32,15 @@ def summary(key: str, out: str | Path, seeds: int | None = None, headline: str |
     print(f"{line} in {time.time() - STARTED:.0f} s", flush=True)
 
 
+def offline() -> None:
+    """Nothing downloaded: Hugging Face's libraries read only local files and caches (set before
+    they are imported: they read these once)."""
+    import os
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ[name] = "1"
+
+
 def config_hash(obj: Any) -> str:
     """A short stable hash of a JSON-able config (names work directories)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -209,8 +209,10 @@ def _depth_use_pieces(results: list) -> list[Piece]:
     return pieces
 
 
-def _pieces(results: list) -> list[Piece]:
+def _pieces(results: list, lm_results: list = ()) -> list[Piece]:
+    """`lm_results`: the lm_retrofit family's lm-eval results (their own schema, vld.report.lm_table2)."""
     from vld.report import claims, figures, khop
+    from vld.report.lm_table2 import lm_table2
 
     figure1 = lambda results, path: figures.figure1(tables.figure1_pairs(results), path)
     return [
@@ -228,6 +230,7 @@ def _pieces(results: list) -> list[Piece]:
               lambda results: tables.figure1_table(tables.figure1_pairs(results)), _one("figure1.png", figure1)),
         Piece("Table 7 skipped: no layer-subset variants (a `layers` range) in this profile.", tables.table7),
         Piece("Table 2 analogue skipped: no retrofit variants in this profile.", tables.table2),
+        Piece("", lambda results: lm_table2(list(lm_results))),
         Piece("Compute skipped: no results.", tables.compute_table),
         Piece("Depth use skipped: no variant has per-layer depth measurements.", tables.depth_table, _depth_figures),
         *_depth_use_pieces(results),
@@ -240,6 +243,10 @@ def build_report(results, out_dir, profile_name: str = "default", curves: list[d
     training loss curves for loss_curves.csv (vld.report.plot_data.loss_rows)."""
     out_dir = Path(out_dir)
     check_replaceable(out_dir)
+    from vld.report.lm_table2 import load_lm_results
+
+    lm_results = load_lm_results([s for s in ([results] if isinstance(results, (str, Path, dict)) else results)
+                                  if isinstance(s, (str, Path))])
     results = load_results(results)
     written: list[str] = []
 
@@ -251,7 +258,7 @@ def build_report(results, out_dir, profile_name: str = "default", curves: list[d
         sections = [f"# vld report: profile `{profile_name}`", "",
                     f"{len(results)} variant results. Numbers labelled **paper** are the paper's "
                     "own (arXiv 2506.18233); everything else was measured by this pipeline.", ""]
-        for piece in _pieces(results):
+        for piece in _pieces(results, lm_results):
             table = piece.table(results) if piece.table else None
             pictures = piece.figures(results, tmp) if piece.figures else []
             written.extend(pictures)

@@ -131,7 +131,7 @@ def retrofit_and_finetune(
     backend: a vld.model.Backend (activation checkpointing, CPU GEMMs), default the default.
     callbacks: extra Lightning callbacks of the fine-tuning (the stage's time estimate).
     """
-    from vld.atomic import check_replaceable, write_json
+    from vld.atomic import check_replaceable
     from vld.data.tokens import TokenSet
 
     where = "retrofit"
@@ -143,11 +143,21 @@ def retrofit_and_finetune(
     if isinstance(model_vocab, int) and tokens.vocab_size > model_vocab:
         fail(f"{where}.train_dir", f"{train_dir} has vocab_size {tokens.vocab_size} > the model's {model_vocab}")
     from vld.train.datamodules import igsm_datamodule
-    from vld.train.run import run_training
 
     datamodule = igsm_datamodule(objective, train_dir, train_cfg.seq_len, train_cfg.micro_batch_size, train_cfg.seed,
                                  num_workers=train_cfg.num_workers, where=f"{where}.train.seq_len")
+    return train_retrofit(source, info, order, method, lora_rank, datamodule, train_cfg, out_dir, logger, lora_alpha,
+                          backend)
 
+
+def train_retrofit(source, info: SourceInfo, order, method: str, lora_rank: int, datamodule, train_cfg, out_dir: Path,
+                   logger=None, lora_alpha: float | None = None, backend: Backend | None = None) -> dict[str, Any]:
+    """A validated variant (validate_variant's info and order) loaded, trained on `datamodule`
+    (any of vld.train.datamodules) and saved to out_dir; returns metrics and metadata."""
+    from vld.atomic import write_json
+    from vld.train.run import run_training
+
+    out_dir = Path(out_dir)
     model, meta = _load_and_prepare(
         source, info, order, method, lora_rank, lora_alpha, backend, "float32", train_cfg.seed
     )
@@ -235,5 +245,6 @@ __all__ = [  # METHODS, DEFAULT_LORA_RANK, check_method live in the torch-free v
     "prepare_retrofit",
     "retrofit_and_finetune",
     "save_retrofit",
+    "train_retrofit",
     "validate_variant",
 ]

@@ -59,6 +59,28 @@ def inspect_source(source: str | Path, where: str = "retrofit.source") -> Source
     return SourceInfo("hf_llama", path, n_layers, config)
 
 
+def hf_llama_config(source: str | Path, where: str) -> dict:
+    """The config.json of a local Hugging Face Llama directory, checked without its weights
+    (params validation; the stages inspect the weights with inspect_source)."""
+    path = Path(source)
+    config_path = path / "config.json"
+    if not path.is_dir():
+        fail(where, f"{path} is not a directory (a local Hugging Face Llama checkpoint; nothing is downloaded)")
+    if not config_path.is_file():
+        fail(where, f"{path} has no config.json (not a Hugging Face model directory)")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as err:
+        fail(where, f"{config_path} is not valid JSON ({err.__class__.__name__})")
+    if not isinstance(config, dict) or config.get("model_type") not in SUPPORTED_HF_TYPES:
+        found = config.get("model_type") if isinstance(config, dict) else None
+        fail(where, f"{path} is a {found!r} model; only Llama checkpoints (model_type llama) can be retrofitted")
+    n_layers = config.get("num_hidden_layers")
+    if not isinstance(n_layers, int) or isinstance(n_layers, bool) or n_layers < 1:
+        fail(where, f"{config_path}: num_hidden_layers must be a positive integer, got {n_layers!r}")
+    return config
+
+
 def _weight_files(path: Path, where: str) -> list[Path]:
     """The safetensors files of an HF directory: model.safetensors, or the shards its index names."""
     single = path / HF_WEIGHT_FILES[0]

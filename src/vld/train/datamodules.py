@@ -402,3 +402,62 @@ def igsm_datamodule(objective: str, data_dir: str | Path, seq_len: int, micro_ba
     if objective == "answer_only":
         return AnswerOnlyDataModule(data_dir, seq_len, micro_batch_size, seed=seed, num_workers=num_workers, where=where)
     return TokenWindowDataModule(data_dir, seq_len, micro_batch_size, seed=seed, num_workers=num_workers)
+
+
+class _SftConversations(Dataset):
+    """Item (epoch, i) -> entry i of the SFT mixture (vld.data.sft): one conversation per row,
+    right-padded to seq_len + 1 tokens; the label of position t is token t + 1 where that token
+    is the assistant's, else -1 (so padding and prompts carry no loss)."""
+
+    def __init__(self, data_dir: Path):
+        from vld.data.sft import sft_rows
+
+        self.data_dir = Path(data_dir)
+        tokens, _, self.mixture = sft_rows(self.data_dir)
+        self.seq_len = int(tokens.meta["spec"]["max_tokens"]) - 1
+        self._opened = None
+
+    def __len__(self) -> int:
+        return len(self.mixture)
+
+    def __getitem__(self, item: tuple[int, int] | int) -> dict[str, torch.Tensor]:
+        if self._opened is None:
+            from vld.data.sft import sft_rows
+
+            self._opened = sft_rows(self.data_dir)[:2]
+        tokens, assistant = self._opened
+        i = int(self.mixture[item[1] if isinstance(item, tuple) else item])
+        start, end = int(tokens.index[i]), int(tokens.index[i + 1])
+        row = np.zeros(self.seq_len + 1, dtype=np.int64)
+        mask = np.zeros(self.seq_len + 1, dtype=bool)
+        row[: end - start] = tokens.tokens[start:end]
+        mask[: end - start] = assistant[start:end] == 1
+        labels = np.where(mask[1:], row[1:], -1)
+        return {"inputs": torch.from_numpy(row[:-1]), "labels": torch.from_numpy(labels)}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_opened"] = None  # memory maps are reopened in each worker
+        return state
+
+
+class SftDataModule(_WindowDataModuleBase):
+    """Chat conversations one per row, the loss on the assistant's tokens (vld.data.sft);
+    each data epoch is a permutation of the mixture, in the StepSampler's order."""
+
+    def __init__(self, data_dir: str | Path, micro_batch_size: int, seed: int = 0, num_workers: int = 0):
+        super().__init__()
+        self.data_dir = Path(data_dir)
+        self.micro_batch_size, self.seed, self.num_workers = int(micro_batch_size), int(seed), int(num_workers)
+        self.conversations = _SftConversations(self.data_dir)  # a missing set fails now, before any compute
+        self.seq_len = self.conversations.seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        return TokenSet.open(self.data_dir).vocab_size
+
+    def _dataset(self) -> Dataset:
+        return self.conversations
+
+    def _epoch_size(self, epoch: int) -> int:
+        return len(self.conversations)

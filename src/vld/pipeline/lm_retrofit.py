@@ -1,0 +1,101 @@
+"""Stage `lm_retrofit@<variant>`: give a local Hugging Face Llama a reuse schedule and fine-tune
+it on chat data (the paper's Table 2 setting).
+
+    python -m vld.pipeline.lm_retrofit --variant cycle
+
+The checkpoint is the variant's SFT set's `source` (data.sft.<data>.source, local files only);
+the data is data/sft/<data> (stage data_sft), the loss on the assistant's tokens only.
+`schedule: {pattern: base}` is the paper's "Base" row: the untouched model fine-tuned the same
+way. Method `lora` (all seven projections of every reused layer, rank `lora_rank`) or `full`;
+`train.activation_checkpointing` recomputes each visit in backward. Writes
+results/lm_retrofit/<variant>/seed<s>/ {model/ (hf/ with the tokenizer, retrofit.json),
+metrics.json, variant.json} and one record per seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+
+from vld.errors import run_cli
+from vld.pipeline import paths, shared, tracking
+from vld.pipeline.families import FAMILIES
+from vld.pipeline.params import load_pipeline
+from vld.train.config import check_devices
+
+
+def main(argv: list[str] | None = None) -> int:
+    shared.offline()
+    args = shared.parser("lm_retrofit", __doc__.splitlines()[0]).parse_args(argv)
+    pipeline = load_pipeline(args.params)
+    variant = pipeline.variant("lm_retrofit", args.variant)
+    family = FAMILIES["lm_retrofit"]
+    check_devices(variant.train, "hardware")
+    out = paths.lm_retrofit_dir(variant.name)
+    rank0 = tracking.is_global_zero()
+
+    from vld.atomic import atomic_dir, check_replaceable, write_json
+    from vld.data.tokens import TokenSet, recorded_sha256
+    from vld.retrofit.api import METRICS_FILE, MODEL_DIR, train_retrofit, validate_variant
+    from vld.retrofit.sources import inspect_source
+
+    if rank0:
+        check_replaceable(out)
+    source_key = f"data.sft.{variant.data}.source"
+    info = inspect_source(variant.source, source_key)  # the weights readable, before any compute
+    info, order = validate_variant(info, variant.schedule_spec, variant.method, variant.lora_rank,
+                                   pipeline.patterns, variant.key)
+    data_dir = family.train_data(variant)
+    tokens = TokenSet.open(data_dir)
+    if tokens.meta.get("spec", {}).get("source") != variant.source:
+        from vld.errors import fail
+
+        fail(str(data_dir), f"was tokenized for another checkpoint than {source_key}; run its data_sft stage (dvc repro)")
+    from vld.data.sft import load_tokenizer
+
+    tokenizer = load_tokenizer(variant.source, source_key)
+    source_sha256 = tokens.meta.get("source_sha256")  # data_sft hashed the checkpoint it tokenized with
+    data_tags = shared.data_tags({variant.data: data_dir})
+
+    seeds, runs, works = variant.per_seed(), [], []
+    with (atomic_dir(out) if rank0 else contextlib.nullcontext()) as tmp, contextlib.ExitStack() as stack:
+        for seeded in seeds:
+            work = shared.work_dir("lm_retrofit", variant.name, {
+                "variant": seeded.to_dict(), "train": seeded.train.to_dict(), "source": source_sha256,
+                "data": recorded_sha256(data_dir)})
+            run = stack.enter_context(tracking.tracked(
+                pipeline, "lm_retrofit", paths.seed_key(variant.name, seeded.seed), seeded.flat_params(),
+                {**seeded.tags(), **data_tags, "vld.source.sha256": source_sha256, "vld.variant": variant.name}))
+            run.log_datasets([tracking.dataset_entry(variant.data, data_dir, "training")])
+            metrics = train_retrofit(info.path, info, order, seeded.method, seeded.lora_rank,
+                                     family.datamodule(seeded, pipeline), seeded.train, work,
+                                     logger=run.lightning_logger(), backend=seeded.train.backend)
+            if not rank0:
+                continue
+            pipeline.check_unchanged(seeded)
+            tokenizer.save_pretrained(str(work / MODEL_DIR / "hf"))  # a complete checkpoint: lm-eval's hf reads it
+            where = tmp / paths.seed_name(seeded.seed)
+            where.mkdir()
+            write_json(where / "variant.json", {"variant": seeded.to_dict(), "sha256": seeded.fingerprint()})
+            shutil.copytree(work / MODEL_DIR, where / MODEL_DIR)
+            shutil.copy2(work / METRICS_FILE, where / METRICS_FILE)
+            run.log_metrics({key: value for key, value in metrics.items() if key != "loss_curve"})
+            runs.append(run)
+            works.append(work)
+        if not rank0:
+            return 0
+    for seeded, run in zip(seeds, runs):
+        where = paths.lm_retrofit_model_dir(variant.name, seeded.seed)
+        run.log_model(tracking.model_entry(f"lm_retrofit-{variant.name}-seed{seeded.seed}", where,
+                                           "vld.retrofit.api.load_retrofit", seeded.flat_params(), run.metrics))
+        run.add_artifact(where / METRICS_FILE)
+        run.finish()
+    for work in works:
+        shared.drop_work_dir(work)
+    shared.summary(f"lm_retrofit@{variant.name}", out, len(seeds), "final loss",
+                   [run.metrics.get("final_loss") for run in runs])
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
