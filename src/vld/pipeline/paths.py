@@ -11,7 +11,7 @@ IGSM_TESTS = Path("data/igsm/tests")
 KNOWLEDGE_DATA = Path("data/knowledge")
 KHOP_DATA = Path("data/khop")
 PRETRAIN = Path("results/pretrain")
-RETROFIT = Path("results/retrofit")
+RESULTS = Path("results")
 EVAL = Path("results/eval")
 REPORT = Path("results/report")
 # Checkpoints of running trainings. DVC deletes a stage's outputs before running it, so a
@@ -41,12 +41,13 @@ def pretrain_model_dir(family: str, variant: str, seed: int) -> Path:
     return pretrain_dir(family, variant) / seed_name(seed)
 
 
-def retrofit_dir(variant: str) -> Path:
-    return RETROFIT / variant
+def retrofit_dir(family: str, variant: str) -> Path:
+    """A retrofit family's variant: results/<family>/<variant> (results/retrofit/<variant> for iGSM)."""
+    return RESULTS / family / variant
 
 
-def retrofit_model_dir(variant: str, seed: int) -> Path:
-    return retrofit_dir(variant) / seed_name(seed)
+def retrofit_model_dir(family: str, variant: str, seed: int) -> Path:
+    return retrofit_dir(family, variant) / seed_name(seed)
 
 
 def eval_dir(family: str, variant: str) -> Path:

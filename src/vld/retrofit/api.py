@@ -2,6 +2,7 @@
 
     metrics = retrofit_and_finetune(source, {"pattern": "cycle", "k": 1}, "lora", 4,
                                     train_dir, train_cfg, out_dir)
+    metrics = finetune_retrofit(source, schedule, method, lora_rank, datamodule, train_cfg, out_dir)
     model, meta = load_retrofit(out_dir)
 
 Layout of `out_dir`:
@@ -121,7 +122,8 @@ def retrofit_and_finetune(
     backend: Backend | None = None,
     objective: str = "solution",
 ) -> dict[str, Any]:
-    """A whole retrofit variant: validate, apply the schedule, fine-tune, save; returns metrics.
+    """A whole retrofit variant fine-tuned on an iGSM token set: validate, apply the schedule,
+    fine-tune, save; returns metrics.
 
     source: a path, or a SourceInfo the caller already inspected (the source is inspected
     once per call either way). schedule: ScheduleSpec fields ({"pattern": "base"} is the
@@ -129,23 +131,43 @@ def retrofit_and_finetune(
     `objective` (vld.data.igsm.objectives: the source's own, so the fine-tuning matches it).
     backend: a vld.model.Backend (activation checkpointing, CPU GEMMs), default the default.
     """
-    from vld.atomic import check_replaceable, write_json
     from vld.data.tokens import TokenSet
 
     where = "retrofit"
-    out_dir = Path(out_dir)
-    info, order = validate_variant(source, schedule, method, lora_rank, patterns, where)
+    info, _ = validate_variant(source, schedule, method, lora_rank, patterns, where)
     tokens = TokenSet.open(train_dir)
-    check_replaceable(out_dir / MODEL_DIR)
     model_vocab = info.config.get("vocab_size")
     if isinstance(model_vocab, int) and tokens.vocab_size > model_vocab:
         fail(f"{where}.train_dir", f"{train_dir} has vocab_size {tokens.vocab_size} > the model's {model_vocab}")
     from vld.train.datamodules import igsm_datamodule
-    from vld.train.run import run_training
 
     datamodule = igsm_datamodule(objective, train_dir, train_cfg.seq_len, train_cfg.micro_batch_size, train_cfg.seed,
                                  num_workers=train_cfg.num_workers, where=f"{where}.train.seq_len")
+    return finetune_retrofit(info, schedule, method, lora_rank, datamodule, train_cfg, out_dir, patterns, logger,
+                             lora_alpha, backend)
 
+
+def finetune_retrofit(
+    source: str | Path | SourceInfo,
+    schedule: Mapping[str, Any] | None,
+    method: str,
+    lora_rank: int,
+    datamodule,
+    train_cfg,
+    out_dir: Path,
+    patterns: Mapping[str, str] | None = None,
+    logger=None,
+    lora_alpha: float | None = None,
+    backend: Backend | None = None,
+) -> dict[str, Any]:
+    """retrofit_and_finetune on any training data: `datamodule` is a Lightning datamodule of
+    vld.train.datamodules (a token set, or a k-hop stream); the rest as there."""
+    from vld.atomic import check_replaceable, write_json
+    from vld.train.run import run_training
+
+    out_dir = Path(out_dir)
+    info, order = validate_variant(source, schedule, method, lora_rank, patterns, "retrofit")
+    check_replaceable(out_dir / MODEL_DIR)
     model, meta = _load_and_prepare(
         source, info, order, method, lora_rank, lora_alpha, backend, "float32", train_cfg.seed
     )
@@ -228,6 +250,7 @@ __all__ = [  # METHODS, DEFAULT_LORA_RANK, check_method live in the torch-free v
     "MODEL_DIR",
     "TRAIN_DIR",
     "check_method",
+    "finetune_retrofit",
     "load_retrofit",
     "parameter_summary",
     "prepare_retrofit",
