@@ -32,8 +32,13 @@ not shown; its row shows the deciding comparison (claim 1: the largest change am
 with the claim's verdict). A comparison whose models did not learn the task (k-hop: both
 within LEARN_MARGIN of the constant prediction at the compared hop counts; iGSM: the best
 variant under 3x the most-common-answer rate) is not shown, and so is a claim with no results
-to compare: every reasoning family gets a row for each of claims 2-5, "not shown" with what is
-missing.
+to compare: every reasoning family gets a row for each of claims 2-5, and every retrofit
+family with results one for claim 6, "not shown" with what is missing.
+
+Claim 5 compares, of one pattern and factor on one model, the layer-subset variant whose range
+starts latest with the one whose range starts earliest; claim 6, per retrofit family (iGSM or
+k-hop, measured in the family's task), the retrofit with reuse with the same fine-tuning
+without it.
 """
 
 from __future__ import annotations
