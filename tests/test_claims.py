@@ -18,11 +18,12 @@ from test_report import igsm_scores, khop_cells, result
 SEEDS = (0, 1, 2)
 
 
-def khop_result(name, pattern, k, n_layer, error, seed=0, steps=100, noise=0.0, hops=(2, 3)):
+def khop_result(name, pattern, k, n_layer, error, seed=0, steps=100, noise=0.0, hops=(2, 3), family="khop",
+                layers=None):
     """Per-sequence wrong counts around `error` at hop counts 0 and `hops` (16 labelled
     positions); `noise` jitters each sequence's count (seeded by the seed and variant)."""
     rng = np.random.default_rng(seed + 7 * n_layer + 13 * k)
-    r = result(name, "khop", pattern, k, n_layer, seed=seed, depth=False, train_steps=steps,
+    r = result(name, family, pattern, k, n_layer, seed=seed, depth=False, train_steps=steps, layers=layers,
                khop=khop_cells({0: 0.0, **{h: error for h in hops}}))
     for cell in r["khop"]["hops"].values():
         jitter = rng.integers(-round(noise * 16), round(noise * 16) + 1, size=cell["sequences"])
@@ -256,6 +257,58 @@ def test_igsm_and_knowledge_claims():
     for r in flat[3:]:
         r["knowledge"] = bits(1300.0)
     assert verdict_of(flat, "1", "knowledge").verdict == CONTRADICTED
+
+
+def test_claim5_on_khop_later_layers_better_is_supported_earlier_better_contradicted():
+    """Table 7 on k-hop: the 4-layer model reusing its last two layers against the one reusing
+    its first two (three seeds each), beside no reuse and reuse of every layer."""
+    def table7(first, second):
+        return (khop_seeds("native4", "base", 0, 4, 0.25, noise=0.05)
+                + khop_seeds("cycle4", "cycle", 1, 4, 0.1875, noise=0.05)
+                + khop_seeds("first", "cycle", 1, 4, first, noise=0.05, layers="0..1")
+                + khop_seeds("second", "cycle", 1, 4, second, noise=0.05, layers="2..3"))
+
+    v = verdict_of(table7(0.3125, 0.0625), "5")
+    assert v.verdict == SUPPORTED and v.why == "the interval lies above 0; 3 vs 3 seeds"
+    assert v.comparison == "cycle x1, 4 layers, reusing 2..3 vs cycle x1, 4 layers, reusing 0..1"
+    assert v.effect.value == pytest.approx(0.3125 - 0.0625, abs=0.02) and v.effect.unit == "error points"
+    v = verdict_of(table7(0.0625, 0.3125), "5")
+    assert v.verdict == CONTRADICTED and v.effect.high < 0
+    # one seed a side: not shown, whatever the effect
+    single = [r for r in table7(0.3125, 0.0625) if r["seed"] == 0]
+    assert verdict_of(single, "5").why.startswith("not shown: 1 seed(s), training noise unknown")
+    # ranges in the notation or as a pair name the same layers
+    runs = table7(0.3125, 0.0625)
+    for r in runs:
+        r["layers"] = {"0..1": [0, 1], "2..3": "L-2..L-1"}.get(r["layers"], r["layers"])
+    assert verdict_of(runs, "5").verdict == SUPPORTED
+    # a layer subset is never claim 2's VLD variant: reuse of every layer is (the fewest base layers first)
+    assert verdict_of(runs, "2").comparison == "cycle x1, 4 layers vs base, 4 layers"
+    two_layers = khop_seeds("base", "base", 0, 2, 0.375) + khop_seeds("cycle", "cycle", 1, 2, 0.25)
+    assert verdict_of(runs + two_layers, "2").comparison == "cycle x1, 2 layers vs base, 2 layers"
+    assert verdict_of(runs + two_layers, "4").comparison == "cycle x1, 2 layers vs base, 4 layers"
+
+
+def test_claim6_on_khop_retrofit_worse_is_contradicted_better_supported():
+    """Table 2 on k-hop: the retrofit with reuse against the same fine-tuning without it, three
+    seeds each (seed s fine-tunes the source's seed s), in the khop_retrofit family's row."""
+    def retrofit(reuse, plain):
+        return (khop_seeds("base_1000", "base", 0, 2, 0.375, steps=1000, noise=0.05)
+                + khop_seeds("rf-cycle", "cycle", 1, 2, reuse, steps=500, noise=0.05, family="khop_retrofit")
+                + khop_seeds("rf-base", "base", 0, 2, plain, steps=500, noise=0.05, family="khop_retrofit"))
+
+    v = verdict_of(retrofit(0.375, 0.125), "6", "khop_retrofit")
+    assert v.verdict == CONTRADICTED and v.why == "the interval lies below 0; 3 vs 3 seeds"
+    assert v.comparison == "cycle x1, 2 layers vs base, 2 layers (same fine-tuning)"
+    assert v.effect.value == pytest.approx(0.125 - 0.375, abs=0.02)
+    assert verdict_of(retrofit(0.125, 0.375), "6", "khop_retrofit").verdict == SUPPORTED
+    assert verdict_of(retrofit(0.5, 0.5), "6", "khop_retrofit").why.startswith("not learned")
+    rows = [v for v in claims.claim_verdicts(retrofit(0.375, 0.125)) if v.claim == "6"]
+    assert [v.family for v in rows] == ["khop_retrofit"]  # no iGSM retrofit results: no row of its own
+    # a retrofit family without the same fine-tuning sans reuse still gets its row, saying so
+    alone = [r for r in retrofit(0.375, 0.125) if not r["variant"].startswith("rf-base")]
+    v = verdict_of(alone, "6", "khop_retrofit")
+    assert v.verdict == NOT_SHOWN and v.why == "not in this family: no retrofit with and without reuse"
 
 
 # ---------------------------------------------------------------- statistics

@@ -159,6 +159,20 @@ def test_wrong_final_parameter_and_wrong_answer(problems):
         assert v == Verdict(False, False, v.reason) and reason_code(v) == "wrong answer"
 
 
+def test_an_answer_with_leading_zeros_is_wrong_as_in_the_reference(problems):
+    """The reference compares the answer as text: `015` for 15 and `00` for 0 are wrong (a model
+    can write them: the tokenizer decodes 0 then 15 as `015`); spaces around it are not part of it."""
+    zero = [P for P in problems if P.answer == 0]
+    two_digits = [P for P in problems if P.answer >= 10]
+    assert zero and two_digits  # the fixture has both kinds
+    for P in problems:
+        for padded in ("0" + str(P.answer), "00" + str(P.answer)):
+            v = judge(P.text, P.solution, padded, LEX)
+            assert v == Verdict(False, False, v.reason) and reason_code(v) == "wrong answer", (padded, v)
+            assert not judge(P.text, None, padded, LEX).answer_correct
+        assert judge(P.text, None, f" {P.answer}\n", LEX).answer_correct
+
+
 def test_unnecessary_but_correct_steps_are_allowed():
     gen = Generator(PRESETS["med"])
     rng = random.Random(4)

@@ -1,5 +1,6 @@
 """The k-hop training stage: killed after a checkpoint and run again, it ends with the same
-final metrics and weights as an uninterrupted run (its data is a stream of (seed, step))."""
+final metrics and weights as an uninterrupted run (its data is a stream of (seed, step)); the
+k-hop retrofit: exact without fine-tuning, and fine-tuned on the rest of its source's stream."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -125,3 +127,84 @@ def test_the_report_refuses_results_of_other_settings(tmp_path, monkeypatch):
     stale.unlink()
     with pytest.raises(UserError, match=r"^results/eval/khop/cycle_x1/seed1.json: missing"):
         current_results(pipeline)
+
+
+def _module(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, VLD_TRACKING="0", PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_a_khop_retrofit_with_the_identity_schedule_and_no_steps_evaluates_as_its_source(tmp_path, monkeypatch):
+    """The k-hop retrofit's path (its source loaded through vld.retrofit, saved as a retrofit,
+    loaded and evaluated by the khop_retrofit family on its source's test sets) changes nothing:
+    without fine-tuning, the identity schedule evaluates bit for bit as the source. (A params.yaml
+    cannot ask for zero steps, max_steps >= 1: the retrofit is written here as the stage writes
+    it after training.)"""
+    import yaml
+
+    from vld.atomic import write_json
+    from vld.pipeline.families import FAMILIES
+    from vld.pipeline.params import load_pipeline
+    from vld.retrofit.api import prepare_retrofit, save_retrofit
+
+    raw = yaml.safe_load((ROOT / "conf/profiles/tiny.yaml").read_text())
+    raw["khop"]["eval"] = raw["khop_retrofit"]["eval"] = {"bootstrap": 200, "depth_windows": 0, "ablations": True}
+    raw["khop_retrofit"]["variants"] = {"same": {"source": "base", "schedule": {"pattern": "base", "k": 0}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    for args in (("vld.pipeline.data_khop", "--dataset", "kh12"),
+                 ("vld.pipeline.pretrain", "--family", "khop", "--variant", "base"),
+                 ("vld.pipeline.evaluate", "--family", "khop", "--variant", "base")):
+        done = _module(tmp_path, *args)
+        assert done.returncode == 0, done.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    family = FAMILIES["khop_retrofit"]
+    variant = load_pipeline("params.yaml").variant("khop_retrofit", "same").for_seed(0)
+    model, meta = prepare_retrofit(family.source_model(variant), variant.schedule_spec)
+    assert meta["schedule"] == [0, 1]
+    save_retrofit(model, family.model_dir(variant), meta)
+    write_json(family.model_dir(variant) / "variant.json", {"variant": variant.to_dict(), "sha256": variant.fingerprint()})
+    done = _module(tmp_path, "vld.pipeline.evaluate", "--family", "khop_retrofit", "--variant", "same")
+    assert done.returncode == 0, done.stderr[-3000:]
+    source, retrofit = (json.loads((tmp_path / f"results/eval/{f}/seed0.json").read_text())
+                        for f in ("khop/base", "khop_retrofit/same"))
+    assert (source["family"], retrofit["family"], retrofit["source"], retrofit["data"]) == (
+        "khop", "khop_retrofit", "base", "kh12")
+    assert retrofit["khop"]["hops"] and retrofit["khop"] == source["khop"]  # every count and interval, exactly
+    for result in (source, retrofit):  # the ablations' measured time is not a result
+        del result["depth_use"]["cost"]["wall_s"]
+    assert retrofit["depth_use"]["ablations"] and retrofit["depth_use"] == source["depth_use"]
+    for key in ("params", "flops_per_token", "effective_depth", "schedule"):
+        assert retrofit[key] == source[key], key
+
+
+def test_a_khop_retrofit_fine_tunes_on_the_rest_of_its_sources_stream(tmp_path, monkeypatch):
+    """Seed s of a k-hop retrofit trains on its source's stream (seed s) from the step where the
+    source stopped: sequences the source never saw, as a longer run of the source would have."""
+    import yaml
+
+    from vld.data.khop import training_batch
+    from vld.pipeline.families import FAMILIES
+    from vld.pipeline.params import load_pipeline
+
+    raw = yaml.safe_load((ROOT / "conf/profiles/tiny.yaml").read_text())
+    raw["khop"]["variants"]["base"]["seeds"] = [0, 3]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    pipeline = load_pipeline("params.yaml")
+    retrofit = pipeline.variant("khop_retrofit", "cycle_x1")
+    source = pipeline.variant("khop", "base")
+    assert retrofit.seeds == (0, 3) and source.train.max_steps == 4
+    spec = pipeline.data["khop"]["kh12"]
+    size = retrofit.train.global_batch_size
+    for seeded in retrofit.per_seed():
+        stream = FAMILIES["khop_retrofit"].datamodule(seeded, pipeline).stream
+        for step in (0, 1):
+            inputs, labels = training_batch(spec, source.train.max_steps + step, size, seed=seeded.seed)
+            for j in range(size):
+                item = stream[(step, j)]
+                assert np.array_equal(item["inputs"].numpy(), inputs[j]) and np.array_equal(item["labels"].numpy(), labels[j])
+        # the source's own stream at the same seed starts at step 0
+        first, _ = training_batch(spec, 0, size, seed=seeded.seed)
+        own = FAMILIES["khop"].datamodule(source.for_seed(seeded.seed), pipeline).stream[(0, 0)]["inputs"].numpy()
+        assert np.array_equal(own, first[0]) and not np.array_equal(own, inputs[0])

@@ -289,7 +289,7 @@ def test_bad_params_stop_dvc_repro_at_the_first_stage(dvc_repo):
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the machine without a GPU")
 @pytest.mark.parametrize("stage", [["vld.pipeline.pretrain", "--family", "reasoning", "--variant", "base"],
-                                   ["vld.pipeline.retrofit", "--variant", "cycle_x1"],
+                                   ["vld.pipeline.retrofit", "--family", "retrofit", "--variant", "cycle_x1"],
                                    ["vld.pipeline.evaluate", "--family", "knowledge", "--variant", "w16"]])
 def test_gpu_profile_on_a_machine_without_gpu_stops_each_stage_in_one_line(tmp_path, stage):
     shutil.copy(ROOT / "conf" / "profiles" / "gpu-smoke.yaml", tmp_path / "params.yaml")
@@ -443,6 +443,7 @@ def _khop_seeds(variant_extra=None, family_train=None, variant_train=None):
     if variant_train is not None:
         spec["train"] = variant_train
     raw["khop"]["variants"] = {"v": spec}
+    raw["khop_retrofit"]["variants"] = {}
     raw["khop"]["train"].update(family_train or {})
     return P.validate(raw).variant("khop", "v")
 
@@ -491,6 +492,25 @@ def test_a_retrofit_inherits_its_sources_seeds_and_refuses_others():
     raw["retrofit"]["variants"]["cycle_x1"]["seeds"] = [1]
     with pytest.raises(UserError, match=r"^retrofit.variants.cycle_x1.seeds: seed 1 is not a seed of "
                                         r"reasoning.variants.base \(its seeds: \[0, 3\]\)"):
+        P.validate(raw)
+    # the k-hop retrofit: the same, from a k-hop source; its data is its source's
+    raw["retrofit"]["variants"]["cycle_x1"]["seeds"] = [3]
+    raw["khop"]["variants"]["base"]["seeds"] = 3
+    khop = P.validate(raw).variant("khop_retrofit", "cycle_x1")
+    assert (khop.seeds, khop.source, khop.data, khop.model_name, khop.schedule) == ((0, 1, 2), "base", "kh12", "h16",
+                                                                                    [0, 1, 0, 1])
+    assert khop.train.seq_len == 13 and khop.model.max_seq_len == 16  # the stream's length + 1; the model's own
+    raw["khop_retrofit"]["variants"]["cycle_x1"]["seeds"] = [4]
+    with pytest.raises(UserError, match=r"^khop_retrofit.variants.cycle_x1.seeds: seed 4 is not a seed of "
+                                        r"khop.variants.base \(its seeds: \[0, 1, 2\]\)"):
+        P.validate(raw)
+    raw["khop_retrofit"]["variants"]["cycle_x1"] = {"source": "answer_only", "schedule": {"pattern": "cycle", "k": 1}}
+    with pytest.raises(UserError, match=r"^khop_retrofit.variants.cycle_x1.source: names a missing khop variant "
+                                        r"'answer_only' \(known: base, cycle_x1, cycle_x1_layers1-1\)$"):
+        P.validate(raw)
+    raw["khop_retrofit"]["variants"]["cycle_x1"] = {"source": "base", "data": "kh12",
+                                                    "schedule": {"pattern": "cycle", "k": 1}}
+    with pytest.raises(UserError, match=r"^khop_retrofit.variants.cycle_x1.data: unknown key"):
         P.validate(raw)
 
 

@@ -10,6 +10,7 @@ date (bytecode does not); `dvc exp run -S` runs only what its override touches.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -143,7 +144,7 @@ def _check_lineage(repo: Path, client, kids: dict) -> None:
     digests = _digests(repo)
     for key, run in kids.items():
         stage = run.data.tags["vld.stage"]
-        if not stage.startswith(("pretrain_", "retrofit", "evaluate_")):
+        if not stage.startswith(("pretrain_", "retrofit", "khop_retrofit", "evaluate_")):
             continue
         inputs = run.inputs.dataset_inputs
         context = "test" if stage.startswith("evaluate_") else "training"
@@ -155,7 +156,8 @@ def _check_lineage(repo: Path, client, kids: dict) -> None:
             assert data.dataset.digest == digests[name][:32]
         if stage.startswith("evaluate_"):  # the evaluated model is its input, and holds its metrics
             family = stage.split("_", 1)[1]
-            trainer = kids[("retrofit" if family == "retrofit" else f"pretrain_{family}") + "@" + key.split("@")[1]]
+            retrofit = family in ("retrofit", "khop_retrofit")  # a retrofit family's stage bears its name
+            trainer = kids[(family if retrofit else f"pretrain_{family}") + "@" + key.split("@")[1]]
             [evaluated] = client.get_run(run.info.run_id).inputs.model_inputs
             assert [evaluated.model_id] == [o.model_id for o in trainer.outputs.model_outputs], key
             measured = {m.key for m in client.get_logged_model(evaluated.model_id).metrics}
@@ -165,7 +167,9 @@ def _check_lineage(repo: Path, client, kids: dict) -> None:
         model = client.get_logged_model(output.model_id)
         assert model.source_run_id == run.info.run_id and "final_loss" in {m.key for m in model.metrics}, key
     for key, out, load in (("pretrain_khop@cycle_x1/seed1", "results/pretrain/khop/cycle_x1/seed1/model.pt", load_model),
-                           ("retrofit@cycle_x1/seed0", "results/retrofit/cycle_x1/seed0", lambda p: load_retrofit(p)[0])):
+                           ("retrofit@cycle_x1/seed0", "results/retrofit/cycle_x1/seed0", lambda p: load_retrofit(p)[0]),
+                           ("khop_retrofit@cycle_x1/seed0", "results/khop_retrofit/cycle_x1/seed0",
+                            lambda p: load_retrofit(p)[0])):
         [output] = kids[key].outputs.model_outputs
         from_mlflow = load_logged_model(f"models:/{output.model_id}", f"sqlite:///{repo / 'mlflow.db'}")
         from_dvc = load(repo / out)
@@ -193,7 +197,8 @@ def test_dvc_repro_tiny_profile(dvc_project):
         "evaluate_reasoning@base", "evaluate_reasoning@cycle_x1", "evaluate_reasoning@answer_only",
         "evaluate_knowledge@w16",
         "evaluate_retrofit@cycle_x1", "data_khop@kh12", "pretrain_khop@base", "pretrain_khop@cycle_x1",
-        "evaluate_khop@base", "evaluate_khop@cycle_x1", "report"}
+        "evaluate_khop@base", "evaluate_khop@cycle_x1", "pretrain_khop@cycle_x1_layers1-1",
+        "evaluate_khop@cycle_x1_layers1-1", "khop_retrofit@cycle_x1", "evaluate_khop_retrofit@cycle_x1", "report"}
     assert _ran(first) == stages
     _check_outputs(repo, outs)
     # one MLflow child run per seed of every variant stage (k-hop cycle_x1 has seeds: 2)
@@ -237,6 +242,20 @@ def test_dvc_repro_tiny_profile(dvc_project):
     report = (repo / "results/report/report.md").read_text()
     assert "k-hop induction: per-position error by hop count" in report and "The paper's claims" in report
     assert "final_loss" in kids["retrofit@cycle_x1/seed0"].data.metrics
+    # the layer-subset k-hop variant (Table 7) and the k-hop retrofit (Table 2 on k-hop)
+    subset = json.loads((repo / "results/eval/khop/cycle_x1_layers1-1/seed0.json").read_text())
+    assert (subset["layers"], subset["schedule"], subset["effective_depth"]) == ("1..1", [0, 1, 1], 3)
+    refit = json.loads((repo / "results/eval/khop_retrofit/cycle_x1/seed0.json").read_text())
+    assert (refit["family"], refit["source"], refit["data"], refit["schedule"]) == ("khop_retrofit", "base", "kh12",
+                                                                                    [0, 1, 0, 1])
+    assert refit["train_steps"] == 2 and set(refit["khop"]["hops"]) == {"0", "1", "2"}
+    ft = kids["khop_retrofit@cycle_x1/seed0"].data
+    assert "final_loss" in ft.metrics and ft.tags["vld.source"] == "base" and ft.tags["vld.data"] == "kh12"
+    assert re.fullmatch(r"[0-9a-f]{64}", ft.tags["vld.source.sha256"])
+    assert "## Table 7 on k-hop: layer-subset reuse" in report and "| cycle x1, 2 layers, reusing 1..1 |" in report
+    assert "## Table 2 on k-hop: retrofit" in report and "| Cycle x1 (retrofit) | cycle x1, 2 layers, from base |" in report
+    claim_rows = {(r["#"], r["family"]): r for r in csv.DictReader(open(repo / "results/report/claims.csv"))}
+    assert claim_rows[("6", "khop_retrofit")]["why"] == "not in this family: no retrofit with and without reuse"
     answer_only = json.loads((repo / "results/eval/reasoning/answer_only/seed0.json").read_text())
     assert answer_only["objective"] == "answer_only" and answer_only["igsm"]["op2"]["solution_accuracy"] is None
     assert kids["pretrain_reasoning@answer_only/seed0"].data.tags["vld.objective"] == "answer_only"

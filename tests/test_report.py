@@ -8,13 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vld.errors import UserError
-from vld.report import paper
+from vld.report import khop, paper
 from vld.report.build import build_report, load_results
 from vld.result_schema import SCHEMA
-from vld.stats import wilson_interval
+from vld.stats import seeds_and_clusters_bootstrap, wilson_interval
 
 
 # ---------------------------------------------------------------- Wilson
@@ -155,6 +156,26 @@ def khop_set() -> list[dict]:
     ]
 
 
+def khop_table7_set() -> list[dict]:
+    """Table 7 on k-hop beside h-native4 (no reuse): cycle x1 over every layer of 4, over the first
+    two and over the last two."""
+    cells = lambda k2, k4: khop_cells({0: 0.0, 2: k2, 4: k4})
+    return [result("h4-cycle-x1", "khop", "cycle", 1, 4, khop=cells(0.0, 0.0625), depth=False),
+            result("h4-first", "khop", "cycle", 1, 4, layers="0..1", khop=cells(0.0625, 0.25), depth=False),
+            result("h4-second", "khop", "cycle", 1, 4, layers="2..3", khop=cells(0.0, 0.125), depth=False)]
+
+
+def khop_retrofit_set(source: str = "h-base") -> list[dict]:
+    """The k-hop base retrofitted: cycle x1 and the same fine-tuning without reuse (50 steps)."""
+    out = [result("hrf-cycle", "khop_retrofit", "cycle", 1, 2, khop=khop_cells({0: 0.0, 2: 0.125, 4: 0.375}),
+                  depth=False, train_steps=50),
+           result("hrf-base", "khop_retrofit", "base", 0, 2, khop=khop_cells({0: 0.0, 2: 0.1875, 4: 0.4375}),
+                  depth=False, train_steps=50)]
+    for r in out:
+        r["source"] = source
+    return out
+
+
 def read_csv(path: Path) -> list[dict]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -165,7 +186,7 @@ def read_csv(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def full_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("rep") / "report"
-    results = reasoning_set() + knowledge_set() + retrofit_set() + khop_set()
+    results = reasoning_set() + knowledge_set() + retrofit_set() + khop_set() + khop_table7_set() + khop_retrofit_set()
     written = build_report(results, out, "synthetic")
     return out, written
 
@@ -178,6 +199,7 @@ def test_every_file_is_written_and_parses(full_report):
         "khop.md", "khop.csv", "khop_long.csv", "khop.png",
         "figure4.md", "figure4.csv", "figure4.png", "figure1.md", "figure1.csv", "figure1.png",
         "table7.md", "table7.csv", "table2.md", "table2.csv", "table2_paper.csv",
+        "table7_khop.md", "table7_khop.csv", "table2_khop.md", "table2_khop.csv",
         "compute.md", "compute.csv", "depth.md", "depth.csv", "depth_reasoning.png",
         "depth_law.md", "depth_law.csv", "depth_law_khop_error_k_ge_2.png", "depth_law_khop_error_k_2.png",
         "depth_law_khop_error_k_4.png", "depth_law_reasoning_1_accuracy.png", "depth_use_khop.md",
@@ -271,6 +293,45 @@ def test_table7_rows_and_paper_values(full_report):
     assert rows["all layers"]["op15 (ours)"].startswith("58.0 [")
 
 
+def test_khop_table7_and_retrofit_tables(full_report, tmp_path):
+    out, _ = full_report
+    rows = {r["variant"]: r for r in read_csv(out / "table7_khop.csv")}
+    assert list(rows) == ["base, 4 layers", "cycle x1, 4 layers", "cycle x1, 4 layers, reusing 0..1",
+                          "cycle x1, 4 layers, reusing 2..3"]
+    assert [rows[v]["layers reused"] for v in rows] == ["none", "all", "0..1", "2..3"]
+    assert [rows[v]["paper 8L cycle op15 (%)"] for v in rows] == ["60.5", "62.0", "54.2", "64.2"]
+    # k>=2: each sequence's error averaged over hop counts 2 and 4 (one seed: a point interval)
+    assert rows["cycle x1, 4 layers, reusing 0..1"]["k>=2"] == "0.156 [0.156, 0.156]"  # (0.0625 + 0.25) / 2
+    assert rows["cycle x1, 4 layers, reusing 2..3"]["k=4"] == "0.125 [0.125, 0.125]"
+    # the retrofit table: the source as trained, each retrofit, and a variant trained from scratch
+    # for the source's steps plus the fine-tuning's (cycle x1 at 100 = 50 + 50)
+    seeds = [result(f"h-base-50-s{s}", "khop", "base", 0, 2, seed=s, train_steps=50, depth=False,
+                    khop=khop_cells({0: 0.0, 2: e, 4: 0.5})) for s, e in enumerate((0.25, 0.375))]
+    for r in seeds:
+        r["variant"] = "h-base-50"
+    table = khop.khop_retrofit_table(khop_set() + seeds + khop_retrofit_set("h-base-50"))
+    got = {(r[0], r[1]): r for r in table.rows}
+    source = got[("source, as trained", "base, 2 layers")]
+    assert source[3:5] == [50, 2]
+    per_seed = [np.mean([[e] * 40, [0.5] * 40], axis=0) for e in (0.25, 0.375)]  # 40 sequences, 16 positions
+    point, (low, high) = seeds_and_clusters_bootstrap(per_seed, khop.RESAMPLES, seed=0)
+    assert point == pytest.approx(((0.25 + 0.5) / 2 + (0.375 + 0.5) / 2) / 2)
+    assert source[-1] == f"{point:.3f} [{low:.3f}, {high:.3f}]" and low < point < high  # two seeds: a real interval
+    assert got[("Cycle x1 (retrofit)", "cycle x1, 2 layers, from h-base-50")][3:5] == ["50 + 50", 1]
+    scratch = [r for r in table.rows if r[0] == "trained from scratch, same total steps"]
+    assert [(r[1], r[3]) for r in scratch] == [("base, 2 layers", 100), ("cycle x1, 2 layers", 100)]
+    assert scratch[1][-1] == "0.219 [0.219, 0.219]"  # h-cycle-x1: (0.0625 + 0.375) / 2
+    assert [r[0] for r in table.rows] == ["source, as trained", "Base (same fine-tuning, no reuse)",
+                                          "trained from scratch, same total steps", "Cycle x1 (retrofit)",
+                                          "trained from scratch, same total steps"]
+    # in the full set the source, h-base, trained 100 steps: no variant has 100 + 50
+    assert [r["row"] for r in read_csv(out / "table2_khop.csv")] == [
+        "source, as trained", "Base (same fine-tuning, no reuse)", "Cycle x1 (retrofit)"]
+    # the k-hop retrofits are neither rows of the k-hop table nor of the iGSM Table 2 analogue
+    assert not any("from" in r["variant"] for r in read_csv(out / "khop.csv"))
+    assert [r["variant"] for r in read_csv(out / "table2.csv")] == ["rf-base", "rf-cycle"]
+
+
 def test_knowledge_figure1_retrofit_compute_depth_tables(full_report):
     out, _ = full_report
     know = {r["variant"]: r for r in read_csv(out / "figure4.csv")}
@@ -307,7 +368,7 @@ def test_knowledge_figure1_retrofit_compute_depth_tables(full_report):
 def test_metrics_json_for_dvc(full_report):
     out, _ = full_report
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["profile"] == "synthetic" and metrics["n_variants"] == 18
+    assert metrics["profile"] == "synthetic" and metrics["n_variants"] == 23
     assert metrics["variants"]["reasoning"]["r4-cycle-x1"]["igsm_op15_answer_accuracy"] == 0.5
     assert metrics["variants"]["reasoning"]["r4-cycle-x1"]["flops_per_token"] == 800
     assert metrics["variants"]["knowledge"]["k-big"]["knowledge_cross_entropy_absorbed_bits"] == 2500.0

@@ -19,7 +19,7 @@ class VariantResult:
     """The result schema. Every field is always present (None or empty when not measured)."""
 
     variant: str  # name of the variant
-    family: str  # reasoning | knowledge | retrofit | khop (the pipeline's family)
+    family: str  # reasoning | knowledge | retrofit | khop | khop_retrofit (the pipeline's family)
     task: str  # what was measured: igsm | knowledge | khop
     pattern: str  # reuse pattern ("base" for an identity schedule, "custom" if unnamed)
     k: int | None  # extra copies (VLD xk)

@@ -273,7 +273,8 @@ class ScheduleSpec:
         return dataclasses.asdict(self)
 
 
-def _parse_layers(layers: object, n_layers: int, where: str) -> tuple[int, int]:
+def layer_range(layers: object, n_layers: int, where: str = "layers") -> tuple[int, int]:
+    """A schedule's `layers` ("a..b" in the notation, or [a, b]) -> (start, stop), inclusive."""
     if isinstance(layers, (list, tuple)) and len(layers) == 2 and all(_is_int(v) for v in layers):
         start, stop = int(layers[0]), int(layers[1])
     elif isinstance(layers, str):
@@ -374,7 +375,7 @@ def resolve_schedule(
     if spec.layers is None:
         start, stop = 0, n_layers - 1
     else:
-        start, stop = _parse_layers(spec.layers, n_layers, f"{where}.layers")
+        start, stop = layer_range(spec.layers, n_layers, f"{where}.layers")
     span = stop - start + 1
     try:
         inner = expand_notation(text, span, spec.k)

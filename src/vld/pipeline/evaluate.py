@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             pipeline, f"evaluate_{variant.family}", paths.seed_key(variant.name, seeded.seed),
             {**seeded.flat_params(), **{f"eval.{k}": v for k, v in seeded.eval.items()}},
             {**seeded.tags(), **shared.data_tags(dirs), "vld.variant": variant.name})) for seeded in seeds]
-        trainer = "retrofit" if family.trained_by == "retrofit" else f"pretrain_{variant.family}"
+        # a retrofit family's training stage bears its name (vld.pipeline.retrofit)
+        trainer = variant.family if family.trained_by == "retrofit" else f"pretrain_{variant.family}"
         for seeded, run in zip(seeds, runs):
             run.log_datasets([tracking.dataset_entry(Path(path).name, path, "test") for path in dirs.values()])
             run.evaluate_model(tracking.record_path(trainer, paths.seed_key(variant.name, seeded.seed)))

@@ -233,46 +233,73 @@ class Knowledge(OwnDataset):
         return {"knowledge": str(paths.knowledge_dir(variant.data))}
 
 
-class Retrofit(IgsmEvaluated):
-    name, claim_set = "retrofit", "retrofit"
-    trained_by = "retrofit"
+class Retrofitted:
+    """What every retrofit family shares: its variants name a trained variant of
+    `source_family` (`source:`), get a reuse schedule and are fine-tuned on that family's
+    training data; seed s fine-tunes the source's seed s. Mixed in before the family whose
+    task, data and evaluation the source has."""
+
+    trained_by, claim_set = "retrofit", "retrofit"
     seeds_together = False  # one fine-tuning after another
     variant_keys = ("source", "method", "lora_rank")
+    source_family: str
 
     def check_variant(self, spec, where, pipeline):
         from vld.retrofit.methods import DEFAULT_LORA_RANK, check_method
 
         source = spec.get("source")
+        sources = pipeline.variants.get(self.source_family, {})
         if source is None:
-            fail(f"{where}.source", "missing: name the reasoning variant to retrofit")
-        reasoning = pipeline.variants.get("reasoning", {})
-        if source not in reasoning:
-            fail(f"{where}.source", f"names a missing reasoning variant {source!r} (known:"
-                 f" {', '.join(reasoning) or 'none'})")
+            fail(f"{where}.source", f"missing: name the {self.source_family} variant to retrofit")
+        if source not in sources:
+            fail(f"{where}.source", f"names a missing {self.source_family} variant {source!r} (known:"
+                 f" {', '.join(sources) or 'none'})")
         method = spec.get("method", "full")
         rank = spec.get("lora_rank", DEFAULT_LORA_RANK)
         check_method(method, rank, where)
-        # fine-tuned on what its source was trained on (objective)
-        return {"model_name": reasoning[source].model_name, "source": source, "method": method, "lora_rank": rank,
-                "objective": reasoning[source].objective}
+        return {"model_name": sources[source].model_name, "source": source, "method": method, "lora_rank": rank,
+                **self.inherited(sources[source])}
+
+    def inherited(self, source: "Variant") -> dict[str, Any]:
+        """The Variant fields a retrofit takes from its source: it is fine-tuned on what its
+        source was trained on."""
+        raise NotImplementedError
+
+    def source_variant(self, variant: "Variant", pipeline: "Plan") -> "Variant":
+        """The source of `variant`, at the same seed."""
+        return pipeline.variants[self.source_family][variant.source].for_seed(variant.seed)
+
+    def source_model(self, variant: "Variant") -> Path:
+        """The checkpoint file `variant` (one seed of it) starts from (its directory also holds
+        a config.json: ours, not Hugging Face's)."""
+        return paths.pretrain_model_dir(self.source_family, variant.source, variant.seed) / "model.pt"
 
     def default_seeds(self, extras, pipeline):
-        return pipeline.variants["reasoning"][extras["source"]].seeds  # seed s fine-tunes the source's seed s
+        return pipeline.variants[self.source_family][extras["source"]].seeds  # seed s fine-tunes the source's seed s
 
     def check_seeds(self, variant, pipeline):
-        source = pipeline.variants["reasoning"][variant.source]
+        source = pipeline.variants[self.source_family][variant.source]
         missing = [seed for seed in variant.seeds if seed not in source.seeds]
         if missing:
-            fail(f"{variant.key}.seeds", f"seed {missing[0]} is not a seed of reasoning.variants.{variant.source}"
-                 f" (its seeds: {list(source.seeds)}); seed s fine-tunes the source's seed s")
+            fail(f"{variant.key}.seeds", f"seed {missing[0]} is not a seed of {self.source_family}.variants."
+                 f"{variant.source} (its seeds: {list(source.seeds)}); seed s fine-tunes the source's seed s")
 
     def model_dir(self, variant):
-        return paths.retrofit_model_dir(variant.name, variant.seed)
+        return paths.retrofit_model_dir(self.name, variant.name, variant.seed)
 
     def load_model(self, variant):
         from vld.retrofit.api import load_retrofit
 
         return load_retrofit(self.model_dir(variant))[0]
+
+
+class Retrofit(Retrofitted, IgsmEvaluated):
+    """The paper's Table 2: a pretrained iGSM reasoning model retrofitted."""
+
+    name, source_family = "retrofit", "reasoning"
+
+    def inherited(self, source):
+        return {"objective": source.objective}
 
 
 class KHop(OwnDataset):
@@ -299,10 +326,29 @@ class KHop(OwnDataset):
 
         cfg = variant.train
         return KHopDataModule(pipeline.data["khop"][variant.data], cfg.global_batch_size, cfg.micro_batch_size,
-                              seed=cfg.seed, num_workers=cfg.num_workers)
+                              seed=cfg.seed, num_workers=cfg.num_workers, first_step=self.first_step(variant, pipeline))
+
+    def first_step(self, variant: "Variant", pipeline: "Plan") -> int:
+        """The step of the k-hop stream its training starts at."""
+        return 0
 
     def eval_data(self, variant):
         return {"khop_test": str(paths.khop_tests_dir(variant.data))}
+
+
+class KHopRetrofit(Retrofitted, KHop):
+    """Table 2 on k-hop: a trained k-hop model retrofitted, fine-tuned on the rest of its
+    source's stream."""
+
+    name, source_family = "khop_retrofit", "khop"
+
+    def inherited(self, source):
+        return {"data": source.data}
+
+    def first_step(self, variant, pipeline):
+        # the stream where the source stopped: fine-tuning sees sequences its source never saw
+        return self.source_variant(variant, pipeline).train.max_steps
+
 
 
 class LmRetrofit(OwnDataset):
@@ -312,6 +358,7 @@ class LmRetrofit(OwnDataset):
 
     name, task, data_section, claim_set = "lm_retrofit", "lm_eval", "sft", "lm_retrofit"
     trained_by = "lm_retrofit"
+    seeds_together = False  # one fine-tuning after another
     variant_keys = ("data", "method", "lora_rank")
 
     def check_variant(self, spec, where, pipeline):
@@ -367,7 +414,7 @@ class LmRetrofit(OwnDataset):
         return check_settings(settings, where)
 
     def model_dir(self, variant):
-        return paths.lm_retrofit_model_dir(variant.name, variant.seed)
+        return paths.retrofit_model_dir("lm_retrofit", variant.name, variant.seed)
 
     def load_model(self, variant):
         from vld.retrofit.api import load_retrofit
@@ -375,8 +422,9 @@ class LmRetrofit(OwnDataset):
         return load_retrofit(self.model_dir(variant))[0]
 
 
-# Validation order matters: retrofit variants name reasoning variants.
-FAMILIES: dict[str, Family] = {f.name: f for f in (Reasoning(), Knowledge(), Retrofit(), KHop(), LmRetrofit())}
+# Validation order matters: retrofit variants name the variants of their source family.
+FAMILIES: dict[str, Family] = {
+    f.name: f for f in (Reasoning(), Knowledge(), Retrofit(), KHop(), KHopRetrofit(), LmRetrofit())}
 
 
 def trained_by(stage: str) -> tuple[str, ...]:

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     variant = pipeline.variant("lm_retrofit", args.variant)
     family = FAMILIES["lm_retrofit"]
     check_devices(variant.train, "hardware")
-    out = paths.lm_retrofit_dir(variant.name)
+    out = paths.retrofit_dir("lm_retrofit", variant.name)
     rank0 = tracking.is_global_zero()
 
     from vld.atomic import atomic_dir, check_replaceable, write_json
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         if not rank0:
             return 0
     for seeded, run in zip(seeds, runs):
-        where = paths.lm_retrofit_model_dir(variant.name, seeded.seed)
+        where = paths.retrofit_model_dir("lm_retrofit", variant.name, seeded.seed)
         run.log_model(tracking.model_entry(f"lm_retrofit-{variant.name}-seed{seeded.seed}", where,
                                            "vld.retrofit.api.load_retrofit", seeded.flat_params(), run.metrics))
         run.add_artifact(where / METRICS_FILE)

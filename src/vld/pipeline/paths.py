@@ -12,8 +12,7 @@ KNOWLEDGE_DATA = Path("data/knowledge")
 KHOP_DATA = Path("data/khop")
 SFT_DATA = Path("data/sft")
 PRETRAIN = Path("results/pretrain")
-RETROFIT = Path("results/retrofit")
-LM_RETROFIT = Path("results/lm_retrofit")
+RESULTS = Path("results")
 EVAL = Path("results/eval")
 REPORT = Path("results/report")
 # Checkpoints of running trainings. DVC deletes a stage's outputs before running it, so a
@@ -47,20 +46,13 @@ def pretrain_model_dir(family: str, variant: str, seed: int) -> Path:
     return pretrain_dir(family, variant) / seed_name(seed)
 
 
-def retrofit_dir(variant: str) -> Path:
-    return RETROFIT / variant
+def retrofit_dir(family: str, variant: str) -> Path:
+    """A retrofit family's variant: results/<family>/<variant> (results/retrofit/<variant> for iGSM)."""
+    return RESULTS / family / variant
 
 
-def retrofit_model_dir(variant: str, seed: int) -> Path:
-    return retrofit_dir(variant) / seed_name(seed)
-
-
-def lm_retrofit_dir(variant: str) -> Path:
-    return LM_RETROFIT / variant
-
-
-def lm_retrofit_model_dir(variant: str, seed: int) -> Path:
-    return lm_retrofit_dir(variant) / seed_name(seed)
+def retrofit_model_dir(family: str, variant: str, seed: int) -> Path:
+    return retrofit_dir(family, variant) / seed_name(seed)
 
 
 def eval_dir(family: str, variant: str) -> Path:

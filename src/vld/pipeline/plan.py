@@ -39,7 +39,7 @@ class Variant:
     eval: dict  # the family's eval settings, validated by vld.eval.variant
     seed: int
     data: str | None = None  # knowledge, khop: dataset name under data.<section>
-    source: str | None = None  # retrofit: the reasoning variant it starts from
+    source: str | None = None  # retrofit families: the variant of their source family it starts from
     method: str | None = None
     lora_rank: int | None = None
     objective: str | None = None  # iGSM families: what the loss is on (vld.data.igsm.objectives)

@@ -43,11 +43,13 @@ def current_results(pipeline) -> list[dict]:
 
 def training_curves(pipeline) -> list[dict]:
     """The pretraining loss curve (metrics.json "loss_curve") of every seed of every pretrained
-    variant params.yaml has now, for the report's loss_curves.csv. Not retrofit's: a profile
-    without retrofit variants has no results/retrofit for the stage to depend on."""
+    variant params.yaml has now, for the report's loss_curves.csv. Not the retrofit families': a
+    profile without retrofit variants has no results/<retrofit family> for the stage to depend on."""
+    from vld.pipeline.families import trained_by
+
     curves = []
     for family, table in pipeline.variants.items():
-        if family == "retrofit":
+        if family not in trained_by("pretrain"):
             continue
         for seeded in (one for variant in table.values() for one in variant.per_seed()):
             folder = paths.pretrain_model_dir(family, seeded.name, seeded.seed)

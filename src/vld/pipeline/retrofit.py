@@ -1,13 +1,16 @@
-"""Stage `retrofit@<variant>`: give a pretrained reasoning model a reuse schedule, fine-tune it.
+"""Stage `<family>@<variant>` of a retrofit family: give a trained model a reuse schedule, fine-tune it.
 
-    python -m vld.pipeline.retrofit --variant cycle_x1
+    python -m vld.pipeline.retrofit --family retrofit --variant cycle_x1
 
-The source is the reasoning variant named by `retrofit.variants.<variant>.source`: seed s
-fine-tunes the source's seed s (results/pretrain/reasoning/<source>/seed<s>/model.pt); the
-fine-tuning data is data/igsm/train. A variant with `schedule: {pattern: base}` is the paper's
+The family (vld.pipeline.families: `retrofit` for iGSM reasoning models, `khop_retrofit` for
+k-hop ones) says what its variants start from: `<family>.variants.<variant>.source` names a
+variant of its source family, and seed s fine-tunes that variant's seed s
+(results/pretrain/<source family>/<source>/seed<s>/model.pt). The fine-tuning data is the
+source's own: data/igsm/train with the source's objective, or the source's k-hop stream from
+the step where its training stopped. A variant with `schedule: {pattern: base}` is the paper's
 "Base" row: the untouched model fine-tuned with the same budget. Writes
-results/retrofit/<variant>/seed<s>/ {model/, metrics.json, variant.json} and one record per seed,
-results/records/retrofit@<variant>/seed<s>.json (vld.retrofit.api does the work).
+results/<family>/<variant>/seed<s>/ {model/, metrics.json, variant.json} and one record per seed,
+results/records/<family>@<variant>/seed<s>.json (vld.retrofit.api does the work).
 """
 
 from __future__ import annotations
@@ -17,16 +20,19 @@ import shutil
 
 from vld.errors import run_cli
 from vld.pipeline import paths, shared, tracking
+from vld.pipeline.families import FAMILIES, trained_by
 from vld.pipeline.params import load_pipeline
 from vld.train.config import check_devices
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = shared.parser("retrofit", __doc__.splitlines()[0]).parse_args(argv)
+    args = shared.parser("retrofit", __doc__.splitlines()[0], trained_by("retrofit")).parse_args(argv)
     pipeline = load_pipeline(args.params)
-    variant = pipeline.variant("retrofit", args.variant)
+    variant = pipeline.variant(args.family, args.variant)
+    family = FAMILIES[variant.family]
+    stage = variant.family  # a retrofit family's training stage bears its name
     check_devices(variant.train, "hardware")  # a GPU asked for and missing: fail now, before any run
-    out = paths.retrofit_dir(variant.name)
+    out = paths.retrofit_dir(variant.family, variant.name)
     rank0 = tracking.is_global_zero()
 
     from vld.atomic import check_replaceable
@@ -39,34 +45,37 @@ def main(argv: list[str] | None = None) -> int:
 
     seeds, sources = variant.per_seed(), []
     for seeded in seeds:  # every source checked before any compute
-        # the checkpoint file itself: its directory also holds a config.json (ours, not Hugging Face's)
-        source = paths.pretrain_model_dir("reasoning", variant.source, seeded.seed) / "model.pt"
+        source = family.source_model(seeded)
         info = inspect_source(source, f"{variant.key}.source")
         sources.append((info, hashlib.sha256(source.read_bytes()).hexdigest()))
-    data_tags = shared.data_tags({"igsm_train": paths.IGSM_TRAIN})
+    _, data_id, token_sets = family.train_identity(variant, pipeline)
+    data_tags = shared.data_tags(token_sets)
+    inputs = [tracking.dataset_entry(name, path, "training") for name, path in token_sets.items()]
+    if "stream" in data_id:  # a generated stream (k-hop): its settings are the data
+        inputs.append(tracking.stream_entry(data_id["stream"], f"vld.data.{family.task}", data_id["spec"], "training"))
+    # a sample that does not fit fails here, before the run
+    datamodules = [family.datamodule(seeded, pipeline) for seeded in seeds]
 
     from vld.atomic import atomic_dir, write_json
-    from vld.data.tokens import recorded_sha256
-    from vld.retrofit.api import MODEL_DIR, METRICS_FILE, retrofit_and_finetune
+    from vld.retrofit.api import MODEL_DIR, METRICS_FILE, finetune_retrofit
     from vld.train.run import TimeEstimate
 
     works = []
     # the other ranks of a multi-process run only train
     with (atomic_dir(out) if rank0 else contextlib.nullcontext()) as tmp, contextlib.ExitStack() as stack:
         runs = []
-        for seeded, (info, source_sha256) in zip(seeds, sources):  # one after another: each its own fine-tuning
-            work = shared.work_dir("retrofit", variant.name, {
-                "variant": seeded.to_dict(), "train": seeded.train.to_dict(),
-                "source": source_sha256, "data": recorded_sha256(paths.IGSM_TRAIN)})
+        # one after another: each its own fine-tuning
+        for seeded, (info, source_sha256), datamodule in zip(seeds, sources, datamodules):
+            work = shared.work_dir(stage, variant.name, {
+                "variant": seeded.to_dict(), "train": seeded.train.to_dict(), "source": source_sha256, **data_id})
             run = stack.enter_context(tracking.tracked(
-                pipeline, "retrofit", paths.seed_key(variant.name, seeded.seed), seeded.flat_params(),
+                pipeline, stage, paths.seed_key(variant.name, seeded.seed), seeded.flat_params(),
                 {**seeded.tags(), **data_tags, "vld.source.sha256": source_sha256, "vld.variant": variant.name}))
-            run.log_datasets([tracking.dataset_entry("igsm_train", paths.IGSM_TRAIN, "training")])
-            metrics = retrofit_and_finetune(info, seeded.schedule_spec, seeded.method, seeded.lora_rank,
-                                            str(paths.IGSM_TRAIN), seeded.train, work, patterns=pipeline.patterns,
-                                            logger=run.lightning_logger(), backend=seeded.train.backend,
-                                            objective=seeded.objective, callbacks=[TimeEstimate(
-                                                f"retrofit@{variant.name} seed {seeded.seed}")])
+            run.log_datasets(inputs)
+            metrics = finetune_retrofit(info, seeded.schedule_spec, seeded.method, seeded.lora_rank, datamodule,
+                                        seeded.train, work, patterns=pipeline.patterns, logger=run.lightning_logger(),
+                                        backend=seeded.train.backend,
+                                        callbacks=[TimeEstimate(f"{stage}@{variant.name} seed {seeded.seed}")])
             if not rank0:
                 continue
             pipeline.check_unchanged(seeded)
@@ -81,15 +90,15 @@ def main(argv: list[str] | None = None) -> int:
         if not rank0:
             return 0
     for seeded, run in zip(seeds, runs):  # the outputs are in place: the runs can end
-        where = paths.retrofit_model_dir(variant.name, seeded.seed)
-        run.log_model(tracking.model_entry(f"retrofit-{variant.name}-seed{seeded.seed}", where,
+        where = family.model_dir(seeded)
+        run.log_model(tracking.model_entry(f"{stage}-{variant.name}-seed{seeded.seed}", where,
                                            "vld.retrofit.api.load_retrofit", seeded.flat_params(), run.metrics))
         run.add_artifact(where / METRICS_FILE)
         run.add_artifact(where / MODEL_DIR / "retrofit.json")
         run.finish()
     for work in works:
         shared.drop_work_dir(work)
-    shared.summary(f"retrofit@{variant.name}", out, len(seeds), "final loss",
+    shared.summary(f"{stage}@{variant.name}", out, len(seeds), "final loss",
                    [run.metrics.get("final_loss") for run in runs])
     return 0
 

@@ -32,16 +32,23 @@ not shown; its row shows the deciding comparison (claim 1: the largest change am
 with the claim's verdict). A comparison whose models did not learn the task (k-hop: both
 within LEARN_MARGIN of the constant prediction at the compared hop counts; iGSM: the best
 variant under 3x the most-common-answer rate) is not shown, and so is a claim with no results
-to compare: every reasoning family gets a row for each of claims 2-5, "not shown" with what is
-missing.
+to compare: every reasoning family gets a row for each of claims 2-5, and every retrofit
+family with results one for claim 6, "not shown" with what is missing.
+
+Claim 5 compares, of one pattern and factor on one model, the layer-subset variant whose range
+starts latest with the one whose range starts earliest; claim 6, per retrofit family (iGSM or
+k-hop, measured in the family's task), the retrofit with reuse with the same fine-tuning
+without it.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
 
+from vld.model.schedule import layer_range
 from vld.pipeline.families import FAMILIES, families_where
 from vld.report import tables
 from vld.report.khop import sequence_errors
@@ -232,6 +239,24 @@ def _reuse_variant(groups) -> VariantGroup | None:
     return min(pool, key=lambda g: (g.k, tables.group_sort(g))) if pool else None
 
 
+def _subset_pair(groups) -> tuple[VariantGroup, VariantGroup] | None:
+    """Claim 5: the layer-subset variant reusing the latest layers and the one reusing the
+    earliest, of one reuse pattern on one model (the first such set in the report's order)."""
+    sets: dict[tuple, list[VariantGroup]] = {}
+    for g in sorted((g for g in groups if g.layers is not None), key=tables.group_sort):
+        sets.setdefault((g.pattern, g.k, g.n_layer, g.d_model, g.train_steps, g.objective), []).append(g)
+    for members in sets.values():
+        by_start = sorted(members, key=lambda g: _layer_range(g))
+        if _layer_range(by_start[-1])[0] > _layer_range(by_start[0])[0]:
+            return by_start[-1], by_start[0]
+    return None
+
+
+def _layer_range(group: VariantGroup) -> tuple[int, int]:
+    text = str(group.layers)
+    return layer_range(json.loads(text) if text.startswith("[") else text, group.n_layer)
+
+
 def _verdict(claim, family, comparison, effect, why, rule) -> Verdict:
     if effect is None:
         return Verdict(claim, family, comparison, None, NOT_SHOWN, why)
@@ -296,11 +321,9 @@ def _reasoning_claims(results: list[dict], family: str, task: str, label: str) -
             orders = [found["cycle"], found["sequence"], found["inverse_cycle"]]
             out.append(_order_claim(task, family, label, groups, orders, results))
             break
-    subsets = [g for g in groups if g.layers is not None]
-    later = [(a, b) for a in subsets for b in subsets if a.pattern == b.pattern and a.k == b.k
-             and a.n_layer == b.n_layer and int(str(a.layers).split("..")[0]) > int(str(b.layers).split("..")[0])]
+    later = _subset_pair(groups)
     if later:
-        a, b = later[0]
+        a, b = later
         effect, why = _effect(task, family, groups[a], groups[b], results)
         out.append(_verdict("5", label, f"{group_name(a)} vs {group_name(b)}", effect, why, directional))
     have = {v.claim for v in out}
@@ -351,11 +374,14 @@ def claim_verdicts(results: list[dict]) -> list[Verdict]:
     for name in families_where(claim_set="retrofit"):
         retrofit = _groups(results, name)
         reuse = _reuse_variant(retrofit)
-        plain = reuse and _find(retrofit, pattern="base", k=0, objective=reuse.objective)
+        plain = reuse and _find(retrofit, pattern="base", k=0, n_layer=reuse.n_layer, d_model=reuse.d_model,
+                                train_steps=reuse.train_steps, objective=reuse.objective)
         if reuse and plain:
-            effect, why = igsm_effect(retrofit[reuse], retrofit[plain], _learned_igsm(results, name))
+            effect, why = _effect(FAMILIES[name].task, name, retrofit[reuse], retrofit[plain], results)
             verdicts.append(_verdict("6", name, f"{group_name(reuse)} vs {group_name(plain)} (same fine-tuning)",
                                      effect, why, directional))
+        elif retrofit:
+            verdicts.append(Verdict("6", name, "", None, NOT_SHOWN, f"not in this family: {MISSING['6']}"))
     have = {v.claim for v in verdicts}
     verdicts += [Verdict(c, "", "", None, NOT_SHOWN, f"not in this profile: {MISSING[c]}") for c in CLAIMS if c not in have]
     return sorted(verdicts, key=lambda v: (list(CLAIMS).index(v.claim), v.family))

@@ -22,7 +22,7 @@ from vld.stats import seeds_and_problems_interval, wilson_interval
 PATTERN_ORDER = tuple(BUILTIN_PATTERNS)
 # The results each table reads, by what their family is (vld.pipeline.families).
 PRETRAINED_IGSM = families_where(task="igsm", trained_by="pretrain")  # Tables 1, 3-7
-RETROFITTED = families_where(trained_by="retrofit")  # Table 2
+RETROFITTED = families_where(task="igsm", trained_by="retrofit")  # Table 2 (k-hop: vld.report.khop)
 KNOWLEDGE = families_where(task="knowledge")  # the knowledge table, Figure 1
 
 

@@ -12,6 +12,7 @@ from vld.lazy import lazy_exports
 
 _LAZY = {
     "retrofit_and_finetune": "vld.retrofit.api",
+    "finetune_retrofit": "vld.retrofit.api",
     "prepare_retrofit": "vld.retrofit.api",
     "validate_variant": "vld.retrofit.api",
     "load_retrofit": "vld.retrofit.api",

@@ -2,6 +2,7 @@
 
     metrics = retrofit_and_finetune(source, {"pattern": "cycle", "k": 1}, "lora", 4,
                                     train_dir, train_cfg, out_dir)
+    metrics = finetune_retrofit(source, schedule, method, lora_rank, datamodule, train_cfg, out_dir)
     model, meta = load_retrofit(out_dir)
 
 Layout of `out_dir`:
@@ -122,7 +123,8 @@ def retrofit_and_finetune(
     objective: str = "solution",
     callbacks: Iterable = (),
 ) -> dict[str, Any]:
-    """A whole retrofit variant: validate, apply the schedule, fine-tune, save; returns metrics.
+    """A whole retrofit variant fine-tuned on an iGSM token set: validate, apply the schedule,
+    fine-tune, save; returns metrics.
 
     source: a path, or a SourceInfo the caller already inspected (the source is inspected
     once per call either way). schedule: ScheduleSpec fields ({"pattern": "base"} is the
@@ -131,14 +133,11 @@ def retrofit_and_finetune(
     backend: a vld.model.Backend (activation checkpointing, CPU GEMMs), default the default.
     callbacks: extra Lightning callbacks of the fine-tuning (the stage's time estimate).
     """
-    from vld.atomic import check_replaceable
     from vld.data.tokens import TokenSet
 
     where = "retrofit"
-    out_dir = Path(out_dir)
-    info, order = validate_variant(source, schedule, method, lora_rank, patterns, where)
+    info, _ = validate_variant(source, schedule, method, lora_rank, patterns, where)
     tokens = TokenSet.open(train_dir)
-    check_replaceable(out_dir / MODEL_DIR)
     model_vocab = info.config.get("vocab_size")
     if isinstance(model_vocab, int) and tokens.vocab_size > model_vocab:
         fail(f"{where}.train_dir", f"{train_dir} has vocab_size {tokens.vocab_size} > the model's {model_vocab}")
@@ -146,12 +145,37 @@ def retrofit_and_finetune(
 
     datamodule = igsm_datamodule(objective, train_dir, train_cfg.seq_len, train_cfg.micro_batch_size, train_cfg.seed,
                                  num_workers=train_cfg.num_workers, where=f"{where}.train.seq_len")
-    return train_retrofit(source, info, order, method, lora_rank, datamodule, train_cfg, out_dir, logger, lora_alpha,
-                          backend)
+    return finetune_retrofit(info, schedule, method, lora_rank, datamodule, train_cfg, out_dir, patterns, logger,
+                             lora_alpha, backend, callbacks)
+
+
+def finetune_retrofit(
+    source: str | Path | SourceInfo,
+    schedule: Mapping[str, Any] | None,
+    method: str,
+    lora_rank: int,
+    datamodule,
+    train_cfg,
+    out_dir: Path,
+    patterns: Mapping[str, str] | None = None,
+    logger=None,
+    lora_alpha: float | None = None,
+    backend: Backend | None = None,
+    callbacks: Iterable = (),
+) -> dict[str, Any]:
+    """retrofit_and_finetune on any training data: `datamodule` is a Lightning datamodule of
+    vld.train.datamodules (a token set, or a k-hop stream); the rest as there."""
+    from vld.atomic import check_replaceable
+
+    info, order = validate_variant(source, schedule, method, lora_rank, patterns, "retrofit")
+    check_replaceable(Path(out_dir) / MODEL_DIR)
+    return train_retrofit(info, info, order, method, lora_rank, datamodule, train_cfg, out_dir, logger, lora_alpha,
+                          backend, callbacks)
 
 
 def train_retrofit(source, info: SourceInfo, order, method: str, lora_rank: int, datamodule, train_cfg, out_dir: Path,
-                   logger=None, lora_alpha: float | None = None, backend: Backend | None = None) -> dict[str, Any]:
+                   logger=None, lora_alpha: float | None = None, backend: Backend | None = None,
+                   callbacks: Iterable = ()) -> dict[str, Any]:
     """A validated variant (validate_variant's info and order) loaded, trained on `datamodule`
     (any of vld.train.datamodules) and saved to out_dir; returns metrics and metadata."""
     from vld.atomic import write_json
@@ -240,6 +264,7 @@ __all__ = [  # METHODS, DEFAULT_LORA_RANK, check_method live in the torch-free v
     "MODEL_DIR",
     "TRAIN_DIR",
     "check_method",
+    "finetune_retrofit",
     "load_retrofit",
     "parameter_summary",
     "prepare_retrofit",

@@ -302,14 +302,16 @@ class BiographyDataModule(_WindowDataModuleBase):
 
 
 class _KHopStream(Dataset):
-    """Item (step, j) -> sequence j of optimizer step `step`'s batch of the k-hop stream.
+    """Item (step, j) -> sequence j of optimizer step `first_step + step`'s batch of the k-hop stream.
 
     Data epoch e of the StepSampler is optimizer step e (an epoch holds one global batch), and
     a step's batch is a pure function of (spec.seed, seed, step): generated once per step, vectorised,
-    whichever process or worker asks for it."""
+    whichever process or worker asks for it. `first_step` > 0 continues a stream a model was
+    trained on (a retrofit's fine-tuning)."""
 
-    def __init__(self, spec, global_batch_size: int, seed: int = 0):
+    def __init__(self, spec, global_batch_size: int, seed: int = 0, first_step: int = 0):
         self.spec, self.global_batch_size, self.seed = spec, int(global_batch_size), int(seed)
+        self.first_step = int(first_step)
         self._step, self._batch = None, None
 
     def __len__(self) -> int:
@@ -319,7 +321,7 @@ class _KHopStream(Dataset):
         if step != self._step:
             from vld.data.khop import training_batch
 
-            inputs, labels = training_batch(self.spec, step, self.global_batch_size, self.seed)
+            inputs, labels = training_batch(self.spec, self.first_step + step, self.global_batch_size, self.seed)
             self._step, self._batch = step, (torch.from_numpy(inputs), torch.from_numpy(labels))
         return self._batch
 
@@ -335,13 +337,14 @@ class _KHopStream(Dataset):
 class KHopDataModule(_WindowDataModuleBase):
     """Fresh k-hop sequences every step (vld.data.khop), labelled at every position."""
 
-    def __init__(self, spec, global_batch_size: int, micro_batch_size: int, seed: int = 0, num_workers: int = 0):
+    def __init__(self, spec, global_batch_size: int, micro_batch_size: int, seed: int = 0, num_workers: int = 0,
+                 first_step: int = 0):
         super().__init__()
         self.spec = spec
         self.seq_len, self.micro_batch_size = spec.seq_len, int(micro_batch_size)
         self.seed, self.num_workers = int(seed), int(num_workers)
         self.global_batch_size = int(global_batch_size)
-        self.stream = _KHopStream(spec, self.global_batch_size, self.seed)
+        self.stream = _KHopStream(spec, self.global_batch_size, self.seed, first_step)
 
     @property
     def vocab_size(self) -> int:

@@ -1,6 +1,7 @@
 """A text-only judge for iGSM: decides from the problem text and the generated text alone.
 
-Two metrics (reference): answer accuracy (the generated answer equals the true one) and full
+Two metrics (reference): answer accuracy (the generated answer is the true one written in
+decimal, as text: `015` is not 15, as in the reference's exact comparison) and full
 solution correctness (Part 2.1): the solution parses; every symbol is defined before use and
 only once; every operation is right mod 23; every referenced value equals the value given when
 it was defined; each defined parameter depends on exactly the predecessors the problem states
@@ -493,7 +494,9 @@ def _judge(problem_text, solution_text, answer_text, lexicon) -> Verdict:
         return Verdict(False, False, f"unparseable: problem: {str(bad).removeprefix('unparseable: ')}")
     truth = parsed.value(parsed.query, lex)
     answer = answer_text.strip()
-    answer_correct = bool(_INT.fullmatch(answer)) and int(answer) == truth
+    # compared as text, as the reference does: `015` or `00` is not the number (a model can write
+    # one: the tokenizer decodes 0 then 15 as `015`)
+    answer_correct = answer == str(truth)
     if answer_only:
         return Verdict(answer_correct, False, None if answer_correct else f"wrong answer: {answer[:20]!r}, the answer is {truth}")
     try:
