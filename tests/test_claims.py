@@ -353,3 +353,46 @@ def test_statistics_against_direct_computation():
     assert same == (0.0, (0.0, 0.0))  # paired: identical clusters cancel exactly
     with pytest.raises(ValueError):
         seeds_and_problems_interval([[(5, 10)], [(5, 10), (1, 2)]])
+
+
+# ---------------------------------------------------------------- claim 7: the xk trend
+
+def trend(errors_by_k, recipe=None, noise=0.03):
+    """Cycle x0..xK on 2 layers, three seeds each at the given error (x0 as cycle x0)."""
+    runs = []
+    for k, errors in errors_by_k.items():
+        for r in khop_seeds(f"cycle_x{k}", "cycle", k, 2, errors, noise=noise):
+            if recipe:
+                r["recipe"] = recipe
+            runs.append(r)
+    return runs
+
+
+def test_claim7_more_depth_keeps_helping():
+    runs = trend({0: 0.4375, 1: 0.3125, 2: 0.25, 3: 0.125})
+    v = verdict_of(runs, "7")
+    assert v.verdict == SUPPORTED and v.effect.value == pytest.approx(0.1875, abs=0.02)
+    assert v.why.endswith("no step of 3 raises the error beyond its interval")
+    assert v.comparison == "cycle x3 vs x1, and every step of x0..x3 (2 layers)"
+    # x3 beats x1, but x1 -> x2 raises the error beyond its interval: contradicted
+    runs = trend({1: 0.25, 2: 0.4375, 3: 0.125})
+    v = verdict_of(runs, "7")
+    assert v.verdict == CONTRADICTED and "steps raising the error beyond their interval: x1->x2" in v.why
+    # x3 worse than x1: contradicted; equal: not shown
+    assert verdict_of(trend({1: 0.125, 2: 0.125, 3: 0.3125}), "7").verdict == CONTRADICTED
+    assert verdict_of(trend({1: 0.25, 2: 0.25, 3: 0.25}), "7").verdict == NOT_SHOWN
+    # two seeds a side: not shown whatever the effect
+    few = [r for r in trend({1: 0.4375, 3: 0.0}) if not r["variant"].endswith("s2")]
+    assert verdict_of(few, "7").why.startswith("x3 - x1: not shown: 2 seed(s)")
+
+
+def test_claim7_is_made_per_recipe_and_recipes_stay_out_of_claims_2_to_5():
+    plain = trend({1: 0.4375, 2: 0.4375, 3: 0.4375})
+    tuned = trend({1: 0.3125, 2: 0.25, 3: 0.125}, recipe={"residual_scale": "visits"})
+    base = khop_seeds("base", "base", 0, 2, 0.4375)  # the plain line's x0
+    rows = [v for v in claims.claim_verdicts(plain + tuned + base) if v.claim == "7"]
+    assert {v.family: v.verdict for v in rows} == {"khop": NOT_SHOWN, "khop (residual_scale=visits)": SUPPORTED}
+    # claim 2 compares the plain cycle x1 with base, never the recipe's better x1
+    v = verdict_of(plain + tuned + base, "2")
+    assert v.comparison == "cycle x1, 2 layers vs base, 2 layers" and v.effect.value == pytest.approx(0, abs=0.03)
+    assert verdict_of(base, "7").why == f"not in this family: {claims.MISSING['7']}"

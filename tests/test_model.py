@@ -397,7 +397,7 @@ def test_run_settings_are_a_backend_not_the_config(tmp_path):
         assert torch.equal(loaded(x), model(x))
     assert load_model(tmp_path / "old.pt", backend=Backend(cpu_gemm="blas")).lm_head.cpu_gemm == "blas"
     save_model(loaded, tmp_path / "new.pt")
-    assert set(torch.load(tmp_path / "new.pt", weights_only=True)["config"]) == set(dataclasses.asdict(model.config))
+    assert set(torch.load(tmp_path / "new.pt", weights_only=True)["config"]) == set(model.config.to_dict())
 
 
 def test_settings_checks_import_no_torch():

@@ -239,6 +239,16 @@ def test_dvc_repro_tiny_profile(dvc_project):
     assert {"khop.k2.error", "khop.k2.exact_match"} <= set(kids["evaluate_khop@cycle_x1/seed1"].data.metrics)
     khop = json.loads((repo / "results/eval/khop/cycle_x1/seed1.json").read_text())
     assert khop["family"] == "khop" and khop["effective_depth"] == 4 and khop["depth_use"]["schema"] == "vld.depth_use/1"
+    # test-time depth (cycle x1: 1..5 repeats, the trained 2 = the ordinary evaluation) and the
+    # learning curve of a seed trained stacked, in its result and in MLflow
+    looped = khop["test_time_depth"]
+    assert sorted(looped["repeats"], key=int) == ["1", "2", "3", "4", "5"] and looped["trained_repeats"] == 2
+    assert looped["repeats"]["2"]["hops"]["2"]["error"] == khop["khop"]["hops"]["2"]["error"]
+    assert khop["learning_curve"]["steps"] == [0, 2, 4]
+    curve = client.get_metric_history(kids["pretrain_khop@cycle_x1/seed1"].info.run_id, "curve/error_hop2")
+    assert [m.step for m in curve] == [0, 2, 4] and [m.value for m in curve] == khop["learning_curve"]["error_hop2"]
+    assert json.loads((repo / "results/eval/khop/base/seed0.json").read_text())["test_time_depth"] == {}
+    assert "Test-time depth (khop)" in (repo / "results/report/report.md").read_text()
     report = (repo / "results/report/report.md").read_text()
     assert "k-hop induction: per-position error by hop count" in report and "The paper's claims" in report
     assert "final_loss" in kids["retrofit@cycle_x1/seed0"].data.metrics

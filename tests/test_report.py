@@ -196,7 +196,7 @@ def test_every_file_is_written_and_parses(full_report):
     names = sorted(p.name for p in written)
     assert names == sorted([
         "claims.md", "claims.csv", "table1.md", "table1.csv", "table1_long.csv", "table1_paper.csv", "figure3.png",
-        "khop.md", "khop.csv", "khop_long.csv", "khop.png",
+        "khop.md", "khop.csv", "khop_long.csv", "khop.png", "scaling.md", "scaling.csv", "scaling.png",
         "figure4.md", "figure4.csv", "figure4.png", "figure1.md", "figure1.csv", "figure1.png",
         "table7.md", "table7.csv", "table2.md", "table2.csv", "table2_paper.csv",
         "table7_khop.md", "table7_khop.csv", "table2_khop.md", "table2_khop.csv",
@@ -386,7 +386,7 @@ def test_metrics_json_for_dvc(full_report):
     claims_rows = {(r["#"], r["family"]): r for r in read_csv(out / "claims.csv")}
     assert claims_rows[("2", "khop")]["why"] == "not shown: 1 seed(s), training noise unknown; 1 vs 1 seeds"
     assert claims_rows[("3", "khop")]["verdict"] == "**not shown**"  # a row for every reasoning family
-    assert set(metrics["claims"]) == {f"claim_{c}" for c in ("1", "2", "2c", "3", "4", "5", "6")}
+    assert set(metrics["claims"]) == {f"claim_{c}" for c in ("1", "2", "2c", "3", "4", "5", "6", "7")}
 
 
 def test_missing_pieces_are_skipped_with_notes(tmp_path):

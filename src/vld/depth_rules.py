@@ -197,3 +197,15 @@ def depth_law(points: list[dict], seed: int = 0) -> dict:
     tied = [p for p in points if p["tied"]] + [p for p in native if int(p["depth"]) in bases]
     return {"native": fit_with_interval(native, seed), "tied": fit_with_interval(tied, seed),
             "tied_share": tied_share(points, seed), "points": points}
+
+
+# Test-time depth (vld.eval.test_time_depth computes it, vld.report.scaling tabulates it)
+MARGIN = 0.01  # error points either way that still count as "hold"
+SERIAL_HOPS = 2
+
+
+def serial_error(hops: dict) -> float:
+    """Mean error over the hop counts >= SERIAL_HOPS of one count's {hops: {"error": ...}}."""
+    serial = [cell["error"] for h, cell in hops.items() if int(h) >= SERIAL_HOPS] or \
+        [cell["error"] for cell in hops.values()]
+    return float(np.mean(serial))

@@ -47,6 +47,7 @@ class VariantResult:
     khop: dict = field(default_factory=dict)  # vld.eval.khop.evaluate_khop result
     depth: list = field(default_factory=list)  # per virtual layer: vld.eval.depth.layer_usage
     depth_use: dict = field(default_factory=dict)  # ablations and early exit (vld.eval.depth_use)
+    test_time_depth: dict = field(default_factory=dict)  # the core run other counts (vld.eval.test_time_depth)
     eval_wall_s: float | None = None  # this evaluation's wall time (ablations included)
     scores: dict = field(default_factory=dict)  # {benchmark: percent} given by the caller
     schema: str = SCHEMA

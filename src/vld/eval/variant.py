@@ -29,7 +29,7 @@ TASKS = {
                                "ablation_sequences", "progress")},
     "khop": {"needs": "khop_test", "reads": (),
              "settings": ("batch_size", "bootstrap", "depth_windows", "depth_batch_size", "ablations",
-                          "ablation_sequences", "progress")},
+                          "ablation_sequences", "progress", "test_time_depth")},
 }
 ABLATION_SEQUENCES = 256  # test sequences (windows) the depth-use ablations run on by default
 _POSITIVE = ("seq_len", "max_new_tokens", "batch_size", "limit", "depth_batch_size", "bootstrap",
@@ -60,7 +60,7 @@ def check_settings(task: str, settings: dict, where: str = "settings") -> dict:
     windows = settings.get("depth_windows", 8)
     if not isinstance(windows, int) or isinstance(windows, bool) or windows < 0:
         fail(f"{where}.depth_windows", f"must be an integer >= 0, got {windows!r}")
-    for key in ("ablations", "progress"):
+    for key in ("ablations", "progress", "test_time_depth"):
         if settings.get(key) is not None and not isinstance(settings[key], bool):
             fail(f"{where}.{key}", f"must be true or false, got {settings[key]!r}")
     if settings.get("objective") is not None:
@@ -103,7 +103,7 @@ def _check_inputs(family, data, settings, meta) -> str:
 
 
 def evaluate_variant(model, family: str, data: dict, settings: dict | None = None,
-                     meta: dict | None = None) -> dict:
+                     meta: dict | None = None, test_time: tuple[int, dict[int, list[int]]] | None = None) -> dict:
     """Evaluate one trained variant; returns a dict with the fields of VariantResult.
 
     data:     one task's inputs: igsm_test {name: dir} (+ igsm_train dir for the
@@ -113,6 +113,8 @@ def evaluate_variant(model, family: str, data: dict, settings: dict | None = Non
     settings: the task's keys (TASKS), e.g. seq_len, max_new_tokens, batch_size, limit,
               depth_windows (default 8; 0 = no depth probe), bootstrap (k-hop resamples).
     meta:     variant (required) and DESCRIPTIVE_KEYS; any other key is copied to the result.
+    test_time: (trained count, {count: schedule}) of a looped model: with the k-hop setting
+              test_time_depth on, the test sets are also run at each count (vld.eval.test_time_depth).
     Inputs are checked (one-line UserError naming the key) before any compute.
     """
     settings = dict(settings or {})
@@ -147,6 +149,13 @@ def evaluate_variant(model, family: str, data: dict, settings: dict | None = Non
         result.depth = layer_usage(model, tokens, batch_size=settings.get("depth_batch_size") or 8)
     if settings.get("ablations", True) and task in DEPTH_USE_INPUTS:
         result.depth_use = _depth_use(model, task, data, settings, seq_len)
+    if settings.get("test_time_depth") and test_time and task == "khop":
+        from vld.eval.test_time_depth import test_time_depth
+
+        began = time.perf_counter()
+        result.test_time_depth = test_time_depth(model, data["khop_test"], test_time[1], test_time[0],
+                                                 batch_size=settings.get("batch_size") or 256)
+        result.test_time_depth["wall_s"] = time.perf_counter() - began
     result.eval_wall_s = time.perf_counter() - start
     out = dataclasses.asdict(result)
     out.update(meta)
@@ -219,6 +228,12 @@ def result_metrics(result: dict) -> dict:
     measured = result.get(result["task"])
     if measured:
         out[result["task"]] = TASK_METRICS[result["task"]](measured)
+    looped = result.get("test_time_depth") or {}
+    if looped.get("repeats"):
+        out["test_time_depth"] = {f"r{r}": {f"k{h}": cell["error"] for h, cell in found["hops"].items()}
+                                  for r, found in looped["repeats"].items()}
+        if looped.get("delta") is not None:
+            out["test_time_depth"]["delta"] = looped["delta"]
     return out
 
 

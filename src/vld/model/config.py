@@ -11,7 +11,13 @@ from vld.declared import check_keys
 from vld.errors import fail
 from vld.model.backend import PARAMS_SPELLING, moved_to_backend
 from vld.model.blocks import block_kind
-from vld.model.schedule import ScheduleSpec, check_order, resolve_schedule
+from vld.model.schedule import ScheduleSpec, check_order, loop_layout, resolve_schedule
+
+INJECTIONS = ("add", "adapter")
+RESIDUAL_SCALES = ("visits",)
+# Loop recipes (docs/recipes.md): off when None, and then left out of to_dict, so the configs
+# saved and fingerprinted before they existed stay as they were.
+_OPTIONAL = ("inject", "loop_core", "residual_scale")
 
 @dataclass
 class ModelConfig:
@@ -35,6 +41,11 @@ class ModelConfig:
     rope_theta: float = 10000.0
     dropout: float = 0.0
     init_std: float = 0.02
+    # the input embedding added back at the start of every repeat of the looped core after the
+    # first: "add" as it is, "adapter" through a zero-initialised linear map of [norm(state), norm(embedding)]
+    inject: str | None = None
+    loop_core: list[int] | None = None  # [a, b]: the looped layers `inject` reads (None: all of them)
+    residual_scale: str | None = None  # "visits": a layer visited N times adds 1/N of each residual branch
 
     @property
     def ff_dim(self) -> int:
@@ -77,10 +88,33 @@ class ModelConfig:
             fail(f"{where}.dropout", f"must be in [0, 1), got {self.dropout!r}")
         if self.schedule is not None:
             self.schedule = check_order(self.schedule, self.n_layer, f"{where}.schedule")
+        self._validate_loop(where)
         return self
 
+    def _validate_loop(self, where: str) -> None:
+        if self.inject is not None and self.inject not in INJECTIONS:
+            fail(f"{where}.inject", f"must be one of {', '.join(INJECTIONS)}, got {self.inject!r}")
+        if self.residual_scale is not None and self.residual_scale not in RESIDUAL_SCALES:
+            fail(f"{where}.residual_scale", f"must be one of {', '.join(RESIDUAL_SCALES)}, got {self.residual_scale!r}")
+        if self.loop_core is not None:
+            core = self.loop_core
+            if (not isinstance(core, (list, tuple)) or len(core) != 2
+                    or not all(isinstance(i, int) and not isinstance(i, bool) for i in core)
+                    or not 0 <= core[0] <= core[1] < self.n_layer):
+                fail(f"{where}.loop_core", f"must be [a, b] with 0 <= a <= b < n_layer {self.n_layer}, got {core!r}")
+            if self.inject is None:
+                fail(f"{where}.loop_core", "is read by inject only; set inject or remove it")
+            self.loop_core = [int(i) for i in core]
+        if self.inject is not None:
+            order = self.schedule if self.schedule is not None else list(range(self.n_layer))
+            loop_layout(order, self.n_layer, self.loop_core, f"{where}.inject")
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        for key in _OPTIONAL:
+            if out[key] is None:
+                del out[key]
+        return out
 
     @staticmethod
     def without_run_settings(data: Mapping) -> dict:

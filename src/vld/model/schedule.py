@@ -317,6 +317,37 @@ def check_order(order: Sequence[int], n_layers: int, where: str) -> list[int]:
     return [int(index) for index in order]
 
 
+def core_range(layers, n_layers: int, where: str = "schedule.layers") -> tuple[int, int]:
+    """The looped range of a schedule's `layers` ("a..b"), or every layer when None."""
+    return (0, n_layers - 1) if layers is None else layer_range(layers, n_layers, where)
+
+
+def loop_layout(order: Sequence[int], n_layers: int, core: Sequence[int] | None = None,
+                where: str = "schedule") -> tuple[int, int, int]:
+    """(prelude, span, repeats) of a looped schedule: layers 0..a-1 once (the prelude), the core
+    a..b in order `repeats` times, layers b+1..L-1 once (the coda); `core` = (a, b), None for
+    every layer. This is what pattern cycle gives, on `layers: a..b` or on the whole model.
+    One-line UserError for any other schedule."""
+    start, stop = (0, n_layers - 1) if core is None else (int(core[0]), int(core[1]))
+    order, span, coda = list(order), stop - start + 1, list(range(stop + 1, n_layers))
+    body = order[start:len(order) - len(coda)]
+    repeats = len(body) // span
+    if (order[:start] != list(range(start)) or order[len(order) - len(coda):] != coda or not repeats
+            or body != list(range(start, stop + 1)) * repeats):
+        fail(where, f"{order} is not a looped schedule (layers 0..{start - 1} once, the core {start}..{stop}"
+                    f" repeated, layers {stop + 1}..{n_layers - 1} once): use pattern cycle")
+    return start, span, repeats
+
+
+def looped_schedule(n_layers: int, core: Sequence[int] | None, repeats: int) -> list[int]:
+    """The looped schedule (loop_layout) with the core run `repeats` times: pattern cycle at
+    k = repeats - 1 on the core's layers."""
+    start, stop = (0, n_layers - 1) if core is None else (int(core[0]), int(core[1]))
+    if not _is_int(repeats) or repeats < 1:
+        raise ValueError(f"looped_schedule: repeats must be >= 1, got {repeats!r}")
+    return list(range(start)) + list(range(start, stop + 1)) * int(repeats) + list(range(stop + 1, n_layers))
+
+
 def known_patterns(patterns: Mapping[str, str] | None = None) -> dict[str, str]:
     """Built-ins plus user patterns (a built-in may be listed, with its own notation only)."""
     merged = dict(BUILTIN_PATTERNS)
@@ -400,7 +431,10 @@ __all__ = [
     "NotationError",
     "ScheduleSpec",
     "check_order",
+    "core_range",
     "expand_notation",
     "known_patterns",
+    "loop_layout",
+    "looped_schedule",
     "resolve_schedule",
 ]

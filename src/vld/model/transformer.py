@@ -29,7 +29,7 @@ from vld.model.config import PRESETS, ModelConfig
 from vld.model.generation import check_request, greedy_decode, left_pad
 from vld.model.linear import Linear
 from vld.model.modes import eval_mode
-from vld.model.schedule import check_order
+from vld.model.schedule import check_order, loop_layout
 from vld.model.step import run_visits
 
 
@@ -145,11 +145,15 @@ class Block(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.use_dropout = config.dropout > 0  # skip the no-op dropout kernels when p = 0
 
-    def forward(self, x, rope=None, attn_mask=None, is_causal: bool = False, cache: KVCache | None = None, slot: int = 0):
+    def forward(self, x, rope=None, attn_mask=None, is_causal: bool = False, cache: KVCache | None = None, slot: int = 0,
+                residual_scale: float | None = None):
+        """`residual_scale`: a factor on both residual branches (None: none, the plain block)."""
         attn = self.attn(self.norm1(x), rope, attn_mask, is_causal, cache, slot)
-        x = x + (self.resid_dropout(attn) if self.use_dropout else attn)
+        attn = self.resid_dropout(attn) if self.use_dropout else attn
+        x = x + (attn if residual_scale is None else attn * residual_scale)
         mlp = self.mlp(self.norm2(x))
-        return x + (self.resid_dropout(mlp) if self.use_dropout else mlp)
+        mlp = self.resid_dropout(mlp) if self.use_dropout else mlp
+        return x + (mlp if residual_scale is None else mlp * residual_scale)
 
 
 class GPT2Block(Block):
@@ -158,6 +162,23 @@ class GPT2Block(Block):
 
 class LlamaBlock(Block):
     norm_class, mlp_class, bias = RMSNorm, SwiGLU, False
+
+
+class InputInjection(nn.Module):
+    """inject "adapter": state + W [norm(state), norm(embedding)]. W starts at zero, so the model
+    computes the plain model's function until training moves it; the norms keep what is added
+    independent of the residual stream's growing scale."""
+
+    def __init__(self, config: ModelConfig, norm_class: type[nn.Module]):
+        super().__init__()
+        self.norm_state = norm_class(config.d_model, config.norm_eps)
+        self.norm_input = norm_class(config.d_model, config.norm_eps)
+        with torch.device("meta"):  # no random draw: the weights are set below
+            self.mix = Linear(2 * config.d_model, config.d_model, bias=False)
+        self.mix.weight = nn.Parameter(torch.zeros(config.d_model, 2 * config.d_model))
+
+    def forward(self, state: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        return state + self.mix(torch.cat((self.norm_state(state), self.norm_input(embedding)), dim=-1))
 
 
 @dataclass
@@ -203,7 +224,10 @@ class VLDTransformer(nn.Module):
             cos, sin = angles.cos(), angles.sin()
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.injection = InputInjection(config, layer_class.norm_class) if config.inject == "adapter" else None
         self.schedule: tuple[int, ...] = ()
+        self._inject_at: frozenset[int] = frozenset()  # visits that start a repeat of the core after the first
+        self._residual_scales: tuple[float, ...] | None = None  # per visit, with residual_scale
         self.visit_adapters: list[str] | None = None
         self.set_schedule(config.schedule)
         self.backend = Backend()
@@ -220,6 +244,11 @@ class VLDTransformer(nn.Module):
             schedule, saved = tuple(order), list(order)
         if self.visit_adapters is not None and len(schedule) != len(self.visit_adapters):
             fail("schedule", "cannot change the depth of a model with per-visit adapters")
+        if self.config.inject is not None:
+            prelude, span, repeats = loop_layout(schedule, self.config.n_layer, self.config.loop_core)
+            self._inject_at = frozenset(prelude + span * repeat for repeat in range(1, repeats))
+        if self.config.residual_scale == "visits":
+            self._residual_scales = tuple(1.0 / schedule.count(index) for index in schedule)
         self.schedule, self.config.schedule = schedule, saved
 
     def set_visit_adapters(self, names: Sequence[str] | None) -> None:
@@ -248,6 +277,8 @@ class VLDTransformer(nn.Module):
         # GPT-2's scaled init of residual projections, by the depth the stream actually sees.
         resid_std = std / math.sqrt(2 * self.effective_depth)
         for name, module in self.named_modules():
+            if name.startswith("injection"):
+                continue  # zero at init (InputInjection)
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=resid_std if name.endswith(".proj") else std)
                 if module.bias is not None:
@@ -299,12 +330,19 @@ class VLDTransformer(nn.Module):
         return StepInput(x, rope, attn_mask, is_causal, cache)
 
     def step(self, state: torch.Tensor, visit: int, inputs: StepInput) -> torch.Tensor:
-        """Virtual layer `visit`: its base layer (with the visit's own adapter, if any) on `state`."""
+        """Virtual layer `visit`: its base layer (with the visit's own adapter, if any) on `state`;
+        with the loop recipes of the config, the input re-injected first where a repeat of the
+        core starts, and the residual branches scaled by 1/visits of the layer."""
         layer = self.layers[self.schedule[visit]]
+        if visit in self._inject_at:
+            state = state + inputs.embedding if self.injection is None else self.injection(state, inputs.embedding)
+        args = (state, inputs.rope, inputs.attn_mask, inputs.is_causal, inputs.cache, visit)
+        if self._residual_scales is not None:
+            args += (self._residual_scales[visit],)
         if self.visit_adapters is None:
-            return layer(state, inputs.rope, inputs.attn_mask, inputs.is_causal, inputs.cache, visit)
+            return layer(*args)
         with active_adapter(layer, self.visit_adapters[visit]):
-            return layer(state, inputs.rope, inputs.attn_mask, inputs.is_causal, inputs.cache, visit)
+            return layer(*args)
 
     def readout(self, state: torch.Tensor) -> torch.Tensor:
         """Logits from a residual state: the final norm and the head (also the logit lens)."""
@@ -391,6 +429,8 @@ class VLDTransformer(nn.Module):
         layer; per-visit adapters (`visit_adapters`) each into its own visit. `self` is left
         untouched.
         """
+        if self.config.inject is not None or self.config.residual_scale is not None:
+            fail("unrolled", "a model with loop recipes (inject, residual_scale) has no untied equivalent here")
         param = self.tok_emb.weight
         # A copy of everything but the base layers (the memo stands an empty list in for them).
         model = copy.deepcopy(self, {id(self.layers): nn.ModuleList()})
@@ -413,7 +453,7 @@ def save_model(model: VLDTransformer, path) -> None:
     """Write {"config", "state_dict"} atomically (base layers once; sharing is structural)."""
     from vld.atomic import save_torch
 
-    save_torch(path, {"config": dataclasses.asdict(model.config), "state_dict": model.state_dict()})
+    save_torch(path, {"config": model.config.to_dict(), "state_dict": model.state_dict()})
 
 
 def load_model(path, map_location="cpu", backend: Backend | None = None) -> VLDTransformer:

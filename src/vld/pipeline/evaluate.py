@@ -38,13 +38,18 @@ def _evaluate_seed(pipeline, variant, family, device: str, run) -> dict:
             "model_name": variant.model_name, "variant_sha256": variant.fingerprint()}
     meta.update({key: getattr(variant, key) for key in ("source", "method", "data", "objective")
                  if getattr(variant, key) is not None})
+    if variant.recipe is not None:
+        meta["recipe"] = variant.recipe_fields()
+    if trained.get("learning_curve"):
+        meta["learning_curve"] = trained["learning_curve"]
     from vld.eval.variant import evaluate_variant, result_metrics
     from vld.train.config import apply_threads
 
     model = family.load_model(variant)
     model.to(device).eval()
     apply_threads(variant.train)  # the CPU thread count the variant was trained with
-    result = evaluate_variant(model, variant.family, data, family.eval_settings(variant), meta)
+    test_time = variant.test_time_schedules() if variant.eval.get("test_time_depth") else None
+    result = evaluate_variant(model, variant.family, data, family.eval_settings(variant), meta, test_time)
     run.log_metrics(shared.numeric_leaves(result_metrics(result)))
     return result
 

@@ -31,7 +31,8 @@ class Family:
     task: str  # what vld.eval.variant measures: igsm | knowledge | khop
     trained_by = "pretrain"  # the stage that trains it
     seeds_together = True  # its training stage trains the seeds as one stacked model (vld.train.stacked)
-    variant_keys: tuple[str, ...] = ("model",)  # besides COMMON_VARIANT_KEYS
+    has_curves = False  # whether curve_score gives learning curves (train.curve_every)
+    variant_keys: tuple[str, ...] = ("model", "recipe")  # besides COMMON_VARIANT_KEYS
     # the paper's claims its results are checked against (vld.report.claims): "capacity" (claim 1),
     # "reasoning" (claims 2-5, per family), "retrofit" (claim 6)
     claim_set: str
@@ -68,6 +69,11 @@ class Family:
 
     def check_train(self, variant: "Variant", pipeline: "Plan") -> None:
         """Checks of a variant's training against its data, before any compute."""
+
+    def curve_score(self, variant: "Variant", pipeline: "Plan"):
+        """The learning curve's scoring on a small fixed held-out set (vld.train.curves), or None
+        where the family has none (then train.curve_every is refused)."""
+        return None
 
     def default_seeds(self, extras: Mapping[str, Any], pipeline: "Plan") -> tuple[int, ...] | None:
         """Seeds of a variant that names none (None: seed 0)."""
@@ -177,7 +183,7 @@ class IgsmEvaluated(Family):
 
 class Reasoning(IgsmEvaluated):
     name, claim_set = "reasoning", "reasoning"
-    variant_keys = ("model", "objective")
+    variant_keys = ("model", "objective", "recipe")
 
     def check_variant(self, spec, where, pipeline):
         from vld.data.igsm.objectives import DEFAULT_OBJECTIVE, check_objective
@@ -190,7 +196,7 @@ class OwnDataset(Family):
     """A family whose variants name a dataset under data.<data_section>."""
 
     data_section: str
-    variant_keys = ("model", "data")
+    variant_keys = ("model", "data", "recipe")
 
     def check_variant(self, spec, where, pipeline):
         out = super().check_variant(spec, where, pipeline)
@@ -304,6 +310,7 @@ class Retrofit(Retrofitted, IgsmEvaluated):
 
 class KHop(OwnDataset):
     name, task, data_section, claim_set = "khop", "khop", "khop", "reasoning"
+    has_curves = True
 
     def fixed_train(self, extras, pipeline):
         return {"seq_len": pipeline.data["khop"][extras["data"]].seq_len}
@@ -334,6 +341,16 @@ class KHop(OwnDataset):
 
     def eval_data(self, variant):
         return {"khop_test": str(paths.khop_tests_dir(variant.data))}
+
+    def curve_score(self, variant, pipeline):
+        import dataclasses
+
+        from vld.data.khop import test_set
+        from vld.train.curves import khop_curve_score
+
+        # the test sets' generator, curve_sequences per hop count: never trained on
+        spec = dataclasses.replace(pipeline.data["khop"][variant.data], test_sequences=variant.train.curve_sequences)
+        return khop_curve_score({k: test_set(spec, k) for k in spec.hop_counts})
 
 
 class KHopRetrofit(Retrofitted, KHop):

@@ -19,7 +19,8 @@ Layout of params.yaml (docs/pipeline.md has the full description):
     hardware: {accelerator, devices, num_nodes, strategy, precision, num_workers}
     <family>: {train: {...}, eval: {...}, variants: {NAME: VARIANT}}   for each family
     VARIANT = {model: NAME, schedule: {pattern: NAME, k: INT, layers: "a..b" | order: [...]},
-               seed: INT | seeds: [INT, ...] | COUNT, train: {overrides}, + the family's own keys}
+               seed: INT | seeds: [INT, ...] | COUNT, train: {overrides}, recipe: {loop recipes},
+               + the family's own keys}
 
 Seeds are an axis: `seeds: [0, 1, 2]` (or a count, 3 = [0, 1, 2]) on a variant, or in a family's
 or a variant's train block, trains one model per seed; the most specific `seed:`/`seeds:` wins.
@@ -255,9 +256,15 @@ def _variant(family, name: str, spec: Any, block: dict, settings: dict, pipeline
     if settings.get("seq_len") is not None and settings["seq_len"] > model.max_seq_len:
         fail(f"{family.name}.eval.seq_len", f"{settings['seq_len']} exceeds models.{extras['model_name']}.max_seq_len"
              f" {model.max_seq_len}")
-    variant = Variant(family=family.name, name=name, model=dataclasses.replace(model, schedule=order),
+    from vld.train.recipe import Recipe
+
+    model = dataclasses.replace(model, schedule=order)
+    recipe, loops = Recipe.from_dict(spec.get("recipe"), f"{where}.recipe"), None
+    if recipe is not None:
+        model, train, loops = recipe.apply(model, train, schedule_spec.get("layers"), where)
+    variant = Variant(family=family.name, name=name, model=model,
                       pattern=schedule_spec["pattern"], k=schedule_spec["k"], layers=schedule_spec.get("layers"),
-                      train=train, eval=settings, seed=train.seed, seeds=seeds, **extras)
+                      train=train, eval=settings, seed=train.seed, seeds=seeds, recipe=recipe, loops=loops, **extras)
     family.check_seeds(variant, pipeline)
     # what the data decides; a max_seq_len the models: entry writes is kept (it must fit: above)
     decided = family.model_from_data(variant, pipeline)
@@ -266,6 +273,9 @@ def _variant(family, name: str, spec: Any, block: dict, settings: dict, pipeline
         decided = {key: value for key, value in decided.items() if key not in written}
     variant.model = dataclasses.replace(variant.model, **decided)
     family.check_train(variant, pipeline)
+    if variant.train.curve_every and not family.has_curves:
+        fail(f"{where}.train.curve_every", f"learning curves are measured for "
+             f"{', '.join(n for n, f in FAMILIES.items() if f.has_curves)} variants only; remove it")
     return variant
 
 
@@ -326,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, v in table.items():
             what = v.source and f"from {v.source}" or v.model_name
             print(f"  {family:9s} {name:18s} {what:14s} {v.pattern} k={v.k} depth {v.effective_depth}"
-                  f" steps {v.train.max_steps} lr {v.train.optim.lr:g} seeds {list(v.seeds)}")
+                  f" steps {v.train.max_steps} lr {v.train.optim.lr:g} seeds {list(v.seeds)}"
+                  + (f" recipe {v.recipe_label}" if v.recipe is not None else ""))
     return 0
 
 

@@ -19,6 +19,8 @@ from vld.errors import fail
 if TYPE_CHECKING:
     from vld.model.config import ModelConfig
     from vld.train.config import TrainConfig
+    from vld.train.loops import LoopTraining
+    from vld.train.recipe import Recipe
 
 # The fields only some families' variants have (None elsewhere), in the order they are recorded.
 FAMILY_FIELDS = ("data", "source", "method", "lora_rank", "objective")
@@ -44,6 +46,8 @@ class Variant:
     lora_rank: int | None = None
     objective: str | None = None  # iGSM families: what the loss is on (vld.data.igsm.objectives)
     seeds: tuple[int, ...] = (0,)  # every seed of the variant; `seed` is the one this view stands for
+    recipe: Recipe | None = None  # the loop recipes (vld.train.recipe), applied to model and train
+    loops: LoopTraining | None = None  # the core's count per training step, when it varies
 
     def for_seed(self, seed: int) -> "Variant":
         """This variant as trained with `seed` (one of its seeds)."""
@@ -73,6 +77,25 @@ class Variant:
             spec["layers"] = self.layers
         return spec
 
+    def test_time_schedules(self) -> tuple[int, dict[int, list[int]]] | None:
+        """(trained count, {count: schedule}) for test-time depth: the core of a looped schedule
+        (pattern cycle; vld.model.schedule.loop_layout) run 1 .. 2(k+1)+1 times on the whole model
+        (cycle x0 .. x2(k+1)), 1 .. 4(k+1) times on `layers: a..b` (a prelude / core / coda
+        model). None for the base pattern and schedules without such a loop."""
+        from vld.errors import UserError
+        from vld.model.schedule import core_range, loop_layout, looped_schedule
+
+        if self.pattern == "base":
+            return None
+        n_layer = self.model.n_layer
+        core = None if self.layers is None else core_range(self.layers, n_layer)
+        try:
+            repeats = loop_layout(self.schedule, n_layer, core)[2]
+        except UserError:
+            return None
+        most = 2 * repeats + 1 if core is None else 4 * repeats
+        return repeats, {r: looped_schedule(n_layer, core, r) for r in range(1, most + 1)}
+
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
         """The model's config with the data's vocabulary (when the data files decide it)."""
         return self.model if vocab_size is None else dataclasses.replace(self.model, vocab_size=int(vocab_size))
@@ -81,12 +104,22 @@ class Variant:
         """The FAMILY_FIELDS this variant has (not None)."""
         return {key: getattr(self, key) for key in FAMILY_FIELDS if getattr(self, key) is not None}
 
+    def recipe_fields(self) -> dict[str, Any]:
+        """The recipe options set, {} without a recipe."""
+        return self.recipe.to_dict() if self.recipe is not None else {}
+
+    @property
+    def recipe_label(self) -> str | None:
+        return self.recipe.label() if self.recipe is not None else None
+
     def tags(self) -> dict[str, Any]:
         """MLflow tags of every stage of this variant (the LoRA rank is a param, not a tag)."""
         tags = {"vld.family": self.family, "vld.pattern": self.pattern, "vld.k": self.k,
                 "vld.effective_depth": self.effective_depth, "vld.model": self.model_name,
                 "vld.seed": self.seed, "vld.seeds": len(self.seeds)}
         tags.update({f"vld.{key}": value for key, value in self.family_fields().items() if key != "lora_rank"})
+        if self.recipe is not None:
+            tags["vld.recipe"] = self.recipe_label
         return tags
 
     def to_dict(self) -> dict:
@@ -98,6 +131,8 @@ class Variant:
         # all seeds: a seed trained stacked beside others is computed with them (vld.train.stacked)
         out.update(seeds=list(self.seeds), schedule=self.schedule, effective_depth=self.effective_depth, eval=self.eval,
                    model=self.model.to_dict(), train=self.train.to_dict())
+        if self.recipe is not None:  # only where set: the fingerprints of variants without one stay
+            out["recipe"] = self.recipe_fields()
         return out
 
     def fingerprint(self) -> str:
@@ -114,6 +149,7 @@ class Variant:
         model = {k: v for k, v in self.model.to_dict().items() if k not in ("schedule", "vocab_size")}
         out.update(_flatten(model, "model"))
         out.update(_flatten(self.train.to_dict(), "train"))
+        out.update(_flatten(self.recipe_fields(), "recipe"))
         return out
 
 

@@ -44,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     if variant.objective is not None:
         data_id["objective"] = variant.objective
     stage = f"pretrain_{variant.family}"
+    loops = {"loops": variant.loops.to_dict()} if variant.loops is not None else {}
     work = shared.work_dir(stage, variant.name, {"model": model_cfg.to_dict(), "train": variant.train.to_dict(),
-                                                 "seeds": list(variant.seeds), **data_id})
+                                                 "seeds": list(variant.seeds), **data_id, **loops})
     # a sample that does not fit fails here, before the run
     datamodules = [family.datamodule(seeded, pipeline) for seeded in seeds]
 
@@ -68,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             models.append(VLDTransformer(model_cfg, backend=seeded.train.backend))
         # one seed: Lightning logs its curve live; several: each seed's curve is logged below
         logger = runs[0].lightning_logger() if len(seeds) == 1 else None
+        curve_score = family.curve_score(variant, pipeline) if variant.train.curve_every else None
         per_seed = train_seeds(models, datamodules, [seeded.train for seeded in seeds], work, logger=logger,
+                               loops=variant.loops, curve_score=curve_score,
                                callbacks=[TimeEstimate(f"{stage}@{variant.name}", len(seeds))])
         if not rank0:
             return 0
@@ -86,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         for seeded, model, metrics, run in zip(seeds, models, per_seed, runs):
             if logger is None:
                 run.log_curve("train/loss", metrics["loss_curve"], seeded.train.log_every)
-            run.log_metrics({key: value for key, value in metrics.items() if key != "loss_curve"})
+            curve = metrics.get("learning_curve") or {}
+            for key, values in curve.items():
+                if key != "steps":
+                    run.log_points(f"curve/{key}", curve["steps"], values)
+            run.log_metrics({key: value for key, value in metrics.items() if key not in ("loss_curve", "learning_curve")})
             run.log_params({"params": model.parameter_count(), "effective_depth": model.effective_depth})
             run.log_model(tracking.model_entry(
                 f"{variant.family}-{variant.name}-seed{seeded.seed}", family.model_dir(seeded) / "model.pt",

@@ -209,6 +209,20 @@ def _depth_use_pieces(results: list) -> list[Piece]:
     return pieces
 
 
+def _scaling_pieces(results: list) -> list[Piece]:
+    """Error against effective depth, learning curves, and test-time depth per family."""
+    from vld.report import scaling
+
+    def looped(family):
+        name = f"test_time_depth_{family}.png"
+        return Piece("", lambda rs: scaling.test_time_table(rs, family),
+                     lambda rs, where: [name] if scaling.test_time_figure(rs, where / name, family) else [])
+
+    return [Piece("", scaling.scaling_table, _one("scaling.png", scaling.scaling_figure)),
+            Piece("", scaling.curves_table, _one("learning_curves.png", scaling.curves_figure)),
+            *[looped(family) for family in scaling.test_time_families(results)]]
+
+
 def _pieces(results: list, lm_results: list = ()) -> list[Piece]:
     """`lm_results`: the lm_retrofit family's lm-eval results (their own schema, vld.report.lm_table2)."""
     from vld.report import claims, figures, khop
@@ -224,6 +238,7 @@ def _pieces(results: list, lm_results: list = ()) -> list[Piece]:
                       "(Wilson for one seed, else seeds and problems resampled); the last panel is the paper's Table 1 (op15) and 12-layer native value."),
         Piece("k-hop skipped: no k-hop variants in this profile.", khop.khop_table, _one("khop.png", figures.khop_figure),
               csv_only=(khop.khop_long,)),
+        *_scaling_pieces(results),
         Piece("Figure 4 skipped: no knowledge variants with absorbed-bits measures.", tables.knowledge_table,
               _one("figure4.png", figures.figure4)),
         Piece("Figure 1 skipped: needs a knowledge and a reasoning result of the same pattern and factor.",

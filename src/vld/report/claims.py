@@ -32,13 +32,20 @@ not shown; its row shows the deciding comparison (claim 1: the largest change am
 with the claim's verdict). A comparison whose models did not learn the task (k-hop: both
 within LEARN_MARGIN of the constant prediction at the compared hop counts; iGSM: the best
 variant under 3x the most-common-answer rate) is not shown, and so is a claim with no results
-to compare: every reasoning family gets a row for each of claims 2-5, and every retrofit
-family with results one for claim 6, "not shown" with what is missing.
+to compare: every reasoning family gets a row for each of claims 2-5 and 7, and every retrofit
+family with results one for claim 6, "not shown" with what is missing. Claims 2-5 compare
+variants trained without loop recipes (vld.train.recipe).
 
 Claim 5 compares, of one pattern and factor on one model, the layer-subset variant whose range
 starts latest with the one whose range starts earliest; claim 6, per retrofit family (iGSM or
 k-hop, measured in the family's task), the retrofit with reuse with the same fine-tuning
 without it.
+
+Claim 7 (more virtual depth keeps helping) is made per line: cycle on the whole model at
+x0/x1/x2/x3... of one model, training length and recipe (x0: the line's cycle x0, else its base
+model). Supported when x3 beats x1 by the directional rule and no step k -> k+1 of the line is
+contradicted by it (none raises the error beyond its interval); contradicted when x3 loses to x1
+or a step is contradicted; else not shown. The seed rule applies to every comparison.
 """
 
 from __future__ import annotations
@@ -72,13 +79,16 @@ CLAIMS = {
     "4": "A VLD model matches a native model of the same effective depth with fewer parameters",
     "5": "Reusing the later layers beats reusing the earlier ones (Table 7)",
     "6": "A retrofit with reuse beats the same fine-tuning without it (Table 2)",
+    "7": "More virtual depth keeps helping (Table 1's xk trend)",
 }
-REASONING_CLAIMS = ("2", "2c", "3", "4", "5")
+REASONING_CLAIMS = ("2", "2c", "3", "4", "5", "7")
+TREND_FROM, TREND_TO = 1, 3  # claim 7: x3 must beat x1
 MISSING = {"1": "no knowledge variants with and without VLD at one size",
            "2": "no reasoning variant with reuse beside its base model",
            "2c": "no base model trained longer", "3": "no cycle, sequence and inverse cycle at one factor",
            "4": "no native model of a VLD variant's effective depth", "5": "no layer-subset variants",
-           "6": "no retrofit with and without reuse"}
+           "6": "no retrofit with and without reuse",
+           "7": f"no cycle x{TREND_FROM} and x{TREND_TO} (and the steps between) on one model"}
 
 
 @dataclass
@@ -292,8 +302,10 @@ def _reasoning_claims(results: list[dict], family: str, task: str, label: str) -
     """Claims 2-5 on one family's results, one row each (not shown, saying what is missing,
     where the family lacks the variants); `label` names them in the table (the family, or its
     answer-only part)."""
-    groups = _groups(results, family)
-    out = []
+    # claims 2-5 compare variants trained without loop recipes; claim 7 is made per recipe
+    every = _groups(results, family)
+    groups = {g: members for g, members in every.items() if g.recipe is None}
+    out = _trend_claims(task, family, label, every, results)
     vld = _reuse_variant(groups)
     base = vld and _find(groups, pattern="base", k=0, layers=None, n_layer=vld.n_layer, d_model=vld.d_model,
                          train_steps=vld.train_steps)
@@ -329,6 +341,58 @@ def _reasoning_claims(results: list[dict], family: str, task: str, label: str) -
     have = {v.claim for v in out}
     return out + [Verdict(c, label, "", None, NOT_SHOWN, f"not in this family: {MISSING[c]}")
                   for c in REASONING_CLAIMS if c not in have]
+
+
+def trend_lines(groups) -> dict[tuple, dict[int, VariantGroup]]:
+    """Claim 7's lines: cycle on the whole model per (n_layer, d_model, steps, objective,
+    recipe), {k: group}; k = 0 is cycle x0, else the base model of the line when it has no x0."""
+    lines: dict[tuple, dict[int, VariantGroup]] = {}
+    for g in groups:
+        if g.pattern == "cycle" and g.layers is None:
+            lines.setdefault((g.n_layer, g.d_model, g.train_steps, g.objective, g.recipe), {})[g.k] = g
+    for key, line in lines.items():
+        base = _find(groups, pattern="base", k=0, layers=None, n_layer=key[0], d_model=key[1], train_steps=key[2],
+                     objective=key[3], recipe=key[4])
+        if 0 not in line and base is not None:
+            line[0] = base
+    return lines
+
+
+def _trend_claims(task, family, label, groups, results) -> list[Verdict]:
+    """Claim 7, one row per line (trend_lines) that has x1 and x3: x3 against x1 by the
+    directional rule, and each step k -> k+1 of the line (from x0 where there is one) judged
+    too: supported when x3 beats x1 and no step is contradicted (no step raises the error beyond
+    its interval), contradicted when x3 loses to x1 or a step is contradicted, else not shown."""
+    out = []
+    for key, line in sorted(trend_lines(groups).items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        if TREND_FROM not in line or TREND_TO not in line:
+            continue
+        recipe = key[4]
+        row_label = label + (f" ({recipe})" if recipe else "")
+        ks = sorted(line)
+        steps = [(a, b) for a, b in zip(ks, ks[1:]) if b == a + 1]
+        comparison = (f"cycle x{TREND_TO} vs x{TREND_FROM}, and every step of x{ks[0]}..x{ks[-1]} "
+                      f"({key[0]} layers)")
+        effect, why = _effect(task, family, groups[line[TREND_TO]], groups[line[TREND_FROM]], results)
+        if effect is None:
+            out.append(Verdict("7", row_label, comparison, None, NOT_SHOWN, why))
+            continue
+        main, reason = judge(effect, directional)
+        judged = []
+        for a, b in steps:
+            step, _ = _effect(task, family, groups[line[b]], groups[line[a]], results)
+            if step is not None:
+                judged.append((a, b, step, judge(step, directional)[0]))
+        raised = [f"x{a}->x{b} {step.text()}" for a, b, step, v in judged if v == CONTRADICTED]
+        if main == CONTRADICTED or raised:
+            verdict = CONTRADICTED
+        else:
+            verdict = main
+        parts = [f"x{TREND_TO} - x{TREND_FROM}: {reason}; {effect.seed_text()}"]
+        parts.append(f"steps raising the error beyond their interval: {', '.join(raised)}" if raised
+                     else f"no step of {len(judged)} raises the error beyond its interval")
+        out.append(Verdict("7", row_label, comparison, effect, verdict, "; ".join(parts)))
+    return out
 
 
 def _knowledge_claim(results: list[dict], family: str) -> Verdict | None:

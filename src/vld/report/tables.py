@@ -75,13 +75,23 @@ class VariantGroup(NamedTuple):
     d_model: int | None
     train_steps: int | None = None  # a compute-matched baseline trains longer: not a seed of base
     objective: str | None = None  # iGSM: answer_only models are not seeds of solution-trained ones
+    recipe: str | None = None  # the loop recipes' label (vld.train.recipe); None: none
+
+
+def recipe_label(recipe: dict | None) -> str | None:
+    """A result's recipe (its options set) as one label, None without one."""
+    if not recipe:
+        return None
+    from vld.train.recipe import Recipe
+
+    return Recipe(**recipe).label()
 
 
 def variant_group(result: dict) -> VariantGroup:
     layers = result.get("layers")
     return VariantGroup(result["family"], str(result["pattern"]), int(result["k"] or 0),
                         None if layers is None else str(layers), int(result["n_layer"]), result.get("d_model"),
-                        result.get("train_steps"), result.get("objective"))
+                        result.get("train_steps"), result.get("objective"), recipe_label(result.get("recipe")))
 
 
 def group_name(group: VariantGroup, steps: bool = False) -> str:
@@ -90,7 +100,8 @@ def group_name(group: VariantGroup, steps: bool = False) -> str:
     return (group.pattern.replace("_", " ") + (f" {vld_label(group.k)}" if group.k else "")
             + f", {group.n_layer} layers" + (f", reusing {group.layers}" if group.layers else "")
             + (f", {group.train_steps} steps" if steps and group.train_steps else "")
-            + (", answer only" if group.objective == "answer_only" else ""))
+            + (", answer only" if group.objective == "answer_only" else "")
+            + (f", recipe {group.recipe}" if group.recipe else ""))
 
 
 INTERVAL_RESAMPLES = 2000  # bootstrap resamples of a pooled accuracy's interval
@@ -157,7 +168,7 @@ def table1_results(results: list[dict]) -> list[dict]:
 
 def group_sort(group: VariantGroup) -> tuple:
     return (group.n_layer, group.d_model or 0, pattern_key(group.pattern), group.k, group.layers or "",
-            group.train_steps or 0, group.objective or "")
+            group.train_steps or 0, group.objective or "", group.recipe or "")
 
 
 # ---------------------------------------------------------------- Table 1

@@ -119,6 +119,10 @@ class TrainConfig:
     # library vld.model.backend's table names for this CPU, resolved at construction.
     cpu_gemm: str = "auto"
     activation_checkpointing: bool = False
+    # learning curve (vld.train.curves): score the model every curve_every steps (0: never) on
+    # curve_sequences held-out sequences per test case; left out of to_dict while off
+    curve_every: int = 0
+    curve_sequences: int = 64
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self):
@@ -188,11 +192,11 @@ class TrainConfig:
 
     def validate(self, where: str = "train") -> None:
         for key in ("max_steps", "global_batch_size", "micro_batch_size", "seq_len", "devices", "num_nodes", "log_every",
-                    "threads"):
+                    "threads", "curve_sequences"):
             value = _integer(getattr(self, key), f"{where}.{key}")
             if value < 1:
                 fail(f"{where}.{key}", f"must be >= 1, got {value}")
-        for key in ("seed", "checkpoint_every", "num_workers"):
+        for key in ("seed", "checkpoint_every", "num_workers", "curve_every"):
             value = _integer(getattr(self, key), f"{where}.{key}")
             if value < 0:
                 fail(f"{where}.{key}", f"must be >= 0, got {value}")
@@ -245,6 +249,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["optim"]["betas"] = list(self.optim.betas)
+        if not self.curve_every:  # off: as recorded before curves existed (fingerprints, resume checks)
+            del d["curve_every"], d["curve_sequences"]
         return d
 
 

@@ -87,16 +87,22 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
 class LMModule(L.LightningModule):
     """Trains `model` (in place) on next-token prediction with AdamW + warmup/cosine."""
 
-    def __init__(self, model: nn.Module, optim: OptimConfig | None = None, max_steps: int | None = None):
+    def __init__(self, model: nn.Module, optim: OptimConfig | None = None, max_steps: int | None = None,
+                 loops=None, seeds: tuple[int, ...] = (0,)):
         super().__init__()
         self.model = model
         self.optim = optim or OptimConfig()  # valid by construction
         # length of the lr schedule; None = the Trainer's max_steps
         self.max_steps = None if max_steps is None else int(max_steps)
+        # the core's count per step (vld.train.loops.LoopTraining; None: the model's own schedule),
+        # drawn from each of `seeds` (the model's, or each stacked model's) and the step
+        self.loops, self.seeds = loops, list(seeds)
         # per optimizer step, the loss averaged over its micro-batches and all ranks
         self.loss_curve: list[float] = []
         self.train_wall_s = 0.0  # accumulated over resumed runs (set by run_training)
         self.resumed_from_step = 0
+        self.eval_curve: list[dict] = []  # vld.train.curves.LearningCurve's points
+        self.curve_wall_s = 0.0  # the time those took (inside train_wall_s)
         self._micro_losses: list[torch.Tensor] = []
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -104,8 +110,32 @@ class LMModule(L.LightningModule):
         # Hugging Face models return an output object; plain modules return logits
         return out.logits if hasattr(out, "logits") else out
 
+    def step_schedules(self) -> list[list[int]] | None:
+        """Each model's schedule at this optimizer step (None without a varying loop count)."""
+        if self.loops is None:
+            return None
+        steps = self.max_steps if self.max_steps is not None else self.trainer.max_steps
+        step = self.trainer.global_step
+        return [self.loops.schedule(self.loops.repeats_at(seed, step, steps)) for seed in self.seeds]
+
+    def nominal_schedule(self) -> None:
+        """Back to the count evaluation runs (the model's own schedule)."""
+        if self.loops is not None:
+            self.model.set_schedule(self.loops.schedule(self.loops.repeats))
+
+    def on_train_end(self) -> None:
+        self.nominal_schedule()
+
+    def per_model_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits [N, B, T, V] of each of the module's N models (here one) on tokens [B, T]."""
+        return self(tokens.to(self.device)).unsqueeze(0)
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         inputs, targets, loss_mask = unpack_batch(batch)
+        schedules = self.step_schedules()
+        if schedules is not None:
+            # set, not restored after the forward: a checkpointed visit reruns in backward
+            self.model.set_schedule(schedules[0])
         logits = self(inputs)
         loss = next_token_loss(logits, targets, loss_mask)
         self._micro_losses.append(loss.detach())
@@ -150,6 +180,9 @@ class LMModule(L.LightningModule):
         # curve and draws the same random numbers (dropout) as an uninterrupted one
         checkpoint["vld_loss_curve"] = list(self.loss_curve)
         checkpoint["vld_train_wall_s"] = float(self.train_wall_s)
+        if self.eval_curve:
+            checkpoint["vld_eval_curve"] = list(self.eval_curve)
+            checkpoint["vld_curve_wall_s"] = float(self.curve_wall_s)
         checkpoint["vld_rng_cpu"] = torch.get_rng_state()
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             checkpoint["vld_rng_cuda"] = torch.cuda.get_rng_state_all()
@@ -157,6 +190,8 @@ class LMModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.loss_curve = list(checkpoint.get("vld_loss_curve", []))
         self.train_wall_s = float(checkpoint.get("vld_train_wall_s", 0.0))
+        self.eval_curve = list(checkpoint.get("vld_eval_curve", []))
+        self.curve_wall_s = float(checkpoint.get("vld_curve_wall_s", 0.0))
         self.resumed_from_step = int(checkpoint.get("global_step", 0))
         if "vld_rng_cpu" in checkpoint:
             torch.set_rng_state(checkpoint["vld_rng_cpu"])

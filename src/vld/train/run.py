@@ -236,10 +236,10 @@ def build_trainer(
         gradient_clip_algorithm="norm",
         log_every_n_steps=cfg.log_every,
         logger=logger if logger is not None else False,
-        callbacks=[
-            StepCheckpoint(out_dir / CHECKPOINT_DIR, cfg.checkpoint_every, cfg.max_steps),
+        callbacks=[  # the checkpoint last: it saves what the other callbacks did at its step
             RunProgressBar(),
             *callbacks,
+            StepCheckpoint(out_dir / CHECKPOINT_DIR, cfg.checkpoint_every, cfg.max_steps),
         ],
         enable_checkpointing=False,  # StepCheckpoint does it, atomically
         enable_progress_bar=True,
@@ -288,17 +288,25 @@ def run_training(
     out_dir: Path,
     logger=None,
     callbacks: Iterable[Callback] = (),
+    loops=None,
+    curve_score=None,
 ) -> dict[str, Any]:
     """Train `model` in place; returns (and writes to out_dir/metrics.json on rank 0)
     final_loss, steps, tokens_seen, train_tokens_per_s, wall_s, loss_curve, and the run
     settings that are resolved per machine: threads (the count the process trained with) and
-    cpu_gemm (cfg's; the pipeline builds `model` with cfg.backend)."""
+    cpu_gemm (cfg's; the pipeline builds `model` with cfg.backend).
+
+    loops: the core's count per step (vld.train.loops.LoopTraining; None: the model's schedule
+    at every step). curve_score: the learning curve's scoring (vld.train.curves), run every
+    cfg.curve_every steps (0: never); its points are the metrics' learning_curve."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     _check_vocab(model, datamodule)
-    module = LMModule(model, cfg.optim, cfg.max_steps)
+    module = LMModule(model, cfg.optim, cfg.max_steps, loops=loops, seeds=(cfg.seed,))
     ours = isinstance(datamodule, _WindowDataModuleBase)
-    trainer = fit(module, datamodule, cfg, cfg.to_dict(), out_dir, logger, callbacks, distributed_sampler=not ours)
+    callbacks = [*callbacks, *curve_callbacks(cfg, curve_score)]
+    trainer = fit(module, datamodule, cfg, run_config(cfg, loops), out_dir, logger, callbacks,
+                  distributed_sampler=not ours)
     metrics = training_metrics(module.loss_curve, trainer, cfg, module, time.perf_counter() - start)
     if trainer.is_global_zero:
         write_json(out_dir / METRICS, metrics)
@@ -343,12 +351,32 @@ def fit(
     return trainer
 
 
+def run_config(cfg: TrainConfig, loops=None) -> dict[str, Any]:
+    """What a checkpoint is made with (a resume must match it): cfg, and the loop counts when they vary."""
+    return {**cfg.to_dict(), **({"loops": loops.to_dict()} if loops is not None else {})}
+
+
+def curve_callbacks(cfg: TrainConfig, score) -> list[Callback]:
+    """The learning curve's callback when cfg asks for one and there is a scoring for it."""
+    if not cfg.curve_every or score is None:
+        return []
+    from vld.train.curves import LearningCurve
+
+    return [LearningCurve(cfg.curve_every, score, cfg.max_steps)]
+
+
 def training_metrics(loss_curve: list[float], trainer: L.Trainer, cfg: TrainConfig, module: LMModule,
-                     wall_s: float) -> dict[str, Any]:
-    """A run's metrics (one model's, with its own loss curve)."""
+                     wall_s: float, model: int = 0) -> dict[str, Any]:
+    """A run's metrics (one model's, with its own loss curve; `model`: which of a stacked run's
+    models, for its learning curve)."""
+    from vld.train.curves import curve_table
+
     steps = int(trainer.global_step)
     tokens_seen = steps * cfg.tokens_per_step
+    curve = {"learning_curve": curve_table(module.eval_curve, model), "curve_wall_s": module.curve_wall_s} \
+        if module.eval_curve else {}
     return {
+        **curve,
         "final_loss": loss_curve[-1] if loss_curve else float("nan"),
         "steps": steps,
         "tokens_seen": tokens_seen,

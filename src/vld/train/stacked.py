@@ -39,7 +39,7 @@ from vld.errors import fail
 from vld.train.config import TrainConfig
 from vld.train.datamodules import _WindowDataModuleBase
 from vld.train.module import LMModule, next_token_loss, unpack_batch
-from vld.train.run import METRICS, _check_vocab, fit, run_training, training_metrics
+from vld.train.run import METRICS, _check_vocab, curve_callbacks, fit, run_config, run_training, training_metrics
 
 
 def seed_dir(out_dir: Path, seed: int) -> Path:
@@ -84,7 +84,9 @@ class StackedModel(nn.Module):
         self.net = net
         self.size = len(models)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, schedules: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
+        """`schedules`: model i runs schedules[i] (a loop count drawn per seed); the models that
+        share one run together, in one vmap each. None: every model runs net's schedule."""
         params, buffers = dict(self.net.named_parameters()), dict(self.net.named_buffers())
 
         def one_model(p, b, x):
@@ -92,7 +94,26 @@ class StackedModel(nn.Module):
             return out.logits if hasattr(out, "logits") else out
 
         # dropout (p > 0): each model draws its own masks, not those of its single run
-        return torch.func.vmap(one_model, randomness="different")(params, buffers, tokens)
+        run = torch.func.vmap(one_model, randomness="different")
+        if schedules is None:
+            return run(params, buffers, tokens)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, order in enumerate(schedules):
+            groups.setdefault(tuple(order), []).append(i)
+        if len(groups) == 1:
+            self.net.set_schedule(schedules[0])
+            return run(params, buffers, tokens)
+        parts, members = [], []
+        for order, idx in groups.items():
+            self.net.set_schedule(order)
+            index = torch.tensor(idx, device=tokens.device)
+            parts.append(run({k: v[index] for k, v in params.items()}, {k: v[index] for k, v in buffers.items()},
+                             tokens[index]))
+            members += idx
+        return torch.cat(parts)[torch.argsort(torch.tensor(members, device=tokens.device))]
+
+    def set_schedule(self, order: Sequence[int] | None) -> None:
+        self.net.set_schedule(order)
 
     def optimizer_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         """vld.train.module.parameter_groups of one of the stacked models (`model`), as the
@@ -145,17 +166,21 @@ class StackedLMModule(LMModule):
     loss per model and step, gradients are clipped per model. Checkpointing, the lr schedule and
     the resume bookkeeping are LMModule's."""
 
-    def __init__(self, model: StackedModel, one_model: nn.Module, optim, max_steps: int, seeds: Sequence[int]):
-        super().__init__(model, optim, max_steps)
-        self.seeds = list(seeds)
+    def __init__(self, model: StackedModel, one_model: nn.Module, optim, max_steps: int, seeds: Sequence[int],
+                 loops=None):
+        super().__init__(model, optim, max_steps, loops=loops, seeds=tuple(seeds))
         self._one_model = [one_model]  # a list: not a submodule (only its parameter structure is used)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         parts = [unpack_batch(b) for b in batch]  # one batch per model, as each DataModule yields it
-        logits = self(torch.stack([inputs for inputs, _, _ in parts]))
+        logits = self.model(torch.stack([inputs for inputs, _, _ in parts]), self.step_schedules())
         losses = torch.stack([next_token_loss(logits[i], targets, mask) for i, (_, targets, mask) in enumerate(parts)])
         self._micro_losses.append(losses.detach())
         return losses.sum()  # d(sum)/d(model i) = d(loss i)/d(model i)
+
+    def per_model_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens.to(self.device)
+        return self.model(tokens.unsqueeze(0).expand(self.model.size, *tokens.shape))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if not self._micro_losses:
@@ -209,12 +234,16 @@ def train_seeds(
     out_dir: Path,
     logger=None,
     callbacks: Iterable[Callback] = (),
+    loops=None,
+    curve_score=None,
 ) -> list[dict[str, Any]]:
     """Train the seeds' models in place, together; returns one metrics dict per seed, with
     run_training's keys. One seed: run_training itself (out_dir/metrics.json). Several: one
     stacked run, checkpoints in out_dir/checkpoints, seed s's metrics also written (global rank
     0) to out_dir/seed_<s>/metrics.json. Each seed's train_tokens_per_s is its own (the
-    stacked run's rate is their sum)."""
+    stacked run's rate is their sum). `loops` and `curve_score` as in run_training: each seed
+    draws its own loop counts (the models that drew one count run together), and the curve
+    scores each seed's model."""
     if not len(models) == len(datamodules) == len(cfgs) >= 1:
         raise ValueError(f"train_seeds: {len(models)} models, {len(datamodules)} datamodules and {len(cfgs)}"
                          " configs; expected one of each per seed")
@@ -227,21 +256,23 @@ def train_seeds(
             raise ValueError("train_seeds: the configs differ in more than their seed")
     out_dir = Path(out_dir)
     if len(models) == 1:
-        return [run_training(models[0], datamodules[0], cfgs[0], out_dir, logger=logger, callbacks=callbacks)]
+        return [run_training(models[0], datamodules[0], cfgs[0], out_dir, logger=logger, callbacks=callbacks,
+                             loops=loops, curve_score=curve_score)]
 
     start = time.perf_counter()
     for model, datamodule in zip(models, datamodules):
         _check_vocab(model, datamodule)
     cfg = cfgs[0]  # its seed seeds the global RNG (dropout, workers)
-    module = StackedLMModule(StackedModel(models), models[0], cfg.optim, cfg.max_steps, seeds)
+    module = StackedLMModule(StackedModel(models), models[0], cfg.optim, cfg.max_steps, seeds, loops=loops)
     ours = all(isinstance(datamodule, _WindowDataModuleBase) for datamodule in datamodules)
-    run_config = {**cfg.to_dict(), "seed": seeds}  # a checkpoint of other seeds is refused
-    trainer = fit(module, SeedsDataModule(datamodules), cfg, run_config, out_dir, logger, callbacks,
+    stacked_config = {**run_config(cfg, loops), "seed": seeds}  # a checkpoint of other seeds is refused
+    callbacks = [*callbacks, *curve_callbacks(cfg, curve_score)]
+    trainer = fit(module, SeedsDataModule(datamodules), cfg, stacked_config, out_dir, logger, callbacks,
                   distributed_sampler=not ours)
     module.model.copy_into(models)
     wall_s = time.perf_counter() - start
     curves = [[step[i] for step in module.loss_curve] for i in range(len(models))]
-    metrics = [training_metrics(curve, trainer, cfg, module, wall_s) for curve in curves]
+    metrics = [training_metrics(curve, trainer, cfg, module, wall_s, i) for i, curve in enumerate(curves)]
     if trainer.is_global_zero:
         for seed, seed_metrics in zip(seeds, metrics):
             write_json(seed_dir(out_dir, seed) / METRICS, seed_metrics)

@@ -129,6 +129,13 @@ class StageRun:
             with store_errors(self.uri):
                 runs.log_metric_entities(self.parent.client, self.run_id, entities)
 
+    def log_points(self, key: str, steps: list[int], values: list[float]) -> None:
+        """A stepped metric in one batched write: values[i] at steps[i] (a learning curve)."""
+        if self.parent and steps:
+            entities = [e for step, value in zip(steps, values) for e in runs.metric_entities({key: float(value)}, step)]
+            with store_errors(self.uri):
+                runs.log_metric_entities(self.parent.client, self.run_id, entities)
+
     def set_tags(self, tags: dict[str, Any]) -> None:
         values = {k: str(v) for k, v in tags.items()}
         self.tags.update(values)
