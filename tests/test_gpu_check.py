@@ -42,14 +42,17 @@ def test_gpu_pipeline_runs_the_stages_dvc_would_run(dvc_project):
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=dvc_project, env=env, check=True, timeout=120)
     names = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=dvc_project, env=env, check=True,
                            capture_output=True, text=True, timeout=120).stdout.split()
-    assert len(listed) == len(names) == 19  # the tiny profile's stages
-    # stage names are <module stem>[_<family>]@<variant>; each command names its module and variant
+    assert len(listed) == len(names) == 23  # the tiny profile's stages
+    # stage names are <module stem>[_<family>]@<variant> (a retrofit's: <family>@<variant>); each
+    # command names its module and variant
     as_names = []
     for command in listed:
         module, *args = command.split()
         flags = dict(zip(args[::2], args[1::2]))
         family = flags.get("--family") if module in ("pretrain", "evaluate") else None
         key = flags.get("--variant") or flags.get("--dataset")
+        if module == "retrofit":  # a retrofit stage is named after its family
+            module = flags["--family"]
         name = module + (f"_{family}" if family else "") + (f"@{key}" if key else "")
         as_names.append(name if module != "data_igsm" else f"data_igsm_{flags['--split']}")
     assert as_names == names

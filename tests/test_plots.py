@@ -132,7 +132,8 @@ def test_the_report_stage_reads_each_pretrained_seeds_curve(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     # the tiny profile's pretrained variants and seeds (its retrofit is not a pretraining curve)
     trained = [("reasoning", "base", 0), ("reasoning", "cycle_x1", 0), ("reasoning", "answer_only", 0),
-               ("knowledge", "w16", 0), ("khop", "base", 0), ("khop", "cycle_x1", 0), ("khop", "cycle_x1", 1)]
+               ("knowledge", "w16", 0), ("khop", "base", 0), ("khop", "cycle_x1", 0), ("khop", "cycle_x1", 1),
+               ("khop", "cycle_x1_layers1-1", 0)]
     for n, (family, variant, seed) in enumerate(trained):
         folder = tmp_path / f"results/pretrain/{family}/{variant}/seed{seed}"
         folder.mkdir(parents=True)

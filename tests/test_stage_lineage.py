@@ -56,8 +56,12 @@ def test_the_stage_prints_no_third_party_noise_and_one_summary_line(stage):
     # one bar, in optimizer steps (4), with steps per second and the time left
     assert "4.0/4.0 [" in output and "step/s" in output and "<" in output.split("4.0/4.0 [", 1)[1]
     finals = [json.loads((repo / OUT / f"seed{s}" / "metrics.json").read_text())["final_loss"] for s in (0, 1)]
-    summary = [line for line in proc.stdout.splitlines() if line.startswith("vld: ")]
-    assert len(summary) == 1, summary
+    said = [line for line in proc.stdout.splitlines() if line.startswith("vld: ")]
+    # the time estimate once, after the first micro-batches, then the one summary line
+    estimate = [line for line in said if ": estimated " in line]
+    summary = [line for line in said if line not in estimate]
+    assert len(estimate) == 1 and len(summary) == 1, said
+    assert said.index(estimate[0]) < said.index(summary[0])
     expected = (f"vld: pretrain_khop@cycle_x1: 2 seeds -> {OUT} (final loss "
                 f"{finals[0]:.3g} / {finals[1]:.3g}) in ")
     assert summary[0].startswith(expected) and re.fullmatch(r"\d+ s", summary[0][len(expected):]), summary[0]
