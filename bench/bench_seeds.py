@@ -49,9 +49,10 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def setting(params: Path, model_name: str, steps: int, device: str, threads: int):
+def setting(params: Path, model_name: str, steps: int, device: str, threads: int | None = None):
     """(model config, k-hop spec, train config) of the k-hop variants that use `model_name`
-    (their data set and the family's train block), for `steps` steps on `threads` threads."""
+    (their data set and the family's train block), for `steps` steps on `threads` threads
+    (default: params.yaml's hardware.threads)."""
     import yaml
 
     from vld.data.khop import KHopSpec
@@ -63,7 +64,9 @@ def setting(params: Path, model_name: str, steps: int, device: str, threads: int
     spec = KHopSpec.from_dict(raw["data"]["khop"][data])
     model = ModelConfig(**raw["models"][model_name], vocab_size=spec.vocab_size)
     train = {**raw.get("hardware", {}), **raw["khop"]["train"], "max_steps": steps, "checkpoint_every": 0,
-             "seq_len": spec.seq_len, "log_every": max(1, steps), "threads": threads}
+             "seq_len": spec.seq_len, "log_every": max(1, steps)}
+    if threads is not None:
+        train["threads"] = threads
     if device == "cuda":
         train.update(accelerator="gpu", precision="auto")
     return model, spec, TrainConfig.from_dict(train)

@@ -8,7 +8,7 @@ plain loop (no Trainer) for Lightning's own cost.
 
 Models: w256 (width 256, 4 layers, 4 heads, sequence 256, batch 16, vocab 2048: the
 bench/bench_model.py model, one seed, on token windows), h2 and h4 (params.yaml's k-hop models
-on kh40 with the khop train block: 64 sequences of 41 positions, `--seeds` seeds stacked as the
+on their data set with the khop train block (default profile: 64 sequences of 33 positions), `--seeds` seeds stacked as the
 pipeline trains them), k32 (the knowledge family's w32: width 32, 2 layers, 32 windows of 128
 tokens over a 64-token vocabulary, `--seeds` seeds stacked).
 
