@@ -15,12 +15,12 @@ metrics.json, variant.json} and one record per seed.
 from __future__ import annotations
 
 import contextlib
-import shutil
 
 from vld.errors import run_cli
 from vld.pipeline import paths, shared, tracking
 from vld.pipeline.families import FAMILIES
 from vld.pipeline.params import load_pipeline
+from vld.pipeline.retrofit import finish_seeds, keep_seed
 from vld.train.config import check_devices
 
 
@@ -34,9 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     out = paths.retrofit_dir("lm_retrofit", variant.name)
     rank0 = tracking.is_global_zero()
 
-    from vld.atomic import atomic_dir, check_replaceable, write_json
+    from vld.atomic import atomic_dir, check_replaceable
     from vld.data.tokens import TokenSet, recorded_sha256
-    from vld.retrofit.api import METRICS_FILE, MODEL_DIR, train_retrofit, validate_variant
+    from vld.retrofit.api import MODEL_DIR, train_retrofit, validate_variant
+    from vld.train.run import TimeEstimate
     from vld.retrofit.sources import inspect_source
 
     if rank0:
@@ -69,31 +70,17 @@ def main(argv: list[str] | None = None) -> int:
             run.log_datasets([tracking.dataset_entry(variant.data, data_dir, "training")])
             metrics = train_retrofit(info.path, info, order, seeded.method, seeded.lora_rank,
                                      family.datamodule(seeded, pipeline), seeded.train, work,
-                                     logger=run.lightning_logger(), backend=seeded.train.backend)
+                                     logger=run.lightning_logger(), backend=seeded.train.backend,
+                                     callbacks=[TimeEstimate(f"lm_retrofit@{variant.name} seed {seeded.seed}")])
             if not rank0:
                 continue
-            pipeline.check_unchanged(seeded)
             tokenizer.save_pretrained(str(work / MODEL_DIR / "hf"))  # a complete checkpoint: lm-eval's hf reads it
-            where = tmp / paths.seed_name(seeded.seed)
-            where.mkdir()
-            write_json(where / "variant.json", {"variant": seeded.to_dict(), "sha256": seeded.fingerprint()})
-            shutil.copytree(work / MODEL_DIR, where / MODEL_DIR)
-            shutil.copy2(work / METRICS_FILE, where / METRICS_FILE)
-            run.log_metrics({key: value for key, value in metrics.items() if key != "loss_curve"})
+            keep_seed(pipeline, seeded, work, tmp, run, metrics)
             runs.append(run)
             works.append(work)
         if not rank0:
             return 0
-    for seeded, run in zip(seeds, runs):
-        where = paths.retrofit_model_dir("lm_retrofit", variant.name, seeded.seed)
-        run.log_model(tracking.model_entry(f"lm_retrofit-{variant.name}-seed{seeded.seed}", where,
-                                           "vld.retrofit.api.load_retrofit", seeded.flat_params(), run.metrics))
-        run.add_artifact(where / METRICS_FILE)
-        run.finish()
-    for work in works:
-        shared.drop_work_dir(work)
-    shared.summary(f"lm_retrofit@{variant.name}", out, len(seeds), "final loss",
-                   [run.metrics.get("final_loss") for run in runs])
+    finish_seeds("lm_retrofit", variant, family, seeds, runs, works, out)
     return 0
 
 

@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     # a sample that does not fit fails here, before the run
     datamodules = [family.datamodule(seeded, pipeline) for seeded in seeds]
 
-    from vld.atomic import atomic_dir, write_json
-    from vld.retrofit.api import MODEL_DIR, METRICS_FILE, finetune_retrofit
+    from vld.atomic import atomic_dir
+    from vld.retrofit.api import finetune_retrofit
     from vld.train.run import TimeEstimate
 
     works = []
@@ -78,18 +78,36 @@ def main(argv: list[str] | None = None) -> int:
                                         callbacks=[TimeEstimate(f"{stage}@{variant.name} seed {seeded.seed}")])
             if not rank0:
                 continue
-            pipeline.check_unchanged(seeded)
-            where = tmp / paths.seed_name(seeded.seed)
-            where.mkdir()
-            write_json(where / "variant.json", {"variant": seeded.to_dict(), "sha256": seeded.fingerprint()})
-            shutil.copytree(work / MODEL_DIR, where / MODEL_DIR)
-            shutil.copy2(work / METRICS_FILE, where / METRICS_FILE)
-            run.log_metrics({key: value for key, value in metrics.items() if key != "loss_curve"})
+            keep_seed(pipeline, seeded, work, tmp, run, metrics)
             runs.append(run)
             works.append(work)
         if not rank0:
             return 0
-    for seeded, run in zip(seeds, runs):  # the outputs are in place: the runs can end
+    finish_seeds(stage, variant, family, seeds, runs, works, out)
+    return 0
+
+
+def keep_seed(pipeline, seeded, work, tmp, run, metrics: dict) -> None:
+    """One fine-tuned seed's outputs from its work dir into the stage's atomic output `tmp`
+    (variant.json, model/, metrics.json), its metrics into its MLflow run."""
+    from vld.atomic import write_json
+    from vld.retrofit.api import METRICS_FILE, MODEL_DIR
+
+    pipeline.check_unchanged(seeded)
+    where = tmp / paths.seed_name(seeded.seed)
+    where.mkdir()
+    write_json(where / "variant.json", {"variant": seeded.to_dict(), "sha256": seeded.fingerprint()})
+    shutil.copytree(work / MODEL_DIR, where / MODEL_DIR)
+    shutil.copy2(work / METRICS_FILE, where / METRICS_FILE)
+    run.log_metrics({key: value for key, value in metrics.items() if key != "loss_curve"})
+
+
+def finish_seeds(stage: str, variant, family, seeds, runs, works, out) -> None:
+    """Once the outputs are in place: each seed's logged model and artifacts, its run ended, the
+    work dirs dropped, the stage's summary line."""
+    from vld.retrofit.api import METRICS_FILE, MODEL_DIR
+
+    for seeded, run in zip(seeds, runs):
         where = family.model_dir(seeded)
         run.log_model(tracking.model_entry(f"{stage}-{variant.name}-seed{seeded.seed}", where,
                                            "vld.retrofit.api.load_retrofit", seeded.flat_params(), run.metrics))
@@ -100,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
         shared.drop_work_dir(work)
     shared.summary(f"{stage}@{variant.name}", out, len(seeds), "final loss",
                    [run.metrics.get("final_loss") for run in runs])
-    return 0
 
 
 if __name__ == "__main__":
