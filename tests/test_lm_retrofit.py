@@ -19,6 +19,7 @@ import torch
 import yaml
 
 import lm_fixtures as F
+from repo_env import repo_env
 from vld.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,16 +278,8 @@ def test_malformed_chat_line_names_file_and_line(ckpt, tmp_path, line, what):
 # ------------------------------------------------- (d), (e) the stages: resume and dvc repro
 
 
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "VLD_TRACKING")}
-    env.update(DVC_NO_ANALYTICS="1", PYTHONWARNINGS="ignore", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@e",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@e")
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    return env
-
-
 def _run(cwd: Path, *cmd: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=900)
+    return subprocess.run(cmd, cwd=cwd, env=env or repo_env(), capture_output=True, text=True, timeout=900)
 
 
 def _project(repo: Path, ckpt: Path) -> Path:
@@ -304,7 +297,7 @@ def test_killed_sft_stage_resumes_to_the_uninterrupted_result(ckpt, tmp_path):
     from safetensors.torch import load_file
 
     repos = {name: _project(tmp_path / name, ckpt) for name in ("killed", "whole")}
-    env = dict(_env(), VLD_TRACKING="0")
+    env = dict(repo_env(), VLD_TRACKING="0")
     for repo in repos.values():
         made = _run(repo, sys.executable, "-m", "vld.pipeline.data_sft", "--dataset", "chat", env=env)
         assert made.returncode == 0, made.stderr[-3000:]
