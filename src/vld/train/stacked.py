@@ -33,6 +33,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vld.atomic import write_json
 from vld.errors import fail
@@ -94,7 +95,16 @@ class StackedModel(nn.Module):
             return out.logits if hasattr(out, "logits") else out
 
         # dropout (p > 0): each model draws its own masks, not those of its single run
-        run = torch.func.vmap(one_model, randomness="different")
+        vmapped = torch.func.vmap(one_model, randomness="different")
+
+        def run(p, b, x):
+            # Off CPU, SDPA's fused kernels under vmap fail in backward (CUDA's memory-efficient
+            # kernel: "LSE is not correctly aligned", H200, torch 2.11); its math path is plain
+            # matmuls and softmax, which vmap batches. On CPU the block-causal kernel serves.
+            if x.device.type == "cpu":
+                return vmapped(p, b, x)
+            with sdpa_kernel(SDPBackend.MATH):
+                return vmapped(p, b, x)
         if schedules is None:
             return run(params, buffers, tokens)
         groups: dict[tuple[int, ...], list[int]] = {}
