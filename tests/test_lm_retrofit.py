@@ -201,6 +201,15 @@ def test_table2_puts_base_and_cycle_beside_the_paper(tmp_path):
                        f"45.00 [{100 * (0.45 - half_cycle):.2f}, {100 * (0.45 + half_cycle):.2f}]", "29.8", "32.32"]
     assert rows[2] == ["vld_local", "exact_match", "50.00 [1.00, 99.00]", "50.00 [15.35, 84.65]", "", ""]
     assert "Table 2 on a language model" in (tmp_path / "report" / "report.md").read_text()
+    # claim 6 from the same results: Cycle - Base, mean over the two tasks ((0.45 - 0.30) + 0) / 2;
+    # one Base seed: not shown, the effect printed (the rule: tests/test_claims.py)
+    claim6 = [row for row in csv.reader((tmp_path / "report" / "claims.csv").read_text().splitlines())
+              if row[0] == "6" and row[2] == "lm_retrofit"]
+    assert len(claim6) == 1 and claim6[0][4].startswith("+7.5 [") and claim6[0][5] == "**not shown**"
+    assert claim6[0][6].startswith("not shown: 1 seed(s), training noise unknown; 2 vs 1 seeds; per task: "
+                                   "gpqa_main_zeroshot acc +15.0, vld_local exact_match +0.0")
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())["claims"]["claim_6"]["lm_retrofit"]
+    assert metrics["verdict_code"] == 0 and metrics["effect"] == pytest.approx(0.075)
 
 
 # --------------------------------------------------------------------- (f) one-line errors
