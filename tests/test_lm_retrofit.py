@@ -265,6 +265,32 @@ def test_bad_input_is_one_line(ckpt, tmp_path):
     assert _error(raw).startswith("lm_retrofit.variants.cycle.schedule")
 
 
+def test_fsdp_is_refused_on_cpu_and_for_other_families(ckpt, tmp_path):
+    """Lightning 2.6.6's FSDPStrategy runs on CUDA only (docs/lm_retrofit.md#multi-gpu): on CPU the
+    setting stops validation in one line naming the key that set it, before any compute; and only
+    lm_retrofit's model names the blocks FSDP shards."""
+    import lightning
+
+    from vld.pipeline.params import validate
+
+    assert lightning.__version__ == "2.6.6"  # the version the refusal and the docs quote
+    with pytest.raises(ValueError, match="The strategy `fsdp` requires a GPU accelerator"):
+        lightning.Trainer(accelerator="cpu", strategy="fsdp", devices=1)  # Lightning's own refusal, quoted
+    raw = _raw(ckpt, tmp_path)
+    raw["lm_retrofit"]["train"]["strategy"] = "fsdp"
+    assert _error(raw) == ("lm_retrofit.train.strategy: 'fsdp' needs accelerator gpu, not 'cpu': Lightning 2.6.6's"
+                           " FSDPStrategy runs on CUDA only (docs/lm_retrofit.md#multi-gpu); use ddp or auto on CPU")
+    raw = _raw(ckpt, tmp_path)
+    raw["hardware"].update(accelerator="gpu", precision="bf16-mixed", strategy="fsdp")
+    assert _error(raw).startswith("hardware.strategy: 'fsdp' shards only lm_retrofit models, not ")
+    # on a GPU the family takes it (validation imports no torch: no GPU is needed to validate)
+    for family in ("reasoning", "knowledge", "retrofit", "khop", "khop_retrofit"):
+        raw[family] = {"variants": {}}
+    raw["hardware"]["strategy"] = "ddp"
+    raw["lm_retrofit"]["train"]["strategy"] = "fsdp"
+    assert validate(raw).variant("lm_retrofit", "cycle").train.strategy == "fsdp"
+
+
 @pytest.mark.parametrize("line, what", [
     ("not json", "not a JSON object"),
     (json.dumps({"text": "hi"}), "needs a \"messages\" list"),
