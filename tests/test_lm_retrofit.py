@@ -210,6 +210,12 @@ def test_table2_puts_base_and_cycle_beside_the_paper(tmp_path):
                                    "gpqa_main_zeroshot acc +15.0, vld_local exact_match +0.0")
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())["claims"]["claim_6"]["lm_retrofit"]
     assert metrics["verdict_code"] == 0 and metrics["effect"] == pytest.approx(0.075)
+    # the report stage passes every evaluation file's contents (vld.pipeline.report.current_results):
+    # the lm-eval results among them go to the same table and claim
+    loaded = [json.loads(path.read_text()) for path in sorted(where.rglob("*.json"))]
+    build_report(loaded, tmp_path / "from_dicts", "tiny")
+    for name in ("table2_lm.csv", "claims.csv"):
+        assert (tmp_path / "from_dicts" / name).read_text() == (tmp_path / "report" / name).read_text()
 
 
 # --------------------------------------------------------------------- (f) one-line errors

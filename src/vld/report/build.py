@@ -256,16 +256,20 @@ def _pieces(results: list, lm_results: list = ()) -> list[Piece]:
 
 
 def build_report(results, out_dir, profile_name: str = "default", curves: list[dict] = ()) -> list[Path]:
-    """Write the report for `results` (dicts, JSON paths or result directories) into
-    `out_dir`, replacing it atomically; returns the written files (final paths). `curves`: the
-    training loss curves for loss_curves.csv (vld.report.plot_data.loss_rows)."""
+    """Write the report for `results` (dicts, JSON paths or result directories: variant results
+    and lm-eval results, vld.report.lm_table2) into `out_dir`, replacing it atomically; returns
+    the written files (final paths). `curves`: the training loss curves for loss_curves.csv
+    (vld.report.plot_data.loss_rows)."""
     out_dir = Path(out_dir)
     check_replaceable(out_dir)
-    from vld.report.lm_table2 import load_lm_results
+    from vld.report.lm_table2 import is_lm_result, load_lm_results
 
-    lm_results = load_lm_results([s for s in ([results] if isinstance(results, (str, Path, dict)) else results)
-                                  if isinstance(s, (str, Path))])
-    results = load_results(results)
+    sources = [results] if isinstance(results, (str, Path, dict)) else list(results)
+    # lm-eval results (the lm_retrofit family's own schema), as dicts (the report stage reads
+    # every evaluation file) or under result directories
+    lm_results = [s for s in sources if is_lm_result(s)] + load_lm_results(
+        [s for s in sources if isinstance(s, (str, Path))])
+    results = load_results([s for s in sources if not is_lm_result(s)])
     written: list[str] = []
 
     with atomic_dir(out_dir) as tmp:

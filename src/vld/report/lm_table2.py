@@ -21,6 +21,10 @@ PAPER_ROWS = (("minerva_math500", "Math500"), ("hendrycks_math500", "Math500"), 
               ("aime", "AIME"), ("humaneval", "HumanEval pass@1"), ("mbpp", "MBPP"))
 
 
+def is_lm_result(data) -> bool:
+    return isinstance(data, dict) and str(data.get("schema", "")).startswith(SCHEMA_PREFIX)
+
+
 def load_lm_results(sources) -> list[dict]:
     """The lm_eval results under result directories (other JSON files are ignored)."""
     results = []
@@ -33,7 +37,7 @@ def load_lm_results(sources) -> list[dict]:
                 data = json.loads(file.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue  # vld.report.build reports unreadable files
-            if isinstance(data, dict) and str(data.get("schema", "")).startswith(SCHEMA_PREFIX):
+            if is_lm_result(data):
                 results.append(data)
     return results
 
