@@ -67,7 +67,7 @@ from vld.model.schedule import layer_range
 from vld.pipeline.families import FAMILIES, families_where
 from vld.report import tables
 from vld.report.khop import sequence_errors
-from vld.report.lm_table2 import headline
+from vld.report.lm_table2 import headline, stderr_name
 from vld.stats import accuracy_difference, paired_difference, relative_change, score_difference
 from vld.report.tables import Table, VariantGroup, group_name, group_sort, test_key, variant_group, vld_label
 
@@ -445,13 +445,13 @@ def lm_effect(ours: list[dict], other: list[dict]) -> tuple[Effect | None, str, 
     for task in sorted(ours[0]["tasks"]):
         metric = headline(ours[0]["tasks"][task])
         if metric and all(_finite(r["tasks"].get(task, {}).get(m)) for r in ours + other
-                          for m in (metric, f"{metric}_stderr")):
+                          for m in (metric, stderr_name(metric))):
             tasks.append((task, metric))
     if not tasks:
         return None, "no lm-eval task with a standard error that every seed of both sides has", []
 
     def cells(side):
-        return [[(r["tasks"][t][m], r["tasks"][t][f"{m}_stderr"]) for t, m in tasks] for r in side]
+        return [[(r["tasks"][t][m], r["tasks"][t][stderr_name(m)]) for t, m in tasks] for r in side]
 
     value, (low, high) = score_difference(cells(ours), cells(other), RESAMPLES, seed=0)
     return Effect(value, low, high, "score points", (len(ours), len(other))), "", tasks
