@@ -220,8 +220,13 @@ def test_table2_puts_base_and_cycle_beside_the_paper(tmp_path):
     # the lm-eval results among them go to the same table and claim
     loaded = [json.loads(path.read_text()) for path in sorted(where.rglob("*.json"))]
     build_report(loaded, tmp_path / "from_dicts", "tiny")
+    # and python -m vld.report on the lm-eval results alone (docs/lm_retrofit.md, "The command")
+    cli = subprocess.run([sys.executable, "-m", "vld.report", "--results", str(where), "--out", str(tmp_path / "cli"),
+                          "--profile", "tiny"], env=repo_env(), capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr[-2000:]
     for name in ("table2_lm.csv", "claims.csv"):
-        assert (tmp_path / "from_dicts" / name).read_text() == (tmp_path / "report" / name).read_text()
+        for other in ("from_dicts", "cli"):
+            assert (tmp_path / other / name).read_text() == (tmp_path / "report" / name).read_text()
 
 
 # --------------------------------------------------------------------- (f) one-line errors
