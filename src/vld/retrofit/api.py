@@ -21,6 +21,7 @@ the identity), which computes the same function; `meta["params"]` still counts t
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -182,8 +183,8 @@ def train_retrofit(source, info: SourceInfo, order, method: str, lora_rank: int,
     from vld.train.run import FullWeights, run_training
 
     out_dir = Path(out_dir)
-    prepare = lambda: _load_and_prepare(source, info, order, method, lora_rank, lora_alpha, backend, "float32",
-                                        train_cfg.seed)
+    prepare = functools.partial(_load_and_prepare, source, info, order, method, lora_rank, lora_alpha, backend,
+                                "float32", train_cfg.seed)
     model, meta = prepare()
     effective_alpha = float(2 * lora_rank if lora_alpha is None else lora_alpha)  # add_lora's default
     meta.update(parameter_summary(model), lora_alpha=effective_alpha if method != "full" else None)
