@@ -38,7 +38,10 @@ def khop_seeds(name, pattern, k, n_layer, errors, **kwargs):
 
 
 def verdict_of(results, claim, family="khop"):
-    return next(v for v in claims.claim_verdicts(results) if v.claim == claim and v.family == family)
+    """The row of a claim and family; lm-eval results (their own schema) go in as lm_results."""
+    is_lm = lambda r: r.get("schema", "").startswith("vld.lm_eval/")
+    lm, rest = [r for r in results if is_lm(r)], [r for r in results if not is_lm(r)]
+    return next(v for v in claims.claim_verdicts(rest, lm) if v.claim == claim and v.family == family)
 
 
 # ---------------------------------------------------------------- seeds first
@@ -309,6 +312,87 @@ def test_claim6_on_khop_retrofit_worse_is_contradicted_better_supported():
     alone = [r for r in retrofit(0.375, 0.125) if not r["variant"].startswith("rf-base")]
     v = verdict_of(alone, "6", "khop_retrofit")
     assert v.verdict == NOT_SHOWN and v.why == "not in this family: no retrofit with and without reuse"
+
+
+def lm_result(variant, pattern, k, seed, scores, layers=None, lora_rank=4):
+    """An lm-eval result (vld.pipeline.evaluate_lm's schema): {task: (acc, acc_stderr)}; acc_norm
+    has no standard error, so acc is each task's headline."""
+    return {"schema": "vld.lm_eval/1", "variant": variant, "family": "lm_retrofit", "pattern": pattern, "k": k,
+            "layers": layers, "seed": seed, "data": "chat", "method": "lora", "lora_rank": lora_rank,
+            "train_steps": 20, "tasks": {task: {"acc_norm": 0.99, "acc": acc, "acc_stderr": se}
+                                         for task, (acc, se) in scores.items()}}
+
+
+def lm_side(variant, pattern, k, per_seed, **kwargs):
+    """One result per seed: per_seed[i] = {task: (acc, stderr)}."""
+    return [lm_result(variant, pattern, k, seed, scores, **kwargs) for seed, scores in enumerate(per_seed)]
+
+
+def normal_interval(ours, other):
+    """The bootstrap's normal approximation, computed directly: a side's draw is the mean over n
+    seeds drawn with replacement of (the seed's mean over T tasks + item noise), so its variance
+    is the seeds' population variance of their task means / n plus the mean over seeds of
+    sum_t se_t^2 / (n T^2); the sides are independent."""
+    def side(results):
+        tasks = sorted(results[0]["tasks"])
+        means = [sum(r["tasks"][t]["acc"] for t in tasks) / len(tasks) for r in results]
+        n, n_tasks = len(results), len(tasks)
+        noise = sum(sum(r["tasks"][t]["acc_stderr"] ** 2 for t in tasks) for r in results) / n
+        return sum(means) / n, float(np.var(means)) / n + noise / (n * n_tasks ** 2)
+
+    (ma, va), (mb, vb) = side(ours), side(other)
+    sd = math.sqrt(va + vb)
+    return ma - mb, ma - mb - 1.959964 * sd, ma - mb + 1.959964 * sd, sd
+
+
+def test_claim6_on_lm_eval_better_supported_worse_contradicted_overlap_not_shown():
+    """Table 2 on a language model: Cycle minus Base, mean over the tasks, the interval from
+    lm-eval's standard errors and the seeds; checked against the normal approximation."""
+    base = [{"math": (0.30 + j, 0.01), "gpqa": (0.50 - j, 0.012)} for j in (0.0, 0.004, -0.003)]
+    better = [{"math": (0.36 + j, 0.011), "gpqa": (0.55 + j, 0.01)} for j in (0.002, -0.004, 0.0)]
+    for verdict, (ours, theirs, side) in {SUPPORTED: (better, base, "above"),
+                                          CONTRADICTED: (base, better, "below")}.items():
+        cycle, other = lm_side("cycle", "cycle", 1, ours, layers="1..2"), lm_side("base", "base", 0, theirs)
+        v = verdict_of(cycle + other, "6", "lm_retrofit")
+        value, low, high, sd = normal_interval(cycle, other)
+        assert v.verdict == verdict and v.why.startswith(f"the interval lies {side} 0; 3 vs 3 seeds; per task: ")
+        assert v.effect.value == pytest.approx(value, abs=1e-12) and v.effect.unit == "score points"
+        assert v.effect.low == pytest.approx(low, abs=0.15 * sd) and v.effect.high == pytest.approx(high, abs=0.15 * sd)
+        assert v.comparison == "cycle (cycle x1, reusing 1..2) vs base (same fine-tuning), mean over 2 lm-eval tasks"
+    # overlapping: a small gain within wide standard errors
+    wide = lambda shift: [{"math": (0.30 + shift, 0.05), "gpqa": (0.50 + shift, 0.05)}] * 3
+    runs = lm_side("cycle", "cycle", 1, wide(0.01)) + lm_side("base", "base", 0, wide(0.0))
+    v = verdict_of(runs, "6", "lm_retrofit")
+    value, low, high, sd = normal_interval(runs[:3], runs[3:])
+    assert low < 0 < high and v.verdict == NOT_SHOWN and v.why.startswith("the interval contains 0; 3 vs 3 seeds")
+    assert v.effect.value == pytest.approx(0.01) and v.effect.low == pytest.approx(low, abs=0.15 * sd)
+    assert "per task: gpqa acc +1.0, math acc +1.0" in v.why
+
+
+def test_claim6_on_lm_eval_one_seed_tasks_and_pairing():
+    """One seed a side (Table 2 as the paper ran it) is not shown, the items-only interval still
+    printed; only tasks whose headline has a standard error on every seed of both sides count;
+    Base must be fine-tuned like Cycle."""
+    cycle = lm_result("cycle", "cycle", 1, 0, {"math": (0.40, 0.02), "gpqa": (0.60, 0.03), "extra": (0.9, 0.1)})
+    base = lm_result("base", "base", 0, 0, {"math": (0.30, 0.02), "gpqa": (0.50, 0.03)})
+    base["tasks"]["nan_se"] = cycle["tasks"]["nan_se"] = {"acc": 0.5, "acc_stderr": float("nan")}
+    v = verdict_of([cycle, base], "6", "lm_retrofit")
+    assert v.verdict == NOT_SHOWN and v.why.startswith("not shown: 1 seed(s), training noise unknown; 1 vs 1 seeds")
+    assert v.comparison.endswith("mean over 2 lm-eval tasks") and "extra" not in v.why and "nan_se" not in v.why
+    half = 1.959964 * math.sqrt(2 * 0.02 ** 2 + 2 * 0.03 ** 2) / 2  # items only: the sides' variances add
+    assert v.effect.value == pytest.approx(0.10)
+    assert v.effect.low == pytest.approx(0.10 - half, abs=0.01) and v.effect.high == pytest.approx(0.10 + half, abs=0.01)
+    # a cycle at the smallest factor is the reuse side, whatever else there is
+    bigger = lm_result("cycle_x2", "cycle", 2, 0, {"math": (0.0, 0.01), "gpqa": (0.0, 0.01)})
+    seq = lm_result("seq_x1", "sequence", 1, 0, {"math": (0.0, 0.01), "gpqa": (0.0, 0.01)})
+    assert verdict_of([bigger, seq, cycle, base], "6", "lm_retrofit").comparison.startswith("cycle (cycle x1) vs base")
+    assert verdict_of([seq, base], "6", "lm_retrofit").comparison.startswith("seq_x1 (sequence x1) vs base")
+    # a Base fine-tuned with another LoRA rank is not the same fine-tuning
+    other = lm_result("base", "base", 0, 0, {"math": (0.30, 0.02)}, lora_rank=8)
+    v = verdict_of([cycle, other], "6", "lm_retrofit")
+    assert v.verdict == NOT_SHOWN and v.why == "not in this family: no retrofit with and without reuse"
+    # and with no lm-eval results, no lm_retrofit row
+    assert [v.family for v in claims.claim_verdicts([]) if v.claim == "6"] == [""]
 
 
 # ---------------------------------------------------------------- statistics

@@ -180,9 +180,11 @@ def test_table2_puts_base_and_cycle_beside_the_paper(tmp_path):
     from vld.report.build import build_report
 
     def result(variant, pattern, seed, acc, se):
+        # humaneval_instruct's metric is filtered (vld.eval.lm_harness names it pass@1.create_test)
         return {"schema": "vld.lm_eval/1", "variant": variant, "family": "lm_retrofit", "pattern": pattern,
                 "k": 0 if pattern == "base" else 1, "seed": seed, "effective_depth": 4 if pattern == "base" else 6,
                 "tasks": {"gpqa_main_zeroshot": {"acc": acc, "acc_stderr": se, "acc_norm": 0.9, "acc_norm_stderr": 0.1},
+                          "humaneval_instruct": {"pass@1.create_test": acc - 0.1 * seed, "pass@1_stderr.create_test": 0.04},
                           "vld_local": {"exact_match": 0.5, "exact_match_stderr": 0.25}}}
 
     where = tmp_path / "eval" / "lm_retrofit"
@@ -199,8 +201,32 @@ def test_table2_puts_base_and_cycle_beside_the_paper(tmp_path):
                        "paper Base", "paper Cycle"]
     assert rows[1] == ["gpqa_main_zeroshot", "acc", "30.00 [20.20, 39.80]",
                        f"45.00 [{100 * (0.45 - half_cycle):.2f}, {100 * (0.45 + half_cycle):.2f}]", "29.8", "32.32"]
-    assert rows[2] == ["vld_local", "exact_match", "50.00 [1.00, 99.00]", "50.00 [15.35, 84.65]", "", ""]
+    half_code = 1.96 * (2 * 0.04 ** 2) ** 0.5 / 2
+    assert rows[2] == ["humaneval_instruct", "pass@1.create_test", "30.00 [22.16, 37.84]",
+                       f"40.00 [{100 * (0.40 - half_code):.2f}, {100 * (0.40 + half_code):.2f}]", "37.79", "39.52"]
+    assert rows[3] == ["vld_local", "exact_match", "50.00 [1.00, 99.00]", "50.00 [15.35, 84.65]", "", ""]
     assert "Table 2 on a language model" in (tmp_path / "report" / "report.md").read_text()
+    # claim 6 from the same results: Cycle - Base, mean over the three tasks ((0.45 - 0.30) +
+    # (0.40 - 0.30) + 0) / 3; one Base seed: not shown, the effect printed (the rule: tests/test_claims.py)
+    claim6 = [row for row in csv.reader((tmp_path / "report" / "claims.csv").read_text().splitlines())
+              if row[0] == "6" and row[2] == "lm_retrofit"]
+    assert len(claim6) == 1 and claim6[0][4].startswith("+8.3 [") and claim6[0][5] == "**not shown**"
+    assert claim6[0][6].startswith("not shown: 1 seed(s), training noise unknown; 2 vs 1 seeds; per task: "
+                                   "gpqa_main_zeroshot acc +15.0, humaneval_instruct pass@1.create_test +10.0,"
+                                   " vld_local exact_match +0.0")
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())["claims"]["claim_6"]["lm_retrofit"]
+    assert metrics["verdict_code"] == 0 and metrics["effect"] == pytest.approx(0.25 / 3)
+    # the report stage passes every evaluation file's contents (vld.pipeline.report.current_results):
+    # the lm-eval results among them go to the same table and claim
+    loaded = [json.loads(path.read_text()) for path in sorted(where.rglob("*.json"))]
+    build_report(loaded, tmp_path / "from_dicts", "tiny")
+    # and python -m vld.report on the lm-eval results alone (docs/lm_retrofit.md, "The command")
+    cli = subprocess.run([sys.executable, "-m", "vld.report", "--results", str(where), "--out", str(tmp_path / "cli"),
+                          "--profile", "tiny"], env=repo_env(), capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    for name in ("table2_lm.csv", "claims.csv"):
+        for other in ("from_dicts", "cli"):
+            assert (tmp_path / other / name).read_text() == (tmp_path / "report" / name).read_text()
 
 
 # --------------------------------------------------------------------- (f) one-line errors
@@ -254,6 +280,32 @@ def test_bad_input_is_one_line(ckpt, tmp_path):
     raw = _raw(ckpt, tmp_path)
     raw["lm_retrofit"]["variants"]["cycle"]["schedule"]["layers"] = "2..7"
     assert _error(raw).startswith("lm_retrofit.variants.cycle.schedule")
+
+
+def test_fsdp_is_refused_on_cpu_and_for_other_families(ckpt, tmp_path):
+    """Lightning 2.6.6's FSDPStrategy runs on CUDA only (docs/lm_retrofit.md#multi-gpu): on CPU the
+    setting stops validation in one line naming the key that set it, before any compute; and only
+    lm_retrofit's model names the blocks FSDP shards."""
+    import lightning
+
+    from vld.pipeline.params import validate
+
+    assert lightning.__version__ == "2.6.6"  # the version the refusal and the docs quote
+    with pytest.raises(ValueError, match="The strategy `fsdp` requires a GPU accelerator"):
+        lightning.Trainer(accelerator="cpu", strategy="fsdp", devices=1)  # Lightning's own refusal, quoted
+    raw = _raw(ckpt, tmp_path)
+    raw["lm_retrofit"]["train"]["strategy"] = "fsdp"
+    assert _error(raw) == ("lm_retrofit.train.strategy: 'fsdp' needs accelerator gpu, not 'cpu': Lightning 2.6.6's"
+                           " FSDPStrategy runs on CUDA only (docs/lm_retrofit.md#multi-gpu); use ddp or auto on CPU")
+    raw = _raw(ckpt, tmp_path)
+    raw["hardware"].update(accelerator="gpu", precision="bf16-mixed", strategy="fsdp")
+    assert _error(raw).startswith("hardware.strategy: 'fsdp' shards only lm_retrofit models, not ")
+    # on a GPU the family takes it (validation imports no torch: no GPU is needed to validate)
+    for family in ("reasoning", "knowledge", "retrofit", "khop", "khop_retrofit"):
+        raw[family] = {"variants": {}}
+    raw["hardware"]["strategy"] = "ddp"
+    raw["lm_retrofit"]["train"]["strategy"] = "fsdp"
+    assert validate(raw).variant("lm_retrofit", "cycle").train.strategy == "fsdp"
 
 
 @pytest.mark.parametrize("line, what", [

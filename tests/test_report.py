@@ -453,7 +453,7 @@ def test_cli_reads_a_results_directory(tmp_path):
     run = subprocess.run([sys.executable, "-m", "vld.report", "--results", str(empty), "--out",
                           str(tmp_path / "r2")], capture_output=True, text=True)
     assert run.returncode == 2
-    assert run.stderr.strip().splitlines() == [f"vld: error: --results: no variant results found in {empty}"]
+    assert run.stderr.strip().splitlines() == [f"vld: error: --results: no variant or lm-eval results found in {empty}"]
 
 
 def test_user_defined_pattern_and_unknown_factor_are_reported(tmp_path):

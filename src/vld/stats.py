@@ -161,6 +161,39 @@ def accuracy_difference(a: list, b: list, resamples: int = 2000, seed: int = 0,
     return float(ca.sum() / na.sum() - cb.sum() / nb.sum()), percentile_interval(draws, level)
 
 
+def _score_arrays(per_seed: list, where: str):
+    """per_seed: one list of (score, standard error) per task for each seed -> float arrays [seeds, tasks]."""
+    cells = np.asarray(per_seed, dtype=np.float64)
+    if cells.ndim != 3 or cells.shape[0] == 0 or cells.shape[1] == 0 or cells.shape[2] != 2:
+        raise ValueError(f"{where}: need per seed a list of (score, standard error), the same tasks for every seed")
+    if not np.all(np.isfinite(cells)) or np.any(cells[..., 1] < 0):
+        raise ValueError(f"{where}: need finite scores and standard errors >= 0")
+    return cells[..., 0], cells[..., 1]
+
+
+def _resampled_scores(score, error, resamples: int, rng):
+    """[resamples] means over seeds and tasks: seeds drawn with replacement, then each drawn
+    seed's task scores drawn from Normal(score, standard error), the law of a mean over a task's
+    items that its standard error describes (the items themselves are not kept)."""
+    seeds = rng.integers(0, score.shape[0], size=(int(resamples), score.shape[0]))
+    return rng.normal(score[seeds], error[seeds]).mean(axis=(1, 2))
+
+
+def score_difference(a: list, b: list, resamples: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, tuple[float, float]]:
+    """Mean over tasks of a's score minus b's (each side's seeds averaged), with a two-level
+    bootstrap interval: each draw resamples a's seeds and their items, and b's independently
+    (`_resampled_scores`). `a`, `b`: for each training seed, [(score, standard error)] per task,
+    the same tasks on both sides."""
+    sa, ea = _score_arrays(a, "score_difference")
+    sb, eb = _score_arrays(b, "score_difference")
+    if sa.shape[1] != sb.shape[1]:
+        raise ValueError("score_difference: both sides need the same tasks")
+    rng = np.random.default_rng(seed)
+    draws = _resampled_scores(sa, ea, resamples, rng) - _resampled_scores(sb, eb, resamples, rng)
+    return float(sa.mean() - sb.mean()), percentile_interval(draws, level)
+
+
 def relative_change(a: list, b: list, resamples: int = 2000, seed: int = 0,
                     level: float = 0.95) -> tuple[float, tuple[float, float]]:
     """mean(a) / mean(b) - 1 for one number per training seed on each side, with a percentile

@@ -34,8 +34,11 @@ class Family:
     has_curves = False  # whether curve_score gives learning curves (train.curve_every)
     variant_keys: tuple[str, ...] = ("model", "recipe")  # besides COMMON_VARIANT_KEYS
     # the paper's claims its results are checked against (vld.report.claims): "capacity" (claim 1),
-    # "reasoning" (claims 2-5, per family), "retrofit" (claim 6)
+    # "reasoning" (claims 2-5, per family), "retrofit" (claim 6), "lm_retrofit" (claim 6 from lm-eval)
     claim_set: str
+    # whether its training may shard the model with train.strategy fsdp (the model names its
+    # blocks: fsdp_blocks(), vld.train.run.lightning_strategy)
+    fsdp = False
 
     # ---- validation (torch-free) ------------------------------------------------------
     def check_variant(self, spec: Mapping[str, Any], where: str, pipeline: "Plan") -> dict[str, Any]:
@@ -375,6 +378,7 @@ class LmRetrofit(OwnDataset):
 
     name, task, data_section, claim_set = "lm_retrofit", "lm_eval", "sft", "lm_retrofit"
     trained_by = "lm_retrofit"
+    fsdp = True  # a checkpoint may not fit one GPU
     seeds_together = False  # one fine-tuning after another
     variant_keys = ("data", "method", "lora_rank")
 

@@ -248,6 +248,10 @@ def _variant(family, name: str, spec: Any, block: dict, settings: dict, pipeline
             fail(f"{at}.{clash[0]}", f"is set by the data of {family.name} variants; remove it")
     seeds, layers = _seeds(layers, spec, where, family.default_seeds(extras, pipeline))
     train = TrainConfig.from_layers([*layers, ({"seed": seeds[0]}, where), (fixed, where)])
+    if train.strategy == "fsdp" and not family.fsdp:
+        at = next((f"{w}.strategy" for layer, w in reversed(layers) if "strategy" in (layer or {})), where)
+        fail(at, f"'fsdp' shards only {', '.join(n for n, f in FAMILIES.items() if f.fsdp)} models, not"
+             f" {family.name} (use ddp; set strategy in that family's train block)")
     if train.seq_len > model.max_seq_len:
         at = next((f"{w}.seq_len" for layer, w in reversed(layers) if "seq_len" in (layer or {})), where)
         if fixed.get("seq_len"):

@@ -92,10 +92,11 @@ def _finite(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
-def metrics_summary(results: list[dict], profile_name: str) -> dict:
+def metrics_summary(results: list[dict], profile_name: str, lm_results: list[dict] = ()) -> dict:
     """Numbers for `dvc metrics show`: per family and variant (variants: {family: {name: {...}}}),
     the best reasoning variant against the most-common-answer baseline (accuracy / baseline
-    rate, on the first test), and every claim's verdict (vld.report.claims)."""
+    rate, on the first test), and every claim's verdict (vld.report.claims; `lm_results`: the
+    lm-eval results, for claim 6 on a language model)."""
     variants: dict[str, dict] = {}
     for r in sorted(results, key=lambda r: (r["family"], r["variant"])):
         entry = {key: r[key] for key in ("params", "params_no_embed", "effective_depth",
@@ -134,10 +135,10 @@ def metrics_summary(results: list[dict], profile_name: str) -> dict:
             summary["reasoning_verdict"] = {
                 "variant": best.name, "n": best.n, "answer_accuracy": best.accuracy,
                 "baseline_rate": best.baseline, "ratio_to_baseline": best.ratio, "learned": int(best.learned)}
-    if results:
+    if results or lm_results:
         from vld.report.claims import claims_metrics
 
-        summary["claims"] = claims_metrics(results)
+        summary["claims"] = claims_metrics(results, lm_results)
     return summary
 
 
@@ -230,7 +231,7 @@ def _pieces(results: list, lm_results: list = ()) -> list[Piece]:
 
     figure1 = lambda results, path: figures.figure1(tables.figure1_pairs(results), path)
     return [
-        Piece("Claims skipped: no results.", claims.claims_table),
+        Piece("Claims skipped: no results.", lambda results: claims.claims_table(results, list(lm_results))),
         Piece("Table 1 skipped: no reasoning variants with iGSM results.", tables.table1,
               csv_only=(tables.table1_long, lambda results: tables.table1_paper() if tables.table1_results(results) else None)),
         Piece("Figure 3 skipped: no reasoning variants with iGSM results.", None, _one("figure3.png", figures.figure3),
@@ -255,16 +256,20 @@ def _pieces(results: list, lm_results: list = ()) -> list[Piece]:
 
 
 def build_report(results, out_dir, profile_name: str = "default", curves: list[dict] = ()) -> list[Path]:
-    """Write the report for `results` (dicts, JSON paths or result directories) into
-    `out_dir`, replacing it atomically; returns the written files (final paths). `curves`: the
-    training loss curves for loss_curves.csv (vld.report.plot_data.loss_rows)."""
+    """Write the report for `results` (dicts, JSON paths or result directories: variant results
+    and lm-eval results, vld.report.lm_table2) into `out_dir`, replacing it atomically; returns
+    the written files (final paths). `curves`: the training loss curves for loss_curves.csv
+    (vld.report.plot_data.loss_rows)."""
     out_dir = Path(out_dir)
     check_replaceable(out_dir)
-    from vld.report.lm_table2 import load_lm_results
+    from vld.report.lm_table2 import is_lm_result, load_lm_results
 
-    lm_results = load_lm_results([s for s in ([results] if isinstance(results, (str, Path, dict)) else results)
-                                  if isinstance(s, (str, Path))])
-    results = load_results(results)
+    sources = [results] if isinstance(results, (str, Path, dict)) else list(results)
+    # lm-eval results (the lm_retrofit family's own schema), as dicts (the report stage reads
+    # every evaluation file) or under result directories
+    lm_results = [s for s in sources if is_lm_result(s)] + load_lm_results(
+        [s for s in sources if isinstance(s, (str, Path))])
+    results = load_results([s for s in sources if not is_lm_result(s)])
     written: list[str] = []
 
     with atomic_dir(out_dir) as tmp:
@@ -306,7 +311,7 @@ def build_report(results, out_dir, profile_name: str = "default", curves: list[d
 
         plotted = plot_data.write_plot_data(tmp, results, list(curves))
         written.extend(plotted)
-        summary = metrics_summary(results, profile_name)
+        summary = metrics_summary(results, profile_name, lm_results)
         put("metrics.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
         sections.extend(["## Summary metrics", "",
                          "[metrics.json](metrics.json) (for `dvc metrics show`).", ""])

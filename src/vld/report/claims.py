@@ -15,7 +15,12 @@ interval resamples the training seeds of each side, then the test items within a
   iGSM       answer accuracy difference over the test sets both sides have (seeds pooled);
              seeds, then problems within a seed (accuracy_difference);
   knowledge  relative change of absorbed bits (cross-entropy measure), mean over seeds;
-             seeds of each side (relative_change: the measure has no test items).
+             seeds of each side (relative_change: the measure has no test items);
+  lm-eval    mean over the tasks both sides have of the score difference (each task's first
+             metric with a standard error, vld.report.lm_table2.headline; seeds averaged);
+             seeds, then each drawn seed's task scores from Normal(score, lm-eval's standard
+             error) (score_difference: the items are not kept, their standard error stands
+             for them).
 
 Rule. Seeds first: a directional verdict (supported or contradicted, by any of the three
 rules below) needs at least MIN_SEEDS training seeds on each side; with fewer the verdict is
@@ -39,7 +44,9 @@ variants trained without loop recipes (vld.train.recipe).
 Claim 5 compares, of one pattern and factor on one model, the layer-subset variant whose range
 starts latest with the one whose range starts earliest; claim 6, per retrofit family (iGSM or
 k-hop, measured in the family's task), the retrofit with reuse with the same fine-tuning
-without it.
+without it, and on a language model (lm_retrofit: Table 2 itself, from its lm-eval results) the
+Cycle variant (cycle at the smallest factor, else the smallest-factor reuse) with the Base variant
+fine-tuned the same way (same data, method, LoRA rank and steps), by the directional rule.
 
 Claim 7 (more virtual depth keeps helping) is made per line: cycle on the whole model at
 x0/x1/x2/x3... of one model, training length and recipe (x0: the line's cycle x0, else its base
@@ -51,6 +58,7 @@ or a step is contradicted; else not shown. The seed rule applies to every compar
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,8 +67,9 @@ from vld.model.schedule import layer_range
 from vld.pipeline.families import FAMILIES, families_where
 from vld.report import tables
 from vld.report.khop import sequence_errors
-from vld.stats import accuracy_difference, paired_difference, relative_change
-from vld.report.tables import Table, VariantGroup, group_name, group_sort, test_key, variant_group
+from vld.report.lm_table2 import headline, stderr_name
+from vld.stats import accuracy_difference, paired_difference, relative_change, score_difference
+from vld.report.tables import Table, VariantGroup, group_name, group_sort, test_key, variant_group, vld_label
 
 SUPPORTED, NOT_SHOWN, CONTRADICTED = "supported", "not shown", "contradicted"
 VERDICT_CODE = {SUPPORTED: 1, NOT_SHOWN: 0, CONTRADICTED: -1}
@@ -101,7 +110,7 @@ class Effect:
 
     def text(self) -> str:
         unit = {"error points": " error points", "accuracy points": " accuracy points",
-                "relative": "% bits"}[self.unit]
+                "score points": " score points", "relative": "% bits"}[self.unit]
         return f"{100 * self.value:+.1f} [{100 * self.low:+.1f}, {100 * self.high:+.1f}]{unit}"
 
     def seed_text(self) -> str:
@@ -419,8 +428,75 @@ def _knowledge_claim(results: list[dict], family: str) -> Verdict | None:
     return Verdict("1", family, comparison, effect, verdict, why)
 
 
-def claim_verdicts(results: list[dict]) -> list[Verdict]:
-    """Every claim, computed; claims without data get 'not shown' rows saying so."""
+# ------------------------------------------------------------------ claim 6 on a language model
+
+SAME_FINE_TUNING = ("data", "method", "lora_rank", "train_steps")  # of an lm-eval result (vld.pipeline.evaluate_lm)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def lm_effect(ours: list[dict], other: list[dict]) -> tuple[Effect | None, str, list[tuple[str, str]]]:
+    """Mean over tasks of `ours` minus `other` (score points, seeds averaged per side), each
+    task's headline metric (vld.report.lm_table2.headline), over the tasks where every seed of
+    both sides has that metric and its standard error; also returns those (task, metric)."""
+    tasks = []
+    for task in sorted(ours[0]["tasks"]):
+        metric = headline(ours[0]["tasks"][task])
+        if metric and all(_finite(r["tasks"].get(task, {}).get(m)) for r in ours + other
+                          for m in (metric, stderr_name(metric))):
+            tasks.append((task, metric))
+    if not tasks:
+        return None, "no lm-eval task with a standard error that every seed of both sides has", []
+
+    def cells(side):
+        return [[(r["tasks"][t][m], r["tasks"][t][stderr_name(m)]) for t, m in tasks] for r in side]
+
+    value, (low, high) = score_difference(cells(ours), cells(other), RESAMPLES, seed=0)
+    return Effect(value, low, high, "score points", (len(ours), len(other))), "", tasks
+
+
+def lm_pair(results: list[dict]) -> tuple[str, str] | None:
+    """(reuse variant, base variant) of one lm_retrofit family's results: cycle at the smallest
+    factor (else the smallest-factor reuse; by name among equals), and the base variant with
+    the same fine-tuning (SAME_FINE_TUNING)."""
+    first: dict[str, dict] = {}
+    for r in results:
+        first.setdefault(r["variant"], r)
+    reuse = [name for name, r in first.items() if r.get("k")]
+    pool = [name for name in reuse if first[name]["pattern"] == "cycle"] or reuse
+    if not pool:
+        return None
+    ours = first[min(pool, key=lambda name: (first[name]["k"], name))]
+    bases = sorted(name for name, r in first.items() if r["pattern"] == "base" and not r.get("k")
+                   and all(r.get(key) == ours.get(key) for key in SAME_FINE_TUNING))
+    return (ours["variant"], bases[0]) if bases else None
+
+
+def _lm_claim(results: list[dict], family: str) -> Verdict:
+    """Claim 6 from Table 2 on a language model: the pair of lm_pair, lm_effect, the directional rule."""
+    pair = lm_pair(results)
+    if pair is None:
+        return Verdict("6", family, "", None, NOT_SHOWN, f"not in this family: {MISSING['6']}")
+    seeds = {name: sorted((r for r in results if r["variant"] == name), key=lambda r: r["seed"]) for name in pair}
+    ours, base = (seeds[name] for name in pair)
+    effect, why, tasks = lm_effect(ours, base)
+    where = ours[0]
+    reuse = f"{where['pattern'].replace('_', ' ')} {vld_label(where['k'])}" + \
+            (f", reusing {where['layers']}" if where.get("layers") else "")
+    comparison = f"{pair[0]} ({reuse}) vs {pair[1]} (same fine-tuning), mean over {len(tasks)} lm-eval tasks"
+    verdict = _verdict("6", family, comparison, effect, why, directional)
+    if effect is not None:
+        mean = lambda side, t, m: sum(r["tasks"][t][m] for r in side) / len(side)
+        verdict.why += "; per task: " + ", ".join(f"{t} {m} {100 * (mean(ours, t, m) - mean(base, t, m)):+.1f}"
+                                                  for t, m in tasks)
+    return verdict
+
+
+def claim_verdicts(results: list[dict], lm_results: list[dict] = ()) -> list[Verdict]:
+    """Every claim, computed; claims without data get 'not shown' rows saying so. `lm_results`:
+    lm-eval results (vld.report.lm_table2.load_lm_results), for claim 6 on a language model."""
     verdicts: list[Verdict] = []
     for name in families_where(claim_set="capacity"):
         knowledge = _knowledge_claim(results, name)
@@ -446,30 +522,36 @@ def claim_verdicts(results: list[dict]) -> list[Verdict]:
                                      effect, why, directional))
         elif retrofit:
             verdicts.append(Verdict("6", name, "", None, NOT_SHOWN, f"not in this family: {MISSING['6']}"))
+    for name in families_where(claim_set="lm_retrofit"):
+        own = [r for r in lm_results if r.get("family") == name]
+        if own:
+            verdicts.append(_lm_claim(own, name))
     have = {v.claim for v in verdicts}
     verdicts += [Verdict(c, "", "", None, NOT_SHOWN, f"not in this profile: {MISSING[c]}") for c in CLAIMS if c not in have]
     return sorted(verdicts, key=lambda v: (list(CLAIMS).index(v.claim), v.family))
 
 
-def claims_table(results: list[dict]) -> Table | None:
-    if not results:
+def claims_table(results: list[dict], lm_results: list[dict] = ()) -> Table | None:
+    if not results and not lm_results:
         return None
-    verdicts = claim_verdicts(results)
+    verdicts = claim_verdicts(results, lm_results)
     return Table("claims", "The paper's claims, checked against this profile's results",
                  ["#", "claim", "family", "comparison", "effect [95% interval]", "verdict", "why"],
                  [v.row() for v in verdicts],
                  ["Verdicts follow the rule in docs/report.md#claims (computed from the results, never by hand).",
                   "Effects are positive when the side the paper favours is better: k-hop in error points (mean "
                   "over the hop counts >= 2 both sides have), iGSM in accuracy points, knowledge as relative "
-                  "change of absorbed bits.",
-                  "Intervals resample each side's training seeds, then the test items within a seed; a "
+                  "change of absorbed bits, lm-eval (lm_retrofit) in score points (mean over the tasks both sides "
+                  "have of each task's first metric with a standard error).",
+                  "Intervals resample each side's training seeds, then the test items within a seed (lm-eval: "
+                  "a normal draw with the task's standard error); a "
                   f"supported or contradicted verdict needs at least {MIN_SEEDS} seeds on each side.",
                   "One profile's models are far smaller than the paper's: a verdict here speaks for this scale only."])
 
 
-def claims_metrics(results: list[dict]) -> dict:
+def claims_metrics(results: list[dict], lm_results: list[dict] = ()) -> dict:
     """{claim: {family: {...}}} for metrics.json (dvc exp show)."""
     out: dict = {}
-    for v in claim_verdicts(results):
+    for v in claim_verdicts(results, lm_results):
         out.setdefault(f"claim_{v.claim}", {})[v.family or "none"] = v.metrics()
     return out

@@ -21,6 +21,10 @@ PAPER_ROWS = (("minerva_math500", "Math500"), ("hendrycks_math500", "Math500"), 
               ("aime", "AIME"), ("humaneval", "HumanEval pass@1"), ("mbpp", "MBPP"))
 
 
+def is_lm_result(data) -> bool:
+    return isinstance(data, dict) and str(data.get("schema", "")).startswith(SCHEMA_PREFIX)
+
+
 def load_lm_results(sources) -> list[dict]:
     """The lm_eval results under result directories (other JSON files are ignored)."""
     results = []
@@ -33,14 +37,22 @@ def load_lm_results(sources) -> list[dict]:
                 data = json.loads(file.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue  # vld.report.build reports unreadable files
-            if isinstance(data, dict) and str(data.get("schema", "")).startswith(SCHEMA_PREFIX):
+            if is_lm_result(data):
                 results.append(data)
     return results
 
 
+def stderr_name(metric: str) -> str:
+    """The name of a metric's standard error as vld.eval.lm_harness.run_tasks writes them: "acc" ->
+    "acc_stderr"; under a filter (HumanEval's, MBPP's) "pass@1.create_test" -> "pass@1_stderr.create_test"."""
+    name, dot, filtered = metric.partition(".")
+    return f"{name}_stderr{dot}{filtered}"
+
+
 def headline(measures: dict) -> str | None:
     """A task's first metric with a standard error."""
-    return next((name for name in measures if not name.endswith("_stderr") and f"{name}_stderr" in measures), None)
+    return next((name for name in measures if not name.partition(".")[0].endswith("_stderr")
+                 and stderr_name(name) in measures), None)
 
 
 def paper_row(task: str) -> str | None:
@@ -49,7 +61,7 @@ def paper_row(task: str) -> str | None:
 
 def _cell(seeds: list[dict], task: str, metric: str) -> str:
     values = [s["tasks"][task][metric] for s in seeds if metric in s["tasks"].get(task, {})]
-    errors = [s["tasks"][task].get(f"{metric}_stderr") for s in seeds]
+    errors = [s["tasks"][task].get(stderr_name(metric)) for s in seeds]
     if not values:
         return ""
     mean = sum(values) / len(values)

@@ -21,6 +21,7 @@ the identity), which computes the same function; `meta["params"]` still counts t
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -179,19 +180,24 @@ def train_retrofit(source, info: SourceInfo, order, method: str, lora_rank: int,
     """A validated variant (validate_variant's info and order) loaded, trained on `datamodule`
     (any of vld.train.datamodules) and saved to out_dir; returns metrics and metadata."""
     from vld.atomic import write_json
-    from vld.train.run import run_training
+    from vld.train.run import FullWeights, run_training
 
     out_dir = Path(out_dir)
-    model, meta = _load_and_prepare(
-        source, info, order, method, lora_rank, lora_alpha, backend, "float32", train_cfg.seed
-    )
+    prepare = functools.partial(_load_and_prepare, source, info, order, method, lora_rank, lora_alpha, backend,
+                                "float32", train_cfg.seed)
+    model, meta = prepare()
     effective_alpha = float(2 * lora_rank if lora_alpha is None else lora_alpha)  # add_lora's default
     meta.update(parameter_summary(model), lora_alpha=effective_alpha if method != "full" else None)
 
     model.train()  # Lightning keeps submodules' modes: a source loaded for inference is in eval mode
-    metrics = run_training(model, datamodule, train_cfg, out_dir / TRAIN_DIR, logger=logger, callbacks=callbacks)
+    weights = FullWeights()
+    metrics = run_training(model, datamodule, train_cfg, out_dir / TRAIN_DIR, logger=logger,
+                           callbacks=[*callbacks, weights])
     result = {**metrics, **meta}
     if _is_global_zero():  # under DDP every rank trains; one writes
+        if weights.state is not None:  # FSDP left this rank a shard of each weight: a fresh copy takes them all
+            model = prepare()[0]
+            model.load_state_dict(weights.state)
         save_retrofit(model, out_dir, meta, in_place=True)
         write_json(out_dir / METRICS_FILE, result)
     return result

@@ -121,6 +121,10 @@ class RetrofitLlama(nn.Module):
     def effective_depth(self) -> int:
         return len(self.schedule)
 
+    def fsdp_blocks(self) -> set[type]:
+        """The classes of the decoder layers: FSDP's units (vld.train.run.fsdp_kwargs)."""
+        return {type(layer) for layer in self.hf.model.layers}
+
     @property
     def config(self):
         return self.hf.config

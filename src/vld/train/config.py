@@ -204,6 +204,11 @@ class TrainConfig:
             fail(f"{where}.accelerator", f"unknown {self.accelerator!r}; expected one of {', '.join(ACCELERATORS)}")
         if self.strategy not in STRATEGIES:
             fail(f"{where}.strategy", f"unknown {self.strategy!r}; expected one of {', '.join(STRATEGIES)}")
+        if self.strategy == "fsdp" and self.accelerator not in ("gpu", "cuda"):
+            # Lightning 2.6.6 refuses FSDP on any other accelerator (AcceleratorConnector.
+            # _check_strategy_and_fallback) once a stage has started: say so before any compute
+            fail(f"{where}.strategy", f"'fsdp' needs accelerator gpu, not {self.accelerator!r}: Lightning 2.6.6's "
+                 "FSDPStrategy runs on CUDA only (docs/lm_retrofit.md#multi-gpu); use ddp or auto on CPU")
         if self.precision not in PRECISIONS:
             fail(f"{where}.precision", f"unknown {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
         if self.accelerator == "cpu" and self.resolved_precision() not in ("32-true", "32"):

@@ -60,22 +60,24 @@ def lr_factor(step: int, max_steps: int, warmup_steps: int, min_lr_ratio: float)
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups, GPT-2 practice: decay matrices of linear layers only; no decay on biases,
-    norm weights (every parameter with fewer than 2 dimensions) or embeddings (which also
-    covers an output head tied to the embedding). Shared (reused) parameters appear once."""
-    no_decay_ids = set()
-    for module in model.modules():
-        if isinstance(module, nn.Embedding):
-            no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
+def decaying(model: nn.Module) -> set[int]:
+    """ids of the parameters AdamW decays, GPT-2 practice: matrices of linear layers only; no
+    decay on biases, norm weights (every parameter with fewer than 2 dimensions) or embeddings
+    (which also covers an output head tied to the embedding)."""
+    embeddings = {id(p) for module in model.modules() if isinstance(module, nn.Embedding)
+                  for p in module.parameters(recurse=False)}
+    return {id(p) for p in model.parameters() if p.ndim >= 2 and id(p) not in embeddings}
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, decays: set[int] | None = None) -> list[dict[str, Any]]:
+    """AdamW groups: `decays` (default: decaying(model) now) with weight decay, the other
+    trainable parameters without. Shared (reused) parameters appear once."""
+    decays = decaying(model) if decays is None else decays
     decay, no_decay = [], []
     for _, param in model.named_parameters():  # named_parameters() de-duplicates shared tensors
         if not param.requires_grad:
             continue
-        if param.ndim < 2 or id(param) in no_decay_ids:
-            no_decay.append(param)
-        else:
-            decay.append(param)
+        (decay if id(param) in decays else no_decay).append(param)
     groups = []
     if decay:
         groups.append({"params": decay, "weight_decay": weight_decay})
@@ -104,6 +106,9 @@ class LMModule(L.LightningModule):
         self.eval_curve: list[dict] = []  # vld.train.curves.LearningCurve's points
         self.curve_wall_s = 0.0  # the time those took (inside train_wall_s)
         self._micro_losses: list[torch.Tensor] = []
+        # decided on the model as built: under FSDP (use_orig_params) each parameter is later a
+        # flat 1-d shard of itself, the same object
+        self._decays = decaying(model)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         out = self.model(tokens)
@@ -154,7 +159,7 @@ class LMModule(L.LightningModule):
 
     def optimizer_groups(self) -> list[dict[str, Any]]:
         """AdamW's parameter groups (see parameter_groups)."""
-        return parameter_groups(self.model, self.optim.weight_decay)
+        return parameter_groups(self.model, self.optim.weight_decay, self._decays)
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(
@@ -174,6 +179,16 @@ class LMModule(L.LightningModule):
             optimizer, lambda step: lr_factor(step, max_steps, warmup, min_ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
+            # the norm over every rank's shards, by the root FSDP module (Lightning 2.6.6 refuses
+            # norm clipping under FSDP: its precision plugin has no handle on that module)
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the curve and the RNG go with the weights, so a resumed run reports the whole

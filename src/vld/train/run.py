@@ -208,17 +208,62 @@ class RunProgressBar(TQDMProgressBar):
         self._in_steps(trainer)
 
 
+def fsdp_kwargs(model: nn.Module) -> dict[str, Any]:
+    """FullyShardedDataParallel's settings for `model` (train.strategy fsdp): each of its blocks
+    (model.fsdp_blocks(): the classes of the layers its schedule visits) one FSDP unit, so one
+    block's weights are gathered at a time, on each visit; use_orig_params, since LoRA leaves a
+    block's base weights frozen beside trainable adapters, which one flat parameter cannot mix."""
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    blocks = getattr(model, "fsdp_blocks", None)
+    if blocks is None:
+        fail("train.strategy", f"'fsdp': a {type(model).__name__} names no blocks to shard")
+    return {"auto_wrap_policy": ModuleWrapPolicy(set(blocks())), "use_orig_params": True}
+
+
+def lightning_strategy(cfg: TrainConfig, model: nn.Module | None = None):
+    """cfg.strategy as the Trainer takes it; "fsdp": Lightning's FSDPStrategy with fsdp_kwargs(model),
+    checkpoints gathered into one file on rank 0 (the format of every other strategy's)."""
+    if cfg.strategy != "fsdp":
+        return cfg.strategy
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return FSDPStrategy(state_dict_type="full", **fsdp_kwargs(model))
+
+
+class FullWeights(Callback):
+    """Under FSDP, the trained model's whole state dict gathered to global rank 0 at the end
+    (`state`, keys without the LightningModule's "model." prefix; None on other ranks and under
+    other strategies, where the model itself holds its weights). FSDP wraps the model's blocks
+    in place and leaves each rank a shard of each parameter: a caller that saves the model
+    loads `state` into a fresh copy."""
+
+    def __init__(self):
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if not isinstance(trainer.strategy, FSDPStrategy):
+            return
+        state = trainer.strategy.lightning_module_state_dict()  # collective; whole on rank 0 only
+        if trainer.is_global_zero:
+            self.state = {key.removeprefix("model."): value for key, value in state.items()}
+
+
 def build_trainer(
     cfg: TrainConfig,
     out_dir: Path,
     logger=None,
     callbacks: Iterable[Callback] = (),
     distributed_sampler: bool = False,
+    model: nn.Module | None = None,
 ) -> L.Trainer:
     """A Trainer for `cfg`: no validation, our own atomic checkpoints, a progress bar.
 
     `distributed_sampler=False` (our DataModules split each global batch by rank themselves);
-    set it for a foreign DataModule so that Lightning adds its DistributedSampler under DDP."""
+    set it for a foreign DataModule so that Lightning adds its DistributedSampler under DDP.
+    `model`: what is trained (the blocks FSDP shards, lightning_strategy)."""
     check_devices(cfg)
     quiet_third_party()
     out_dir = Path(out_dir)
@@ -227,7 +272,7 @@ def build_trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
+        strategy=lightning_strategy(cfg, model),
         precision=cfg.resolved_precision(),
         max_steps=cfg.max_steps,
         max_epochs=None,  # max_steps ends the run (one Lightning "epoch" = the whole run)
@@ -340,7 +385,8 @@ def fit(
         # the training step runs writes its whole output, so the results are the same without.
         torch.utils.deterministic.fill_uninitialized_memory = False
     callbacks = [SameResumeOnEveryRank(ckpt_dir / LAST, resume_step), ThreadCount(cfg), *callbacks]
-    trainer = build_trainer(cfg, out_dir, logger=logger, callbacks=callbacks, distributed_sampler=distributed_sampler)
+    trainer = build_trainer(cfg, out_dir, logger=logger, callbacks=callbacks, distributed_sampler=distributed_sampler,
+                            model=module.model)
     _note_busy_cpu(trainer, cfg)
     if trainer.is_global_zero:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
