@@ -180,17 +180,18 @@ def test_cli(tmp_path):
     assert not (tmp_path / "never").exists()
 
 
-# sha256 over tokens.npy, index.npy and problems.jsonl, recorded before the generator's
-# refactor (issue 22): a change of the construction, the text or the tokens is caught here
+# sha256 over tokens.npy, index.npy and problems.jsonl, recorded after issue 25's generator
+# changes (layer growth, abstract planning, option weights): a change of the construction, the
+# text or the tokens is caught here
 RECORDED_SETS = {
     "med_train": ((PRESETS["med"], "train", 300, 0, None),
-                  "4bc09364cbd1f016eec86db34c4a89915376b2a0e75ce674e9400e7b125efab2"),
+                  "aabc72ddb3f18e3c3c7e7ebe0b564f8651921a29c58c5efdfab2735719cc39c6"),
     "med_test20": ((PRESETS["med"], "test", 100, 1, 20),
-                   "be979af4f75afe011504162cf5c6f643f48966fe7b2f6341cdc5261873a35f5c"),
+                   "40f04d20bfe2f1378f390e010e5982e35c47c88130a560d7e098d227ee4da80b"),
     "hard_reask_qp": ((dataclasses.replace(PRESETS["hard"], reask=True, format="qp"), "train", 200, 2, None),
-                      "31de0ebf470f07ca1c43dba537ad3438fbe5daff8d962c3f9ead0d785ce27807"),
+                      "7d0188b94dfa54e1c5911610828d778cf24b7bbc8876b9b56b62a7b62e96ce12"),
     "small_perm0": ((dataclasses.replace(SMALL, perm_level=0), "train", 300, 3, None),
-                    "bda3f9d1420d9ba2e18a3e2c1ec84e6cdbb9f161f0d722c1a28a6cfa04d4d48e"),
+                    "fd78a3fb5e61375b15fdcb31ca012dd019e047d25093223925f763cb824db0e6"),
 }
 
 

@@ -5,10 +5,11 @@ A problem is built for the op it must have, never by rejecting at random on op:
 1. structure: one hierarchy, d consecutive levels, a layer of w items per level, e edges
    between consecutive layers (every lower item has a parent); each edge (A, B) is an
    instance parameter "each A's B". Abstract parameters "each A's Category" are implied.
-   d and the widths are drawn from an op-dependent softmax, as the reference does.
+   d and the width range are drawn from an op-dependent softmax and layers grow from the
+   narrowest width, as the reference does.
 2. necessary graph: parameters are defined one after another, each from earlier ones, with an
-   op budget, of which a drawn part n goes to abstract parameters first (planned, smallest
-   layer gap first, their support edges defined early). Every option (constant, copy, sum, difference, "more than", "times as much as",
+   op budget, of which a drawn part n goes to abstract parameters first (planned as the
+   reference picks them, climbing layer gaps; their support edges defined early). Every option (constant, copy, sum, difference, "more than", "times as much as",
    abstract references) is checked against invariants that keep the budget reachable and every
    defined parameter an ancestor of the query, so the last parameter closes the budget exactly.
 3. distractors: every remaining edge gets a sentence depending on earlier parameters.
@@ -40,32 +41,35 @@ LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 MAX_SYMBOLS = len(LETTERS)
 ABS = 1 << 16  # abstract parameter refs: ABS + (item << 3) + layer; instance refs are edge ids
 
-# Definition options: (kind, parameter predecessors, op cost, weight). Kinds:
+# Definition options: (kind, parameter predecessors, op cost, weight in the necessary graph,
+# weight for a distractor). Kinds:
 #  c constant | s sum (r=1: copy) | d difference | m/t K more than / K times as much as a
 #  single parameter or a sum | M/T the same around a difference.
+# The necessary graph weighs options of cost 2-3 as the reference's spread of extra operations
+# comes out (op per instance step, docs/igsm.md); distractors keep the plainer law.
 OPTIONS = (
-    ("c", 0, 1, 3.0),
-    ("s", 1, 1, 1.6),
-    ("m", 1, 1, 1.5),
-    ("t", 1, 1, 1.5),
-    ("s", 2, 1, 1.5),
-    ("d", 2, 1, 0.9),
-    ("m", 2, 2, 0.25),
-    ("t", 2, 2, 0.25),
-    ("M", 2, 2, 0.1),
-    ("T", 2, 2, 0.1),
-    ("s", 3, 2, 0.3),
-    ("m", 3, 3, 0.08),
-    ("t", 3, 3, 0.08),
-    ("s", 4, 3, 0.08),
+    ("c", 0, 1, 2.0, 3.0),
+    ("s", 1, 1, 1.6, 1.6),
+    ("m", 1, 1, 1.5, 1.5),
+    ("t", 1, 1, 1.5, 1.5),
+    ("s", 2, 1, 1.5, 1.5),
+    ("d", 2, 1, 0.9, 0.9),
+    ("m", 2, 2, 1.5, 0.25),
+    ("t", 2, 2, 1.5, 0.25),
+    ("M", 2, 2, 0.9, 0.1),
+    ("T", 2, 2, 0.9, 0.1),
+    ("s", 3, 2, 0.5, 0.3),
+    ("m", 3, 3, 0.4, 0.08),
+    ("t", 3, 3, 0.4, 0.08),
+    ("s", 4, 3, 0.4, 0.08),
 )
-OPTION_TOTAL = sum(o[3] for o in OPTIONS)
+DISTRACTOR_TOTAL = sum(o[4] for o in OPTIONS)
 # Abstract parameters (calibrated to the reference's shares, docs/igsm.md): the chance that the
 # question asks for one (when one fits the abstract op budget), that a definition reads one while
 # the budget is not spent / once it is, and that a distractor reads one.
-P_ABSTRACT_QUERY = 0.35  # + P_ABSTRACT_QUERY_GROWTH * (op - 1) / (max_edge - 1), at most 1
-P_ABSTRACT_QUERY_GROWTH = 0.25
-P_ABSTRACT_WANTED = 0.6
+P_ABSTRACT_QUERY = 0.43  # + P_ABSTRACT_QUERY_GROWTH * (op - 1) / (max_edge - 1), at most 1
+P_ABSTRACT_QUERY_GROWTH = 0.12
+P_ABSTRACT_WANTED = 0.7
 P_ABSTRACT_EXTRA = 0.1
 P_ABSTRACT_DISTRACTOR = 0.5
 MAX_BIN_MISSES = 2000  # consecutive template-bin misses before a split is declared impossible
@@ -390,16 +394,16 @@ class Generator:
                 continue
             a, b = _draw(width_law, rand), _draw(width_law, rand)
             w0, w1 = (a, b) if a <= b else (b, a)
-            widths = [w0 + int(rand() * (w1 - w0 + 1)) for _ in range(d)]
-            lo = max(sum(widths[1:]), e_need)
-            hi = min(cfg.max_edge, sum(widths[i] * widths[i + 1] for i in range(d - 1)))
-            if lo <= hi:
+            # e = the smaller of two draws of U{(d-1) w0 .. max_edge}, at most what layers of w1 hold
+            base = (d - 1) * w0  # the mandatory edges of layers of w0 items
+            if base > cfg.max_edge:
+                continue
+            span = cfg.max_edge - base + 1
+            e = base + min(int(rand() * span), int(rand() * span))
+            e = min(max(e, e_need), (d - 1) * w1 * w1)
+            if e >= e_need:
                 break
-        # e = the smaller of two draws of U{(d-1) w0 .. max_edge}, clipped to what the layers allow
-        base = min((d - 1) * w0, cfg.max_edge)
-        span = cfg.max_edge - base + 1
-        e = base + min(int(rand() * span), int(rand() * span))
-        e = lo if e < lo else (hi if e > hi else e)
+        widths = _grow_layers(rand, d, w0, w1, e)
         top = int(rand() * (len(levels) - d + 1))
         problem = Problem()
         problem.d = d
@@ -471,7 +475,7 @@ class Generator:
                                        len(undefined_sinks), len(free))
             if picked is None:
                 return False
-            is_sink, (kind, n_preds, cost, _) = picked
+            is_sink, (kind, n_preds, cost, _, _) = picked
             budget_after = budget - cost
             sinks_after = len(undefined_sinks) - 1 if is_sink else len(undefined_sinks)
             use = None
@@ -572,36 +576,42 @@ class Generator:
         return most if rand() < 0.6 else least + int(rand() * (most - least + 1))
 
     def _plan(self, problem: Problem, rand, free: list, taken: set, room: int, budget: int, avoid: int) -> list:
-        """Abstract parameters to read, smallest layer gap first, while their op fits in `room`;
-        their support edges go to the end of `free` (defined first). Returns them in that order."""
+        """Abstract parameters to read, while their op fits in `room`, chosen as the reference
+        chooses them: one random candidate per layer gap, smallest gap first, climbing to the
+        largest gap whose candidate still fits (none fits at the smallest gap: planning stops).
+        Their support edges go to the end of `free` (defined first). Returns them in that order."""
         by_gap: dict[int, list[int]] = {}
         layer = problem.item_layer
         for a in problem.all_abstracts():
-            if a not in taken:
+            if a not in taken and not problem.abstract(a)[0] & avoid:
                 by_gap.setdefault((a & 7) - layer[(a - ABS) >> 3], []).append(a)
+        gaps = sorted(by_gap)
         plan: list[int] = []
         seen = set(taken)
         planned = 0
-        for gap in sorted(by_gap):
-            cands = by_gap[gap]
-            _shuffle(cands, rand)
-            for a in cands:
-                if room <= 0 or budget <= 1:
-                    break
-                mask = problem.abstract(a)[0]
-                if mask & avoid or a in seen:
+        while room > 0 and budget > 1:
+            pick = None
+            for gap in gaps:
+                cands = [a for a in by_gap[gap] if a not in seen]
+                if not cands:
                     continue
+                a = cands[int(rand() * len(cands))]
                 closure: list[int] = []
                 problem.closure(a, seen, closure)
                 extra = problem.closure_cost(closure)
+                mask = problem.abstract(a)[0]
                 edges = (mask & ~planned).bit_count()
                 if extra > room or edges + extra + 1 > budget:
-                    continue
-                plan.append(a)
-                seen.update(closure)
-                planned |= mask
-                room -= extra
-                budget -= edges + extra
+                    break
+                pick = a, closure, extra, edges, mask
+            if pick is None:
+                break
+            a, closure, extra, edges, mask = pick
+            plan.append(a)
+            seen.update(closure)
+            planned |= mask
+            room -= extra
+            budget -= edges + extra
         if planned:
             first = [k for k in free if planned >> k & 1]
             free[:] = [k for k in free if not planned >> k & 1] + first[::-1]
@@ -658,8 +668,8 @@ class Generator:
         _shuffle(rest, rng.random)
         for edge in rest:
             pos = int(rand() * (len(order) + 1))  # stated after the first `pos` parameters, reading only them
-            x = rand() * OPTION_TOTAL
-            for kind, n_preds, _, weight in OPTIONS:
+            x = rand() * DISTRACTOR_TOTAL
+            for kind, n_preds, _, _, weight in OPTIONS:
                 x -= weight
                 if x < 0:
                     break
@@ -893,7 +903,7 @@ def _feasible(sink_flag, budget, n_dangling, n_usable, n_sinks, n_free):
     budget is the sink (instance query)."""
     feasible, total = [], 0.0
     for option in OPTIONS:
-        kind, n_preds, cost, weight = option
+        kind, n_preds, cost, weight, _ = option
         if n_preds > n_usable or cost > budget:
             continue
         budget_after = budget - cost
@@ -914,6 +924,21 @@ def _feasible(sink_flag, budget, n_dangling, n_usable, n_sinks, n_free):
         feasible.append((is_sink, option))
         total += weight
     return feasible, total
+
+
+def _grow_layers(rand, d: int, w0: int, w1: int, e: int) -> list[int]:
+    """Layer widths as the reference grows them: every layer starts at w0; a vertex is added to a
+    random layer not yet at w1 while the layers cannot hold e edges, then with a chance p = U(0, 1)
+    each time (stopping at the first refusal), until full or until the mandatory edges (one parent
+    per lower item) alone make e. So most layers stay near w0 unless e needs them wider."""
+    widths = [w0] * d
+    p = rand()
+    while True:
+        room = [i for i in range(d) if widths[i] < w1]
+        if sum(widths[i] * widths[i + 1] for i in range(d - 1)) >= e:
+            if sum(widths[1:]) >= e or not room or rand() >= p:
+                return widths
+        widths[room[int(rand() * len(room))]] += 1
 
 
 def _cumulative(weighted) -> tuple:
