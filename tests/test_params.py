@@ -548,7 +548,7 @@ def _tiny_with_igsm_tests(tmp_path) -> tuple[dict, int]:
 
 def test_a_context_shorter_than_the_longest_igsm_prompt_is_refused_before_training(tmp_path):
     raw, longest = _tiny_with_igsm_tests(tmp_path)
-    del raw["reasoning"]["variants"]["answer_only"]  # trains on rows of 384 tokens
+    del raw["reasoning"]["variants"]["answer_only"]  # trains on rows of 512 tokens
     raw["models"]["t2"]["max_seq_len"] = longest
     expected = (f"models.t2.max_seq_len: {longest} leaves no room to answer the longest prompt of data.igsm.tests.op2"
                 f" ({longest} tokens), which reasoning.variants.base is evaluated on; give at least {longest + 1}")
