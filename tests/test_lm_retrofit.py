@@ -272,8 +272,8 @@ def test_bad_input_is_one_line(ckpt, tmp_path):
     assert _error(raw) == f"data.sft.chat.source: {tmp_path / 'nowhere'} is not a directory (a local Hugging Face" \
                           " Llama checkpoint; nothing is downloaded)"
     gpt2 = F.write_llama(tmp_path / "gpt2", model_type="gpt2")
-    assert _error(_raw(gpt2, tmp_path)) == f"data.sft.chat.source: {gpt2} is a 'gpt2' model; only Llama checkpoints" \
-                                            " (model_type llama) can be retrofitted"
+    assert _error(_raw(gpt2, tmp_path)) == f"data.sft.chat.source: {gpt2} is a 'gpt2' model, an unsupported" \
+                                            " architecture (supported: llama): only Llama checkpoints can be retrofitted"
     raw = _raw(ckpt, tmp_path)
     raw["lm_retrofit"]["eval"]["gen_kwargs"] = {"do_sample": True}
     assert "vld's cached generation is greedy" in _error(raw)

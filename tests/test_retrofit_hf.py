@@ -198,7 +198,7 @@ def test_unsupported_architecture_is_one_line_error(tmp_path, monkeypatch, model
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(UserError) as err:
         prepare_retrofit(tmp_path, {"pattern": "base"})
-    assert f"unsupported architecture '{model_type}'" in _one_line(err)
+    assert f"is a '{model_type}' model, an unsupported architecture" in _one_line(err)
     assert "(supported: llama)" in str(err.value)
 
 

@@ -40,18 +40,8 @@ def inspect_source(source: str | Path, where: str = "retrofit.source") -> Source
     config_path = path / "config.json"
     if not config_path.is_file():
         fail(where, f"{path} has no config.json (a Hugging Face model directory) nor {VLD_MODEL_FILE} (a vld checkpoint)")
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as err:
-        fail(where, f"{config_path} is not valid JSON ({err})")
-    if not isinstance(config, dict):
-        fail(where, f"{config_path} must hold a JSON object")
-    model_type = config.get("model_type")
-    if model_type not in SUPPORTED_HF_TYPES:
-        fail(where, f"unsupported architecture {model_type!r} in {config_path} (supported: {', '.join(SUPPORTED_HF_TYPES)})")
-    n_layers = config.get("num_hidden_layers")
-    if not isinstance(n_layers, int) or isinstance(n_layers, bool) or n_layers < 1:
-        fail(where, f"{config_path}: num_hidden_layers must be a positive integer, got {n_layers!r}")
+    config = hf_llama_config(path, where)
+    n_layers = config["num_hidden_layers"]
     if not any((path / name).is_file() for name in HF_WEIGHT_FILES):
         fail(where, f"{path} has no safetensors weights ({' or '.join(HF_WEIGHT_FILES)})")
     for weights in _weight_files(path, where):
@@ -61,7 +51,7 @@ def inspect_source(source: str | Path, where: str = "retrofit.source") -> Source
 
 def hf_llama_config(source: str | Path, where: str) -> dict:
     """The config.json of a local Hugging Face Llama directory, checked without its weights
-    (params validation; the stages inspect the weights with inspect_source)."""
+    (params validation, and inspect_source before it checks the weights)."""
     path = Path(source)
     config_path = path / "config.json"
     if not path.is_dir():
@@ -74,7 +64,8 @@ def hf_llama_config(source: str | Path, where: str) -> dict:
         fail(where, f"{config_path} is not valid JSON ({err.__class__.__name__})")
     if not isinstance(config, dict) or config.get("model_type") not in SUPPORTED_HF_TYPES:
         found = config.get("model_type") if isinstance(config, dict) else None
-        fail(where, f"{path} is a {found!r} model; only Llama checkpoints (model_type llama) can be retrofitted")
+        fail(where, f"{path} is a {found!r} model, an unsupported architecture (supported: "
+                    f"{', '.join(SUPPORTED_HF_TYPES)}): only Llama checkpoints can be retrofitted")
     n_layers = config.get("num_hidden_layers")
     if not isinstance(n_layers, int) or isinstance(n_layers, bool) or n_layers < 1:
         fail(where, f"{config_path}: num_hidden_layers must be a positive integer, got {n_layers!r}")
