@@ -482,6 +482,47 @@ def test_depth_law_points_from_variant_results():
     assert share["verdict"] == rules.LESS and share["interval"] is None
 
 
+def test_fit_finds_a_steep_law_inside_the_grid():
+    # a native k-hop curve at hops 0-4 falls to zero within a few layers: a steep exponent
+    depth = np.array([2, 3, 4, 6, 8])
+    loss = 40.0 * depth.astype(float) ** -6.5 + 0.01
+    fit = stats.fit_power_law(depth, loss)
+    assert fit["a"] == pytest.approx(6.5, abs=1e-4) and not fit["a_at_bound"]
+    assert fit["L0"] == pytest.approx(0.01, abs=1e-6)
+
+
+def test_depth_laws_per_loop_recipe():
+    from vld.report import depth_use as report
+
+    def result(variant, pattern, n_layer, depth, seed, error, recipe=None):
+        r = {"family": "khop", "variant": variant, "pattern": pattern, "n_layer": n_layer, "layers": None,
+             "effective_depth": depth, "native_depth": pattern == "base", "seed": seed, "d_model": 96,
+             "train_steps": 1500, "khop": {"hops": {"1": {"error": 0.0}, "2": {"error": error}}}}
+        return dict(r, recipe=recipe) if recipe else r
+
+    looped = {"inject": "adapter", "residual_scale": "visits"}
+    results = []
+    for seed in range(3):
+        results += [result("native2", "base", 2, 2, seed, 0.30 + 0.01 * seed),
+                    result("native3", "base", 3, 3, seed, 0.12 + 0.01 * seed),
+                    result("native4", "base", 4, 4, seed, 0.05 + 0.01 * seed),
+                    result("cycle_x1", "cycle", 2, 4, seed, 0.20 + 0.01 * seed),
+                    result("cycle_x2", "cycle", 2, 6, seed, 0.15 + 0.01 * seed),
+                    result("looped_x1", "cycle", 2, 4, seed, 0.10 + 0.01 * seed, looped)]
+    laws = report.profile_depth_laws(results)
+    plain, with_recipe = "khop: error, k >= 2", "khop: error, k >= 2, recipe inject=adapter, residual_scale=visits"
+    assert {plain, with_recipe} <= set(laws)
+    tied_variants = lambda law: sorted({p["variant"] for p in law["points"] if p["tied"]})
+    assert tied_variants(laws[plain]) == ["cycle_x1", "cycle_x2"]
+    assert tied_variants(laws[with_recipe]) == ["looped_x1"]
+    natives = lambda law: sorted({p["variant"] for p in law["points"] if not p["tied"]})
+    assert natives(laws[plain]) == natives(laws[with_recipe]) == ["native2", "native3", "native4"]
+    # the tied / native gain at depth 4, independently: (base - tied) / (base - native), seed means
+    base, native4 = 0.31, 0.06
+    assert laws[plain]["tied_share"]["share"] == pytest.approx((base - 0.21) / (base - native4))
+    assert laws[with_recipe]["tied_share"]["share"] == pytest.approx((base - 0.11) / (base - native4))
+
+
 class LinearBlock(nn.Module):
     """A stand-in block: x -> x @ W^T + b."""
 

@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 from vld import depth_rules as rule
 from vld.report.figures import (Style, legend_outside, not_learned_note, note, pyplot, save, usual_steps,
                                 variant_label, variant_style)
-from vld.report.tables import Table, VariantGroup, group_name, variant_group
+from vld.report.tables import Table, VariantGroup, group_name, recipe_label, variant_group
 from vld.result_schema import DEPTH_USE_SCHEMA
 
 KIND_ORDER = ("skip", "swap", "revisit", "revisit_all")
@@ -473,7 +473,8 @@ def _igsm_error(r):
 
 def profile_depth_laws(results: list[dict]) -> dict[str, dict]:
     """{label: depth_law} per family (k-hop: the error over hop counts >= 2 and at each of
-    them; knowledge: the loss; iGSM reasoning: 1 - answer accuracy)."""
+    them; knowledge: the loss; iGSM reasoning: 1 - answer accuracy), and per loop recipe
+    ("<label>, recipe <recipe>": the tied models of that recipe against the plain natives)."""
     metrics = []
     khop_hops = sorted({int(h) for r in results for h in ((r.get("khop") or {}).get("hops") or {})})
     if khop_hops:
@@ -482,7 +483,16 @@ def profile_depth_laws(results: list[dict]) -> dict[str, dict]:
     metrics += [("knowledge", "knowledge: loss (nats)", _knowledge_loss), ("reasoning", "reasoning: 1 - accuracy", _igsm_error)]
     laws = {}
     for family, label, value in metrics:
-        points = depth_law_points(_law_results(results, family), value)
-        if len({p["depth"] for p in points if not p["tied"]}) >= 2 or any(p["tied"] for p in points):
-            laws[label] = rule.depth_law(points)
+        own = _law_results(results, family)
+        # One law per loop recipe: the native models (trained without one) against the tied
+        # models of that recipe; a recipe's models never enter another recipe's fit.
+        recipes = sorted({recipe_label(r.get("recipe")) for r in own} - {None})
+        for recipe in [None] + recipes:
+            members = [r for r in own if recipe_label(r.get("recipe")) == recipe
+                       or (recipe is not None and r.get("native_depth") and not r.get("recipe"))]
+            points = depth_law_points(members, value)
+            if recipe is not None and not any(p["tied"] for p in points):
+                continue
+            if len({p["depth"] for p in points if not p["tied"]}) >= 2 or any(p["tied"] for p in points):
+                laws[label + (f", recipe {recipe}" if recipe else "")] = rule.depth_law(points)
     return laws
