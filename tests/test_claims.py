@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from vld.report import claims
+from vld.report import claims, tables
 from vld.report.claims import CONTRADICTED, NOT_SHOWN, SUPPORTED, Effect
 from vld.stats import (accuracy_difference, paired_difference, relative_change, seeds_and_clusters_bootstrap,
                        seeds_and_problems_interval)
@@ -480,3 +480,12 @@ def test_claim7_is_made_per_recipe_and_recipes_stay_out_of_claims_2_to_5():
     v = verdict_of(plain + tuned + base, "2")
     assert v.comparison == "cycle x1, 2 layers vs base, 2 layers" and v.effect.value == pytest.approx(0, abs=0.03)
     assert verdict_of(base, "7").why == f"not in this family: {claims.MISSING['7']}"
+    # the recipe's line has no x0 of its own: it starts at the plain base (a recipe changes
+    # nothing without a loop), so x0 -> x1 is one of its judged steps
+    tuned_row = next(v for v in rows if v.family == "khop (residual_scale=visits)")
+    assert tuned_row.why.endswith("no step of 3 raises the error beyond its interval")
+    alone = [v for v in claims.claim_verdicts(tuned) if v.claim == "7"]
+    assert alone[0].why.endswith("no step of 2 raises the error beyond its interval")
+    line = next(members for members in claims.trend_lines({tables.variant_group(r) for r in plain + tuned + base}).values()
+                if members[1].recipe)
+    assert sorted(line) == [0, 1, 2, 3] and line[0].recipe is None and line[0].pattern == "base"

@@ -354,7 +354,8 @@ def _reasoning_claims(results: list[dict], family: str, task: str, label: str) -
 
 def trend_lines(groups) -> dict[tuple, dict[int, VariantGroup]]:
     """Claim 7's lines: cycle on the whole model per (n_layer, d_model, steps, objective,
-    recipe), {k: group}; k = 0 is cycle x0, else the base model of the line when it has no x0."""
+    recipe), {k: group}; k = 0 is cycle x0, else the base model of the line when it has no x0
+    (a recipe's line without either: the plain line's x0, which the recipe would not change)."""
     lines: dict[tuple, dict[int, VariantGroup]] = {}
     for g in groups:
         if g.pattern == "cycle" and g.layers is None:
@@ -362,6 +363,11 @@ def trend_lines(groups) -> dict[tuple, dict[int, VariantGroup]]:
     for key, line in lines.items():
         base = _find(groups, pattern="base", k=0, layers=None, n_layer=key[0], d_model=key[1], train_steps=key[2],
                      objective=key[3], recipe=key[4])
+        if 0 not in line and base is None and key[4] is not None:
+            # a recipe has no loop to act on at x0: its line starts at the plain model's x0
+            base = lines.get(key[:4] + (None,), {}).get(0) or _find(
+                groups, pattern="base", k=0, layers=None, n_layer=key[0], d_model=key[1], train_steps=key[2],
+                objective=key[3], recipe=None)
         if 0 not in line and base is not None:
             line[0] = base
     return lines
