@@ -333,3 +333,35 @@ def test_curve_settings_are_checked_per_family():
         P.validate(raw, "params.yaml")
     assert str(info.value) == ("retrofit.variants.cycle_x1.train.curve_every: learning curves are measured for"
                                " reasoning, knowledge, khop variants only; remove it")
+
+
+def test_the_families_score_their_data_with_their_evaluation_settings(igsm_sets, tmp_path, monkeypatch):
+    import shutil
+
+    from vld.data.knowledge.random_tokens import make_random_tokens
+    from vld.eval.knowledge import all_knowledge_measures
+    from vld.pipeline import params as P
+    from vld.pipeline import paths
+    from vld.pipeline.families import FAMILIES
+
+    raw = P.load_yaml(Path(__file__).resolve().parents[1] / "conf" / "profiles" / "tiny.yaml")
+    for family in ("knowledge", "reasoning"):
+        raw[family]["train"].update(curve_every=2, curve_sequences=3)
+    monkeypatch.chdir(tmp_path)
+    make_random_tokens(1024, 16, 0, paths.knowledge_dir("rt1k"))  # the tiny profile's rt1k
+    shutil.copytree(igsm_sets["test"], paths.IGSM_TESTS / "op2")
+    pipeline = P.validate(raw, "params.yaml")
+    variants = {family: pipeline.variants[family] for family in ("knowledge", "reasoning")}
+
+    # knowledge: the evaluation's seq_len (the model's 64) on 3 of the 16 windows
+    model = tiny_model(vocab_size=16, max_seq_len=64)
+    point, = FAMILIES["knowledge"].curve_score(variants["knowledge"]["w16"], pipeline)(EachModel(model))
+    measured = all_knowledge_measures(model, paths.knowledge_dir("rt1k"), 64, limit=3)
+    # the first, a middle and the last window (which moves back and scores 63 new positions)
+    assert measured["n_predicted"] == 64 + 64 + 63 and point == {k: measured[k] for k in point} and len(point) == 2
+    # reasoning: the first 3 problems of op2, the variant's objective, eval.max_new_tokens 8
+    test = paths.IGSM_TESTS / "op2"
+    answer_only = FAMILIES["reasoning"].curve_score(variants["reasoning"]["answer_only"], pipeline)
+    assert answer_only(EachModel(scripted(test, "answer_only", {0, 2, 5}))) == [{"answer_accuracy_op2": 2 / 3}]
+    solution = FAMILIES["reasoning"].curve_score(variants["reasoning"]["base"], pipeline)
+    assert solution(EachModel(scripted(test, "solution", {0, 1, 2}))) == [{"answer_accuracy_op2": 0.0}]  # cut at 8 tokens
