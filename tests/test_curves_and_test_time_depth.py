@@ -1,8 +1,13 @@
-"""Learning curves (vld.train.curves) do not change training and score what an independent
-count scores; test-time depth (vld.eval.test_time_depth) at the trained count is the ordinary
-evaluation and at another count a model built with that schedule."""
+"""Learning curves (vld.train.curves: k-hop, knowledge, iGSM) do not change training and score
+what an independent count, or the final evaluation on the same items, scores; test-time depth
+(vld.eval.test_time_depth) at the trained count is the ordinary evaluation and at another count
+a model built with that schedule."""
 
 from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +16,7 @@ from lightning.pytorch.callbacks import Callback
 
 from golden_loss import tiny_model, tiny_train_config
 from vld.data.khop import KHopSpec, read_test_sets, write_test_sets
+from vld.errors import UserError
 from vld.eval.khop import evaluate_khop
 from vld.eval import test_time_depth as ttd
 from vld.model import ModelConfig, VLDTransformer, resolve_schedule
@@ -136,3 +142,226 @@ def test_the_verdict_rule():
     assert ttd.verdict({**trained, "3": at(.2, .31)}, 2)[0] == "hold"
     assert ttd.verdict({**trained, "3": at(.4, .4)}, 2)[0] == "hurt"
     assert ttd.verdict(trained, 2) == ("untested", None)
+
+
+# -- knowledge and iGSM learning curves ---------------------------------------------------------
+
+def train_on(datamodule_of, score, out, seeds, curve_every, **model):
+    """Train the tiny model (dropout on: the RNG matters) for 5 steps on datamodule_of(cfg)."""
+    cfgs = [tiny_train_config(max_steps=5, checkpoint_every=2, seed=s, curve_every=curve_every, curve_sequences=5,
+                              micro_batch_size=4, global_batch_size=4) for s in seeds]
+    models = [tiny_model(seed=s, dropout=0.1, schedule=[0, 1, 0, 1], **model) for s in seeds]
+    metrics = train_seeds(models, [datamodule_of(c) for c in cfgs], cfgs, out, curve_score=score)
+    return models, metrics
+
+
+def assert_same_training(plain, plain_metrics, curved, metrics):
+    for i in range(len(plain)):
+        a, b = plain[i].state_dict(), curved[i].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert metrics[i]["loss_curve"] == plain_metrics[i]["loss_curve"]
+        assert metrics[i]["learning_curve"]["steps"] == [0, 2, 4, 5]
+
+
+@pytest.fixture(scope="module")
+def random_tokens_dir(tmp_path_factory):
+    from vld.data.knowledge.random_tokens import make_random_tokens
+
+    # 64 windows of 32 predictions exactly (k = 64 * 32 + 1): no tail window
+    return make_random_tokens(64 * 32 + 1, 16, 0, tmp_path_factory.mktemp("rt") / "data")
+
+
+def absorbed_per_token(model, data_dir, seq_len, picks):
+    """Absorbed bits per predicted token on windows `picks` (window w feeds tokens[w*L : w*L+L]
+    and predicts the next ones), entropy and cross-entropy measures, counted here in float64."""
+    from vld.data.tokens import TokenSet
+
+    token_set = TokenSet.open(data_dir)
+    tokens = np.asarray(token_set.tokens, dtype=np.int64)
+    windows = torch.as_tensor(np.stack([tokens[w * seq_len: w * seq_len + seq_len + 1] for w in picks]))
+    with torch.no_grad():
+        model.eval()
+        log_p = torch.log_softmax(model(windows[:, :-1]).double(), dim=-1)
+        model.train()
+    entropy_bits = -(log_p.exp() * log_p).sum(-1) / math.log(2)
+    loss_bits = -log_p.gather(-1, windows[:, 1:, None]).squeeze(-1) / math.log(2)
+    top = math.log2(token_set.vocab_size)
+    return {"absorbed_bits_entropy_per_token": top - float(entropy_bits.mean()),
+            "absorbed_bits_ce_per_token": top - float(loss_bits.mean())}
+
+
+@pytest.mark.parametrize("seeds", [(0,), (0, 1)], ids=["single", "stacked"])
+def test_knowledge_curves_leave_training_unchanged_and_score_the_evaluation(random_tokens_dir, tmp_path, seeds):
+    from vld.eval.knowledge import all_knowledge_measures
+    from vld.train.curves import knowledge_curve_score
+
+    score = knowledge_curve_score(random_tokens_dir, 32, 5, {"batch_size": 3})
+    dm = lambda c: TokenWindowDataModule(random_tokens_dir, c.seq_len, c.micro_batch_size, seed=c.seed)
+    plain, plain_metrics = train_on(dm, score, tmp_path / "off", seeds, 0)
+    curved, metrics = train_on(dm, score, tmp_path / "on", seeds, 2)
+    assert_same_training(plain, plain_metrics, curved, metrics)
+    picks = [0, 16, 32, 47, 63]  # 5 of the 64 windows, evenly spread from the first to the last
+    for i, seed in enumerate(seeds):
+        curve = metrics[i]["learning_curve"]
+        assert set(curve) == {"steps", "absorbed_bits_entropy_per_token", "absorbed_bits_ce_per_token"}
+        last = {k: v[-1] for k, v in curve.items() if k != "steps"}
+        # the final evaluation on the same windows, exactly; and counted here
+        final = all_knowledge_measures(curved[i], random_tokens_dir, 32, batch_size=3, limit=5)
+        assert final["n_predicted"] == 5 * 32 and final["eval_limit"] == 5
+        assert last == {k: final[k] for k in last}
+        assert last == pytest.approx(absorbed_per_token(curved[i], random_tokens_dir, 32, picks), rel=1e-9)
+        first = absorbed_per_token(tiny_model(seed=seed, dropout=0.1, schedule=[0, 1, 0, 1]), random_tokens_dir, 32, picks)
+        assert {k: v[0] for k, v in curve.items() if k != "steps"} == pytest.approx(first, rel=1e-9)
+        assert last != pytest.approx(first)  # it trained
+
+
+class EachModel:
+    """What a curve's scoring sees of the models being trained: each one alone."""
+
+    def __init__(self, *models):
+        self.models = models
+
+    def each_model(self):
+        yield from self.models
+
+
+def test_a_biography_curve_is_the_capacity_per_person_of_a_subset(tmp_path):
+    from vld.data.knowledge.biographies import make_biographies, read_fixed_rendering
+    from vld.data.tokens import TokenSet
+    from vld.eval.knowledge import bio_capacity
+    from vld.train.curves import knowledge_curve_score
+
+    data = make_biographies(30, 3, tmp_path / "bio", mode="fixed")
+    token_set = TokenSet.open(data)
+    rendering = read_fixed_rendering(token_set)
+    model = tiny_model(vocab_size=token_set.vocab_size, max_seq_len=128).eval()
+    point, = knowledge_curve_score(data, 128, 7, {"batch_size": 3})(EachModel(model))
+    assert point == {"bio_capacity_bits_per_person": bio_capacity(model, data, 128, batch_size=3, limit=7)[
+        "bio_capacity_bits_per_person"]}
+    # counted here: people 0, 5, 10, 14, 19, 24, 29, each biography alone from its <bos>
+    n0, s0 = token_set.meta["n_names"], token_set.meta["n_attribute_values"]
+    bits = []
+    for person in (0, 5, 10, 14, 19, 24, 29):
+        a, b = rendering.index[person], rendering.index[person + 1]
+        tokens = torch.as_tensor(np.asarray(rendering.tokens[a:b], dtype=np.int64))[None]
+        with torch.no_grad():
+            loss = -torch.log_softmax(model(tokens[:, :-1]).double(), -1).gather(-1, tokens[:, 1:, None])[0, :, 0]
+        name, value = (torch.as_tensor(np.asarray(mask[a + 1:b], dtype=bool)) for mask in (rendering.name_mask,
+                                                                                         rendering.value_mask))
+        bits.append(math.log2(n0) - float(loss[name].sum()) / math.log(2)
+                    + math.log2(s0) - float(loss[value].sum()) / math.log(2))
+    assert point["bio_capacity_bits_per_person"] == pytest.approx(float(np.mean(bits)), rel=1e-9)
+
+
+@pytest.fixture(scope="module")
+def igsm_sets(tmp_path_factory):
+    from vld.data.igsm import IgsmConfig, generate_dataset
+
+    root = tmp_path_factory.mktemp("igsm_curves")
+    config = IgsmConfig(max_op=4, max_edge=6)
+    train = generate_dataset(config, "train", 24, 2, root / "train", workers=1, progress=False)
+    test = generate_dataset(config, "test", 9, 0, root / "test", workers=1, op=2, progress=False)
+    return {"train": Path(train), "test": Path(test)}
+
+
+def scripted(test_dir, objective, right):
+    """A model that answers problem i of the test set right when i is in `right`, else wrong,
+    written as an `objective` model writes it."""
+    import types
+
+    from vld.data.igsm.tokenizer import EOS, IgsmTokenizer
+
+    tokenizer = IgsmTokenizer.load(test_dir)
+    script = {}
+    for i, line in enumerate((test_dir / "problems.jsonl").read_text().splitlines()):
+        p = json.loads(line)
+        answer = str(p["answer"]) if i in right else str(int(p["answer"]) + 1)
+        prompt = tokenizer.prompt_ids(p["problem"])
+        script[tuple(prompt)] = (tokenizer.encode(answer) + [EOS] if objective == "answer_only"
+                                 else tokenizer.sample_ids(p["problem"], p["solution"], answer)[len(prompt):])
+    model = torch.nn.Module()
+    model.config = types.SimpleNamespace(max_seq_len=1024)
+    model.generate = lambda prompts, max_new_tokens, eos_id=None: [script[tuple(q)][:max_new_tokens] for q in prompts]
+    return model
+
+
+@pytest.mark.parametrize("objective", ["solution", "answer_only"])
+def test_the_igsm_curve_is_answer_accuracy_on_the_first_problems(igsm_sets, objective):
+    from vld.train.curves import igsm_curve_score
+
+    test = igsm_sets["test"]
+    score = igsm_curve_score({"op2": test, "again": test}, 5, objective, max_new_tokens=600, batch_size=2)
+    # problems 5.. are never asked: getting them right changes nothing
+    points = score(EachModel(scripted(test, objective, {0, 2, 7, 8}), scripted(test, objective, {0, 1, 2, 3, 4})))
+    assert points == [{"answer_accuracy_again": 2 / 5, "answer_accuracy_op2": 2 / 5},
+                      {"answer_accuracy_again": 1.0, "answer_accuracy_op2": 1.0}]
+
+
+@pytest.mark.parametrize("objective", ["solution", "answer_only"])
+@pytest.mark.parametrize("seeds", [(0,), (0, 1)], ids=["single", "stacked"])
+def test_igsm_curves_leave_training_unchanged_and_score_the_evaluation(igsm_sets, tmp_path, seeds, objective):
+    from vld.data.igsm.tokenizer import IgsmTokenizer
+    from vld.eval.igsm import evaluate_igsm
+    from vld.train.curves import igsm_curve_score
+    from vld.train.datamodules import igsm_datamodule
+
+    vocab = IgsmTokenizer.load(igsm_sets["train"]).vocab_size
+    seq_len = 480 if objective == "answer_only" else 32  # answer_only: one problem per row
+    score = igsm_curve_score({"op2": igsm_sets["test"]}, 5, objective, max_new_tokens=6, batch_size=2)
+    dm = lambda c: igsm_datamodule(objective, igsm_sets["train"], seq_len, c.micro_batch_size, seed=c.seed)
+    runs = [train_on(dm, score, tmp_path / name, seeds, every, vocab_size=vocab, max_seq_len=512)
+            for name, every in (("off", 0), ("on", 2))]
+    (plain, plain_metrics), (curved, metrics) = runs
+    assert_same_training(plain, plain_metrics, curved, metrics)
+    for i in range(len(seeds)):
+        curve = metrics[i]["learning_curve"]
+        final = evaluate_igsm(curved[i], igsm_sets["test"], max_new_tokens=6, batch_size=2, limit=5, objective=objective)
+        assert set(curve) == {"steps", "answer_accuracy_op2"} and curve["answer_accuracy_op2"][-1] == final["answer_accuracy"]
+
+
+def test_curve_settings_are_checked_per_family():
+    from vld.pipeline import params as P
+
+    raw = P.load_yaml(Path(__file__).resolve().parents[1] / "conf" / "profiles" / "tiny.yaml")
+    for family in ("knowledge", "reasoning"):
+        raw[family]["train"].update(curve_every=2, curve_sequences=3)
+    pipeline = P.validate(raw, "params.yaml")
+    for family in ("knowledge", "reasoning"):
+        assert all(v.train.curve_every == 2 and v.train.curve_sequences == 3 for v in pipeline.variants[family].values())
+    raw["retrofit"]["train"]["curve_every"] = 2
+    with pytest.raises(UserError) as info:
+        P.validate(raw, "params.yaml")
+    assert str(info.value) == ("retrofit.variants.cycle_x1.train.curve_every: learning curves are measured for"
+                               " reasoning, knowledge, khop variants only; remove it")
+
+
+def test_the_families_score_their_data_with_their_evaluation_settings(igsm_sets, tmp_path, monkeypatch):
+    import shutil
+
+    from vld.data.knowledge.random_tokens import make_random_tokens
+    from vld.eval.knowledge import all_knowledge_measures
+    from vld.pipeline import params as P
+    from vld.pipeline import paths
+    from vld.pipeline.families import FAMILIES
+
+    raw = P.load_yaml(Path(__file__).resolve().parents[1] / "conf" / "profiles" / "tiny.yaml")
+    for family in ("knowledge", "reasoning"):
+        raw[family]["train"].update(curve_every=2, curve_sequences=3)
+    monkeypatch.chdir(tmp_path)
+    make_random_tokens(1024, 16, 0, paths.knowledge_dir("rt1k"))  # the tiny profile's rt1k
+    shutil.copytree(igsm_sets["test"], paths.IGSM_TESTS / "op2")
+    pipeline = P.validate(raw, "params.yaml")
+    variants = {family: pipeline.variants[family] for family in ("knowledge", "reasoning")}
+
+    # knowledge: the evaluation's seq_len (the model's 64) on 3 of the 16 windows
+    model = tiny_model(vocab_size=16, max_seq_len=64)
+    point, = FAMILIES["knowledge"].curve_score(variants["knowledge"]["w16"], pipeline)(EachModel(model))
+    measured = all_knowledge_measures(model, paths.knowledge_dir("rt1k"), 64, limit=3)
+    # the first, a middle and the last window (which moves back and scores 63 new positions)
+    assert measured["n_predicted"] == 64 + 64 + 63 and point == {k: measured[k] for k in point} and len(point) == 2
+    # reasoning: the first 3 problems of op2, the variant's objective, eval.max_new_tokens 8
+    test = paths.IGSM_TESTS / "op2"
+    answer_only = FAMILIES["reasoning"].curve_score(variants["reasoning"]["answer_only"], pipeline)
+    assert answer_only(EachModel(scripted(test, "answer_only", {0, 2, 5}))) == [{"answer_accuracy_op2": 2 / 3}]
+    solution = FAMILIES["reasoning"].curve_score(variants["reasoning"]["base"], pipeline)
+    assert solution(EachModel(scripted(test, "solution", {0, 1, 2}))) == [{"answer_accuracy_op2": 0.0}]  # cut at 8 tokens

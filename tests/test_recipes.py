@@ -319,8 +319,8 @@ def test_recipe_and_curve_errors_are_one_line():
         "khop.variants.bad.recipe.loop_curriculum: must be a fraction of training in [0, 1]")
     assert error_of(tiny_params(bad=x1 | {"recipe": {"loops": 3}})).startswith("khop.variants.bad.recipe.loops: unknown key")
     raw = tiny_params()
-    raw["knowledge"]["train"]["curve_every"] = 2
-    assert error_of(raw).startswith("knowledge.variants.w16.train.curve_every: learning curves are measured for khop")
+    raw["retrofit"]["train"]["curve_every"] = 2
+    assert error_of(raw).startswith("retrofit.variants.cycle_x1.train.curve_every: learning curves are measured for")
     raw = tiny_params()
     raw["retrofit"]["variants"]["cycle_x1"]["recipe"] = {"inject": "add"}
     assert error_of(raw).startswith("retrofit.variants.cycle_x1.recipe: unknown key")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_report import khop_cells, read_csv, result
+from test_report import igsm_scores, khop_cells, read_csv, result
 from vld.report import scaling
 from vld.report.build import build_report
 
@@ -84,3 +84,44 @@ def test_test_time_depth_table_and_report_files(tmp_path):
     assert read_csv(out / "test_time_depth_khop.csv")[1]["repeats"] == "2 (trained)"
     report = (out / "report.md").read_text()
     assert "Test-time depth (khop)" in report and "Virtual depth as a scaling dimension" in report
+
+
+def curved(variant, family, pattern, k, seed, curve, **extra):
+    """A hand-made knowledge or reasoning result with a learning curve."""
+    knowledge = {"absorbed_bits_entropy": 1000.0, "absorbed_bits_ce": 800.0} if family == "knowledge" else None
+    igsm = None if knowledge else {"op2": igsm_scores(50, 100)}
+    r = result(f"{variant}-s{seed}", family, pattern, k, 2, seed=seed, depth=False, knowledge=knowledge, igsm=igsm)
+    r.update(learning_curve=curve, **extra)
+    return r
+
+
+def test_knowledge_and_reasoning_curves_final_value_and_best_step(tmp_path):
+    steps = [0, 50, 100]
+    knowledge = [curved("cycle_x1", "knowledge", "cycle", 1, seed, {"steps": steps, "absorbed_bits_ce_per_token": ce,
+                                                                       "absorbed_bits_entropy_per_token": ent})
+                 for seed, ce, ent in ((0, [-0.5, 1.5, 1.0], [0.0, 2.0, 3.0]), (1, [-0.5, 0.5, 2.0], [0.0, 2.0, 3.0]),
+                                       (2, [-0.5, 1.0, 1.0], [0.0, 3.0, 3.0]))]
+    reasoning = [curved("base", "reasoning", "base", 0, seed, {"steps": steps, "answer_accuracy_op2": acc})
+                 for seed, acc in ((0, [0.0, 0.5, 0.25]), (1, [0.0, 0.25, 0.75]))]
+    reasoning.append(curved("answer_only", "reasoning", "base", 0, 0, {"steps": steps, "answer_accuracy_op2": [0.0, 0.0, 1.0]},
+                            objective="answer_only"))
+    results = knowledge + reasoning + scaling_set()
+    assert scaling.curve_families(results) == ["knowledge", "reasoning"]
+    assert scaling.curves_table(results) is None  # the k-hop table: k-hop curves only
+    table = scaling.family_curves_table(results, "knowledge")
+    assert table.columns == ["variant", "seeds", "steps", "absorbed_bits_ce_per_token final",
+                             "absorbed_bits_ce_per_token best at step", "absorbed_bits_entropy_per_token final",
+                             "absorbed_bits_entropy_per_token best at step"]
+    # final: median [range] over seeds; best: the first step with the highest value, median [range]
+    assert table.rows == [["cycle x1, 2 layers, 100 steps", 3, 100, "1.000 [1.000, 2.000]", "50 [50, 100]",
+                           "3.000", "100 [50, 100]"]]
+    table = scaling.family_curves_table(results, "reasoning")
+    assert table.rows == [["base, 2 layers, 100 steps", 2, 100, "0.500 [0.250, 0.750]", "75 [50, 100]"],
+                          ["base, 2 layers, 100 steps, answer only", 1, 100, "1.000", "100"]]
+    assert scaling.best_step({"steps": steps, "error_hop2": [0.5, 0.1, 0.1]}, "error_hop2") == 50  # an error: lowest
+    out = tmp_path / "report"
+    written = {p.name for p in build_report(results, out, "synthetic")}
+    assert {"learning_curves_knowledge.md", "learning_curves_knowledge.png", "learning_curves_reasoning.md",
+            "learning_curves_reasoning.png"} <= written and "learning_curves.png" not in written
+    assert read_csv(out / "learning_curves_reasoning.csv")[1]["answer_accuracy_op2 final"] == "1.000"
+    assert "Learning curves (knowledge)" in (out / "report.md").read_text()

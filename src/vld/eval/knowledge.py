@@ -15,7 +15,10 @@ Biographies (Physics of LMs Part 3.3):
   bio_capacity  N*log2(N0 / e^p1) + N*log2(S0 / e^p2), p1 / p2 = summed natural-log loss on the
                 name / attribute-value tokens per person
 Bits per parameter use the plain parameter count and Part 3.3's count (embedding rows of
-tokens that never occur in the data excluded). docs/knowledge.md has the details.
+tokens that never occur in the data excluded). `limit` (token measures and bio_capacity) scores
+an evenly spread subset of at most `limit` windows or biographies: the totals are then the
+subset's, the per-token and per-person values estimate the whole set's (learning curves use
+this, vld.train.curves). docs/knowledge.md has the details.
 """
 
 from __future__ import annotations
@@ -88,10 +91,20 @@ def _device_of(model: nn.Module, device: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def _check_args(seq_len: int, batch_size: int, chunk: int) -> None:
-    for key, value in (("seq_len", seq_len), ("batch_size", batch_size), ("chunk", chunk)):
+def _check_args(seq_len: int, batch_size: int, chunk: int, limit: int | None = None) -> None:
+    for key, value in (("seq_len", seq_len), ("batch_size", batch_size), ("chunk", chunk), ("limit", limit)):
+        if key == "limit" and value is None:
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             fail(key, f"must be an integer >= 1, got {value!r}")
+
+
+def evenly_spread(count: int, limit: int | None) -> np.ndarray:
+    """Indices of at most `limit` of `count` items, evenly spread from the first to the last
+    (all of them when limit is None or >= count)."""
+    if limit is None or limit >= count:
+        return np.arange(count, dtype=np.int64)
+    return np.unique(np.linspace(0, count - 1, limit).round().astype(np.int64))
 
 
 def _measuring(model: nn.Module):
@@ -208,17 +221,21 @@ def token_stats(
     chunk: int = 64,
     dtype: torch.dtype = torch.float64,
     device: Any = None,
+    limit: int | None = None,
 ) -> dict[str, Any]:
     """One streaming pass over the token set's flat sequence: the sums every token measure uses.
 
     Returns n_predicted, loss_nats (sum of -ln p(true)), entropy_nats (sum of prediction
-    entropies, if `entropy`), vocab sizes, and the per-parameter counts.
+    entropies, if `entropy`), vocab sizes, and the per-parameter counts. `limit`: only an
+    evenly spread subset of at most `limit` of the windows is scored (None: all).
     """
-    _check_args(seq_len, batch_size, chunk)
+    _check_args(seq_len, batch_size, chunk, limit)
     token_set = _open(data)
     tokens = token_set.tokens
     n = token_set.vocab_size
     starts, first, length = eval_windows(len(tokens), seq_len, overlap)
+    chosen = evenly_spread(len(starts), limit)
+    starts, first = starts[chosen], first[chosen]
     device = _device_of(model, device)
     positions = torch.arange(length, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -251,6 +268,7 @@ def token_stats(
         "entropy_nats": float(ent_sum) if entropy else None,
         "seq_len": int(length),
         "overlap": int(overlap),
+        **({"limit": int(limit)} if limit is not None else {}),
         **counts,
     }
 
@@ -268,6 +286,7 @@ def _token_measures(stats: dict[str, Any], which: tuple[str, ...]) -> dict[str, 
         "n_params_used": stats["n_params_used"],
         "eval_seq_len": stats["seq_len"],
         "eval_overlap": stats["overlap"],
+        **({"eval_limit": stats["limit"]} if "limit" in stats else {}),
     }
     _per_param(out, "dataset_bits", stats)
     if "entropy" in which:
@@ -317,18 +336,21 @@ def bio_capacity(
     chunk: int = 512,
     dtype: torch.dtype = torch.float64,
     device: Any = None,
+    limit: int | None = None,
 ) -> dict[str, Any]:
     """Part 3.3's capacity of a model on a biography set, in bits and bits per parameter.
 
     `data` is a biography directory / TokenSet (its fixed rendering and masks.npy), or a
     (directory, BioRendering) pair to score a fresh rendering. Each biography is scored alone,
-    from its <bos>; every token after <bos> is predicted once.
+    from its <bos>; every token after <bos> is predicted once. `limit`: only an evenly spread
+    subset of at most `limit` people is scored (N in the formula is theirs; None: everyone).
     """
-    _check_args(seq_len, batch_size, chunk)
+    _check_args(seq_len, batch_size, chunk, limit)
     token_set, rendering = _bio_rendering(data, seq_len)
     meta = token_set.meta
-    n_people = len(rendering.index) - 1
-    sums, counts, model_vocab = _bio_losses(model, token_set, rendering, batch_size, chunk, dtype,
+    people = evenly_spread(len(rendering.index) - 1, limit)
+    n_people = len(people)
+    sums, counts, model_vocab = _bio_losses(model, token_set, rendering, people, batch_size, chunk, dtype,
                                             _device_of(model, device))
     n0, s0 = int(meta["n_names"]), int(meta["n_attribute_values"])
     name_loss, value_loss = float(sums["name"]), float(sums["value"])
@@ -347,6 +369,7 @@ def bio_capacity(
         "bio_capacity_bits_per_person": capacity / n_people,
         "dataset_bits": float(meta["dataset_bits"]),
         "part33_max_bits": float(meta["part33_max_bits"]),
+        **({"bio_limit": int(limit)} if limit is not None else {}),
         **param_counts,
     }
     _per_param(out, "bio_capacity_bits", param_counts)
@@ -378,22 +401,23 @@ def _bio_rendering(data: Any, seq_len: int):
     return token_set, rendering
 
 
-def _bio_losses(model: nn.Module, token_set: TokenSet, rendering, batch_size: int, chunk: int,
+def _bio_losses(model: nn.Module, token_set: TokenSet, rendering, chosen: np.ndarray, batch_size: int, chunk: int,
                 dtype: torch.dtype, device) -> tuple[dict, dict, int | None]:
     """Summed loss (nats) and token counts over the name tokens, the attribute-value tokens and
-    all predicted tokens ({"name", "value", "all"}), each biography scored alone from its
-    <bos>, batch_size at a time; and the model's vocabulary size (None without a batch)."""
+    all predicted tokens ({"name", "value", "all"}) of the people `chosen` (indices, in order),
+    each biography scored alone from its <bos>, batch_size at a time; and the model's
+    vocabulary size (None without a batch)."""
     tokens, index = rendering.tokens, rendering.index
-    n_people, lengths = len(index) - 1, np.diff(index)
+    lengths = np.diff(index)
     knowledge_bits = rendering.name_mask.astype(np.int8) + 2 * rendering.value_mask.astype(np.int8)
     sums = {"name": torch.zeros((), dtype=torch.float64, device=device), "value": torch.zeros((), dtype=torch.float64, device=device),
             "all": torch.zeros((), dtype=torch.float64, device=device)}
     counts = {"name": 0, "value": 0, "all": 0}
     model_vocab = None
     with _measuring(model):
-        for lo in range(0, n_people, batch_size):
-            people = range(lo, min(lo + batch_size, n_people))
-            width = int(lengths[lo : lo + batch_size].max())
+        for lo in range(0, len(chosen), batch_size):
+            people = chosen[lo : lo + batch_size]
+            width = int(lengths[people].max())
             batch = np.zeros((len(people), width), dtype=np.int64)  # right padding: causal models ignore it
             kind = np.full((len(people), width), -1, dtype=np.int8)
             for row, i in enumerate(people):

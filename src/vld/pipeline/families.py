@@ -187,12 +187,23 @@ class IgsmEvaluated(Family):
 class Reasoning(IgsmEvaluated):
     name, claim_set = "reasoning", "reasoning"
     variant_keys = ("model", "objective", "recipe")
+    has_curves = True
 
     def check_variant(self, spec, where, pipeline):
         from vld.data.igsm.objectives import DEFAULT_OBJECTIVE, check_objective
 
         objective = check_objective(spec.get("objective", DEFAULT_OBJECTIVE), f"{where}.objective")
         return {**super().check_variant(spec, where, pipeline), "objective": objective}
+
+    def curve_score(self, variant, pipeline):
+        from vld.train.curves import igsm_curve_score
+
+        # the first curve_sequences problems of each test set it is evaluated on, decoded as its
+        # evaluation decodes them; test problems are never trained on
+        settings = variant.eval
+        return igsm_curve_score({name: paths.IGSM_TESTS / name for name in settings["tests"]},
+                                variant.train.curve_sequences, variant.objective,
+                                max_new_tokens=settings.get("max_new_tokens"), batch_size=settings.get("batch_size") or 32)
 
 
 class OwnDataset(Family):
@@ -215,6 +226,7 @@ class OwnDataset(Family):
 
 class Knowledge(OwnDataset):
     name, task, data_section, claim_set = "knowledge", "knowledge", "knowledge", "capacity"
+    has_curves = True
 
     def train_data(self, variant):
         return paths.knowledge_dir(variant.data)
@@ -241,6 +253,15 @@ class Knowledge(OwnDataset):
     def eval_data(self, variant):
         return {"knowledge": str(paths.knowledge_dir(variant.data))}
 
+    def curve_score(self, variant, pipeline):
+        from vld.train.curves import knowledge_curve_score
+
+        # its evaluation's measures, with its evaluation's settings, on a fixed subset of the
+        # data it memorises (what is measured is how much of the training set is stored)
+        settings = variant.eval
+        return knowledge_curve_score(self.train_data(variant), settings.get("seq_len") or variant.model.max_seq_len,
+                                     variant.train.curve_sequences, settings.get("knowledge"))
+
 
 class Retrofitted:
     """What every retrofit family shares: its variants name a trained variant of
@@ -250,6 +271,7 @@ class Retrofitted:
 
     trained_by, claim_set = "retrofit", "retrofit"
     seeds_together = False  # one fine-tuning after another
+    has_curves = False  # the retrofit stage draws none
     variant_keys = ("source", "method", "lora_rank")
     source_family: str
 

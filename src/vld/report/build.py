@@ -219,8 +219,14 @@ def _scaling_pieces(results: list) -> list[Piece]:
         return Piece("", lambda rs: scaling.test_time_table(rs, family),
                      lambda rs, where: [name] if scaling.test_time_figure(rs, where / name, family) else [])
 
+    def curved(family):
+        name = f"learning_curves_{family}.png"
+        return Piece("", lambda rs: scaling.family_curves_table(rs, family),
+                     lambda rs, where: [name] if scaling.family_curves_figure(rs, where / name, family) else [])
+
     return [Piece("", scaling.scaling_table, _one("scaling.png", scaling.scaling_figure)),
             Piece("", scaling.curves_table, _one("learning_curves.png", scaling.curves_figure)),
+            *[curved(family) for family in scaling.curve_families(results)],
             *[looped(family) for family in scaling.test_time_families(results)]]
 
 

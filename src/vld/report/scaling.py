@@ -1,6 +1,7 @@
 """Virtual depth as a scaling dimension, in the report: k-hop error against effective depth per
-line (native depth, cycle xk per recipe), learning curves (the step at which each hop count is
-solved) and test-time depth (the trained model run with its core repeated other numbers of times).
+line (native depth, cycle xk per recipe), learning curves (k-hop: the step at which each hop
+count is solved; the other families: each metric's final value and the step of its best value)
+and test-time depth (the trained model run with its core repeated other numbers of times).
 
 Intervals are 95%, from resampling seeds and then test sequences (vld.stats); a learning curve
 or a test-time-depth count is summarised over seeds by its median and range.
@@ -130,11 +131,45 @@ def solved_step(curve: dict, hops: str) -> int | None:
     return None
 
 
-def _curved(results: list[dict]) -> dict[VariantGroup, list[dict]]:
-    return _by_group([r for r in results if (r.get("learning_curve") or {}).get("steps")])
+def _curved(results: list[dict], family: str | None = None) -> dict[VariantGroup, list[dict]]:
+    """Results with a learning curve by variant group: k-hop's (None) or `family`'s."""
+    return _by_group([r for r in results if (r.get("learning_curve") or {}).get("steps")
+                      and (r["family"] == family if family else r["task"] == "khop")])
+
+
+def curve_families(results: list[dict]) -> list[str]:
+    """The families besides k-hop whose results have learning curves (one table and figure each)."""
+    return sorted({r["family"] for r in results if (r.get("learning_curve") or {}).get("steps") and r["task"] != "khop"})
+
+
+def curve_metrics(members: list[dict]) -> list[str]:
+    """The metric names of the seeds' learning curves, in their first order."""
+    names: dict[str, None] = {}
+    for r in members:
+        names.update((name, None) for name in r["learning_curve"] if name != "steps")
+    return list(names)
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.startswith("error")  # error_hop<k>; accuracies and absorbed bits rise
+
+
+def best_step(curve: dict, metric: str) -> int | None:
+    """The first curve step at which `metric` has its best value (None: not in the curve)."""
+    values = curve.get(metric)
+    if not values:
+        return None
+    best = min(values) if lower_is_better(metric) else max(values)
+    return int(curve["steps"][values.index(best)])
+
+
+def _median_range(values: list[float], digits: int) -> str:
+    low, high, mid = min(values), max(values), float(np.median(values))
+    return f"{mid:.{digits}f}" + (f" [{low:.{digits}f}, {high:.{digits}f}]" if high > low else "")
 
 
 def curves_table(results: list[dict]) -> Table | None:
+    """k-hop: the step at which each hop count is solved, per variant."""
     groups = _curved(results)
     if not groups:
         return None
@@ -159,7 +194,65 @@ def curves_table(results: list[dict]) -> Table | None:
                   "scored every train.curve_every steps)."])
 
 
+def family_curves_table(results: list[dict], family: str) -> Table | None:
+    """A family's learning curves without a threshold that says "solved": per variant and metric,
+    the final value and the step of the best value (median [range] over seeds)."""
+    groups = _curved(results, family)
+    if not groups:
+        return None
+    metrics = curve_metrics([r for members in groups.values() for r in members])
+    rows = []
+    for g in sorted(groups, key=group_sort):
+        members = groups[g]
+        cells = []
+        for metric in metrics:
+            have = [r["learning_curve"] for r in members if r["learning_curve"].get(metric)]
+            cells += [_median_range([c[metric][-1] for c in have], 3) if have else "",
+                      _median_range([best_step(c, metric) for c in have], 0) if have else ""]
+        rows.append([group_name(g, True), len(members), members[0]["learning_curve"]["steps"][-1]] + cells)
+    columns = [f"{metric} {what}" for metric in metrics for what in ("final", "best at step")]
+    return Table(f"learning_curves_{family}", f"Learning curves ({family}): final value and the step of the best value",
+                 ["variant", "seeds", "steps"] + columns, rows,
+                 ["Median over seeds [range]; 'best at step': the first curve step with the best value (highest; "
+                  "lowest for an error). Scored every train.curve_every steps on a fixed held-out set: iGSM "
+                  "answer_accuracy_<test> on the first train.curve_sequences problems of each test set; knowledge "
+                  "absorbed bits per token (entropy and cross-entropy measures) or Part 3.3 bits per person on an "
+                  "evenly spread subset of at most train.curve_sequences evaluation windows or people (docs/recipes.md)."])
+
+
+def family_curves_figure(results: list[dict], path: Path, family: str) -> bool:
+    """One panel per metric, one line per variant: the median over seeds per step, the band
+    their range."""
+    from vld.report.figures import legend_outside, pyplot, save
+
+    groups = _curved(results, family)
+    if not groups:
+        return False
+    metrics = curve_metrics([r for members in groups.values() for r in members])
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics) + 2.5, 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for i, g in enumerate(sorted(groups, key=group_sort)):
+            curves = [r["learning_curve"] for r in groups[g] if r["learning_curve"].get(metric)]
+            steps = curves[0]["steps"] if curves else []
+            curves = [c for c in curves if c["steps"] == steps]  # seeds of one variant share their steps
+            if not curves:
+                continue
+            values = np.array([c[metric] for c in curves])
+            color = f"C{i % 10}"  # a variant's color in every panel
+            ax.plot(steps, np.median(values, axis=0), color=color, linewidth=1.2,
+                    label=f"{group_name(g, True)} ({len(curves)} seeds)" if ax is axes[0][-1] else None)
+            ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=color, alpha=0.15)
+        ax.set_title(metric, fontsize=8)
+        ax.set_xlabel("step", fontsize=8)
+    legend_outside(axes[0][-1])
+    fig.suptitle(f"Learning curves ({family}): median over seeds per step, band = range", fontsize=10)
+    save(fig, path)
+    return True
+
+
 def curves_figure(results: list[dict], path: Path) -> bool:
+    """k-hop: one panel per variant, one line per seed and hop count."""
     from vld.report.figures import pyplot, save
 
     groups = _curved(results)
@@ -263,5 +356,6 @@ def test_time_figure(results: list[dict], path: Path, family: str) -> bool:
     return True
 
 
-__all__ = ["SOLVED", "curves_figure", "curves_table", "scaling_figure", "scaling_lines", "scaling_table",
-           "solved_step", "test_time_families", "test_time_figure", "test_time_table"]
+__all__ = ["SOLVED", "best_step", "curve_families", "curve_metrics", "curves_figure", "curves_table",
+           "family_curves_figure", "family_curves_table", "lower_is_better", "scaling_figure", "scaling_lines",
+           "scaling_table", "solved_step", "test_time_families", "test_time_figure", "test_time_table"]

@@ -9,7 +9,7 @@ carries its own label, e.g. k-hop; see `unpack_batch`).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import lightning as L
 import torch
@@ -134,6 +134,10 @@ class LMModule(L.LightningModule):
     def per_model_logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits [N, B, T, V] of each of the module's N models (here one) on tokens [B, T]."""
         return self(tokens.to(self.device)).unsqueeze(0)
+
+    def each_model(self) -> Iterator[nn.Module]:
+        """Each of the module's models alone, with its current weights (here the model itself)."""
+        yield self.model
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         inputs, targets, loss_mask = unpack_batch(batch)

@@ -138,12 +138,17 @@ class StackedModel(nn.Module):
     @torch.no_grad()
     def copy_into(self, models: Sequence[nn.Module]) -> None:
         """Model i's parameters and buffers <- slice i of the stacked ones (in place)."""
-        params, buffers = dict(self.net.named_parameters()), dict(self.net.named_buffers())
         for i, model in enumerate(models):
-            for name, param in model.named_parameters():
-                param.copy_(params[name][i])
-            for name, buffer in model.named_buffers():
-                buffer.copy_(buffers[name][i])
+            self.copy_model_into(i, model)
+
+    @torch.no_grad()
+    def copy_model_into(self, i: int, model: nn.Module) -> None:
+        """`model`'s parameters and buffers <- slice i of the stacked ones (in place)."""
+        params, buffers = dict(self.net.named_parameters()), dict(self.net.named_buffers())
+        for name, param in model.named_parameters():
+            param.copy_(params[name][i])
+        for name, buffer in model.named_buffers():
+            buffer.copy_(buffers[name][i])
 
 
 def _check_same_structure(models: Sequence[nn.Module]) -> None:
@@ -180,6 +185,7 @@ class StackedLMModule(LMModule):
                  loops=None):
         super().__init__(model, optim, max_steps, loops=loops, seeds=tuple(seeds))
         self._one_model = [one_model]  # a list: not a submodule (only its parameter structure is used)
+        self._alone: list[nn.Module] = []  # each_model's copy of one model, made on first use
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         parts = [unpack_batch(b) for b in batch]  # one batch per model, as each DataModule yields it
@@ -191,6 +197,18 @@ class StackedLMModule(LMModule):
     def per_model_logits(self, tokens: torch.Tensor) -> torch.Tensor:
         tokens = tokens.to(self.device)
         return self.model(tokens.unsqueeze(0).expand(self.model.size, *tokens.shape))
+
+    def each_model(self):
+        """Model i alone, for i = 0 .. N-1: one copy of the architecture (made once, not trained)
+        filled with model i's current weights and running the stacked net's schedule; it is
+        refilled at the next model, so use each before asking for the next."""
+        if not self._alone:
+            self._alone.append(copy.deepcopy(self._one_model[0]).to(self.device))
+        alone = self._alone[0]
+        alone.set_schedule(list(self.model.net.schedule))
+        for i in range(self.model.size):
+            self.model.copy_model_into(i, alone)
+            yield alone
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if not self._micro_losses:
