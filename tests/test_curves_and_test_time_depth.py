@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from golden_loss import tiny_model, tiny_train_config
+from igsm_sets import igsm_train_and_test
 from vld.data.khop import KHopSpec, read_test_sets, write_test_sets
 from vld.errors import UserError
 from vld.eval.khop import evaluate_khop
@@ -255,13 +256,7 @@ def test_a_biography_curve_is_the_capacity_per_person_of_a_subset(tmp_path):
 
 @pytest.fixture(scope="module")
 def igsm_sets(tmp_path_factory):
-    from vld.data.igsm import IgsmConfig, generate_dataset
-
-    root = tmp_path_factory.mktemp("igsm_curves")
-    config = IgsmConfig(max_op=4, max_edge=6)
-    train = generate_dataset(config, "train", 24, 2, root / "train", workers=1, progress=False)
-    test = generate_dataset(config, "test", 9, 0, root / "test", workers=1, op=2, progress=False)
-    return {"train": Path(train), "test": Path(test)}
+    return igsm_train_and_test(tmp_path_factory.mktemp("igsm_curves"), 24, 9, test_op=2)
 
 
 def scripted(test_dir, objective, right):

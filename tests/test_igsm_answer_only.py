@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from igsm_sets import igsm_train_and_test
 from vld.data.igsm.objectives import NO_LABEL, AnswerOnlyRows
 from vld.data.igsm.tokenizer import EOS, PAD, SEP, IgsmTokenizer
 from vld.errors import UserError
@@ -21,13 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def igsm_sets(tmp_path_factory):
-    from vld.data.igsm import IgsmConfig, generate_dataset
-
-    root = tmp_path_factory.mktemp("igsm_answer_only")
-    config = IgsmConfig(max_op=4, max_edge=6)
-    train = generate_dataset(config, "train", 40, 2, root / "train", workers=1, progress=False)
-    test = generate_dataset(config, "test", 10, 0, root / "test", workers=1, op=3, progress=False)
-    return {"train": Path(train), "test": Path(test)}
+    return igsm_train_and_test(tmp_path_factory.mktemp("igsm_answer_only"), 40, 10, test_op=3)
 
 
 def problems_of(path: Path) -> list[dict]:
