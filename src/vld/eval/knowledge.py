@@ -92,9 +92,8 @@ def _device_of(model: nn.Module, device: Any) -> torch.device:
 
 
 def _check_args(seq_len: int, batch_size: int, chunk: int, limit: int | None = None) -> None:
-    for key, value in (("seq_len", seq_len), ("batch_size", batch_size), ("chunk", chunk), ("limit", limit)):
-        if key == "limit" and value is None:
-            continue
+    given = (("seq_len", seq_len), ("batch_size", batch_size), ("chunk", chunk)) + ((("limit", limit),) if limit is not None else ())
+    for key, value in given:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             fail(key, f"must be an integer >= 1, got {value!r}")
 

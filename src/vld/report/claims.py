@@ -360,16 +360,15 @@ def trend_lines(groups) -> dict[tuple, dict[int, VariantGroup]]:
     for g in groups:
         if g.pattern == "cycle" and g.layers is None:
             lines.setdefault((g.n_layer, g.d_model, g.train_steps, g.objective, g.recipe), {})[g.k] = g
+    def x0(key):  # a line's cycle x0, else its base model
+        return lines.get(key, {}).get(0) or _find(groups, pattern="base", k=0, layers=None, n_layer=key[0],
+                                                  d_model=key[1], train_steps=key[2], objective=key[3], recipe=key[4])
+
     for key, line in lines.items():
-        base = _find(groups, pattern="base", k=0, layers=None, n_layer=key[0], d_model=key[1], train_steps=key[2],
-                     objective=key[3], recipe=key[4])
-        if 0 not in line and base is None and key[4] is not None:
-            # a recipe has no loop to act on at x0: its line starts at the plain model's x0
-            base = lines.get(key[:4] + (None,), {}).get(0) or _find(
-                groups, pattern="base", k=0, layers=None, n_layer=key[0], d_model=key[1], train_steps=key[2],
-                objective=key[3], recipe=None)
-        if 0 not in line and base is not None:
-            line[0] = base
+        # a recipe has no loop to act on at x0: without an x0 of its own, its line starts at the plain one's
+        base = x0(key) or (x0(key[:4] + (None,)) if key[4] is not None else None)
+        if base is not None:
+            line.setdefault(0, base)
     return lines
 
 
