@@ -506,7 +506,7 @@ def test_a_retrofit_inherits_its_sources_seeds_and_refuses_others():
         P.validate(raw)
     raw["khop_retrofit"]["variants"]["cycle_x1"] = {"source": "answer_only", "schedule": {"pattern": "cycle", "k": 1}}
     with pytest.raises(UserError, match=r"^khop_retrofit.variants.cycle_x1.source: names a missing khop variant "
-                                        r"'answer_only' \(known: base, cycle_x1, cycle_x1_layers1-1\)$"):
+                                        r"'answer_only' \(khop.variants has: base, cycle_x1, cycle_x1_layers1-1\)$"):
         P.validate(raw)
     raw["khop_retrofit"]["variants"]["cycle_x1"] = {"source": "base", "data": "kh12",
                                                     "schedule": {"pattern": "cycle", "k": 1}}

@@ -14,10 +14,13 @@ exit, the depth probe and unrolling run the same parts, so a model whose step do
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 from torch.utils.checkpoint import checkpoint
+
+from vld.model.adapters import check_visit_adapters
+from vld.model.backend import Backend
 
 
 def run_visits(model, inputs, state: torch.Tensor, visits: Iterable[int], hidden: list | None = None) -> torch.Tensor:
@@ -37,4 +40,19 @@ def run_visits(model, inputs, state: torch.Tensor, visits: Iterable[int], hidden
     return state
 
 
-__all__ = ["run_visits"]
+class VisitingModel:
+    """What both models that run a schedule of visits set the same way (mixed into their
+    nn.Module): per-visit adapters and the backend."""
+
+    def set_visit_adapters(self, names: Sequence[str] | None) -> None:
+        """Run visit v with LoRA adapter names[v] active in its layer (None: every adapter)."""
+        self.visit_adapters = check_visit_adapters(names, self.effective_depth)
+
+    def set_backend(self, backend: Backend) -> None:
+        """Run with `backend` from now on (parameters and results, up to summation order, unchanged)."""
+        if not isinstance(backend, Backend):
+            raise TypeError(f"set_backend: expected a vld.model.Backend, got {type(backend).__name__}")
+        self.backend = backend.validate()
+
+
+__all__ = ["VisitingModel", "run_visits"]

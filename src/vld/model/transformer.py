@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vld.errors import fail
-from vld.model.adapters import active_adapter, check_visit_adapters, plain_state_dict
+from vld.model.adapters import active_adapter, plain_state_dict
 from vld.model.attention import causal_attention, causal_mask
 from vld.model.backend import Backend
 from vld.model.blocks import block_kind
@@ -30,7 +30,7 @@ from vld.model.generation import check_request, greedy_decode, left_pad
 from vld.model.linear import Linear
 from vld.model.modes import eval_mode
 from vld.model.schedule import check_order, loop_layout
-from vld.model.step import run_visits
+from vld.model.step import VisitingModel, run_visits
 
 
 class KVCache:
@@ -192,7 +192,7 @@ class StepInput:
     cache: KVCache | None
 
 
-class VLDTransformer(nn.Module):
+class VLDTransformer(VisitingModel, nn.Module):
     """A decoder whose depth is a schedule over `config.n_layer` tied base layers.
 
     `config` is what the model is (saved with it); `backend` how it runs here (default:
@@ -251,15 +251,8 @@ class VLDTransformer(nn.Module):
             self._residual_scales = tuple(1.0 / schedule.count(index) for index in schedule)
         self.schedule, self.config.schedule = schedule, saved
 
-    def set_visit_adapters(self, names: Sequence[str] | None) -> None:
-        """Run visit v with LoRA adapter names[v] active in its layer (None: every adapter)."""
-        self.visit_adapters = check_visit_adapters(names, self.effective_depth)
-
     def set_backend(self, backend: Backend) -> None:
-        """Run with `backend` from now on (parameters and results, up to summation order, unchanged)."""
-        if not isinstance(backend, Backend):
-            raise TypeError(f"set_backend: expected a vld.model.Backend, got {type(backend).__name__}")
-        self.backend = backend.validate()
+        super().set_backend(backend)
         for module in self.modules():
             if isinstance(module, Linear):
                 module.cpu_gemm = backend.cpu_gemm

@@ -26,6 +26,17 @@ if TYPE_CHECKING:
 COMMON_VARIANT_KEYS = ("schedule", "seed", "seeds", "train")
 
 
+def require_name(where: str, name, known, noun: str, section: str) -> str:
+    """`name` (a reference from one section of params.yaml to another) must be a key of `known`:
+    else a one-line error at `where` saying what to name and what `section` has."""
+    listing = f"{section} has: {', '.join(known) or 'none'}"
+    if name is None:
+        fail(where, f"missing: name a {noun} under {section} ({listing})")
+    if name not in known:
+        fail(where, f"names a missing {noun} {name!r} ({listing})")
+    return name
+
+
 class Family:
     name: str
     task: str  # what vld.eval.variant measures: igsm | knowledge | khop
@@ -146,8 +157,7 @@ class IgsmEvaluated(Family):
         if not isinstance(tests, list) or not tests:
             fail(f"{where}.tests", "must be a non-empty list of test-set names")
         for test in tests:
-            if test not in available:
-                fail(f"{where}.tests", f"names a missing dataset {test!r} (data.igsm.tests has: {', '.join(available)})")
+            require_name(f"{where}.tests", test, available, "dataset", "data.igsm.tests")
         return {"tests": tests, **super().check_eval(settings, where, pipeline)}
 
     def check_train(self, variant, pipeline):
@@ -214,13 +224,8 @@ class OwnDataset(Family):
 
     def check_variant(self, spec, where, pipeline):
         out = super().check_variant(spec, where, pipeline)
-        name = spec.get("data")
-        sets = pipeline.data.get(self.data_section, {})
-        if name is None:
-            fail(f"{where}.data", f"missing: name a dataset under data.{self.data_section}")
-        if name not in sets:
-            fail(f"{where}.data", f"names a missing dataset {name!r} (data.{self.data_section} has:"
-                 f" {', '.join(sets) or 'none'})")
+        name = require_name(f"{where}.data", spec.get("data"), pipeline.data.get(self.data_section, {}), "dataset",
+                            f"data.{self.data_section}")
         return {**out, "data": name}
 
 
@@ -278,13 +283,9 @@ class Retrofitted:
     def check_variant(self, spec, where, pipeline):
         from vld.retrofit.methods import DEFAULT_LORA_RANK, check_method
 
-        source = spec.get("source")
         sources = pipeline.variants.get(self.source_family, {})
-        if source is None:
-            fail(f"{where}.source", f"missing: name the {self.source_family} variant to retrofit")
-        if source not in sources:
-            fail(f"{where}.source", f"names a missing {self.source_family} variant {source!r} (known:"
-                 f" {', '.join(sources) or 'none'})")
+        source = require_name(f"{where}.source", spec.get("source"), sources, f"{self.source_family} variant",
+                              f"{self.source_family}.variants")
         method = spec.get("method", "full")
         rank = spec.get("lora_rank", DEFAULT_LORA_RANK)
         check_method(method, rank, where)
@@ -408,11 +409,8 @@ class LmRetrofit(OwnDataset):
         from vld.retrofit.methods import DEFAULT_LORA_RANK, check_method
         from vld.retrofit.sources import hf_llama_config
 
-        name = spec.get("data")
         sets = pipeline.data.get("sft", {})
-        if name not in sets:
-            fail(f"{where}.data", f"{'missing' if name is None else f'names a missing dataset {name!r}'}:"
-                 f" name a dataset under data.sft (has: {', '.join(sets) or 'none'})")
+        name = require_name(f"{where}.data", spec.get("data"), sets, "dataset", "data.sft")
         data = sets[name]
         config = hf_llama_config(data.source, f"data.sft.{name}.source")
         limit = config.get("max_position_embeddings")

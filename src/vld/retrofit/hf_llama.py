@@ -24,12 +24,12 @@ import torch
 from torch import nn
 
 from vld.errors import fail
-from vld.model.adapters import active_adapter, check_visit_adapters
+from vld.model.adapters import active_adapter
 from vld.model.attention import causal_mask
 from vld.model.backend import Backend
 from vld.model.generation import check_request, greedy_decode, left_pad
 from vld.model.modes import eval_mode
-from vld.model.step import run_visits
+from vld.model.step import VisitingModel, run_visits
 
 
 class VisitKVCache:
@@ -77,7 +77,7 @@ class LlamaStepInput:
     cache: VisitKVCache | None
 
 
-class RetrofitLlama(nn.Module):
+class RetrofitLlama(VisitingModel, nn.Module):
     """`LlamaForCausalLM` with its decoder layers visited in `schedule` order.
 
     forward(tokens[B,T], attention_mask[B,P+T] | None, cache | None, position_ids | None)
@@ -107,15 +107,6 @@ class RetrofitLlama(nn.Module):
         if self.visit_adapters is not None and len(order) != len(self.visit_adapters):
             fail("schedule", "cannot change the depth of a model with per-visit adapters")
         self.schedule = tuple(order)
-
-    def set_visit_adapters(self, names: Sequence[str] | None) -> None:
-        """Run visit v with LoRA adapter names[v] active in its layer (None: every adapter)."""
-        self.visit_adapters = check_visit_adapters(names, self.effective_depth)
-
-    def set_backend(self, backend: Backend) -> None:
-        if not isinstance(backend, Backend):
-            raise TypeError(f"set_backend: expected a vld.model.Backend, got {type(backend).__name__}")
-        self.backend = backend.validate()
 
     @property
     def effective_depth(self) -> int:
