@@ -119,3 +119,25 @@ def test_mlflow_http_retries_are_bounded_without_writing_the_environment(store, 
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a user's own setting wins
         _start_stage(pipeline)
         assert len(requests) == 1
+
+
+def test_names_mlflow_refuses_are_logged_with_those_characters_replaced(tmp_path):
+    # a claim row of a loop recipe's line is labelled "khop (inject=adapter)": the report logs
+    # claims.claim_7.<label>.effect, which MLflow refuses as it is
+    from mlflow.tracking import MlflowClient
+
+    from vld.pipeline.tracking import runs
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("names")).info.run_id
+    metrics = {"claims.claim_7.khop (inject=adapter, residual_scale=visits).effect": -7.4,
+               "claims.claim_2.khop.effect": 11.6, "curve/error_hop2": 0.5}
+    runs.log_metric_entities(client, run_id, runs.metric_entities(runs.numeric(metrics)))
+    runs.log_params(client, run_id, {"recipe{inject=adapter}": "x"})
+    data = client.get_run(run_id).data
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-. :/")
+    expected = {"".join(c if c in allowed else "_" for c in name): value for name, value in metrics.items()}
+    assert data.metrics == expected
+    assert expected == {"claims.claim_7.khop _inject_adapter_ residual_scale_visits_.effect": -7.4,
+                        "claims.claim_2.khop.effect": 11.6, "curve/error_hop2": 0.5}
+    assert data.params == {"recipe_inject_adapter_": "x"}

@@ -20,6 +20,7 @@ Every function here takes the MlflowClient of an opened store (vld.pipeline.trac
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tempfile
 import time
@@ -213,9 +214,15 @@ class ParentRun:
 
 # ----------------------------------------------------------------------------- writes into a run
 
+def mlflow_name(key) -> str:
+    """`key` as a param or metric name MLflow accepts: the characters it refuses (e.g. a recipe
+    label's parentheses and '=') become '_', and the name is cut to its length limit."""
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", str(key))[:250]
+
+
 def clean_params(params: dict[str, Any]) -> dict[str, str]:
     """Params as MLflow takes them: string keys and values, cut to its length limits."""
-    return {str(k)[:250]: ("None" if v is None else str(v))[:MAX_PARAM_LEN] for k, v in params.items()}
+    return {mlflow_name(k): ("None" if v is None else str(v))[:MAX_PARAM_LEN] for k, v in params.items()}
 
 
 def numeric(metrics: dict[str, Any]) -> dict[str, float]:
@@ -225,7 +232,7 @@ def numeric(metrics: dict[str, Any]) -> dict[str, float]:
         if isinstance(value, bool):
             value = float(value)
         if isinstance(value, (int, float)) and value == value and abs(value) != float("inf"):
-            out[str(key)] = float(value)
+            out[mlflow_name(key)] = float(value)
     return out
 
 
