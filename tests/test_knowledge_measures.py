@@ -302,3 +302,20 @@ def test_memory_bounded_for_large_vocabulary(tmp_path):
     assert out["n_predicted"] == k - 1 and math.isfinite(out["ce"])
     full_matrix = k * n * 4
     assert out["delta"] < full_matrix / 10, f"peak grew by {out['delta'] / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("args, message", [
+    (dict(limit=0), "limit: must be an integer >= 1, got 0"),
+    (dict(limit=2.5), "limit: must be an integer >= 1, got 2.5"),
+    (dict(batch_size=True), "batch_size: must be an integer >= 1, got True"),
+])
+def test_bad_sizes_are_refused_by_name_before_any_scoring(random_set, args, message):
+    with pytest.raises(UserError) as info:
+        token_stats(Uniform(N), random_set, SEQ, **args)
+    assert str(info.value) == message
+
+
+def test_no_limit_scores_every_window_and_a_limit_fewer(random_set):
+    every = token_stats(Uniform(N), random_set, SEQ)
+    some = token_stats(Uniform(N), random_set, SEQ, limit=3)
+    assert some["n_predicted"] < every["n_predicted"]

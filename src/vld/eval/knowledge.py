@@ -92,8 +92,10 @@ def _device_of(model: nn.Module, device: Any) -> torch.device:
 
 
 def _check_args(seq_len: int, batch_size: int, chunk: int, limit: int | None = None) -> None:
-    given = (("seq_len", seq_len), ("batch_size", batch_size), ("chunk", chunk)) + ((("limit", limit),) if limit is not None else ())
-    for key, value in given:
+    given = {"seq_len": seq_len, "batch_size": batch_size, "chunk": chunk}
+    if limit is not None:  # optional: None means every item
+        given["limit"] = limit
+    for key, value in given.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             fail(key, f"must be an integer >= 1, got {value!r}")
 

@@ -214,10 +214,14 @@ class ParentRun:
 
 # ----------------------------------------------------------------------------- writes into a run
 
+REFUSED_IN_NAMES = re.compile(r"[^A-Za-z0-9_\-. :/]")  # what MLflow refuses in a param or metric name
+
+
 def mlflow_name(key) -> str:
     """`key` as a param or metric name MLflow accepts: the characters it refuses (e.g. a recipe
-    label's parentheses and '=') become '_', and the name is cut to its length limit."""
-    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", str(key))[:250]
+    label's parentheses and '=') become '_', and the name is cut to its length limit. The same
+    key in metrics.json keeps its characters."""
+    return REFUSED_IN_NAMES.sub("_", str(key))[:250]
 
 
 def clean_params(params: dict[str, Any]) -> dict[str, str]:
