@@ -1,0 +1,136 @@
+"""The step's remaining non-GEMM costs against the kernels that would replace them (issue 27).
+
+    .venv/bin/python bench/step_alternatives.py [--threads 2] [--repeats 60]
+
+Every candidate here changes the floating-point result, so none could be adopted silently; this
+measures whether any would be worth a recorded setting. For each shape it times, forward and
+backward, the kernel the training step uses and its alternative, alternated in one process, and
+prints alternative time / current time (below 1: the alternative is faster) and the largest
+difference of their outputs:
+
+- linear layers of seeds trained together: one oneDNN GEMM per seed (vld.model.linear under
+  vmap, each seed's arithmetic that of its own run) against one batched GEMM over the seeds
+  (torch.baddbmm, the BLAS);
+- the MLP's GELU: exact (erf) against the tanh approximation;
+- causal attention: vld.model.attention's block-causal kernel against torch's
+  scaled_dot_product_attention.
+
+Shapes: "h2" is the default profile's k-hop model (width 96, 4 heads, 33 positions, batch 64,
+3 seeds stacked), "w256" the width-256 model of bench_model.py (sequence 256, batch 16, one
+seed; its linear layers have no seeds to batch). Meaningful on an idle machine only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.func import vmap
+
+from vld.model.attention import causal_attention
+from vld.model.linear import OneDNNLinear
+
+# name: (stacked seeds, sequences, positions, width, heads)
+SHAPES = {"h2": (3, 64, 33, 96, 4), "w256": (1, 16, 256, 256, 4)}
+
+
+def median_ms(step, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+def race(current, alternative, repeats: int) -> tuple[float, float, float]:
+    """(current ms, alternative ms, max |difference| of their outputs): warmed up, then the two
+    timed in alternating rounds so load hits them alike."""
+    difference = (current(grad=False) - alternative(grad=False)).abs().max().item()
+    for fn in (current, alternative):
+        for _ in range(3):
+            fn()
+    rounds, per_round = 4, max(1, repeats // 4)
+    totals = [[], []]
+    for _ in range(rounds):
+        for i, fn in enumerate((current, alternative)):
+            totals[i].append(median_ms(fn, per_round))
+    return min(totals[0]), min(totals[1]), difference
+
+
+def training_step(forward, inputs, grad_out):
+    """A callable running forward (and, unless grad=False, backward with grad_out); returns the output."""
+    def step(grad: bool = True):
+        if not grad:
+            with torch.no_grad():
+                return forward(*inputs)
+        out = forward(*inputs)
+        out.backward(grad_out)
+        return out
+    return step
+
+
+def linear_rows(seeds, batch, seq, width):
+    generator = torch.Generator().manual_seed(0)
+    rows = seeds * batch * seq
+    for fan_in, fan_out in ((width, 3 * width), (width, width), (width, 4 * width), (4 * width, width)):
+        x = torch.randn(seeds, batch * seq, fan_in, generator=generator, requires_grad=True)
+        w = (torch.randn(seeds, fan_out, fan_in, generator=generator) * fan_in ** -0.5).requires_grad_()
+        b = torch.zeros(seeds, fan_out, requires_grad=True)
+        grad_out = torch.randn(seeds, batch * seq, fan_out, generator=generator)
+        per_seed = training_step(vmap(OneDNNLinear.apply), (x, w, b), grad_out)
+        batched = training_step(lambda x, w, b: torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)), (x, w, b), grad_out)
+        yield f"linear {fan_in}->{fan_out} ({rows} rows)", per_seed, batched
+
+
+def gelu_rows(seeds, batch, seq, width):
+    generator = torch.Generator().manual_seed(1)
+    h = torch.randn(seeds, batch * seq, 4 * width, generator=generator, requires_grad=True)
+    grad_out = torch.randn(h.shape, generator=generator)
+    yield ("GELU", training_step(F.gelu, (h,), grad_out),
+           training_step(lambda t: F.gelu(t, approximate="tanh"), (h,), grad_out))
+
+
+def attention_rows(seeds, batch, seq, width, heads):
+    generator = torch.Generator().manual_seed(2)
+    rows = seeds * batch
+    qkv = torch.randn(3, rows, heads, seq, width // heads, generator=generator, requires_grad=True)
+    grad_out = torch.randn(rows, seq, width, generator=generator)
+
+    def sdpa(qkv):
+        q, k, v = qkv
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(rows, seq, width)
+    yield "attention", training_step(causal_attention, (qkv,), grad_out), training_step(sdpa, (qkv,), grad_out)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=60, help="timed calls per kernel (in 4 alternating rounds)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    # training on CPU runs in deterministic mode (vld.train.run.fit): time the kernels as it runs them
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    print(f"# {args.threads} threads, median of {args.repeats // 4} calls, best of 4 alternating rounds;"
+          " forward + backward")
+    print("| shape | kernel | current ms | alternative ms | alternative / current | max abs difference |")
+    print("|---|---|---:|---:|---:|---:|")
+    for shape, (seeds, batch, seq, width, heads) in SHAPES.items():
+        rows = [*(linear_rows(seeds, batch, seq, width) if seeds > 1 else ()),
+                *gelu_rows(seeds, batch, seq, width), *attention_rows(seeds, batch, seq, width, heads)]
+        summed = [0.0, 0.0]
+        for label, current, alternative in rows:
+            now, alt, difference = race(current, alternative, args.repeats)
+            if label.startswith("linear"):
+                summed[0] += now
+                summed[1] += alt
+            print(f"| {shape} | {label} | {now:.2f} | {alt:.2f} | {alt / now:.2f} | {difference:.1e} |", flush=True)
+        if summed[0]:
+            print(f"| {shape} | a layer's four linears | {summed[0]:.2f} | {summed[1]:.2f} | {summed[1] / summed[0]:.2f} | |")
+
+
+if __name__ == "__main__":
+    main()
