@@ -141,3 +141,32 @@ def test_names_mlflow_refuses_are_logged_with_those_characters_replaced(tmp_path
     assert expected == {"claims.claim_7.khop _inject_adapter_ residual_scale_visits_.effect": -7.4,
                         "claims.claim_2.khop.effect": 11.6, "curve/error_hop2": 0.5}
     assert data.params == {"recipe_inject_adapter_": "x"}
+
+
+def test_keys_that_would_share_an_mlflow_name_are_logged_apart(tmp_path):
+    # "a(b)" and "a_b_" both clean to "a_b_": the key that is its own name keeps it, the other is
+    # told apart by its key's digest, whatever order the metrics came in
+    import hashlib
+
+    from mlflow.tracking import MlflowClient
+
+    from vld.pipeline.tracking import runs
+
+    def digest(key):
+        return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+    metrics = {"x.a(b)": 1.0, "x.a_b_": 2.0, "x.a)b(": 3.0, "x.c=d": 4.0}
+    expected = {f"x.a_b__{digest('x.a(b)')}": 1.0, "x.a_b_": 2.0, f"x.a_b__{digest('x.a)b(')}": 3.0, "x.c_d": 4.0}
+    assert runs.numeric(metrics) == expected
+    assert runs.numeric(dict(reversed(list(metrics.items())))) == expected
+    long_a, long_b = "m" * 260 + "a", "m" * 260 + "b"  # equal up to the length limit
+    long_names = runs.mlflow_names([long_a, long_b])
+    assert long_names == {long_a: "m" * 241 + "_" + digest(long_a), long_b: "m" * 241 + "_" + digest(long_b)}
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("names")).info.run_id
+    runs.log_metric_entities(client, run_id, runs.metric_entities(runs.numeric(metrics)))
+    runs.log_params(client, run_id, {long_a: "a", long_b: "b"})
+    data = client.get_run(run_id).data
+    assert data.metrics == expected
+    assert data.params == {long_names[long_a]: "a", long_names[long_b]: "b"}

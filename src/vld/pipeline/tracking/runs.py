@@ -19,6 +19,7 @@ Every function here takes the MlflowClient of an opened store (vld.pipeline.trac
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -31,6 +32,7 @@ from typing import Any
 from vld.pipeline.tracking.store import sqlite_path, tracking_uri
 
 MAX_PARAM_LEN = 6000
+MAX_NAME_LEN = 250  # MLflow's limit on a param or metric name
 PARAMS_PER_BATCH = 90  # under MLflow's 100 params per log_batch
 METRICS_PER_BATCH = 500  # under its 1000 metrics
 
@@ -221,23 +223,45 @@ def mlflow_name(key) -> str:
     """`key` as a param or metric name MLflow accepts: the characters it refuses (e.g. a recipe
     label's parentheses and '=') become '_', and the name is cut to its length limit. The same
     key in metrics.json keeps its characters."""
-    return REFUSED_IN_NAMES.sub("_", str(key))[:250]
+    return REFUSED_IN_NAMES.sub("_", str(key))[:MAX_NAME_LEN]
+
+
+def mlflow_names(keys) -> dict[Any, str]:
+    """mlflow_name of each key, made unique: where two keys would share a name (they differ only
+    in refused characters or beyond the length limit), every one of them that the name does not
+    spell exactly gets the first 8 hex digits of its key's sha256 appended. Independent of the
+    keys' order, so a run's names do not depend on how its metrics were assembled."""
+    groups: dict[str, list] = {}
+    for key in keys:
+        groups.setdefault(mlflow_name(key), []).append(key)
+    names = {}
+    for name, group in groups.items():
+        for key in group:
+            if len(group) == 1 or str(key) == name:
+                names[key] = name
+            else:
+                digest = hashlib.sha256(str(key).encode()).hexdigest()[:8]
+                names[key] = f"{name[:MAX_NAME_LEN - 9]}_{digest}"
+    return names
 
 
 def clean_params(params: dict[str, Any]) -> dict[str, str]:
-    """Params as MLflow takes them: string keys and values, cut to its length limits."""
-    return {mlflow_name(k): ("None" if v is None else str(v))[:MAX_PARAM_LEN] for k, v in params.items()}
+    """Params as MLflow takes them: names it accepts (mlflow_names), string values cut to its limit."""
+    names = mlflow_names(params)
+    return {names[k]: ("None" if v is None else str(v))[:MAX_PARAM_LEN] for k, v in params.items()}
 
 
 def numeric(metrics: dict[str, Any]) -> dict[str, float]:
-    """The finite numbers (booleans as 0/1) among `metrics`: what MLflow can log."""
+    """The finite numbers (booleans as 0/1) among `metrics`, under names MLflow accepts
+    (mlflow_names): what MLflow can log."""
     out = {}
     for key, value in metrics.items():
         if isinstance(value, bool):
             value = float(value)
         if isinstance(value, (int, float)) and value == value and abs(value) != float("inf"):
-            out[mlflow_name(key)] = float(value)
-    return out
+            out[key] = float(value)
+    names = mlflow_names(out)
+    return {names[k]: v for k, v in out.items()}
 
 
 def log_params(client, run_id: str, params: dict[str, Any]) -> None:
