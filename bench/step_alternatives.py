@@ -11,7 +11,8 @@ difference of their outputs:
 - linear layers of seeds trained together: one oneDNN GEMM per seed (vld.model.linear under
   vmap, each seed's arithmetic that of its own run) against one batched GEMM over the seeds
   (torch.baddbmm, the BLAS);
-- the MLP's GELU: exact (erf) against the tanh approximation;
+- the MLP's GELU: GPT-2's tanh approximation (the model's, vld.model.transformer.GPT2MLP, as
+  Hugging Face's GPT-2 computes it) against the exact (erf) GELU;
 - causal attention: vld.model.attention's block-causal kernel against torch's
   scaled_dot_product_attention.
 
@@ -89,8 +90,8 @@ def gelu_rows(seeds, batch, seq, width):
     generator = torch.Generator().manual_seed(1)
     h = torch.randn(seeds, batch * seq, 4 * width, generator=generator, requires_grad=True)
     grad_out = torch.randn(h.shape, generator=generator)
-    yield ("GELU", training_step(F.gelu, (h,), grad_out),
-           training_step(lambda t: F.gelu(t, approximate="tanh"), (h,), grad_out))
+    yield ("GELU", training_step(lambda t: F.gelu(t, approximate="tanh"), (h,), grad_out),
+           training_step(F.gelu, (h,), grad_out))
 
 
 def attention_rows(seeds, batch, seq, width, heads):
