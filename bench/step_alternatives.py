@@ -8,9 +8,10 @@ backward, the kernel the training step uses and its alternative, alternated in o
 prints alternative time / current time (below 1: the alternative is faster) and the largest
 difference of their outputs:
 
-- linear layers of seeds trained together: one oneDNN GEMM per seed (vld.model.linear under
-  vmap, each seed's arithmetic that of its own run) against one batched GEMM over the seeds
-  (torch.baddbmm, the BLAS);
+- linear layers of seeds trained together: vld.model.linear.linear under vmap with the library
+  `hardware.cpu_gemm: auto` picks for this CPU (with oneDNN, one GEMM per seed, each seed's
+  arithmetic that of its own run) against one batched GEMM over the seeds (torch.baddbmm, the
+  BLAS);
 - the MLP's GELU: GPT-2's tanh approximation (the model's, vld.model.transformer.GPT2MLP, as
   Hugging Face's GPT-2 computes it) against the exact (erf) GELU;
 - causal attention: vld.model.attention's block-causal kernel against torch's
@@ -31,7 +32,8 @@ import torch.nn.functional as F
 from torch.func import vmap
 
 from vld.model.attention import causal_attention
-from vld.model.linear import OneDNNLinear
+from vld.model.backend import machine_cpu_gemm
+from vld.model.linear import linear
 
 # name: (stacked seeds, sequences, positions, width, heads)
 SHAPES = {"h2": (3, 64, 33, 96, 4), "w256": (1, 16, 256, 256, 4)}
@@ -62,18 +64,21 @@ def race(current, alternative, repeats: int) -> tuple[float, float, float]:
 
 
 def training_step(forward, inputs, grad_out):
-    """A callable running forward (and, unless grad=False, backward with grad_out); returns the output."""
+    """A callable running forward (and, unless grad=False, backward with grad_out); returns the output.
+    The inputs' gradients are dropped first, as a training step starts with none (no accumulation)."""
     def step(grad: bool = True):
         if not grad:
             with torch.no_grad():
                 return forward(*inputs)
+        for tensor in inputs:
+            tensor.grad = None
         out = forward(*inputs)
         out.backward(grad_out)
         return out
     return step
 
 
-def linear_rows(seeds, batch, seq, width):
+def linear_rows(seeds, batch, seq, width, cpu_gemm: str):
     generator = torch.Generator().manual_seed(0)
     rows = seeds * batch * seq
     for fan_in, fan_out in ((width, 3 * width), (width, width), (width, 4 * width), (4 * width, width)):
@@ -81,7 +86,7 @@ def linear_rows(seeds, batch, seq, width):
         w = (torch.randn(seeds, fan_out, fan_in, generator=generator) * fan_in ** -0.5).requires_grad_()
         b = torch.zeros(seeds, fan_out, requires_grad=True)
         grad_out = torch.randn(seeds, batch * seq, fan_out, generator=generator)
-        per_seed = training_step(vmap(OneDNNLinear.apply), (x, w, b), grad_out)
+        per_seed = training_step(vmap(lambda x, w, b: linear(x, w, b, cpu_gemm)), (x, w, b), grad_out)
         batched = training_step(lambda x, w, b: torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)), (x, w, b), grad_out)
         yield f"linear {fan_in}->{fan_out} ({rows} rows)", per_seed, batched
 
@@ -115,12 +120,13 @@ def main(argv=None) -> None:
     # training on CPU runs in deterministic mode (vld.train.run.fit): time the kernels as it runs them
     torch.use_deterministic_algorithms(True)
     torch.utils.deterministic.fill_uninitialized_memory = False
-    print(f"# {args.threads} threads, median of {args.repeats // 4} calls, best of 4 alternating rounds;"
+    cpu_gemm = machine_cpu_gemm()
+    print(f"# cpu_gemm auto: {cpu_gemm}; {args.threads} threads, median of {args.repeats // 4} calls, best of 4 alternating rounds;"
           " forward + backward")
     print("| shape | kernel | current ms | alternative ms | alternative / current | max abs difference |")
     print("|---|---|---:|---:|---:|---:|")
     for shape, (seeds, batch, seq, width, heads) in SHAPES.items():
-        rows = [*(linear_rows(seeds, batch, seq, width) if seeds > 1 else ()),
+        rows = [*(linear_rows(seeds, batch, seq, width, cpu_gemm) if seeds > 1 else ()),
                 *gelu_rows(seeds, batch, seq, width), *attention_rows(seeds, batch, seq, width, heads)]
         summed = [0.0, 0.0]
         for label, current, alternative in rows:
