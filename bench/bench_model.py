@@ -18,11 +18,12 @@ The first line names this machine's CPU and the library `hardware.cpu_gemm: auto
 4. (khop) positions/s of the default profile's k-hop stages, base (h2) and native4 (h4): their
    seeds stacked, through the real Lightning fit (vld.train.stacked.train_seeds), in a process
    each; with `--before REV` also the same with the `src/` of git revision REV (git archive),
-   alternated with this tree's, and the ratio after / before:
+   alternated with this tree's, and the ratio after / before; `--khop-precision
+   32-true,bf16-mixed` runs each with both CPU precisions (ratio bf16-mixed / float32):
 
     .venv/bin/python bench/bench_model.py --sections khop --before 75db141
 
-All fp32. Processes (section 1) and steps (sections 2-3) of the models being compared
+All fp32 but `--khop-precision bf16-mixed`. Processes (section 1) and steps (sections 2-3) of the models being compared
 alternate, so machine load hits them alike.
 """
 
@@ -68,6 +69,9 @@ def parse_args(argv=None):
     parser.add_argument("--khop-warmup", type=int, default=10, help="section 4: steps before the timed ones")
     parser.add_argument("--seeds", type=int, default=3, help="section 4: seeds stacked (params.yaml: 3)")
     parser.add_argument("--before", metavar="REV", help="section 4: also run git revision REV's src/, for the ratio")
+    parser.add_argument("--khop-precision", default="32-true",
+                        help="section 4: comma-separated hardware.precision values to run each model with "
+                             "(32-true, bf16-mixed), alternated; ratios against the first")
     parser.add_argument("--small", action="store_true", help="section 4: tiny k-hop models (a smoke test)")
     parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     parser.add_argument("--khop-worker", help=argparse.SUPPRESS)
@@ -386,24 +390,32 @@ def khop_section(args) -> None:
             trees = {f"before {args.before}": before / "src", **trees}
         print(f"# k-hop stages through the Lightning fit: {args.seeds} seeds stacked, {args.threads} threads, "
               f"steps {args.khop_warmup + 1}..{args.khop_steps} timed; best of {args.rounds} processes each")
+        precisions = args.khop_precision.split(",")
+        runs = {(name if len(precisions) == 1 else f"{name}, {precision}"): (src, precision)
+                for name, src in trees.items() for precision in precisions}
         for model in args.khop_models.split(","):
-            rates = {name: [] for name in trees}
+            rates = {label: [] for label in runs}
             for round_ in range(args.rounds):
-                names = list(trees)[round_ % len(trees):] + list(trees)[: round_ % len(trees)]
-                for name in names:
-                    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(trees[name]), str(ROOT / "bench")]),
+                labels = list(runs)[round_ % len(runs):] + list(runs)[: round_ % len(runs)]
+                for label in labels:
+                    src, precision = runs[label]
+                    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(ROOT / "bench")]),
                            "VLD_THREADS": str(args.threads)}
                     cmd = [sys.executable, __file__, "--khop-worker", model, "--threads", str(args.threads),
                            "--khop-steps", str(args.khop_steps), "--khop-warmup", str(args.khop_warmup),
-                           "--seeds", str(args.seeds), *(["--small"] if args.small else [])]
+                           "--seeds", str(args.seeds), "--khop-precision", precision,
+                           *(["--small"] if args.small else [])]
                     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=tmp).stdout
-                    rates[name].append(json.loads(out.strip().splitlines()[-1])["positions_per_s"])
-            best = {name: max(values) for name, values in rates.items()}
+                    rates[label].append(json.loads(out.strip().splitlines()[-1])["positions_per_s"])
+            best = {label: max(values) for label, values in rates.items()}
+            first = next(iter(best))
             stage = {"h2": "base", "h4": "native4"}.get(model, model)
-            for name, rate in best.items():
-                ratio = f"{rate / best[next(iter(best))]:>8.2f}" if len(best) > 1 else f"{'':>8s}"
-                print(f"{f'positions/s, k-hop {stage} ({model}), {name}':44s} {rate:>12,.0f} {ratio}"
-                      + ("  vs before (goal: 1.3)" if len(best) > 1 and name == "this tree" else ""))
+            for label, rate in best.items():
+                ratio = f"{rate / best[first]:>8.2f}" if len(best) > 1 else f"{'':>8s}"
+                note = ""
+                if len(best) > 1 and label != first:
+                    note = f"  vs {first}" + (" (goal: 1.3)" if args.before else "")
+                print(f"{f'positions/s, k-hop {stage} ({model}), {label}':58s} {rate:>12,.0f} {ratio}{note}")
 
 
 def khop_worker(args) -> None:
@@ -419,7 +431,8 @@ def khop_worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     model_cfg, spec, cfg = setting(ROOT / "params.yaml", args.khop_worker, args.khop_steps, "cpu")
-    cfg = dataclasses.replace(cfg, threads=args.threads, log_every=50)  # the k-hop stage's log_every
+    # the k-hop stage's log_every
+    cfg = dataclasses.replace(cfg, threads=args.threads, log_every=50, precision=args.khop_precision)
     if args.small:
         model_cfg = dataclasses.replace(model_cfg, d_model=32, n_head=2)
     parts = [seed_parts(model_cfg, spec, cfg, seed) for seed in range(args.seeds)]

@@ -12,6 +12,9 @@ difference of their outputs:
   `hardware.cpu_gemm: auto` picks for this CPU (with oneDNN, one GEMM per seed, each seed's
   arithmetic that of its own run) against one batched GEMM over the seeds (torch.baddbmm, the
   BLAS);
+- linear layers in bfloat16: the same fp32 linear against it under CPU autocast to bfloat16 (what
+  Lightning's `bf16-mixed` would run; training on CPU is float32 only, vld.train.config), the
+  casts of inputs and weights included, as a mixed-precision step pays them;
 - the MLP's GELU: GPT-2's tanh approximation (the model's, vld.model.transformer.GPT2MLP, as
   Hugging Face's GPT-2 computes it) against the exact (erf) GELU;
 - causal attention: vld.model.attention's block-causal kernel against torch's
@@ -19,7 +22,8 @@ difference of their outputs:
 
 Shapes: "h2" is the default profile's k-hop model (width 96, 4 heads, 33 positions, batch 64,
 3 seeds stacked), "w256" the width-256 model of bench_model.py (sequence 256, batch 16, one
-seed; its linear layers have no seeds to batch). Meaningful on an idle machine only.
+seed; its linear layers have no seeds to batch). Meaningful on an idle machine only; `--shapes h2
+--repeats 4` is a smoke test.
 """
 
 from __future__ import annotations
@@ -91,6 +95,21 @@ def linear_rows(seeds, batch, seq, width, cpu_gemm: str):
         yield f"linear {fan_in}->{fan_out} ({rows} rows)", per_seed, batched
 
 
+def bfloat16_rows(seeds, batch, seq, width, cpu_gemm: str):
+    generator = torch.Generator().manual_seed(3)
+    for fan_in, fan_out in ((width, 3 * width), (width, width), (width, 4 * width), (4 * width, width)):
+        x = torch.randn(seeds, batch * seq, fan_in, generator=generator, requires_grad=True)
+        w = (torch.randn(seeds, fan_out, fan_in, generator=generator) * fan_in ** -0.5).requires_grad_()
+        b = torch.zeros(seeds, fan_out, requires_grad=True)
+        grad_out = torch.randn(seeds, batch * seq, fan_out, generator=generator)
+
+        def autocast_linear(x, w, b):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+        fp32 = training_step(vmap(lambda x, w, b: linear(x, w, b, cpu_gemm)), (x, w, b), grad_out)
+        yield f"linear {fan_in}->{fan_out} in bfloat16", fp32, training_step(autocast_linear, (x, w, b), grad_out)
+
+
 def gelu_rows(seeds, batch, seq, width):
     generator = torch.Generator().manual_seed(1)
     h = torch.randn(seeds, batch * seq, 4 * width, generator=generator, requires_grad=True)
@@ -115,7 +134,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=60, help="timed calls per kernel (in 4 alternating rounds)")
+    parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}")
     args = parser.parse_args(argv)
+    shapes = args.shapes.split(",")
+    if unknown := [name for name in shapes if name not in SHAPES]:
+        parser.error(f"--shapes: unknown {', '.join(unknown)}; expected some of {', '.join(SHAPES)}")
     torch.set_num_threads(args.threads)
     # training on CPU runs in deterministic mode (vld.train.run.fit): time the kernels as it runs them
     torch.use_deterministic_algorithms(True)
@@ -125,18 +148,21 @@ def main(argv=None) -> None:
           " forward + backward")
     print("| shape | kernel | current ms | alternative ms | alternative / current | max abs difference |")
     print("|---|---|---:|---:|---:|---:|")
-    for shape, (seeds, batch, seq, width, heads) in SHAPES.items():
-        rows = [*(linear_rows(seeds, batch, seq, width, cpu_gemm) if seeds > 1 else ()),
-                *gelu_rows(seeds, batch, seq, width), *attention_rows(seeds, batch, seq, width, heads)]
-        summed = [0.0, 0.0]
-        for label, current, alternative in rows:
-            now, alt, difference = race(current, alternative, args.repeats)
-            if label.startswith("linear"):
+    for shape in shapes:
+        seeds, batch, seq, width, heads = SHAPES[shape]
+        groups = {"batched over seeds": linear_rows(seeds, batch, seq, width, cpu_gemm) if seeds > 1 else (),
+                  "in bfloat16": bfloat16_rows(seeds, batch, seq, width, cpu_gemm),
+                  None: [*gelu_rows(seeds, batch, seq, width), *attention_rows(seeds, batch, seq, width, heads)]}
+        for group, rows in groups.items():
+            summed = [0.0, 0.0]
+            for label, current, alternative in rows:
+                now, alt, difference = race(current, alternative, args.repeats)
                 summed[0] += now
                 summed[1] += alt
-            print(f"| {shape} | {label} | {now:.2f} | {alt:.2f} | {alt / now:.2f} | {difference:.1e} |", flush=True)
-        if summed[0]:
-            print(f"| {shape} | a layer's four linears | {summed[0]:.2f} | {summed[1]:.2f} | {summed[1] / summed[0]:.2f} | |")
+                print(f"| {shape} | {label} | {now:.2f} | {alt:.2f} | {alt / now:.2f} | {difference:.1e} |", flush=True)
+            if group and summed[0]:
+                print(f"| {shape} | a layer's four linears {group} | {summed[0]:.2f} | {summed[1]:.2f} |"
+                      f" {summed[1] / summed[0]:.2f} | |")
 
 
 if __name__ == "__main__":

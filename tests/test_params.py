@@ -172,7 +172,7 @@ def test_variant_train_override_and_user_pattern():
         (lambda r: r["data"]["knowledge"]["rt16k"].update(kind="wiki"), "data.knowledge.rt16k.kind: unknown kind 'wiki'"),
         (lambda r: r["reasoning"]["variants"].update({"a.b": {"model": "r2", "schedule": {"pattern": "base"}}}),
          "reasoning.variants.a.b: 'a.b' is not a valid name"),
-        (lambda r: r["hardware"].update(precision="bf16-mixed"), "hardware.precision: 'bf16-mixed' on CPU"),
+        (lambda r: r["hardware"].update(precision="16-mixed"), "hardware.precision: '16-mixed' on CPU"),
         (lambda r: r["data"]["igsm"]["generator"].update(max_opp=3), "data.igsm.generator.max_opp: unknown key"),
         (lambda r: r["data"]["igsm"]["tests"]["op4"].update(op=99), "data.igsm.tests.op4.op: 99 is not in 1.."),
         (lambda r: r["data"]["igsm"]["train"].update(n=0), "data.igsm.train.n: must be >= 1"),

@@ -54,7 +54,7 @@ def test_config_defaults_are_the_papers_and_accumulation_is_derived():
         ({"max_steps": 0, "global_batch_size": 8, "micro_batch_size": 4, "seq_len": 8}, "train.max_steps:"),
         ({"global_batch_size": 8, "micro_batch_size": 4, "seq_len": 8}, "train.max_steps:"),
         ({"max_steps": 10, "global_batch_size": 8, "micro_batch_size": 4, "seq_len": "8"}, "train.seq_len:"),
-        ({"max_steps": 10, "global_batch_size": 8, "micro_batch_size": 4, "seq_len": 8, "precision": "bf16-mixed"}, "train.precision:"),
+        ({"max_steps": 10, "global_batch_size": 8, "micro_batch_size": 4, "seq_len": 8, "precision": "bf16-true"}, "train.precision:"),
         ({"max_steps": 10, "global_batch_size": 8, "micro_batch_size": 4, "seq_len": 8, "strategy": "dp"}, "train.strategy:"),
         ({"max_steps": 10, "global_batch_size": 8, "micro_batch_size": 4, "seq_len": 8, "optim": {"lr": -1}}, "train.optim.lr:"),
         ({"max_steps": 10, "global_batch_size": 8, "micro_batch_size": 4, "seq_len": 8, "optim": {"beta": 0.9}}, "train.optim.beta:"),

@@ -120,7 +120,14 @@ def blocked_path(qkv: torch.Tensor, dropout_p: float) -> bool:
 
 
 def causal_attention(qkv: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
-    """Causal self-attention of q, k, v stacked as qkv [3, B, H, T, D] (no cache) -> [B, T, H*D]."""
+    """Causal self-attention of q, k, v stacked as qkv [3, B, H, T, D] (no cache) -> [B, T, H*D].
+
+    Under CPU autocast the block-causal kernel runs in float32 (its backward writes into
+    tensors of one dtype; the softmax would be float32 under autocast anyway): the linear
+    layers around it carry the reduced precision."""
+    if qkv.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return causal_attention(qkv.float(), dropout_p)
     if blocked_path(qkv, dropout_p):
         return block_causal_attention(qkv, QUERY_BLOCK)
     q, k, v = qkv

@@ -10,7 +10,7 @@ and README, Performance; `bench/bench_model.py --sections gemm` prints them).
 Both are IEEE fp32 (no reduced-precision mode): results differ from `F.linear` by summation
 order only, a relative 1e-6. `vld.model.Backend.cpu_gemm` chooses: "onednn" or "blas" (exactly
 `nn.Linear`); by default the library vld.model.backend lists for the CPU's vendor. GPUs, other dtypes, autocast, torch.compile and calls too small
-to repay oneDNN's per-call cost take `F.linear`.
+to repay oneDNN's per-call cost take `F.linear` (under CPU autocast, on operands cast to its dtype).
 """
 
 from __future__ import annotations
@@ -102,7 +102,15 @@ def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, cpu_gemm: str = "onednn") -> torch.Tensor:
-    """F.linear, its GEMMs in oneDNN where `cpu_gemm` asks for it and `onednn_applies`."""
+    """F.linear, its GEMMs in oneDNN where `cpu_gemm` asks for it and `onednn_applies`.
+
+    Under CPU autocast (`hardware.precision: bf16-mixed` on CPU) the operands are cast to the
+    autocast dtype here: inside torch.func.vmap (seeds trained together) CPU autocast leaves a
+    batched 3-d F.linear in float32, so each seed would otherwise run a different precision
+    from its own single run."""
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        return F.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
     if cpu_gemm == "onednn" and onednn_applies(x, weight):
         return OneDNNLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)

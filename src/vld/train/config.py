@@ -19,6 +19,9 @@ from vld.errors import UserError, fail
 
 # Precisions Lightning accepts that make sense here; "auto" picks bf16-mixed on GPU, fp32 on CPU.
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
+# bf16-mixed on CPU: Lightning's CPU autocast, the linear layers in bfloat16 (vld.model.linear),
+# attention, norms and the optimizer in float32; a recorded setting, never a default
+CPU_PRECISIONS = ("32-true", "bf16-mixed", "32")
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 # The TrainConfig fields params.yaml's hardware block may set (where training runs).
 HARDWARE_FIELDS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "num_workers", "cpu_gemm",
@@ -211,8 +214,9 @@ class TrainConfig:
                  "FSDPStrategy runs on CUDA only (docs/lm_retrofit.md#multi-gpu); use ddp or auto on CPU")
         if self.precision not in PRECISIONS:
             fail(f"{where}.precision", f"unknown {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
-        if self.accelerator == "cpu" and self.resolved_precision() not in ("32-true", "32"):
-            fail(f"{where}.precision", f"{self.precision!r} on CPU: training on CPU is float32 only ('32-true')")
+        if self.accelerator == "cpu" and self.resolved_precision() not in CPU_PRECISIONS:
+            fail(f"{where}.precision", f"{self.precision!r} on CPU: CPU training takes "
+                 f"{' or '.join(map(repr, CPU_PRECISIONS[:2]))} (float32, or its linear layers in bfloat16)")
         per_step = self.micro_batch_size * self.devices * self.num_nodes
         if self.global_batch_size % per_step:
             fail(
