@@ -40,13 +40,32 @@ def test_linear_under_cpu_autocast_is_the_bfloat16_gemm_also_under_vmap(cpu_gemm
     for i in range(3):
         expected = bf16_reference(x[i], w[i], b[i])
         assert single[i].dtype == stacked[i].dtype == BF16
-        assert torch.equal(single[i], expected)
-        # under vmap the bfloat16 GEMM is batched and its bias added after rounding: a few
-        # bfloat16 units (2^-8 of the value each) apart, far from a float32 result's agreement
-        scale = expected.float().abs().clamp(min=1.0)
-        assert ((stacked[i].float() - expected.float()).abs() / scale).max() <= 2 ** -5
+        assert torch.equal(single[i], expected) and torch.equal(stacked[i], expected)
     # outside autocast nothing changes: float32
     assert linear(x[0], w[0], b[0], cpu_gemm).dtype == torch.float32
+
+
+def test_stacked_bfloat16_linears_get_each_models_own_gradients():
+    generator = torch.Generator().manual_seed(2)
+    x, w, b = (torch.randn(*shape, generator=generator) for shape in ((3, 4, 128, 64), (3, 96, 64), (3, 96)))
+    grad_y = torch.randn(3, 4, 128, 96, generator=generator)
+
+    def gradients(stacked: bool):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        with torch.autocast("cpu", dtype=BF16):
+            if stacked:
+                y = vmap(linear)(*leaves)
+            else:
+                y = torch.stack([linear(leaves[0][i], leaves[1][i], leaves[2][i]) for i in range(3)])
+        y.backward(grad_y.to(y.dtype))
+        return [t.grad for t in leaves]
+
+    single, stacked = gradients(False), gradients(True)
+    for a, c in zip(single, stacked):
+        assert a.dtype == torch.float32 and torch.equal(a, c)
+    # and they are the bfloat16 products: dW of model 0 written out
+    rows = grad_y[0].reshape(-1, 96).to(BF16)
+    assert torch.equal(single[1][0], rows.t().mm(x[0].reshape(-1, 64).to(BF16)).float())
 
 
 def test_attention_under_cpu_autocast_is_the_float32_kernel():

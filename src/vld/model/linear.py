@@ -78,12 +78,54 @@ class OneDNNLinear(torch.autograd.Function):
     def vmap(info, in_dims, x, weight, bias):
         """Under torch.func.vmap (stacked models, vld.train.stacked): one oneDNN call per model,
         so each model's GEMMs are exactly those of its own run."""
-        def per_model(t, dim):
-            return [t] * info.batch_size if t is None or dim is None else t.unbind(dim)
+        return _per_model(OneDNNLinear, info, in_dims, x, weight, bias)
 
-        outputs = [OneDNNLinear.apply(*args) for args in zip(per_model(x, in_dims[0]), per_model(weight, in_dims[1]),
-                                                             per_model(bias, in_dims[2]))]
-        return torch.stack(outputs), 0
+
+class CastLinear(torch.autograd.Function):
+    """y = x W^T + b on operands already cast to the CPU autocast dtype (bfloat16).
+
+    Its own Function for torch.func.vmap: inside vmap (seeds trained together) CPU autocast
+    leaves a batched linear in float32, and a batched bfloat16 GEMM adds its bias after rounding;
+    with one call per model here, each seed computes exactly the GEMMs of its single run, as
+    OneDNNLinear does in float32."""
+
+    @staticmethod
+    def forward(x, weight, bias):
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        grad_rows = grad_y.reshape(-1, weight.shape[0])
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_rows.mm(weight).view(x.shape)
+        if ctx.needs_input_grad[1]:
+            grad_w = grad_rows.t().mm(x.reshape(-1, weight.shape[1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_rows.sum(0)
+        return grad_x, grad_w, grad_b
+
+    @staticmethod
+    def vmap(info, in_dims, x, weight, bias):
+        return _per_model(CastLinear, info, in_dims, x, weight, bias)
+
+
+def _per_model(function, info, in_dims, x, weight, bias):
+    """A linear Function's vmap rule: one call per model, stacked."""
+    def unbind(t, dim):
+        return [t] * info.batch_size if t is None or dim is None else t.unbind(dim)
+
+    outputs = [function.apply(*args) for args in zip(unbind(x, in_dims[0]), unbind(weight, in_dims[1]),
+                                                     unbind(bias, in_dims[2]))]
+    return torch.stack(outputs), 0
 
 
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -105,12 +147,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """F.linear, its GEMMs in oneDNN where `cpu_gemm` asks for it and `onednn_applies`.
 
     Under CPU autocast (`hardware.precision: bf16-mixed` on CPU) the operands are cast to the
-    autocast dtype here: inside torch.func.vmap (seeds trained together) CPU autocast leaves a
-    batched 3-d F.linear in float32, so each seed would otherwise run a different precision
-    from its own single run."""
+    autocast dtype here and CastLinear multiplies them (see there why not F.linear)."""
     if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         dtype = torch.get_autocast_dtype("cpu")
-        return F.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+        return CastLinear.apply(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
     if cpu_gemm == "onednn" and onednn_applies(x, weight):
         return OneDNNLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
