@@ -3,18 +3,18 @@
     .venv/bin/python bench/step_alternatives.py [--threads 2] [--repeats 60]
 
 Every candidate here changes the floating-point result, so none could be adopted silently; this
-measures whether any would be worth a recorded setting. For each shape it times, forward and
-backward, the kernel the training step uses and its alternative, alternated in one process, and
-prints alternative time / current time (below 1: the alternative is faster) and the largest
-difference of their outputs:
+measures whether any would be worth a recorded setting (bfloat16 became one). For each shape it
+times, forward and backward, the kernel the training step uses and its alternative, alternated
+in one process, and prints alternative time / current time (below 1: the alternative is faster)
+and the largest difference of their outputs:
 
 - linear layers of seeds trained together: vld.model.linear.linear under vmap with the library
   `hardware.cpu_gemm: auto` picks for this CPU (with oneDNN, one GEMM per seed, each seed's
   arithmetic that of its own run) against one batched GEMM over the seeds (torch.baddbmm, the
   BLAS);
-- linear layers in bfloat16: the same fp32 linear against it under CPU autocast to bfloat16 (what
-  Lightning's `bf16-mixed` would run; training on CPU is float32 only, vld.train.config), the
-  casts of inputs and weights included, as a mixed-precision step pays them;
+- linear layers in bfloat16: the same fp32 linear against it under CPU autocast to bfloat16, as
+  `hardware.precision: bf16-mixed` runs it (vld.model.linear.CastLinear, one call per seed), the
+  casts of inputs and weights included;
 - the MLP's GELU: GPT-2's tanh approximation (the model's, vld.model.transformer.GPT2MLP, as
   Hugging Face's GPT-2 computes it) against the exact (erf) GELU;
 - causal attention: vld.model.attention's block-causal kernel against torch's
@@ -103,11 +103,13 @@ def bfloat16_rows(seeds, batch, seq, width, cpu_gemm: str):
         b = torch.zeros(seeds, fan_out, requires_grad=True)
         grad_out = torch.randn(seeds, batch * seq, fan_out, generator=generator)
 
+        per_seed = vmap(lambda x, w, b: linear(x, w, b, cpu_gemm))
+
         def autocast_linear(x, w, b):
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
-        fp32 = training_step(vmap(lambda x, w, b: linear(x, w, b, cpu_gemm)), (x, w, b), grad_out)
-        yield f"linear {fan_in}->{fan_out} in bfloat16", fp32, training_step(autocast_linear, (x, w, b), grad_out)
+                return per_seed(x, w, b)
+        yield (f"linear {fan_in}->{fan_out} in bfloat16", training_step(per_seed, (x, w, b), grad_out),
+               training_step(autocast_linear, (x, w, b), grad_out))
 
 
 def gelu_rows(seeds, batch, seq, width):
