@@ -47,6 +47,27 @@ def onednn_weight_grad(grad_rows: torch.Tensor, rows: torch.Tensor) -> torch.Ten
     return onednn_linear(grad_rows.t(), rows.t())
 
 
+def save_linear_inputs(ctx, inputs) -> None:
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def linear_backward(ctx, grad_y, input_grad, weight_grad):
+    """The gradients of y = x W^T + b: input_grad(dY, W) = dX and weight_grad(dY, X) = dW on
+    rows (dY [rows, out], X [rows, in]); the bias gradient is dY's column sums."""
+    x, weight = ctx.saved_tensors
+    grad_x = grad_w = grad_b = None
+    grad_rows = grad_y.reshape(-1, weight.shape[0])
+    if ctx.needs_input_grad[0]:
+        grad_x = input_grad(grad_rows, weight).view(x.shape)
+    if ctx.needs_input_grad[1]:
+        grad_w = weight_grad(grad_rows, x.reshape(-1, weight.shape[1]))
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_b = grad_rows.sum(0)
+    return grad_x, grad_w, grad_b
+
+
 class OneDNNLinear(torch.autograd.Function):
     """y = x W^T + b with all three GEMMs of its training step in oneDNN."""
 
@@ -56,23 +77,12 @@ class OneDNNLinear(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, bias = inputs
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
+        save_linear_inputs(ctx, inputs)
 
     @staticmethod
     @once_differentiable  # second derivatives (never needed in training) raise instead of going wrong
     def backward(ctx, grad_y):
-        x, weight = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        grad_rows = grad_y.reshape(-1, weight.shape[0])
-        if ctx.needs_input_grad[0]:
-            grad_x = onednn_input_grad(grad_rows, weight).view(x.shape)
-        if ctx.needs_input_grad[1]:
-            grad_w = onednn_weight_grad(grad_rows, x.reshape(-1, weight.shape[1]))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_rows.sum(0)
-        return grad_x, grad_w, grad_b
+        return linear_backward(ctx, grad_y, onednn_input_grad, onednn_weight_grad)
 
     @staticmethod
     def vmap(info, in_dims, x, weight, bias):
@@ -95,23 +105,12 @@ class CastLinear(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, bias = inputs
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
+        save_linear_inputs(ctx, inputs)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
-        x, weight = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        grad_rows = grad_y.reshape(-1, weight.shape[0])
-        if ctx.needs_input_grad[0]:
-            grad_x = grad_rows.mm(weight).view(x.shape)
-        if ctx.needs_input_grad[1]:
-            grad_w = grad_rows.t().mm(x.reshape(-1, weight.shape[1]))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_rows.sum(0)
-        return grad_x, grad_w, grad_b
+        return linear_backward(ctx, grad_y, torch.mm, lambda grad_rows, rows: grad_rows.t().mm(rows))
 
     @staticmethod
     def vmap(info, in_dims, x, weight, bias):
