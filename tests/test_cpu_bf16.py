@@ -98,6 +98,7 @@ def test_bf16_mixed_training_on_cpu_is_deterministic_learns_and_is_not_float32(t
     again, again_metrics = train_bf16(tiny_data, tmp_path / "b")
     curve = first_metrics["loss_curve"]
     assert curve == again_metrics["loss_curve"]
+    assert first_metrics["precision"] == "bf16-mixed"  # recorded with the run
     assert all(torch.equal(p, q) for p, q in zip(first.state_dict().values(), again.state_dict().values()))
     assert all(p.dtype == torch.float32 for p in first.parameters())  # float32 master weights
     assert curve[-1] < curve[0]

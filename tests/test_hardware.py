@@ -265,7 +265,7 @@ def test_a_stage_records_and_applies_its_threads_and_cpu_gemm(tmp_path, monkeypa
     assert pretrain.main(["--family", "khop", "--variant", "base"]) == 0
     out = repo / "results/pretrain/khop/base/seed0"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["threads"] == 1 and metrics["cpu_gemm"] == machine_cpu_gemm()
+    assert metrics["threads"] == 1 and metrics["cpu_gemm"] == machine_cpu_gemm() and metrics["precision"] == "32-true"
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["threads"] == 1 and config["train"]["cpu_gemm"] == machine_cpu_gemm()
     assert json.loads((out / "variant.json").read_text())["sha256"] == variant.fingerprint()

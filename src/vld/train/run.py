@@ -338,8 +338,8 @@ def run_training(
 ) -> dict[str, Any]:
     """Train `model` in place; returns (and writes to out_dir/metrics.json on rank 0)
     final_loss, steps, tokens_seen, train_tokens_per_s, wall_s, loss_curve, and the run
-    settings that are resolved per machine: threads (the count the process trained with) and
-    cpu_gemm (cfg's; the pipeline builds `model` with cfg.backend).
+    settings that are resolved per machine: threads (the count the process trained with),
+    cpu_gemm (cfg's; the pipeline builds `model` with cfg.backend) and precision.
 
     loops: the core's count per step (vld.train.loops.LoopTraining; None: the model's schedule
     at every step). curve_score: the learning curve's scoring (vld.train.curves), run every
@@ -432,6 +432,7 @@ def training_metrics(loss_curve: list[float], trainer: L.Trainer, cfg: TrainConf
         "resumed_from_step": module.resumed_from_step,
         "threads": torch.get_num_threads(),  # cfg.threads, unless something changed it while training
         "cpu_gemm": cfg.cpu_gemm,
+        "precision": cfg.resolved_precision(),  # "auto" resolved: what the Trainer ran
         "loss_curve": list(loss_curve),
     }
 
