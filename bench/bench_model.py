@@ -186,7 +186,11 @@ def cpu_name() -> str:
     except OSError:
         return "unknown"
     name = next((line.partition(":")[2].strip() for line in text.splitlines() if line.startswith("model name")), "")
-    return f"{name or 'unknown model'} ({cpu_vendor(text) or 'no vendor_id'})"
+    flags = next((line.partition(":")[2].split() for line in text.splitlines() if line.startswith("flags")), [])
+    # bf16-mixed gains only where the CPU multiplies bfloat16 itself; elsewhere oneDNN emulates it
+    bf16 = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
+    return (f"{name or 'unknown model'} ({cpu_vendor(text) or 'no vendor_id'}; "
+            f"bfloat16 instructions: {' '.join(bf16) or 'none'})")
 
 
 def hf_gpt2(args, max_seq_len: int):

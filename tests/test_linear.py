@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from vld.model import Backend, ModelConfig, VLDTransformer
+from vld.model.backend import machine_cpu_gemm
 from vld.model.linear import MIN_MACS, Linear, onednn_applies, onednn_linear
 
 
@@ -80,7 +81,7 @@ def test_model_layers_follow_the_backend():
         logits = model(torch.zeros(4, 64, dtype=torch.long))  # the head: 256 rows x 64 x 512, enough for oneDNN
         assert (type(logits.grad_fn).__name__ == "OneDNNLinearBackward") == (cpu_gemm == "onednn")
 
-    check(VLDTransformer(config), "onednn")  # the default
+    check(VLDTransformer(config), machine_cpu_gemm())  # the default: `auto`, this CPU's library
     for cpu_gemm in ("onednn", "blas"):
         model = VLDTransformer(config, backend=Backend(cpu_gemm=cpu_gemm))
         check(model, cpu_gemm)
