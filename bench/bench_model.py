@@ -19,7 +19,9 @@ The first line names this machine's CPU and the library `hardware.cpu_gemm: auto
    seeds stacked, through the real Lightning fit (vld.train.stacked.train_seeds), in a process
    each; with `--before REV` also the same with the `src/` of git revision REV (git archive),
    alternated with this tree's, and the ratio after / before; `--khop-precision
-   32-true,bf16-mixed` runs each with both CPU precisions (ratio bf16-mixed / float32):
+   32-true,bf16-mixed` runs each with both CPU precisions (ratio bf16-mixed / float32) and
+   `--khop-cpu-gemm onednn,blas` with both GEMM libraries (each tree, precision and library
+   is a run of its own; ratios against the first):
 
     .venv/bin/python bench/bench_model.py --sections khop --before 75db141
 
@@ -72,6 +74,9 @@ def parse_args(argv=None):
     parser.add_argument("--khop-precision", default="32-true",
                         help="section 4: comma-separated hardware.precision values to run each model with "
                              "(32-true, bf16-mixed), alternated; ratios against the first")
+    parser.add_argument("--khop-cpu-gemm", default="auto",
+                        help="section 4: comma-separated hardware.cpu_gemm values (auto, onednn, blas), "
+                             "alternated like the precisions; ratios against the first run")
     parser.add_argument("--small", action="store_true", help="section 4: tiny k-hop models (a smoke test)")
     parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     parser.add_argument("--khop-worker", help=argparse.SUPPRESS)
@@ -380,9 +385,23 @@ def generate_section(args, base):
     print(f"{'generate tokens/s, KV cache':44s} {cached:>12,.0f} {cached / uncached:>8.2f}  vs recompute (same tokens)")
 
 
+def cpu_gemm_choice(value: str, flag: str) -> str:
+    """A bench's cpu_gemm option as a library (auto: this CPU's); anything else is a one-line
+    error naming the option."""
+    from vld.errors import fail
+    from vld.model.backend import AUTO, CPU_GEMMS, resolve_cpu_gemm
+
+    if value not in (AUTO, *CPU_GEMMS):
+        fail(flag, f"unknown CPU GEMM library {value!r} (known: {AUTO}, {', '.join(CPU_GEMMS)})")
+    return resolve_cpu_gemm(value, flag)
+
+
 def khop_section(args) -> None:
-    """Section 4: each (model, source tree) trains in a process of its own, alternating over
-    --rounds; the best rate of each is printed, with after / before when --before is given."""
+    """Section 4: each (model, source tree, precision, cpu_gemm) trains in a process of its own,
+    alternating over --rounds; the best rate of each is printed, with its ratio to the first."""
+    precisions, gemms = args.khop_precision.split(","), args.khop_cpu_gemm.split(",")
+    for gemm in gemms:  # a typo fails here, not in the first worker after a minute of training
+        cpu_gemm_choice(gemm, "--khop-cpu-gemm")
     trees = {"this tree": ROOT / "src"}
     with tempfile.TemporaryDirectory() as tmp:
         if args.before:
@@ -394,32 +413,37 @@ def khop_section(args) -> None:
             trees = {f"before {args.before}": before / "src", **trees}
         print(f"# k-hop stages through the Lightning fit: {args.seeds} seeds stacked, {args.threads} threads, "
               f"steps {args.khop_warmup + 1}..{args.khop_steps} timed; best of {args.rounds} processes each")
-        precisions = args.khop_precision.split(",")
-        runs = {(name if len(precisions) == 1 else f"{name}, {precision}"): (src, precision)
-                for name, src in trees.items() for precision in precisions}
+        # a label names only what varies between the runs
+        runs = {", ".join([name] + ([precision] if len(precisions) > 1 else [])
+                          + ([f"cpu_gemm {gemm}"] if len(gemms) > 1 else [])): (src, precision, gemm)
+                for name, src in trees.items() for precision in precisions for gemm in gemms}
         for model in args.khop_models.split(","):
             rates = {label: [] for label in runs}
             for round_ in range(args.rounds):
                 labels = list(runs)[round_ % len(runs):] + list(runs)[: round_ % len(runs)]
                 for label in labels:
-                    src, precision = runs[label]
+                    src, precision, gemm = runs[label]
                     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(ROOT / "bench")]),
                            "VLD_THREADS": str(args.threads)}
                     cmd = [sys.executable, __file__, "--khop-worker", model, "--threads", str(args.threads),
                            "--khop-steps", str(args.khop_steps), "--khop-warmup", str(args.khop_warmup),
-                           "--seeds", str(args.seeds), "--khop-precision", precision,
+                           "--seeds", str(args.seeds), "--khop-precision", precision, "--khop-cpu-gemm", gemm,
                            *(["--small"] if args.small else [])]
                     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=tmp).stdout
-                    rates[label].append(json.loads(out.strip().splitlines()[-1])["positions_per_s"])
+                    result = json.loads(out.strip().splitlines()[-1])
+                    if result["cpu_gemm"] != cpu_gemm_choice(gemm, "--khop-cpu-gemm"):
+                        raise RuntimeError(f"{label}: the models ran {result['cpu_gemm']}, not {gemm}")
+                    rates[label].append(result["positions_per_s"])
             best = {label: max(values) for label, values in rates.items()}
             first = next(iter(best))
             stage = {"h2": "base", "h4": "native4"}.get(model, model)
+            width = max(58, *(len(f"positions/s, k-hop {stage} ({model}), {label}") for label in best))
             for label, rate in best.items():
                 ratio = f"{rate / best[first]:>8.2f}" if len(best) > 1 else f"{'':>8s}"
                 note = ""
                 if len(best) > 1 and label != first:
                     note = f"  vs {first}" + (" (goal: 1.3)" if args.before else "")
-                print(f"{f'positions/s, k-hop {stage} ({model}), {label}':58s} {rate:>12,.0f} {ratio}{note}")
+                print(f"{f'positions/s, k-hop {stage} ({model}), {label}':{width}s} {rate:>12,.0f} {ratio}{note}")
 
 
 def khop_worker(args) -> None:
@@ -436,7 +460,8 @@ def khop_worker(args) -> None:
     torch.set_num_threads(args.threads)
     model_cfg, spec, cfg = setting(ROOT / "params.yaml", args.khop_worker, args.khop_steps, "cpu")
     # the k-hop stage's log_every
-    cfg = dataclasses.replace(cfg, threads=args.threads, log_every=50, precision=args.khop_precision)
+    cfg = dataclasses.replace(cfg, threads=args.threads, log_every=50, precision=args.khop_precision,
+                              cpu_gemm=args.khop_cpu_gemm)
     if args.small:
         model_cfg = dataclasses.replace(model_cfg, d_model=32, n_head=2)
     parts = [seed_parts(model_cfg, spec, cfg, seed) for seed in range(args.seeds)]
@@ -453,7 +478,8 @@ def khop_worker(args) -> None:
         train_seeds(*map(list, zip(*parts)), Path(tmp) / "run", callbacks=[ends])
     timed = ends.ends[max(1, args.khop_warmup) - 1:]  # from the end of the last warm-up step
     positions = (len(timed) - 1) * args.seeds * cfg.tokens_per_step
-    print(json.dumps({"positions_per_s": positions / (timed[-1] - timed[0])}))
+    print(json.dumps({"positions_per_s": positions / (timed[-1] - timed[0]),
+                      "cpu_gemm": parts[0][0].backend.cpu_gemm}))
 
 
 if __name__ == "__main__":

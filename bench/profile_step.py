@@ -5,6 +5,8 @@ plain loop (no Trainer) for Lightning's own cost.
 
     .venv/bin/python bench/profile_step.py                       # all models; paste the output
     .venv/bin/python bench/profile_step.py --models h2 --steps 4 --warmup 1   # a smoke test
+    PYTHONPATH=/tmp/before/src .venv/bin/python bench/profile_step.py --cpu-gemm onednn
+        # another tree's src/ (git archive REV src | tar -x -C /tmp/before), with oneDNN's GEMMs
 
 Models: w256 (width 256, 4 layers, 4 heads, sequence 256, batch 16, vocab 2048: the
 bench/bench_model.py model, one seed, on token windows), h2 and h4 (params.yaml's k-hop models
@@ -48,7 +50,11 @@ CATEGORIES = ("GEMMs (linear layers)", "seed stacking (vmap copies)", "attention
 FORWARD = {"Linear": "GEMMs (linear layers)", "Attention": "attention", "LayerNorm": "norms", "RMSNorm": "norms",
            "GPT2MLP": "activation", "SwiGLU": "activation", "Embedding": "embeddings", "GPT2Block": "residual adds",
            "LlamaBlock": "residual adds"}
-# backward: autograd node name prefix -> category
+# backward: an autograd node goes where the forward op that made it ran (the profiler's
+# sequence number links the two), so a stacked linear layer's BmmBackward (cpu_gemm blas under
+# vmap) counts as GEMMs and not as attention; this table names the category of a node whose
+# forward op was not seen, and the seed-stacking nodes, which run inside the linear layers.
+SEED_STACKING_NODES = {"Unbind"}
 BACKWARD = {"OneDNNLinear": "GEMMs (linear layers)", "Addmm": "GEMMs (linear layers)", "Mm": "GEMMs (linear layers)",
             "Linear": "GEMMs (linear layers)", "T": "GEMMs (linear layers)",
             "BlockCausalAttention": "attention", "ScaledDotProduct": "attention", "Permute": "attention",
@@ -71,6 +77,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=5, help="steps before the profiled ones")
     parser.add_argument("--seeds", type=int, default=3, help="k-hop seeds trained together (params.yaml: 3)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cpu-gemm", default="auto",
+                        help="hardware.cpu_gemm of every model: auto (this CPU's library), onednn or blas")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--small", action="store_true", help="tiny shapes (a smoke test of the tool only)")
     parser.add_argument("--unattributed", action="store_true",
@@ -106,7 +114,7 @@ def build(name: str, args, work: Path) -> Setting:
         tokens = np.random.default_rng(0).integers(0, vocab, size=max(200_000, 2 * steps * batch * (seq + 1)))
         data = write_token_set(work / "tokens", tokens, np.array([0, len(tokens)]), vocab, {"generator": "bench"})
         cfg = TrainConfig(max_steps=steps, global_batch_size=batch, micro_batch_size=batch, seq_len=seq,
-                          threads=args.threads, log_every=50)
+                          threads=args.threads, log_every=50, cpu_gemm=args.cpu_gemm)
         torch.manual_seed(0)
         model = VLDTransformer(ModelConfig(vocab_size=vocab, n_layer=4, d_model=width, n_head=4, max_seq_len=seq),
                                backend=cfg.backend)
@@ -116,7 +124,8 @@ def build(name: str, args, work: Path) -> Setting:
     from bench_seeds import seed_parts, setting
 
     model_cfg, spec, cfg = setting(args.params, name, steps, "cpu")
-    cfg = dataclasses.replace(cfg, threads=args.threads, log_every=_khop_log_every(args.params))
+    cfg = dataclasses.replace(cfg, threads=args.threads, log_every=_khop_log_every(args.params),
+                              cpu_gemm=args.cpu_gemm)
     if args.small:
         model_cfg = dataclasses.replace(model_cfg, d_model=32, n_head=2)
     parts = [seed_parts(model_cfg, spec, cfg, seed) for seed in range(args.seeds)]
@@ -140,7 +149,7 @@ def knowledge(args, work: Path, steps: int) -> Setting:
     tokens = np.random.default_rng(0).integers(0, vocab, size=16_384)
     data = write_token_set(work / "tokens", tokens, np.array([0, len(tokens)]), vocab, {"generator": "bench"})
     train = {**raw.get("hardware", {}), **raw["knowledge"]["train"], "max_steps": steps, "checkpoint_every": 0,
-             "threads": args.threads}
+             "threads": args.threads, "cpu_gemm": args.cpu_gemm}
     models, datamodules, cfgs = [], [], []
     for seed in range(args.seeds):
         cfg = TrainConfig.from_dict({**train, "seed": seed})
@@ -226,7 +235,9 @@ class Labels:
         self.handles, self.patches = [], []
 
 
-def category_of(event) -> str | None:
+def category_of(event, forward_of: dict[int, str]) -> str | None:
+    """The category a labelled range names (None: not a labelled range); `forward_of` maps a
+    forward op's sequence number to its category (see forward_categories)."""
     name = event.name
     if name.startswith("vld::"):
         return name[5:]
@@ -236,7 +247,9 @@ def category_of(event) -> str | None:
             return "optimizer"  # gradients accumulated into .grad: the optimizer's input
         node = node.rstrip("0123456789")
         node = node[: -len("Backward")] if node.endswith("Backward") else node
-        return BACKWARD.get(node, "other ops")
+        if node in SEED_STACKING_NODES:
+            return BACKWARD[node]
+        return forward_of.get(event.sequence_nr) or BACKWARD.get(node, "other ops")
     if name.startswith("Optimizer.step"):
         return "optimizer"
     if name.startswith("Optimizer.zero_grad"):
@@ -246,17 +259,33 @@ def category_of(event) -> str | None:
     return None
 
 
+def forward_categories(events) -> dict[int, str]:
+    """sequence number -> category of the innermost labelled range around the first op that
+    carries it: the forward op autograd made that node for (its backward events come later)."""
+    forward_of = {}
+    for event in events:
+        if event.sequence_nr < 0 or event.sequence_nr in forward_of:
+            continue
+        where = event
+        while where is not None and not where.name.startswith("vld::"):
+            where = where.cpu_parent
+        if where is not None:
+            forward_of[event.sequence_nr] = where.name[5:]
+    return forward_of
+
+
 def attribute(events) -> tuple[dict[str, float], dict[str, float]]:
     """Self CPU microseconds per category (each event to its innermost labelled range; ops with
     none: "other ops"), and the unattributed ops' own times by name."""
     shares, other = defaultdict(float), defaultdict(float)
+    forward_of = forward_categories(events)
     for event in events:
         own = event.self_cpu_time_total
         if not own:
             continue
         where, label = event, None
         while where is not None and label is None:
-            label = category_of(where)
+            label = category_of(where, forward_of)
             where = where.cpu_parent
         if label is None:
             label = "other ops"
@@ -385,11 +414,11 @@ def main(argv=None) -> None:
         from vld.errors import fail
 
         fail("--models", f"unknown model {sorted(unknown)[0]!r} (known: {', '.join(MODELS)})")
+    from bench_model import cpu_gemm_choice, cpu_name
+
+    cpu_gemm = cpu_gemm_choice(args.cpu_gemm, "--cpu-gemm")  # a typo fails before any model trains
     os.environ["VLD_THREADS"] = str(args.threads)
     import torch
-
-    from bench_model import cpu_name
-    from vld.model.backend import machine_cpu_gemm
 
     torch.set_num_threads(args.threads)
     results, timings, unattributed = {}, {}, {}
@@ -398,7 +427,7 @@ def main(argv=None) -> None:
             results[name] = profile(name, args, Path(tmp) / f"{name}-profile")
             timings[name] = plain_step_s(name, args, Path(tmp) / f"{name}-plain")
             unattributed[name] = results[name][2]
-    print(f"CPU: {cpu_name()}; cpu_gemm {machine_cpu_gemm()}; {args.threads} threads; torch {torch.__version__};"
+    print(f"CPU: {cpu_name()}; cpu_gemm {cpu_gemm}; {args.threads} threads; torch {torch.__version__};"
           f" {args.steps} steps after {args.warmup}; k-hop: {args.seeds} seeds stacked"
           + ("; --small shapes" if args.small else ""))
     print()

@@ -1,0 +1,51 @@
+"""bench/profile_step.py's attribution (issue 27): a backward node counts where the forward op
+that made it ran, so a stacked linear layer's batched matmul (cpu_gemm blas under vmap) is a
+GEMM, not attention, although both leave a BmmBackward node."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.profiler import record_function
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import profile_step  # noqa: E402
+
+GEMMS, ATTENTION = "GEMMs (linear layers)", "attention"
+
+
+def test_each_bmm_backward_goes_to_the_range_its_forward_ran_in():
+    x = torch.randn(3, 8, 4, requires_grad=True)  # 3 stacked seeds
+    weight = torch.randn(3, 5, 4, requires_grad=True)
+    with torch.profiler.profile() as prof:
+        with record_function(f"vld::{GEMMS}"):
+            y = torch.func.vmap(F.linear)(x, weight)  # batched over the seeds: a bmm
+        with record_function(f"vld::{ATTENTION}"):
+            scores = torch.bmm(y, y.transpose(1, 2))
+        scores.sum().backward()
+    events = prof.events()
+    forward_of = profile_step.forward_categories(events)
+    bmm_nodes = [e for e in events if e.name == profile_step.EVALUATE + "BmmBackward0"]
+    assert len(bmm_nodes) == 2
+    assert sorted(profile_step.category_of(e, forward_of) for e in bmm_nodes) == [GEMMS, ATTENTION]
+    # the node's name alone (the table's guess) would have put both in attention
+    assert profile_step.category_of(bmm_nodes[0], {}) == ATTENTION
+
+
+def test_a_backward_call_inside_a_range_keeps_each_node_where_its_forward_ran():
+    x = torch.randn(4, 4, requires_grad=True)
+    with torch.profiler.profile() as prof:
+        with record_function("vld::loss"):  # the backward call runs inside this range too
+            with record_function(f"vld::{GEMMS}"):
+                y = x @ x
+            y.sum().backward()
+    events = prof.events()
+    forward_of = profile_step.forward_categories(events)
+    nodes = {e.name[len(profile_step.EVALUATE):]: profile_step.category_of(e, forward_of)
+             for e in events if e.name.startswith(profile_step.EVALUATE)}
+    assert nodes["MmBackward0"] == GEMMS
+    assert nodes["SumBackward0"] == "loss"
