@@ -7,6 +7,7 @@ plain loop (no Trainer) for Lightning's own cost.
     .venv/bin/python bench/profile_step.py --models h2 --steps 4 --warmup 1   # a smoke test
     PYTHONPATH=/tmp/before/src .venv/bin/python bench/profile_step.py --cpu-gemm onednn
         # another tree's src/ (git archive REV src | tar -x -C /tmp/before), with oneDNN's GEMMs
+    .venv/bin/python bench/profile_step.py --models h2,h4 --precision bf16-mixed   # CPU bfloat16
 
 Models: w256 (width 256, 4 layers, 4 heads, sequence 256, batch 16, vocab 2048: the
 bench/bench_model.py model, one seed, on token windows), h2 and h4 (params.yaml's k-hop models
@@ -43,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 MODELS = ("w256", "h2", "h4", "k32")
-CATEGORIES = ("GEMMs (linear layers)", "seed stacking (vmap copies)", "attention", "norms", "activation", "embeddings", "residual adds", "loss",
+CASTS = "linear layers' casts (bf16-mixed)"
+CATEGORIES = ("GEMMs (linear layers)", CASTS, "seed stacking (vmap copies)", "attention", "norms", "activation", "embeddings", "residual adds", "loss",
               "optimizer", "zero_grad", "gradient clipping", "loss logging", "data", "allocator (new tensors)", "other ops",
               "Python, Lightning, untraced")
 # forward: module class name -> category (the innermost labelled module owns an op)
@@ -79,6 +81,9 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cpu-gemm", default="auto",
                         help="hardware.cpu_gemm of every model: auto (this CPU's library), onednn or blas")
+    parser.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed"),
+                        help="hardware.precision of every model (bf16-mixed: the plain loop runs the "
+                             "forward under CPU autocast, as Lightning does)")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--small", action="store_true", help="tiny shapes (a smoke test of the tool only)")
     parser.add_argument("--unattributed", action="store_true",
@@ -114,7 +119,8 @@ def build(name: str, args, work: Path) -> Setting:
         tokens = np.random.default_rng(0).integers(0, vocab, size=max(200_000, 2 * steps * batch * (seq + 1)))
         data = write_token_set(work / "tokens", tokens, np.array([0, len(tokens)]), vocab, {"generator": "bench"})
         cfg = TrainConfig(max_steps=steps, global_batch_size=batch, micro_batch_size=batch, seq_len=seq,
-                          threads=args.threads, log_every=50, cpu_gemm=args.cpu_gemm)
+                          threads=args.threads, log_every=50, cpu_gemm=args.cpu_gemm,
+                          precision=args.precision)
         torch.manual_seed(0)
         model = VLDTransformer(ModelConfig(vocab_size=vocab, n_layer=4, d_model=width, n_head=4, max_seq_len=seq),
                                backend=cfg.backend)
@@ -125,7 +131,7 @@ def build(name: str, args, work: Path) -> Setting:
 
     model_cfg, spec, cfg = setting(args.params, name, steps, "cpu")
     cfg = dataclasses.replace(cfg, threads=args.threads, log_every=_khop_log_every(args.params),
-                              cpu_gemm=args.cpu_gemm)
+                              cpu_gemm=args.cpu_gemm, precision=args.precision)
     if args.small:
         model_cfg = dataclasses.replace(model_cfg, d_model=32, n_head=2)
     parts = [seed_parts(model_cfg, spec, cfg, seed) for seed in range(args.seeds)]
@@ -149,7 +155,7 @@ def knowledge(args, work: Path, steps: int) -> Setting:
     tokens = np.random.default_rng(0).integers(0, vocab, size=16_384)
     data = write_token_set(work / "tokens", tokens, np.array([0, len(tokens)]), vocab, {"generator": "bench"})
     train = {**raw.get("hardware", {}), **raw["knowledge"]["train"], "max_steps": steps, "checkpoint_every": 0,
-             "threads": args.threads, "cpu_gemm": args.cpu_gemm}
+             "threads": args.threads, "cpu_gemm": args.cpu_gemm, "precision": args.precision}
     models, datamodules, cfgs = [], [], []
     for seed in range(args.seeds):
         cfg = TrainConfig.from_dict({**train, "seed": seed})
@@ -249,7 +255,8 @@ def category_of(event, forward_of: dict[int, str]) -> str | None:
         node = node[: -len("Backward")] if node.endswith("Backward") else node
         if node in SEED_STACKING_NODES:
             return BACKWARD[node]
-        return forward_of.get(event.sequence_nr) or BACKWARD.get(node, "other ops")
+        label = forward_of.get(event.sequence_nr) or BACKWARD.get(node, "other ops")
+        return CASTS if node == "ToCopy" and label == "GEMMs (linear layers)" else label
     if name.startswith("Optimizer.step"):
         return "optimizer"
     if name.startswith("Optimizer.zero_grad"):
@@ -283,14 +290,17 @@ def attribute(events) -> tuple[dict[str, float], dict[str, float]]:
         own = event.self_cpu_time_total
         if not own:
             continue
-        where, label = event, None
+        where, label, cast = event, None, False
         while where is not None and label is None:
             label = category_of(where, forward_of)
+            cast = cast or where.name == "aten::_to_copy"
             where = where.cpu_parent
         if label is None:
             label = "other ops"
         if label == "GEMMs (linear layers)" and event.name in ("aten::cat", "aten::stack"):
             label = "seed stacking (vmap copies)"  # OneDNNLinear.vmap stacking the seeds' outputs
+        if label == "GEMMs (linear layers)" and cast:
+            label = CASTS  # bf16-mixed: vld.model.linear casting its operands
         if event.name in ALLOCATION:
             label = "allocator (new tensors)"
         if label == "other ops":
@@ -390,7 +400,8 @@ def plain_step_s(name: str, args, work: Path) -> tuple[float, float, float]:
     times = []
     for index, batch in enumerate(batches):
         start = time.perf_counter()
-        loss = module.training_step(batch, index)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed"):
+            loss = module.training_step(batch, index)
         loss.backward()
         if cfg.optim.grad_clip:
             if len(fresh.models) == 1:
@@ -427,7 +438,7 @@ def main(argv=None) -> None:
             results[name] = profile(name, args, Path(tmp) / f"{name}-profile")
             timings[name] = plain_step_s(name, args, Path(tmp) / f"{name}-plain")
             unattributed[name] = results[name][2]
-    print(f"CPU: {cpu_name()}; cpu_gemm {cpu_gemm}; {args.threads} threads; torch {torch.__version__};"
+    print(f"CPU: {cpu_name()}; cpu_gemm {cpu_gemm}; {args.precision}; {args.threads} threads; torch {torch.__version__};"
           f" {args.steps} steps after {args.warmup}; k-hop: {args.seeds} seeds stacked"
           + ("; --small shapes" if args.small else ""))
     print()

@@ -49,3 +49,20 @@ def test_a_backward_call_inside_a_range_keeps_each_node_where_its_forward_ran():
              for e in events if e.name.startswith(profile_step.EVALUATE)}
     assert nodes["MmBackward0"] == GEMMS
     assert nodes["SumBackward0"] == "loss"
+
+
+def test_the_linear_layers_casts_are_apart_from_their_gemms():
+    x = torch.randn(16, 8, requires_grad=True)
+    weight = torch.randn(4, 8, requires_grad=True)
+    with torch.profiler.profile() as prof:
+        with record_function(f"vld::{GEMMS}"):  # a linear layer casting its operands (bf16-mixed)
+            y = F.linear(x.to(torch.bfloat16), weight.to(torch.bfloat16))
+        y.float().sum().backward()
+    events = prof.events()
+    forward_of = profile_step.forward_categories(events)
+    nodes = [profile_step.category_of(e, forward_of) for e in events
+             if e.name == profile_step.EVALUATE + "ToCopyBackward0"]
+    # the operands' two casts are the linear layer's; the loss's cast back is not in any range
+    assert nodes.count(profile_step.CASTS) == 2
+    shares, _ = profile_step.attribute(events)
+    assert shares[profile_step.CASTS] > 0 and shares[GEMMS] > 0
