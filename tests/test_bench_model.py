@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,13 +19,11 @@ def run_bench(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_unknown_cpu_gemm_fails_in_one_line_before_training():
-    start = time.perf_counter()
     result = run_bench("--khop-cpu-gemm", "onednn,mkl")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
         "vld: error: --khop-cpu-gemm: unknown CPU GEMM library 'mkl' (known: auto, onednn, blas)"]
-    assert "positions/s" not in result.stdout
-    assert time.perf_counter() - start < 60  # no k-hop run was started (one takes longer than that)
+    assert "positions/s" not in result.stdout and "k-hop stages" not in result.stdout  # no run started
 
 
 def test_khop_section_races_each_library():
