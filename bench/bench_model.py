@@ -10,8 +10,8 @@ The first line names this machine's CPU and the library `hardware.cpu_gemm: auto
    choices of `Backend.cpu_gemm` (see vld.model.linear), and of the whole step's GEMMs;
 1. identity schedule vs Hugging Face GPT2LMHeadModel (SDPA), same width/depth/heads/seq/batch,
    each trained in its own process (the steady state of a training run; see `hf_section`),
-   under glibc's default allocator and again with freed memory kept (no page faults); our
-   model runs with each cpu_gemm library;
+   under glibc's default allocator and again with freed memory kept (no page faults; what a
+   vld training run does, vld.train.memory); our model runs with each cpu_gemm library;
 2. cycle xk (k = 1..3) vs base: block-stack time against (k+1) x the base block-stack time,
    and against the unrolled (untied) model of the same effective depth (schedule overhead);
 3. greedy generation of 512 tokens with the KV cache vs recomputing the sequence each step;
@@ -99,7 +99,9 @@ def main(argv=None) -> None:
         args.steps, args.gen_tokens, args.rounds = 3, 128, 1
         args.khop_steps, args.khop_warmup = 30, 5
     if args.keep_freed_memory:
-        keep_freed_memory()  # before torch allocates anything
+        from vld.train.memory import keep_freed_memory
+
+        keep_freed_memory()  # before torch allocates anything, as a training run's fit does
     import torch
     import torch.nn.functional as F
 
@@ -213,16 +215,6 @@ def hf_logits(model, x):
     return model(input_ids=x, use_cache=False).logits
 
 
-def keep_freed_memory() -> None:
-    """Make glibc keep freed memory for reuse instead of returning it to the kernel, so big
-    tensors stop page-faulting fresh pages every step (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD)."""
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-3, 1 << 30)
-    libc.mallopt(-1, 1 << 31)
-
-
 def worker_times(step, n: int, clock) -> dict:
     """Seconds and minor page faults of each of `n` steps after 2 warm-up steps."""
     import resource
@@ -251,7 +243,7 @@ def hf_section(args, argv, n_tokens: int, chosen: str) -> dict:
 
     passed = sys.argv[1:] if argv is None else list(argv)
     medians = {}
-    for mode, extra in (("default allocator", []), ("freed memory kept", ["--keep-freed-memory"])):
+    for mode, extra in (("default allocator", []), ("freed memory kept (as vld training runs)", ["--keep-freed-memory"])):
         runs = {name: [] for name in WORKERS}
         for round_ in range(args.rounds):
             order = list(WORKERS)[round_ % len(WORKERS):] + list(WORKERS)[: round_ % len(WORKERS)]

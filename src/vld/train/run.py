@@ -27,6 +27,7 @@ from vld.atomic import write_failure, write_json
 from vld.errors import fail
 from vld.train.config import TrainConfig, apply_threads, busy_cores, busy_note, check_devices, machine_cores
 from vld.train.datamodules import _WindowDataModuleBase
+from vld.train.memory import keep_freed_memory
 from vld.train.module import LMModule
 from vld.train.quiet import quiet_third_party
 
@@ -384,6 +385,7 @@ def fit(
         # model's CPU step (docs/model.md, "Where a training step's time goes"). Every kernel
         # the training step runs writes its whole output, so the results are the same without.
         torch.utils.deterministic.fill_uninitialized_memory = False
+        keep_freed_memory()  # no fresh pages to fault in at every step; the arithmetic is the same
     callbacks = [SameResumeOnEveryRank(ckpt_dir / LAST, resume_step), ThreadCount(cfg), *callbacks]
     trainer = build_trainer(cfg, out_dir, logger=logger, callbacks=callbacks, distributed_sampler=distributed_sampler,
                             model=module.model)
