@@ -147,6 +147,27 @@ def test_stacked_forward_runs_each_models_own_gemms(cpu_gemm):
     assert ("OneDNNLinearBackward" in visited.values()) == (cpu_gemm == "onednn")
 
 
+def test_stacked_forward_with_trained_norms_is_each_models_own_within_rounding():
+    """Once LayerNorm's weight and bias have moved from 1 and 0, vmap's LayerNorm (normalise, then
+    multiply and add per seed) rounds differently from the fused kernel of a single run: each
+    seed's logits stay its own model's to float32 rounding, and not another seed's."""
+    models = [tiny_model(seed=seed, **WIDE) for seed in range(3)]
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for model in models:
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.add_(0.1 * torch.randn(p.shape, generator=generator))
+    tokens = torch.randint(0, 64, (3, 4, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = StackedModel(models)(tokens)
+        own = [model(tokens[i]) for i, model in enumerate(models)]
+        swapped = models[1](tokens[0])  # another seed's weights on seed 0's tokens
+    for i in range(3):
+        torch.testing.assert_close(logits[i], own[i], rtol=0, atol=1e-5)
+    assert (logits[0] - swapped).abs().max() > 1e-2
+
+
 def test_activation_checkpointing_is_turned_off_in_the_stack_with_a_note(capsys):
     """torch.utils.checkpoint cannot recompute inside vmap: the stack runs without it (same
     values), says so, and leaves the caller's models as they were."""
