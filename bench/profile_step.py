@@ -187,6 +187,24 @@ class Labels:
 
     def __init__(self):
         self.handles, self.patches = [], []
+        # autograd node sequence number -> the innermost labelled module that made the node. The
+        # profiler links most backward nodes to their forward op by sequence number, but not the
+        # ops vmap decomposes a batched call into (a stacked LayerNorm's weight and bias, a
+        # stacked linear layer's bias under cpu_gemm blas): walking each module's output graph
+        # back to its input finds those too.
+        self.node_labels: dict[int, str] = {}
+
+    def label_nodes(self, node, floor: int, label: str) -> None:
+        """Label every node made after sequence number `floor` that `node` reaches; the inner
+        modules' hooks ran first, so their nodes keep their own labels."""
+        stack, seen = [node], set()
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in seen or node_seq(node) <= floor:
+                continue
+            seen.add(id(node))
+            self.node_labels.setdefault(node_seq(node), label)
+            stack.extend(next_node for next_node, _ in node.next_functions)
 
     def install(self, models) -> None:
         import torch
@@ -205,10 +223,14 @@ class Labels:
                 stack = []
 
                 def pre(mod, inputs, label=label, stack=stack):
-                    stack.append(record_function(f"vld::{label}").__enter__())
+                    floor = max((node_seq(graph_node(x)) for x in inputs if isinstance(x, torch.Tensor)), default=-1)
+                    stack.append((record_function(f"vld::{label}").__enter__(), floor))
 
-                def post(mod, inputs, output, stack=stack):
-                    stack.pop().__exit__(None, None, None)
+                def post(mod, inputs, output, label=label, stack=stack):
+                    span, floor = stack.pop()
+                    span.__exit__(None, None, None)
+                    if isinstance(output, torch.Tensor):
+                        self.label_nodes(graph_node(output), floor, label)
 
                 self.handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
 
@@ -239,6 +261,23 @@ class Labels:
         for owner, attr, original in reversed(self.patches):
             setattr(owner, attr, original)
         self.handles, self.patches = [], []
+
+
+def graph_node(tensor):
+    """The autograd node that made `tensor`, through vmap's batched wrappers (None: a leaf)."""
+    import torch
+
+    while torch._C._functorch.is_batchedtensor(tensor):
+        tensor = torch._C._functorch.get_unwrapped(tensor)
+    return tensor.grad_fn
+
+
+def node_seq(node) -> int:
+    """A node's sequence number; -1 for none and for AccumulateGrad (a parameter's, made before
+    any step, numbered last)."""
+    if node is None or type(node).__name__ == "AccumulateGrad":
+        return -1
+    return node._sequence_nr()
 
 
 def category_of(event, forward_of: dict[int, str]) -> str | None:
@@ -274,18 +313,19 @@ def forward_categories(events) -> dict[int, str]:
         if event.sequence_nr < 0 or event.sequence_nr in forward_of:
             continue
         where = event
-        while where is not None and not where.name.startswith("vld::"):
+        while where is not None and not where.name.startswith(("vld::", EVALUATE)):
             where = where.cpu_parent
-        if where is not None:
+        if where is not None and where.name.startswith("vld::"):  # not a backward node's own range
             forward_of[event.sequence_nr] = where.name[5:]
     return forward_of
 
 
-def attribute(events) -> tuple[dict[str, float], dict[str, float]]:
+def attribute(events, node_labels: dict[int, str] | None = None) -> tuple[dict[str, float], dict[str, float]]:
     """Self CPU microseconds per category (each event to its innermost labelled range; ops with
-    none: "other ops"), and the unattributed ops' own times by name."""
+    none: "other ops"), and the unattributed ops' own times by name. `node_labels`: Labels'
+    node_labels, ahead of the profiler's own links."""
     shares, other = defaultdict(float), defaultdict(float)
-    forward_of = forward_categories(events)
+    forward_of = {**forward_categories(events), **(node_labels or {})}
     for event in events:
         own = event.self_cpu_time_total
         if not own:
@@ -358,7 +398,7 @@ def profile(name: str, args, work: Path) -> tuple[dict[str, float], float, dict[
             fit(setting, work / "profiled", [clock])
         finally:
             labels.remove()
-    shares, other = attribute(prof.events())
+    shares, other = attribute(prof.events(), labels.node_labels)
     steps = args.steps
     per_step = {label: us / steps for label, us in shares.items()}
     return per_step, setting.positions_per_step(), {k: v / steps for k, v in other.items()}

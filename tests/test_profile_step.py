@@ -1,6 +1,7 @@
 """bench/profile_step.py's attribution (issue 27): a backward node counts where the forward op
 that made it ran, so a stacked linear layer's batched matmul (cpu_gemm blas under vmap) is a
-GEMM, not attention, although both leave a BmmBackward node."""
+GEMM, not attention, although both leave a BmmBackward node; the nodes vmap makes of a stacked
+LayerNorm and linear layer count as theirs."""
 
 from __future__ import annotations
 
@@ -66,3 +67,37 @@ def test_the_linear_layers_casts_are_apart_from_their_gemms():
     assert nodes.count(profile_step.CASTS) == 2
     shares, _ = profile_step.attribute(events)
     assert shares[profile_step.CASTS] > 0 and shares[GEMMS] > 0
+
+
+def test_the_ops_vmap_decomposes_a_stacked_call_into_count_for_the_module_that_made_them():
+    """Under vmap a stacked LayerNorm runs as a normalisation, a multiply and an add, and a stacked
+    linear layer as a matmul and an add (cpu_gemm blas): the profiler links no forward op to
+    those Mul/Add nodes, and the node names alone would call them the loss's and the residual
+    adds'. Labels walks each module's output graph and finds them."""
+    from torch import nn
+
+    net = nn.Sequential(nn.LayerNorm(4), nn.Linear(4, 5))
+    params = {name: torch.stack([p.detach() + 0.1 * seed for seed in range(3)]).requires_grad_()
+              for name, p in net.named_parameters()}
+    x = torch.randn(3, 8, 4, requires_grad=True)
+    labels = profile_step.Labels()
+    labels.install([net])
+    try:
+        with torch.profiler.profile() as prof:
+            y = torch.func.vmap(lambda p, x: torch.func.functional_call(net, p, (x,)))(params, x)
+            y.sum().backward()
+    finally:
+        labels.remove()
+    events = prof.events()
+
+    def nodes(forward_of):
+        return {(e.name[len(profile_step.EVALUATE):], profile_step.category_of(e, forward_of))
+                for e in events if e.name.startswith(profile_step.EVALUATE)}
+
+    walked = nodes({**profile_step.forward_categories(events), **labels.node_labels})
+    assert {("MulBackward0", "norms"), ("AddBackward0", "norms"), ("AddBackward0", GEMMS)} <= walked
+    # every node but the sum taken as the loss and the parameters' AccumulateGrad is one of the two modules'
+    assert {label for node, label in walked if node != "SumBackward0" and not node.endswith("AccumulateGrad")} == {
+        "norms", GEMMS}
+    linked = nodes(profile_step.forward_categories(events))  # the profiler's links alone
+    assert ("MulBackward0", "norms") not in linked
