@@ -377,23 +377,14 @@ def generate_section(args, base):
     print(f"{'generate tokens/s, KV cache':44s} {cached:>12,.0f} {cached / uncached:>8.2f}  vs recompute (same tokens)")
 
 
-def cpu_gemm_choice(value: str, flag: str) -> str:
-    """A bench's cpu_gemm option as a library (auto: this CPU's); anything else is a one-line
-    error naming the option."""
-    from vld.errors import fail
-    from vld.model.backend import AUTO, CPU_GEMMS, resolve_cpu_gemm
-
-    if value not in (AUTO, *CPU_GEMMS):
-        fail(flag, f"unknown CPU GEMM library {value!r} (known: {AUTO}, {', '.join(CPU_GEMMS)})")
-    return resolve_cpu_gemm(value, flag)
-
-
 def khop_section(args) -> None:
     """Section 4: each (model, source tree, precision, cpu_gemm) trains in a process of its own,
     alternating over --rounds; the best rate of each is printed, with its ratio to the first."""
+    from vld.model.backend import resolve_cpu_gemm
+
     precisions, gemms = args.khop_precision.split(","), args.khop_cpu_gemm.split(",")
-    for gemm in gemms:  # a typo fails here, not in the first worker after a minute of training
-        cpu_gemm_choice(gemm, "--khop-cpu-gemm")
+    # each option's library, resolved once; a typo fails here, not in the first worker after a minute of training
+    libraries = {gemm: resolve_cpu_gemm(gemm, "--khop-cpu-gemm") for gemm in gemms}
     trees = {"this tree": ROOT / "src"}
     with tempfile.TemporaryDirectory() as tmp:
         if args.before:
@@ -423,7 +414,7 @@ def khop_section(args) -> None:
                            *(["--small"] if args.small else [])]
                     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=tmp).stdout
                     result = json.loads(out.strip().splitlines()[-1])
-                    if result["cpu_gemm"] != cpu_gemm_choice(gemm, "--khop-cpu-gemm"):
+                    if result["cpu_gemm"] != libraries[gemm]:
                         raise RuntimeError(f"{label}: the models ran {result['cpu_gemm']}, not {gemm}")
                     rates[label].append(result["positions_per_s"])
             best = {label: max(values) for label, values in rates.items()}

@@ -200,10 +200,11 @@ class Labels:
         stack, seen = [node], set()
         while stack:
             node = stack.pop()
-            if node is None or id(node) in seen or node_seq(node) <= floor:
+            seq = node_seq(node)
+            if seq <= floor or id(node) in seen:
                 continue
             seen.add(id(node))
-            self.node_labels.setdefault(node_seq(node), label)
+            self.node_labels.setdefault(seq, label)
             stack.extend(next_node for next_node, _ in node.next_functions)
 
     def install(self, models) -> None:
@@ -465,9 +466,10 @@ def main(argv=None) -> None:
         from vld.errors import fail
 
         fail("--models", f"unknown model {sorted(unknown)[0]!r} (known: {', '.join(MODELS)})")
-    from bench_model import cpu_gemm_choice, cpu_name
+    from bench_model import cpu_name
+    from vld.model.backend import resolve_cpu_gemm
 
-    cpu_gemm = cpu_gemm_choice(args.cpu_gemm, "--cpu-gemm")  # a typo fails before any model trains
+    cpu_gemm = resolve_cpu_gemm(args.cpu_gemm, "--cpu-gemm")  # a typo fails before any model trains
     os.environ["VLD_THREADS"] = str(args.threads)
     import torch
 

@@ -73,12 +73,12 @@ def machine_cpu_gemm() -> str:
 
 
 def resolve_cpu_gemm(value, where: str) -> str:
-    """hardware.cpu_gemm as a library: "auto" becomes this CPU's (machine_cpu_gemm), a library
-    stays; anything else is a one-line UserError naming `where`.cpu_gemm."""
+    """A cpu_gemm setting as a library: "auto" becomes this CPU's (machine_cpu_gemm), a library
+    stays; anything else is a one-line UserError naming `where` (the setting, or a bench's flag)."""
     if value == AUTO:
         return machine_cpu_gemm()
     if not isinstance(value, str) or value not in CPU_GEMMS:
-        fail(f"{where}.cpu_gemm", f"unknown CPU GEMM library {value!r} (known: {AUTO}, {', '.join(CPU_GEMMS)})")
+        fail(where, f"unknown CPU GEMM library {value!r} (known: {AUTO}, {', '.join(CPU_GEMMS)})")
     return value
 
 

@@ -134,7 +134,7 @@ class TrainConfig:
         # (metrics, MLflow params, the variant's fingerprint, the resume check) is what ran.
         from vld.model.backend import resolve_cpu_gemm
 
-        self.cpu_gemm = resolve_cpu_gemm(self.cpu_gemm, where)
+        self.cpu_gemm = resolve_cpu_gemm(self.cpu_gemm, f"{where}.cpu_gemm")
         if self.threads is None:
             processes = self.devices if isinstance(self.devices, int) and self.devices >= 1 else 1
             self.threads = default_threads(processes)
