@@ -11,7 +11,10 @@ The first line names this machine's CPU and the library `hardware.cpu_gemm: auto
 1. identity schedule vs Hugging Face GPT2LMHeadModel (SDPA), same width/depth/heads/seq/batch,
    each trained in its own process (the steady state of a training run; see `hf_section`),
    under glibc's default allocator and again with freed memory kept (no page faults; what a
-   vld training run does, vld.train.memory); our model runs with each cpu_gemm library;
+   vld training run does, vld.train.memory); our model runs with each cpu_gemm library (and,
+   with --compile, under torch.compile); then the step's weight GEMMs, its attention and its
+   GELU, each replayed alone: the GEMM ceiling, and the most of it the step could reach while
+   it computes the attention and the GELU;
 2. cycle xk (k = 1..3) vs base: block-stack time against (k+1) x the base block-stack time,
    and against the unrolled (untied) model of the same effective depth (schedule overhead);
 3. greedy generation of 512 tokens with the KV cache vs recomputing the sequence each step;
@@ -43,6 +46,7 @@ from pathlib import Path
 
 # section 1's processes: the model each trains (vld: with that cpu_gemm)
 WORKERS = {"vld-onednn": "onednn", "vld-blas": "blas", "hf": None}
+COMPILED = "vld-compiled"  # with --compile: torch.compile of the model with auto's library
 SECTIONS = ("gemm", "hf", "cycle", "generate", "khop")
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +82,10 @@ def parse_args(argv=None):
                         help="section 4: comma-separated hardware.cpu_gemm values (auto, onednn, blas), "
                              "alternated like the precisions; ratios against the first run")
     parser.add_argument("--small", action="store_true", help="section 4: tiny k-hop models (a smoke test)")
-    parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true",
+                        help="section 1: also train our model under torch.compile (inductor; changes the"
+                             " arithmetic; about a minute of compilation per process)")
+    parser.add_argument("--worker", choices=[*WORKERS, COMPILED], help=argparse.SUPPRESS)
     parser.add_argument("--khop-worker", help=argparse.SUPPRESS)
     parser.add_argument("--keep-freed-memory", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -153,6 +160,8 @@ def main(argv=None) -> None:
     if args.worker:
         if args.worker == "hf":
             model, logits_of = hf_gpt2(args, base.config.max_seq_len), hf_logits
+        elif args.worker == COMPILED:
+            model, logits_of = base, lambda m, x, compiled=torch.compile(base): compiled(x)
         else:
             model, logits_of = VLDTransformer(config(), backend=Backend(cpu_gemm=WORKERS[args.worker])).train(), vld_logits
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -169,10 +178,17 @@ def main(argv=None) -> None:
         step_s = hf_section(args, argv, n_tokens, chosen)
         floor = race({"gemm": weight_gemms(base, n_tokens)}, args.steps)["gemm"]
         vld_step = step_s[f"vld-{chosen}"]
-        print(f"{'step s, its weight GEMMs alone (replayed)':44s} {floor:>12.3f} {floor / vld_step:>8.2f}  of the VLD step"
+        print(f"{'step s, its weight GEMMs alone (replayed)':44s} {floor:>12.4f} {floor / vld_step:>8.2f}  of the VLD step"
               f" ({chosen}; = its share of the ceiling)")
         print(f"{'  % of the GEMM ceiling reached':44s} {100 * floor / vld_step:>11.0f}% {'':>8s}  goal: 80%")
         print(f"{'  ceiling if all else were free':44s} {'':>12s} {step_s['hf'] / floor:>8.2f}  vs HF (no page faults)")
+        kernels = race({"attention": attention_kernels(base, args), "gelu": gelu_kernels(base, args)}, args.steps)
+        for name, label in (("attention", "the attention (block-causal kernel)"), ("gelu", "the MLP's GELU (tanh form)")):
+            print(f"{'step s, ' + label:44s} {kernels[name]:>12.4f} {kernels[name] / vld_step:>8.2f}  of the VLD step"
+                  " (forward + backward, replayed alone)")
+        cap = floor / (floor + kernels["attention"] + kernels["gelu"])
+        print(f"{'  most % reachable with both kept':44s} {100 * cap:>11.0f}% {'':>8s}  weight GEMMs / (them + attention"
+              " + GELU): the share if all else were free")
 
     if sections & {"cycle", "generate"}:
         print(f"# sections 2-3: fastest of {args.steps} interleaved steps")
@@ -242,11 +258,12 @@ def hf_section(args, argv, n_tokens: int, chosen: str) -> dict:
     import sys
 
     passed = sys.argv[1:] if argv is None else list(argv)
+    workers = [*WORKERS, COMPILED] if args.compile else list(WORKERS)
     medians = {}
     for mode, extra in (("default allocator", []), ("freed memory kept (as vld training runs)", ["--keep-freed-memory"])):
-        runs = {name: [] for name in WORKERS}
+        runs = {name: [] for name in workers}
         for round_ in range(args.rounds):
-            order = list(WORKERS)[round_ % len(WORKERS):] + list(WORKERS)[: round_ % len(WORKERS)]
+            order = workers[round_ % len(workers):] + workers[: round_ % len(workers)]
             for name in order:
                 out = subprocess.run([sys.executable, __file__, *passed, "--worker", name, *extra],
                                      check=True, capture_output=True, text=True).stdout
@@ -263,6 +280,10 @@ def hf_section(args, argv, n_tokens: int, chosen: str) -> dict:
             note = "HF's GEMM library" if library == "blas" else "oneDNN"
             print(f"{'train tokens/s, ' + label:44s} {n_tokens / step[name]:>12,.0f} "
                   f"{step['hf'] / step[name]:>8.2f}  vs HF ({note}); {faults[name]:,.0f} page faults/step")
+        if args.compile:
+            print(f"{'train tokens/s, VLD, torch.compile (' + chosen + ')':44s} {n_tokens / step[COMPILED]:>12,.0f} "
+                  f"{step['hf'] / step[COMPILED]:>8.2f}  vs HF; {step[f'vld-{chosen}'] / step[COMPILED]:.2f}x eager"
+                  f" ({chosen}); {faults[COMPILED]:,.0f} page faults/step")
         medians = step
     return medians
 
@@ -302,6 +323,42 @@ def weight_gemms(model, n_tokens: int):
         for three in gemms:
             for gemm in three:
                 gemm()
+
+    return step
+
+
+def attention_kernels(model, args):
+    """One training step's attention, forward and backward, in every layer, alone: the kernel the
+    step runs (vld.model.attention on CPU) on q, k, v in the fused projection's layout."""
+    import torch
+
+    from vld.model.attention import causal_attention
+
+    heads, head_dim = args.heads, args.width // args.heads
+    fused = torch.randn(args.batch, args.seq, 3, heads, head_dim, requires_grad=True)
+    grad_out = torch.randn(args.batch, args.seq, args.width)
+
+    def step():
+        for _ in range(model.effective_depth):
+            causal_attention(fused.permute(2, 0, 3, 1, 4)).backward(grad_out)
+        fused.grad = None
+
+    return step
+
+
+def gelu_kernels(model, args):
+    """One training step's MLP activation (GPT-2's tanh-form GELU), forward and backward, in every
+    layer, alone."""
+    import torch
+    import torch.nn.functional as F
+
+    hidden = torch.randn(args.batch, args.seq, model.config.ff_dim, requires_grad=True)
+    grad_out = torch.randn_like(hidden)
+
+    def step():
+        for _ in range(model.effective_depth):
+            F.gelu(hidden, approximate="tanh").backward(grad_out)
+        hidden.grad = None
 
     return step
 

@@ -37,3 +37,23 @@ def test_khop_section_races_each_library():
     assert all(rate > 0 for rate in rates)
     # the printed ratio is the row's rate over the first row's
     assert abs(float(rows[1][2]) - rates[1] / rates[0]) < 0.006  # the rates are printed rounded
+
+
+def test_hf_section_bounds_the_ceiling_share_by_the_replayed_kernels():
+    result = subprocess.run([sys.executable, str(SCRIPT), "--sections", "hf", "--quick", "--width", "64", "--heads", "2",
+                             "--seq", "64", "--batch", "4", "--vocab", "64", "--layers", "2", "--threads", "1"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    def seconds(label: str) -> float:
+        match = re.search(rf"^step s, {re.escape(label)}\s+([\d.]+)", result.stdout, re.MULTILINE)
+        assert match, result.stdout
+        return float(match.group(1))
+
+    gemms, attention = seconds("its weight GEMMs alone (replayed)"), seconds("the attention (block-causal kernel)")
+    gelu = seconds("the MLP's GELU (tanh form)")
+    cap = float(re.search(r"most % reachable with both kept\s+(\d+)%", result.stdout).group(1))
+    # printed to 4 decimals, the cap from unrounded seconds
+    assert gemms > 0 and attention > 0 and gelu > 0
+    assert abs(cap - 100 * gemms / (gemms + attention + gelu)) <= 3
+    assert cap < 100
