@@ -335,13 +335,14 @@ def attention_kernels(model, args):
     from vld.model.attention import causal_attention
 
     heads, head_dim = args.heads, args.width // args.heads
-    fused = torch.randn(args.batch, args.seq, 3, heads, head_dim, requires_grad=True)
+    fused = torch.randn(args.batch, args.seq, 3 * args.width, requires_grad=True)  # the qkv projection's output
     grad_out = torch.randn(args.batch, args.seq, args.width)
 
     def step():
         for _ in range(model.effective_depth):
-            causal_attention(fused.permute(2, 0, 3, 1, 4)).backward(grad_out)
-        fused.grad = None
+            qkv = fused.view(args.batch, args.seq, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # as the model does
+            # autograd.grad: the gradient handed back, not accumulated (the step never adds it up)
+            torch.autograd.grad(causal_attention(qkv), fused, grad_out)
 
     return step
 
@@ -357,8 +358,7 @@ def gelu_kernels(model, args):
 
     def step():
         for _ in range(model.effective_depth):
-            F.gelu(hidden, approximate="tanh").backward(grad_out)
-        hidden.grad = None
+            torch.autograd.grad(F.gelu(hidden, approximate="tanh"), hidden, grad_out)
 
     return step
 
