@@ -5,6 +5,10 @@ float32), the block-causal attention in float32, and training stays deterministi
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,3 +110,26 @@ def test_bf16_mixed_training_on_cpu_is_deterministic_learns_and_is_not_float32(t
     assert compare(curve, golden), "bf16-mixed trained with the float32 arithmetic"
     # close to float32's curve: the same training, rounded
     assert max(abs(a - b) for a, b in zip(curve, golden["losses"])) < 0.05
+
+
+def test_bf16_mixed_without_onednn_bfloat16_kernels_is_deterministic_and_close(tiny_data, tmp_path):
+    """A CPU without bfloat16 instructions, as far as oneDNN knows: ONEDNN_MAX_CPU_ISA=AVX2 keeps
+    oneDNN from every bfloat16 kernel, so torch multiplies bfloat16 with its own fallback (none of
+    oneDNN's primitives runs: its verbose log stays empty). Training still repeats bit for bit and
+    stays the same training, rounded."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ONEDNN_VERBOSE": "1", "OMP_NUM_THREADS": "1"}
+    curves = []
+    for run in ("a", "b"):
+        proc = subprocess.run([sys.executable, str(Path(__file__).parent / "scripts" / "train_script.py"),
+                               "--data", str(tiny_data), "--out", str(tmp_path / run),
+                               "--train", json.dumps({"precision": "bf16-mixed", "threads": 1})],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert ",exec," not in proc.stdout + proc.stderr  # no oneDNN primitive ran (uncapped: hundreds)
+        metrics = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("METRICS "))[8:])
+        assert metrics["precision"] == "bf16-mixed"
+        curves.append(metrics["loss_curve"])
+    assert curves[0] == curves[1]
+    golden = json.loads(GOLDEN_FILE.read_text())["losses"]
+    assert curves[0][-1] < curves[0][0]
+    assert 0 < max(abs(a - b) for a, b in zip(curves[0], golden)) < 0.05  # rounded, not float32
