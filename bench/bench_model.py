@@ -182,7 +182,7 @@ def main(argv=None) -> None:
               f" ({chosen}; = its share of the ceiling)")
         print(f"{'  % of the GEMM ceiling reached':44s} {100 * floor / vld_step:>11.0f}% {'':>8s}  goal: 80%")
         print(f"{'  ceiling if all else were free':44s} {'':>12s} {step_s['hf'] / floor:>8.2f}  vs HF (no page faults)")
-        kernels = race({"attention": attention_kernels(base, args), "gelu": gelu_kernels(base, args)}, args.steps)
+        kernels = race(kernel_replays(base, args.batch, args.seq), args.steps)
         for name, label in (("attention", "the attention (block-causal kernel)"), ("gelu", "the MLP's GELU (tanh form)")):
             print(f"{'step s, ' + label:44s} {kernels[name]:>12.4f} {kernels[name] / vld_step:>8.2f}  of the VLD step"
                   " (forward + backward, replayed alone)")
@@ -327,40 +327,31 @@ def weight_gemms(model, n_tokens: int):
     return step
 
 
-def attention_kernels(model, args):
-    """One training step's attention, forward and backward, in every layer, alone: the kernel the
-    step runs (vld.model.attention on CPU) on q, k, v in the fused projection's layout."""
-    import torch
-
-    from vld.model.attention import causal_attention
-
-    heads, head_dim = args.heads, args.width // args.heads
-    fused = torch.randn(args.batch, args.seq, 3 * args.width, requires_grad=True)  # the qkv projection's output
-    grad_out = torch.randn(args.batch, args.seq, args.width)
-
-    def step():
-        for _ in range(model.effective_depth):
-            qkv = fused.view(args.batch, args.seq, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # as the model does
-            # autograd.grad: the gradient handed back, not accumulated (the step never adds it up)
-            torch.autograd.grad(causal_attention(qkv), fused, grad_out)
-
-    return step
-
-
-def gelu_kernels(model, args):
-    """One training step's MLP activation (GPT-2's tanh-form GELU), forward and backward, in every
-    layer, alone."""
+def kernel_replays(model, batch: int, seq: int) -> dict:
+    """One training step's attention (the block-causal kernel, on q, k, v in the fused
+    projection's layout through the model's own view and permute) and MLP activation (GPT-2's
+    tanh-form GELU), each forward and backward in every virtual layer, alone."""
     import torch
     import torch.nn.functional as F
 
-    hidden = torch.randn(args.batch, args.seq, model.config.ff_dim, requires_grad=True)
-    grad_out = torch.randn_like(hidden)
+    from vld.model.attention import causal_attention
 
-    def step():
-        for _ in range(model.effective_depth):
-            torch.autograd.grad(F.gelu(hidden, approximate="tanh"), hidden, grad_out)
+    cfg = model.config
+    qkv_out = torch.randn(batch, seq, 3 * cfg.d_model, requires_grad=True)  # the qkv projection's output
+    hidden = torch.randn(batch, seq, cfg.ff_dim, requires_grad=True)  # the MLP's first linear layer's output
 
-    return step
+    def attention(x):
+        return causal_attention(x.view(batch, seq, 3, cfg.n_head, cfg.head_dim).permute(2, 0, 3, 1, 4))
+
+    def replay(forward, x, grad_out):
+        def step():
+            for _ in range(model.effective_depth):
+                # autograd.grad: the gradient handed back, not accumulated (the step never adds it up)
+                torch.autograd.grad(forward(x), x, grad_out)
+        return step
+
+    return {"attention": replay(attention, qkv_out, torch.randn(batch, seq, cfg.d_model)),
+            "gelu": replay(lambda x: F.gelu(x, approximate="tanh"), hidden, torch.randn_like(hidden))}
 
 
 def gemm_section(args, base, race, n_tokens: int) -> None:
