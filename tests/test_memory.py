@@ -5,7 +5,6 @@ and cannot be undone, and the baseline needs glibc's defaults."""
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 import textwrap
@@ -13,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                                reason="the setting is glibc's (elsewhere keep_freed_memory is a no-op)")
+from vld.train.memory import on_glibc
+
+pytestmark = pytest.mark.skipif(not on_glibc(), reason="the setting is glibc's (elsewhere keep_freed_memory is a no-op)")
 
 TESTS = Path(__file__).resolve().parent
 

@@ -23,10 +23,15 @@ TRIM_THRESHOLD = 2**31 - 1  # the largest mallopt takes: never trim the heap's t
 MMAP_THRESHOLDS = (1 << 30, 32 << 20)
 
 
+def on_glibc() -> bool:
+    """Whether this process runs on Linux's glibc, the allocator these settings are for."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def keep_freed_memory() -> bool:
     """Tell glibc to keep freed memory for reuse, from now on, process-wide. Returns whether it
     took effect (False on other C libraries, which are left as they are)."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not on_glibc():
         return False
     libc = ctypes.CDLL("libc.so.6")
     if not libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD):
