@@ -77,3 +77,31 @@ def test_a_training_fit_keeps_freed_memory(tmp_path, default_faults):
             golden_losses(work)
     """)
     assert faults_per_step(prelude, tmp_path) < default_faults / 10
+
+
+class RecordingLibc:
+    """A C library whose mallopt accepts the trim threshold and mmap thresholds up to `mmap_limit`
+    (glibc's own limit differs between versions), recording each call."""
+
+    def __init__(self, mmap_limit: int):
+        self.mmap_limit, self.calls = mmap_limit, []
+
+    def mallopt(self, param: int, value: int) -> int:
+        from vld.train import memory
+
+        self.calls.append((param, value))
+        return int(param == memory.M_TRIM_THRESHOLD or value <= self.mmap_limit)
+
+
+@pytest.mark.parametrize("mmap_limit, expected", [
+    (1 << 30, [1 << 30]),  # glibc 2.36 (here) takes the largest
+    (32 << 20, [1 << 30, 32 << 20]),  # a glibc that caps it at 32 MiB: the fallback
+    (1 << 20, [1 << 30, 32 << 20]),  # one that takes neither: not in effect
+])
+def test_the_mmap_threshold_falls_back_to_what_glibc_accepts(monkeypatch, mmap_limit, expected):
+    from vld.train import memory
+
+    libc = RecordingLibc(mmap_limit)
+    monkeypatch.setattr(memory.ctypes, "CDLL", lambda name: libc)
+    assert memory.keep_freed_memory() is (mmap_limit >= 32 << 20)
+    assert libc.calls == [(memory.M_TRIM_THRESHOLD, memory.TRIM_THRESHOLD)] + [(memory.M_MMAP_THRESHOLD, t) for t in expected]
