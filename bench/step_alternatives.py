@@ -2,16 +2,17 @@
 
     .venv/bin/python bench/step_alternatives.py [--threads 2] [--repeats 60]
 
-Every candidate here changes the floating-point result, so none could be adopted silently; this
-measures whether any would be worth a recorded setting (bfloat16 became one). For each shape it
+Each candidate changes the floating-point result at some shape, so none could be adopted
+silently; this measures whether any would be worth a recorded setting (bfloat16 became one). For each shape it
 times, forward and backward, the kernel the training step uses and its alternative, alternated
 in one process, and prints alternative time / current time (below 1: the alternative is faster)
 and the largest differences of their outputs and of their inputs' gradients:
 
 - linear layers of seeds trained together: vld.model.linear.linear under vmap with the library
   `hardware.cpu_gemm: auto` picks for this CPU (with oneDNN, one GEMM per seed, each seed's
-  arithmetic that of its own run) against one batched GEMM over the seeds (torch.baddbmm, the
-  BLAS);
+  arithmetic that of its own run; with the BLAS, vmap's batched matmul and then the bias added)
+  against one batched GEMM over the seeds that starts from the bias (torch.baddbmm, the BLAS:
+  with MKL on small layers it can equal the current arithmetic, the columns say where);
 - linear layers in bfloat16: the same fp32 linear against it under CPU autocast to bfloat16, as
   `hardware.precision: bf16-mixed` runs it (vld.model.linear.CastLinear, one call per seed), the
   casts of inputs and weights included;
@@ -95,33 +96,33 @@ def training_step(forward, inputs, grad_out):
     return step
 
 
-def linear_rows(seeds, batch, seq, width, cpu_gemm: str):
-    generator = torch.Generator().manual_seed(0)
-    rows = seeds * batch * seq
+def layer_operands(seed: int, seeds, rows, width):
+    """(in, out, x, w, b, grad_out) of a block's four linear layers, stacked over `seeds`."""
+    generator = torch.Generator().manual_seed(seed)
     for fan_in, fan_out in ((width, 3 * width), (width, width), (width, 4 * width), (4 * width, width)):
-        x = torch.randn(seeds, batch * seq, fan_in, generator=generator, requires_grad=True)
+        x = torch.randn(seeds, rows, fan_in, generator=generator, requires_grad=True)
         w = (torch.randn(seeds, fan_out, fan_in, generator=generator) * fan_in ** -0.5).requires_grad_()
         b = torch.randn(seeds, fan_out, generator=generator, requires_grad=True)  # trained biases are not 0
-        grad_out = torch.randn(seeds, batch * seq, fan_out, generator=generator)
-        per_seed = training_step(vmap(lambda x, w, b: linear(x, w, b, cpu_gemm)), (x, w, b), grad_out)
+        grad_out = torch.randn(seeds, rows, fan_out, generator=generator)
+        yield fan_in, fan_out, x, w, b, grad_out
+
+
+def linear_rows(seeds, batch, seq, width, cpu_gemm: str):
+    per_seed_linear = vmap(lambda x, w, b: linear(x, w, b, cpu_gemm))
+    for fan_in, fan_out, x, w, b, grad_out in layer_operands(0, seeds, batch * seq, width):
         batched = training_step(lambda x, w, b: torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)), (x, w, b), grad_out)
-        yield f"linear {fan_in}->{fan_out} ({rows} rows)", per_seed, batched
+        yield (f"linear {fan_in}->{fan_out} ({seeds * batch * seq} rows)",
+               training_step(per_seed_linear, (x, w, b), grad_out), batched)
 
 
 def bfloat16_rows(seeds, batch, seq, width, cpu_gemm: str):
-    generator = torch.Generator().manual_seed(3)
-    for fan_in, fan_out in ((width, 3 * width), (width, width), (width, 4 * width), (4 * width, width)):
-        x = torch.randn(seeds, batch * seq, fan_in, generator=generator, requires_grad=True)
-        w = (torch.randn(seeds, fan_out, fan_in, generator=generator) * fan_in ** -0.5).requires_grad_()
-        b = torch.randn(seeds, fan_out, generator=generator, requires_grad=True)  # trained biases are not 0
-        grad_out = torch.randn(seeds, batch * seq, fan_out, generator=generator)
+    per_seed_linear = vmap(lambda x, w, b: linear(x, w, b, cpu_gemm))
 
-        per_seed = vmap(lambda x, w, b: linear(x, w, b, cpu_gemm))
-
-        def autocast_linear(x, w, b):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return per_seed(x, w, b)
-        yield (f"linear {fan_in}->{fan_out} in bfloat16", training_step(per_seed, (x, w, b), grad_out),
+    def autocast_linear(x, w, b):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return per_seed_linear(x, w, b)
+    for fan_in, fan_out, x, w, b, grad_out in layer_operands(3, seeds, batch * seq, width):
+        yield (f"linear {fan_in}->{fan_out} in bfloat16", training_step(per_seed_linear, (x, w, b), grad_out),
                training_step(autocast_linear, (x, w, b), grad_out))
 
 
