@@ -107,8 +107,13 @@ def layer_operands(seed: int, seeds, rows, width):
         yield fan_in, fan_out, x, w, b, grad_out
 
 
+def stacked_linear(cpu_gemm: str):
+    """vld.model.linear.linear over stacked seeds, as a stacked model's layer runs it."""
+    return vmap(lambda x, w, b: linear(x, w, b, cpu_gemm))
+
+
 def linear_rows(seeds, batch, seq, width, cpu_gemm: str):
-    per_seed_linear = vmap(lambda x, w, b: linear(x, w, b, cpu_gemm))
+    per_seed_linear = stacked_linear(cpu_gemm)
     for fan_in, fan_out, x, w, b, grad_out in layer_operands(0, seeds, batch * seq, width):
         batched = training_step(lambda x, w, b: torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)), (x, w, b), grad_out)
         yield (f"linear {fan_in}->{fan_out} ({seeds * batch * seq} rows)",
@@ -116,7 +121,7 @@ def linear_rows(seeds, batch, seq, width, cpu_gemm: str):
 
 
 def bfloat16_rows(seeds, batch, seq, width, cpu_gemm: str):
-    per_seed_linear = vmap(lambda x, w, b: linear(x, w, b, cpu_gemm))
+    per_seed_linear = stacked_linear(cpu_gemm)
 
     def autocast_linear(x, w, b):
         with torch.autocast("cpu", dtype=torch.bfloat16):
