@@ -229,6 +229,20 @@ def test_compute_matched_native_and_pattern_order_claims():
     assert v.verdict == NOT_SHOWN and v.why.startswith("not shown: 1 seed(s), training noise unknown; cycle - sequence")
 
 
+def test_claim4_needs_the_native_model_not_the_base():
+    # cycle x1 and native 4 layers at 200 steps, no 2-layer base at 200 steps: claims 2 and 2c
+    # have nothing to compare, claim 4 still does
+    vld = khop_seeds("cycle", "cycle", 1, 2, 0.125, steps=200, noise=0.05)
+    native = khop_seeds("native4", "base", 0, 4, 0.0, steps=200)
+    other_steps = khop_seeds("native4_100", "base", 0, 4, 0.0, steps=100)
+    v = verdict_of(vld + native, "4")
+    assert v.verdict == CONTRADICTED and v.comparison == "cycle x1, 2 layers vs base, 4 layers"
+    assert verdict_of(vld + native, "2").verdict == NOT_SHOWN
+    # a native model trained another number of steps is no comparison
+    v = verdict_of(vld + other_steps, "4")
+    assert v.verdict == NOT_SHOWN and v.why.startswith("not in this family")
+
+
 def test_rules_on_hand_made_effects():
     e = lambda value, low, high, unit="error points": Effect(value, low, high, unit, (3, 3))
     assert claims.directional(e(0.1, 0.02, 0.2))[0] == SUPPORTED

@@ -330,12 +330,13 @@ def _reasoning_claims(results: list[dict], family: str, task: str, label: str) -
                                 directional))
         else:
             out.append(Verdict("2c", label, "", None, NOT_SHOWN, f"no base model trained {vld.k + 1}x as long"))
-        native = _find(groups, pattern="base", k=0, layers=None, n_layer=vld.n_layer * (vld.k + 1),
-                       d_model=vld.d_model, train_steps=vld.train_steps)
-        if native:
-            effect, why = _effect(task, family, groups[vld], groups[native], results)
-            out.append(_verdict("4", label, f"{group_name(vld)} vs {group_name(native)}", effect, why,
-                                lambda e: match(e, MATCH_MARGIN[task])))
+    # claim 4 needs the native model only, not the base (e.g. a longer-training pilot without one)
+    native = vld and _find(groups, pattern="base", k=0, layers=None, n_layer=vld.n_layer * (vld.k + 1),
+                           d_model=vld.d_model, train_steps=vld.train_steps)
+    if native:
+        effect, why = _effect(task, family, groups[vld], groups[native], results)
+        out.append(_verdict("4", label, f"{group_name(vld)} vs {group_name(native)}", effect, why,
+                            lambda e: match(e, MATCH_MARGIN[task])))
     for k in sorted({g.k for g in groups if g.k}):
         found = {p: _find(groups, pattern=p, k=k, layers=None) for p in ("cycle", "sequence", "inverse_cycle")}
         if all(found.values()) and len({(g.n_layer, g.d_model) for g in found.values()}) == 1:
