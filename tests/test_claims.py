@@ -180,7 +180,7 @@ def test_a_family_without_the_variants_still_gets_its_row():
     assert verdict_of(khop + igsm, "4").verdict == SUPPORTED  # k-hop has its native model
     reasoning = verdict_of(khop + igsm, "4", "reasoning")
     assert reasoning.verdict == NOT_SHOWN and reasoning.effect is None
-    assert reasoning.why == "not in this family: no native model of a VLD variant's effective depth"
+    assert reasoning.why == "not in this family: no native model of a VLD variant's effective depth and steps"
     rows = {(v.claim, v.family): v for v in verdicts}
     assert rows[("1", "")].why.startswith("not in this profile") and rows[("6", "")].verdict == NOT_SHOWN
 

@@ -95,7 +95,7 @@ TREND_FROM, TREND_TO = 1, 3  # claim 7: x3 must beat x1
 MISSING = {"1": "no knowledge variants with and without VLD at one size",
            "2": "no reasoning variant with reuse beside its base model",
            "2c": "no base model trained longer", "3": "no cycle, sequence and inverse cycle at one factor",
-           "4": "no native model of a VLD variant's effective depth", "5": "no layer-subset variants",
+           "4": "no native model of a VLD variant's effective depth and steps", "5": "no layer-subset variants",
            "6": "no retrofit with and without reuse",
            "7": f"no cycle x{TREND_FROM} and x{TREND_TO} (and the steps between) on one model"}
 
