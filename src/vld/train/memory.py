@@ -12,6 +12,7 @@ every CPU allocation to 64 bytes itself, so the same kernels run on the same dat
 from __future__ import annotations
 
 import ctypes
+import functools
 import platform
 
 # glibc's mallopt parameters (malloc.h)
@@ -23,6 +24,7 @@ TRIM_THRESHOLD = 2**31 - 1  # the largest mallopt takes: never trim the heap's t
 MMAP_THRESHOLDS = (1 << 30, 32 << 20)
 
 
+@functools.cache  # platform.libc_ver reads the interpreter's binary; the answer cannot change
 def on_glibc() -> bool:
     """Whether this process runs on Linux's glibc, the allocator these settings are for."""
     return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
@@ -30,7 +32,8 @@ def on_glibc() -> bool:
 
 def keep_freed_memory() -> bool:
     """Tell glibc to keep freed memory for reuse, from now on, process-wide. Returns whether it
-    took effect (False on other C libraries, which are left as they are)."""
+    took effect (False on other C libraries, which are left as they are). Calling it again
+    (every fit does) sets the same thresholds again."""
     if not on_glibc():
         return False
     libc = ctypes.CDLL("libc.so.6")
