@@ -201,19 +201,11 @@ def main(argv=None) -> None:
 
 
 def cpu_name() -> str:
-    """/proc/cpuinfo's model name and vendor ("unknown" where it has none)."""
-    from vld.model.backend import CPUINFO, cpu_vendor
+    """This machine's CPU and torch as runs record them (vld.machine); the flags show whether
+    it multiplies bfloat16 itself (only there does bf16-mixed gain)."""
+    from vld.machine import describe_machine, machine_label
 
-    try:
-        text = open(CPUINFO).read()
-    except OSError:
-        return "unknown"
-    name = next((line.partition(":")[2].strip() for line in text.splitlines() if line.startswith("model name")), "")
-    flags = next((line.partition(":")[2].split() for line in text.splitlines() if line.startswith("flags")), [])
-    # bf16-mixed gains only where the CPU multiplies bfloat16 itself; elsewhere oneDNN emulates it
-    bf16 = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
-    return (f"{name or 'unknown model'} ({cpu_vendor(text) or 'no vendor_id'}; "
-            f"bfloat16 instructions: {' '.join(bf16) or 'none'})")
+    return machine_label(describe_machine())
 
 
 def hf_gpt2(args, max_seq_len: int):

@@ -480,7 +480,7 @@ def main(argv=None) -> None:
             results[name] = profile(name, args, Path(tmp) / f"{name}-profile")
             timings[name] = plain_step_s(name, args, Path(tmp) / f"{name}-plain")
             unattributed[name] = results[name][2]
-    print(f"CPU: {cpu_name()}; cpu_gemm {cpu_gemm}; {args.precision}; {args.threads} threads; torch {torch.__version__};"
+    print(f"CPU: {cpu_name()}; cpu_gemm {cpu_gemm}; {args.precision}; {args.threads} threads;"
           f" {args.steps} steps after {args.warmup}; k-hop: {args.seeds} seeds stacked"
           + ("; --small shapes" if args.small else ""))
     print()

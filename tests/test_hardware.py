@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from vld.errors import UserError
+from vld.machine import describe_cpu, describe_machine, machine_label
 from vld.model.backend import Backend, cpu_gemm_for, machine_cpu_gemm
 from vld.pipeline import params as P
 from vld.train.config import TrainConfig, apply_threads, busy_note
@@ -220,6 +221,26 @@ def test_auto_cpu_gemm_is_chosen_by_the_cpus_vendor_from_the_table():
     assert Backend().cpu_gemm == machine_cpu_gemm()
 
 
+def test_a_machine_is_described_from_its_cpuinfo():
+    assert describe_cpu(INTEL) == {"cpu": "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz", "cpu_vendor": "GenuineIntel",
+                                   "cpu_family": 6, "cpu_model": 143, "cpu_flags": ["avx2", "avx512f"]}
+    # only the first processor's block counts: every core reports the same model
+    second = AMD.replace("processor\t: 0", "processor\t: 1").replace("AMD EPYC", "another name")
+    assert describe_cpu(AMD + "\n" + second) == {"cpu": "AMD EPYC", "cpu_vendor": "AuthenticAMD", "cpu_family": 25,
+                                                 "cpu_model": 17, "cpu_flags": ["avx2", "avx512f"]}
+    arm = describe_cpu(ARM)  # no vendor, family, model or name: the platform's name stands in
+    assert (arm["cpu_vendor"], arm["cpu_family"], arm["cpu_model"], arm["cpu_flags"]) == (None, None, None, [])
+    assert isinstance(arm["cpu"], str) and arm["cpu"]
+    here = describe_machine()
+    assert here == {**describe_cpu(Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""),
+                    "cores": os.cpu_count(), "torch": here["torch"]}
+    assert here["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert machine_label({**describe_cpu(INTEL), "torch": "2.13.0", "threads": 2, "cpu_gemm": "blas"}) == (
+        "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz (GenuineIntel, family 6 model 143), avx2 avx512f, "
+        "torch 2.13.0, threads 2, cpu_gemm blas")
+    assert machine_label({}) == "unknown machine"
+
+
 def test_cpu_gemm_auto_is_the_default_and_becomes_a_library():
     assert TrainConfig.from_dict(SIZES).cpu_gemm == machine_cpu_gemm()
     assert TrainConfig.from_dict({**SIZES, "cpu_gemm": "auto"}).cpu_gemm == machine_cpu_gemm()
@@ -277,9 +298,17 @@ def test_a_stage_records_and_applies_its_threads_and_cpu_gemm(tmp_path, monkeypa
     assert run.data.params["train.threads"] == "1"
     assert run.data.params["train.cpu_gemm"] == machine_cpu_gemm()
     assert run.data.metrics["threads"] == 1.0
+    assert metrics["machine"] == describe_machine()  # what the same seed's weights depend on
+    assert run.data.tags["vld.machine.cpu"] == describe_machine()["cpu"]
+    assert run.data.tags["vld.machine.torch"] == describe_machine()["torch"]
 
     monkeypatch.setenv("VLD_TRACKING", "0")
     assert data_khop.main(["--dataset", "kh12"]) == 0  # the test sequences
     torch.set_num_threads(2)
     assert evaluate.main(["--family", "khop", "--variant", "base"]) == 0
     assert torch.get_num_threads() == 1
+    from vld.pipeline.paths import eval_file
+
+    result = json.loads((repo / eval_file("khop", "base", 0)).read_text())
+    assert result["trained_on"] == {**describe_machine(), "threads": 1, "cpu_gemm": machine_cpu_gemm(),
+                                    "precision": "32-true"}  # for the report's list of machines

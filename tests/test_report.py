@@ -496,3 +496,31 @@ def test_a_panel_without_labelled_lines_asks_for_no_legend(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert figure4(knowledge_set()[:1], tmp_path / "figure4.png")
+
+
+def test_report_lists_the_machines_that_trained_its_models(tmp_path):
+    """report.md names each machine and run setting with its model count, says when there are
+    several (a seed's weights differ between them), and counts results without a record."""
+    intel = {"cpu": "Intel(R) Xeon(R) Processor", "cpu_vendor": "GenuineIntel", "cpu_family": 6, "cpu_model": 207,
+             "cpu_flags": ["avx2", "avx512f"], "cores": 2, "torch": "2.13.0", "threads": 2, "cpu_gemm": "blas",
+             "precision": "32-true"}
+    amd = {**intel, "cpu": "AMD EPYC", "cpu_vendor": "AuthenticAMD", "cpu_family": 25, "cpu_model": 17,
+           "cpu_gemm": "onednn", "threads": 1}
+    results = khop_set() + khop_table7_set()[:1]  # the last without a record
+    for r, machine in zip(results, [intel, intel, amd]):
+        r["trained_on"] = machine
+    intel_line = ("- Intel(R) Xeon(R) Processor (GenuineIntel, family 6 model 207), avx2 avx512f, torch 2.13.0, "
+                  "threads 2, cpu_gemm blas, precision 32-true: 2 models")
+    amd_line = ("- AMD EPYC (AuthenticAMD, family 25 model 17), avx2 avx512f, torch 2.13.0, "
+                "threads 1, cpu_gemm onednn, precision 32-true: 1 model")
+    build_report(results, tmp_path / "mixed", "p")
+    lines = (tmp_path / "mixed" / "report.md").read_text().splitlines()
+    assert lines[4].startswith("Trained on 2 machines or settings: the same seed trains to other weights")
+    assert lines[5:10] == ["", amd_line, intel_line,  # sorted by label
+                           "- not recorded (trained before vld recorded its machine): 1 model", ""]
+
+    for r in results:
+        r["trained_on"] = intel
+    build_report(results, tmp_path / "one", "p")
+    lines = (tmp_path / "one" / "report.md").read_text().splitlines()
+    assert lines[4:8] == ["Trained on:", "", intel_line.replace(": 2 models", ": 4 models"), ""]

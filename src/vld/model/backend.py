@@ -14,12 +14,12 @@ once, where the hardware block is parsed, and a Backend only ever holds a librar
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass, field
 from typing import Mapping
 
 from vld.declared import check_keys, declared_keys
 from vld.errors import fail
+from vld.machine import describe_cpu, read_cpuinfo
 
 CPU_GEMMS = ("onednn", "blas")  # see vld.model.linear
 AUTO = "auto"  # hardware.cpu_gemm's default: the library CPU_GEMM_BY_VENDOR names for this CPU
@@ -38,7 +38,6 @@ CPU_GEMM_BY_VENDOR = {
 # Any other CPU (ARM, an unlisted vendor, no /proc/cpuinfo): nothing was measured there, so
 # torch's own choice for the platform, exactly `nn.Linear`.
 UNLISTED_CPU_GEMM = "blas"
-CPUINFO = "/proc/cpuinfo"
 
 # Where each setting is spelled in params.yaml (named by the error a model config that still
 # carries one of them raises).
@@ -48,28 +47,14 @@ PARAMS_SPELLING = {
 }
 
 
-def cpu_vendor(cpuinfo: str) -> str | None:
-    """The `vendor_id` of /proc/cpuinfo's text (None where it names none, e.g. on ARM)."""
-    for line in cpuinfo.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() == "vendor_id":
-            return value.strip() or None
-    return None
-
-
 def cpu_gemm_for(cpuinfo: str) -> str:
     """The CPU GEMM library for the CPU /proc/cpuinfo's text describes."""
-    return CPU_GEMM_BY_VENDOR.get(cpu_vendor(cpuinfo) or "", UNLISTED_CPU_GEMM)
+    return CPU_GEMM_BY_VENDOR.get(describe_cpu(cpuinfo)["cpu_vendor"] or "", UNLISTED_CPU_GEMM)
 
 
-@functools.lru_cache(maxsize=1)
 def machine_cpu_gemm() -> str:
-    """cpu_gemm_for this machine's CPU (read once per process)."""
-    try:
-        with open(CPUINFO) as handle:
-            return cpu_gemm_for(handle.read())
-    except OSError:
-        return UNLISTED_CPU_GEMM
+    """cpu_gemm_for this machine's CPU (its /proc/cpuinfo is read once per process)."""
+    return cpu_gemm_for(read_cpuinfo())
 
 
 def resolve_cpu_gemm(value, where: str) -> str:

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from vld.errors import fail, run_cli
+from vld.machine import RUN_SETTINGS
 from vld.pipeline import paths, shared, tracking
 from vld.pipeline.families import FAMILIES
 from vld.pipeline.params import load_pipeline
@@ -42,6 +43,8 @@ def _evaluate_seed(pipeline, variant, family, device: str, run) -> dict:
         meta["recipe"] = variant.recipe_fields()
     if trained.get("learning_curve"):
         meta["learning_curve"] = trained["learning_curve"]
+    if trained.get("machine"):  # what trained it, for the report's list of machines
+        meta["trained_on"] = {**trained["machine"], **{key: trained.get(key) for key in RUN_SETTINGS}}
     from vld.eval.variant import evaluate_variant, result_metrics
     from vld.train.config import apply_threads
 

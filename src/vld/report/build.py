@@ -13,12 +13,14 @@ import dataclasses
 import io
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from vld.atomic import atomic_dir, check_replaceable
 from vld.errors import fail
+from vld.machine import machine_label
 from vld.report import plot_data, tables
 from vld.report.tables import Table
 from vld.result_schema import check_result
@@ -230,6 +232,26 @@ def _scaling_pieces(results: list) -> list[Piece]:
             *[looped(family) for family in scaling.test_time_families(results)]]
 
 
+def trained_on_lines(results: list[dict]) -> list[str]:
+    """report.md's list of what trained the models it compares (each result's `trained_on`,
+    vld.machine), with the count of models per machine and run setting. Where there are several,
+    it says so: the same seed trains to other weights on each, so only seeds make them comparable."""
+    counts = Counter(machine_label(r["trained_on"]) if r.get("trained_on") else None for r in results)
+    recorded = sorted((label, n) for label, n in counts.items() if label is not None)
+    if not recorded and not counts.get(None):
+        return []
+    if len(recorded) > 1:
+        head = (f"Trained on {len(recorded)} machines or settings: the same seed trains to other weights "
+                "on each, so compare the seeds' spread, not one run's digits.")
+    else:
+        head = "Trained on:"
+    lines = [f"- {label}: {n} model{'s' if n != 1 else ''}" for label, n in recorded]
+    if counts.get(None):
+        lines.append(f"- not recorded (trained before vld recorded its machine): {counts[None]} "
+                     f"model{'s' if counts[None] != 1 else ''}")
+    return [head, "", *lines, ""]
+
+
 def _pieces(results: list, lm_results: list = ()) -> list[Piece]:
     """`lm_results`: the lm_retrofit family's lm-eval results (their own schema, vld.report.lm_table2)."""
     from vld.report import claims, figures, khop
@@ -285,7 +307,8 @@ def build_report(results, out_dir, profile_name: str = "default", curves: list[d
 
         sections = [f"# vld report: profile `{profile_name}`", "",
                     f"{len(results)} variant results. Numbers labelled **paper** are the paper's "
-                    "own (arXiv 2506.18233); everything else was measured by this pipeline.", ""]
+                    "own (arXiv 2506.18233); everything else was measured by this pipeline.", "",
+                    *trained_on_lines(results)]
         for piece in _pieces(results, lm_results):
             table = piece.table(results) if piece.table else None
             pictures = piece.figures(results, tmp) if piece.figures else []

@@ -3,7 +3,8 @@ under the pipeline's parent, plus the JSON record every stage writes (vld.pipeli
 
 The child holds params (the variant's resolved settings), metrics (final values; the training
 curve through Lightning's MLFlowLogger bound to the same run id), tags (vld.stage, vld.variant,
-vld.pattern, vld.k, vld.git_commit, vld.data.<name>.sha256, ...) and artifacts (result files,
+vld.pattern, vld.k, vld.git_commit, vld.machine.<field> (the CPU and torch the stage ran on),
+vld.data.<name>.sha256, ...) and artifacts (result files,
 tables, figures, the resolved config), dataset inputs and logged models (vld.pipeline.tracking.lineage).
 With VLD_TRACKING off only the record is written.
 """
@@ -19,9 +20,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from vld.atomic import check_writable, write_json
+from vld.machine import describe_machine
 from vld.pipeline.tracking import lineage, runs
 from vld.pipeline.tracking.records import RECORD_SCHEMA, record_path, stage_key
 from vld.pipeline.tracking.store import enabled, open_client, repo_root, store_errors, tracking_uri
+
+
+def machine_tags(machine: dict) -> dict[str, str]:
+    """vld.machine.<field> tags of a vld.machine record (lists space-separated; None and [] left out),
+    so runs can be filtered by the CPU they ran on."""
+    return {f"vld.machine.{key}": " ".join(value) if isinstance(value, list) else str(value)
+            for key, value in machine.items() if value not in (None, [])}
 
 
 def file_sha256(path: str | Path) -> str:
@@ -69,7 +78,7 @@ class StageRun:
         self.tags: dict[str, str] = {
             "vld.stage": stage, "vld.variant": variant or "", "vld.stage_key": self.key,
             "vld.profile": self.profile, "vld.params_sha256": self.params_sha256,
-            "vld.git_commit": self.commit, "vld.restored": "false",
+            "vld.git_commit": self.commit, "vld.restored": "false", **machine_tags(describe_machine()),
         }
         self.tags.update({k: str(v) for k, v in (tags or {}).items()})
         self.artifacts: list[str] = []  # paths relative to the repo root

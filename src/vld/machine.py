@@ -1,0 +1,100 @@
+"""The machine a run computed on, as a run records it (no torch import).
+
+The same seed and settings train to different weights on another CPU model, another thread
+count, another GEMM library or another torch: a training stage writes `describe_machine()`
+into its metrics.json, every stage tags its MLflow run with it, and the report says which
+machines trained the models it compares. The thread count and the GEMM library are the
+run's own settings (TrainConfig); this module describes what is under them.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import platform
+
+CPUINFO = "/proc/cpuinfo"
+# CPU features that decide which kernels the arithmetic runs in (bfloat16 only where the CPU
+# multiplies it itself; AVX-512 against AVX2 picks other GEMM kernels).
+RECORDED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpuinfo_fields(text: str) -> dict[str, str]:
+    """The first processor's `key: value` lines of /proc/cpuinfo's text (every core of one
+    machine reports the same model)."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the end of the first processor's block
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def describe_cpu(text: str) -> dict:
+    """What /proc/cpuinfo's text says about the CPU: its name, vendor, family and model (None
+    where the text has none, as on ARM) and which of RECORDED_FLAGS it has."""
+    fields = cpuinfo_fields(text)
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    return {
+        "cpu": fields.get("model name") or platform.processor() or platform.machine() or "unknown",
+        "cpu_vendor": fields.get("vendor_id") or None,
+        "cpu_family": _int_or_none(fields.get("cpu family")),
+        "cpu_model": _int_or_none(fields.get("model")),
+        "cpu_flags": [flag for flag in RECORDED_FLAGS if flag in flags],
+    }
+
+
+@functools.cache
+def read_cpuinfo() -> str:
+    """This machine's /proc/cpuinfo ("" where there is none), read once per process."""
+    try:
+        with open(CPUINFO) as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def describe_machine() -> dict:
+    """This machine as a run records it: describe_cpu of its /proc/cpuinfo, its core count and
+    the torch release the arithmetic ran in (a new dict each call: callers may keep or change it)."""
+    return {**describe_cpu(read_cpuinfo()), "cores": os.cpu_count(), "torch": _version("torch")}
+
+
+# A training run's settings that change its arithmetic on the same machine, as its metrics name them.
+RUN_SETTINGS = ("threads", "cpu_gemm", "precision")
+
+
+def machine_label(machine: dict) -> str:
+    """One line naming a recorded machine, e.g. for a report ("unknown" for fields it lacks)."""
+    if not isinstance(machine, dict) or not machine:
+        return "unknown machine"
+    vendor = machine.get("cpu_vendor")
+    family, model = machine.get("cpu_family"), machine.get("cpu_model")
+    ident = ", ".join(part for part in (
+        vendor, f"family {family} model {model}" if family is not None and model is not None else None) if part)
+    flags = machine.get("cpu_flags")
+    return (f"{machine.get('cpu') or 'unknown CPU'}"
+            + (f" ({ident})" if ident else "")
+            + (f", {' '.join(flags)}" if flags else "")
+            + f", torch {machine.get('torch') or 'unknown'}"
+            # the run's own settings, where the record has them (a trained model's does)
+            + "".join(f", {key} {machine[key]}" for key in RUN_SETTINGS if machine.get(key) is not None))
