@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from vld.errors import UserError
-from vld.machine import describe_cpu, describe_machine, machine_label
+from vld.machine import across_ranks, describe_cpu, describe_machine, machine_label
 from vld.model.backend import Backend, cpu_gemm_for, machine_cpu_gemm
 from vld.pipeline import params as P
 from vld.train.config import TrainConfig, apply_threads, busy_note
@@ -239,6 +239,14 @@ def test_a_machine_is_described_from_its_cpuinfo():
         "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz (GenuineIntel, family 6 model 143), avx2 avx512f, "
         "torch 2.13.0, threads 2, cpu_gemm blas")
     assert machine_label({}) == "unknown machine"
+
+
+def test_a_run_across_machines_records_every_ranks_machine():
+    intel, amd = {**describe_cpu(INTEL), "cores": 2}, {**describe_cpu(AMD), "cores": 2}
+    assert across_ranks([intel, dict(intel)]) == intel  # one kind of machine: rank 0's, nothing more
+    assert across_ranks([intel, amd, intel]) == {**intel, "ranks": [intel, amd, intel]}
+    assert machine_label(across_ranks([intel, amd, intel])) == machine_label(intel) + (
+        " (rank 0's; 3 ranks on 2 kinds of machine)")  # the report cannot mistake it for one machine
 
 
 def test_cpu_gemm_auto_is_the_default_and_becomes_a_library():

@@ -127,3 +127,6 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     a = torch.load(tmp_path / "ddp.pt")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
     assert json.loads((tmp_path / "ddp" / "metrics.json").read_text()) == ddp  # written once, by rank 0
+    from vld.machine import describe_machine
+
+    assert ddp["machine"] == single["machine"] == describe_machine()  # both ranks on this machine: no `ranks`

@@ -79,6 +79,14 @@ def describe_machine() -> dict:
     return {**describe_cpu(read_cpuinfo()), "cores": os.cpu_count(), "torch": _version("torch")}
 
 
+def across_ranks(machines: list[dict]) -> dict:
+    """One record for a run whose ranks described their machines (rank order): rank 0's, with
+    `ranks` (every rank's) only where they differ, as on nodes of different CPUs, where the
+    run's arithmetic depends on more than one machine."""
+    first = dict(machines[0])
+    return first if all(m == machines[0] for m in machines) else {**first, "ranks": list(machines)}
+
+
 # A training run's settings that change its arithmetic on the same machine, as its metrics name them.
 RUN_SETTINGS = ("threads", "cpu_gemm", "precision")
 
@@ -97,4 +105,13 @@ def machine_label(machine: dict) -> str:
             + (f", {' '.join(flags)}" if flags else "")
             + f", torch {machine.get('torch') or 'unknown'}"
             # the run's own settings, where the record has them (a trained model's does)
-            + "".join(f", {key} {machine[key]}" for key in RUN_SETTINGS if machine.get(key) is not None))
+            + "".join(f", {key} {machine[key]}" for key in RUN_SETTINGS if machine.get(key) is not None)
+            + _ranks_note(machine.get("ranks")))
+
+
+def _ranks_note(ranks) -> str:
+    """A DDP run over unlike machines (across_ranks) is labelled as such: rank 0's alone would hide it."""
+    if not isinstance(ranks, list) or not ranks:
+        return ""
+    kinds = len({machine_label(rank) for rank in ranks if isinstance(rank, dict)})
+    return f" (rank 0's; {len(ranks)} ranks on {kinds} kinds of machine)"

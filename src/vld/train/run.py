@@ -25,7 +25,7 @@ from torch import nn
 
 from vld.atomic import write_failure, write_json
 from vld.errors import fail
-from vld.machine import describe_machine
+from vld.machine import across_ranks, describe_machine
 from vld.train.config import TrainConfig, apply_threads, busy_cores, busy_note, check_devices, machine_cores
 from vld.train.datamodules import _WindowDataModuleBase
 from vld.train.memory import keep_freed_memory
@@ -342,7 +342,7 @@ def run_training(
     final_loss, steps, tokens_seen, train_tokens_per_s, wall_s, loss_curve, and the run
     settings that are resolved per machine: threads (the count the process trained with),
     cpu_gemm (cfg's; the pipeline builds `model` with cfg.backend) and precision, and the
-    machine (rank 0's CPU and torch, vld.machine.describe_machine).
+    machine (the CPU and torch, vld.machine; every rank's where a DDP run's ranks differ).
 
     loops: the core's count per step (vld.train.loops.LoopTraining; None: the model's schedule
     at every step). curve_score: the learning curve's scoring (vld.train.curves), run every
@@ -437,9 +437,20 @@ def training_metrics(loss_curve: list[float], trainer: L.Trainer, cfg: TrainConf
         "threads": torch.get_num_threads(),  # cfg.threads, unless something changed it while training
         "cpu_gemm": cfg.cpu_gemm,
         "precision": cfg.resolved_precision(),  # "auto" resolved: what the Trainer ran
-        "machine": describe_machine(),  # the same seed trains to other weights on another CPU
+        "machine": _run_machine(trainer),  # the same seed trains to other weights on another CPU
         "loss_curve": list(loss_curve),
     }
+
+
+def _run_machine(trainer: L.Trainer) -> dict:
+    """The machine the run computed on (vld.machine), gathered from every rank when there are
+    several (every rank calls this: it is a collective then)."""
+    machine = describe_machine()
+    if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        every: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(every, machine)
+        return across_ranks(every)
+    return machine
 
 
 def _note_busy_cpu(trainer: L.Trainer, cfg: TrainConfig) -> None:
