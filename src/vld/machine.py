@@ -95,10 +95,9 @@ def machine_label(machine: dict) -> str:
     """One line naming a recorded machine, e.g. for a report ("unknown" for fields it lacks)."""
     if not isinstance(machine, dict) or not machine:
         return "unknown machine"
-    vendor = machine.get("cpu_vendor")
     family, model = machine.get("cpu_family"), machine.get("cpu_model")
-    ident = ", ".join(part for part in (
-        vendor, f"family {family} model {model}" if family is not None and model is not None else None) if part)
+    ident = ", ".join(filter(None, (machine.get("cpu_vendor"),
+                                    None if family is None or model is None else f"family {family} model {model}")))
     flags = machine.get("cpu_flags")
     return (f"{machine.get('cpu') or 'unknown CPU'}"
             + (f" ({ident})" if ident else "")

@@ -14,12 +14,13 @@ once, where the hardware block is parsed, and a Backend only ever holds a librar
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Mapping
 
 from vld.declared import check_keys, declared_keys
 from vld.errors import fail
-from vld.machine import describe_cpu, read_cpuinfo
+from vld.machine import cpuinfo_fields, read_cpuinfo
 
 CPU_GEMMS = ("onednn", "blas")  # see vld.model.linear
 AUTO = "auto"  # hardware.cpu_gemm's default: the library CPU_GEMM_BY_VENDOR names for this CPU
@@ -49,9 +50,10 @@ PARAMS_SPELLING = {
 
 def cpu_gemm_for(cpuinfo: str) -> str:
     """The CPU GEMM library for the CPU /proc/cpuinfo's text describes."""
-    return CPU_GEMM_BY_VENDOR.get(describe_cpu(cpuinfo)["cpu_vendor"] or "", UNLISTED_CPU_GEMM)
+    return CPU_GEMM_BY_VENDOR.get(cpuinfo_fields(cpuinfo).get("vendor_id", ""), UNLISTED_CPU_GEMM)
 
 
+@functools.cache
 def machine_cpu_gemm() -> str:
     """cpu_gemm_for this machine's CPU (its /proc/cpuinfo is read once per process)."""
     return cpu_gemm_for(read_cpuinfo())

@@ -355,7 +355,8 @@ def run_training(
     callbacks = [*callbacks, *curve_callbacks(cfg, curve_score)]
     trainer = fit(module, datamodule, cfg, run_config(cfg, loops), out_dir, logger, callbacks,
                   distributed_sampler=not ours)
-    metrics = training_metrics(module.loss_curve, trainer, cfg, module, time.perf_counter() - start)
+    metrics = training_metrics(module.loss_curve, trainer, cfg, module, time.perf_counter() - start,
+                               run_machine(trainer))
     if trainer.is_global_zero:
         write_json(out_dir / METRICS, metrics)
     return metrics
@@ -416,9 +417,9 @@ def curve_callbacks(cfg: TrainConfig, score) -> list[Callback]:
 
 
 def training_metrics(loss_curve: list[float], trainer: L.Trainer, cfg: TrainConfig, module: LMModule,
-                     wall_s: float, model: int = 0) -> dict[str, Any]:
+                     wall_s: float, machine: dict, model: int = 0) -> dict[str, Any]:
     """A run's metrics (one model's, with its own loss curve; `model`: which of a stacked run's
-    models, for its learning curve)."""
+    models, for its learning curve; `machine`: run_machine's record, one per run)."""
     from vld.train.curves import curve_table
 
     steps = int(trainer.global_step)
@@ -437,12 +438,12 @@ def training_metrics(loss_curve: list[float], trainer: L.Trainer, cfg: TrainConf
         "threads": torch.get_num_threads(),  # cfg.threads, unless something changed it while training
         "cpu_gemm": cfg.cpu_gemm,
         "precision": cfg.resolved_precision(),  # "auto" resolved: what the Trainer ran
-        "machine": _run_machine(trainer),  # the same seed trains to other weights on another CPU
+        "machine": machine,  # the same seed trains to other weights on another CPU
         "loss_curve": list(loss_curve),
     }
 
 
-def _run_machine(trainer: L.Trainer) -> dict:
+def run_machine(trainer: L.Trainer) -> dict:
     """The machine the run computed on (vld.machine), gathered from every rank when there are
     several (every rank calls this: it is a collective then)."""
     machine = describe_machine()

@@ -40,7 +40,8 @@ from vld.errors import fail
 from vld.train.config import TrainConfig
 from vld.train.datamodules import _WindowDataModuleBase
 from vld.train.module import LMModule, next_token_loss, unpack_batch
-from vld.train.run import METRICS, _check_vocab, curve_callbacks, fit, run_config, run_training, training_metrics
+from vld.train.run import (METRICS, _check_vocab, curve_callbacks, fit, run_config, run_machine, run_training,
+                           training_metrics)
 
 
 def seed_dir(out_dir: Path, seed: int) -> Path:
@@ -300,7 +301,8 @@ def train_seeds(
     module.model.copy_into(models)
     wall_s = time.perf_counter() - start
     curves = [[step[i] for step in module.loss_curve] for i in range(len(models))]
-    metrics = [training_metrics(curve, trainer, cfg, module, wall_s, i) for i, curve in enumerate(curves)]
+    machine = run_machine(trainer)  # a collective under DDP: once, not per model
+    metrics = [training_metrics(curve, trainer, cfg, module, wall_s, machine, i) for i, curve in enumerate(curves)]
     if trainer.is_global_zero:
         for seed, seed_metrics in zip(seeds, metrics):
             write_json(seed_dir(out_dir, seed) / METRICS, seed_metrics)
