@@ -7,7 +7,9 @@ The first line names this machine's CPU and the library `hardware.cpu_gemm: auto
 (vld.model.backend.CPU_GEMM_BY_VENDOR); the ceiling and the unlabelled VLD figures use that one.
 
 0. the GEMMs of each layer shape's training step in torch's BLAS (MKL) and in oneDNN, the two
-   choices of `Backend.cpu_gemm` (see vld.model.linear), and of the whole step's GEMMs;
+   choices of `Backend.cpu_gemm` (see vld.model.linear), and of the whole step's GEMMs, also as
+   a share of each library's rate on one large GEMM (LARGE_GEMM); the k-hop models' shapes:
+   `--sections gemm --width 96 --layers 2 --seq 33 --batch 64` (64 sequences of 33 positions);
 1. identity schedule vs Hugging Face GPT2LMHeadModel (SDPA), same width/depth/heads/seq/batch,
    each trained in its own process (the steady state of a training run; see `hf_section`),
    under glibc's default allocator and again with freed memory kept (no page faults; what a
@@ -49,6 +51,7 @@ WORKERS = {"vld-onednn": "onednn", "vld-blas": "blas", "hf": None}
 COMPILED = "vld-compiled"  # with --compile: torch.compile of the model with auto's library
 SECTIONS = ("gemm", "hf", "cycle", "generate", "khop")
 ROOT = Path(__file__).resolve().parents[1]
+LARGE_GEMM = (4096, 1024, 1024)  # section 0's reference GEMM: rows, in, out
 
 
 def parse_args(argv=None):
@@ -359,6 +362,18 @@ def gemm_section(args, base, race, n_tokens: int) -> None:
     rates = {lib: step_flops / seconds / 1e9 for lib, seconds in timed.items()}
     label = "all of one step's GEMMs, BLAS | oneDNN"
     print(f"{label:44s} {rates['blas']:>5.0f} |{rates['onednn']:>5.0f} {rates['onednn'] / rates['blas']:>8.2f}  oneDNN vs BLAS")
+    # Each library's rate on one large GEMM: how close the step's shapes come to what the
+    # library reaches on this machine at all (small widths leave less to gain from faster kernels).
+    rows, in_features, out_features = LARGE_GEMM
+    flops = 2 * rows * in_features * out_features
+    timed = race({lib: training_gemms([(in_features, out_features)], rows, lib)[0][0] for lib in libraries}, args.steps)
+    large = {lib: flops / seconds / 1e9 for lib, seconds in timed.items()}
+    label = f"forward [{rows} x {in_features} -> {out_features}], BLAS | oneDNN"
+    print(f"{label:44s} {large['blas']:>5.0f} |{large['onednn']:>5.0f} {large['onednn'] / large['blas']:>8.2f}"
+          "  oneDNN vs BLAS: one large GEMM, each library's reference rate")
+    label = "  the step's GEMMs / the large GEMM's rate"
+    print(f"{label:44s} {100 * rates['blas'] / large['blas']:>4.0f}% |{100 * rates['onednn'] / large['onednn']:>4.0f}%"
+          f" {'':>8s}  BLAS | oneDNN, each against its own")
     for shape in shapes:
         flops = 2 * n_tokens * shape[0] * shape[1]
         for index, name in enumerate(("forward", "input grad", "weight grad")):

@@ -57,3 +57,24 @@ def test_hf_section_bounds_the_ceiling_share_by_the_replayed_kernels():
     assert gemms > 0 and attention > 0 and gelu > 0
     assert abs(cap - 100 * gemms / (gemms + attention + gelu)) <= 3
     assert cap < 100
+
+
+def test_gemm_section_gives_the_steps_gemms_as_a_share_of_a_large_gemm():
+    result = subprocess.run([sys.executable, str(SCRIPT), "--sections", "gemm", "--quick", "--width", "64", "--heads", "2",
+                             "--seq", "32", "--batch", "4", "--vocab", "16", "--layers", "1", "--threads", "1"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    def rates(label: str) -> tuple[float, float]:
+        match = re.search(rf"^{re.escape(label)}\s+(\d+) \|\s*(\d+)\s", result.stdout, re.MULTILINE)
+        assert match, result.stdout
+        return float(match.group(1)), float(match.group(2))
+
+    step = rates("all of one step's GEMMs, BLAS | oneDNN")
+    large = rates("forward [4096 x 1024 -> 1024], BLAS | oneDNN")
+    shares = re.search(r"^  the step's GEMMs / the large GEMM's rate\s+(\d+)% \|\s*(\d+)%", result.stdout, re.MULTILINE)
+    assert shares, result.stdout
+    for share, small, big in zip(map(float, shares.groups()), step, large):
+        assert big > 0
+        # the share comes from unrounded rates, printed rounded to whole GFLOP/s and per cent
+        assert abs(share - 100 * small / big) <= 1 + 100 / big

@@ -22,6 +22,7 @@ from vld.errors import UserError
 from vld.machine import across_ranks, describe_cpu, describe_machine, machine_label
 from vld.model.backend import Backend, cpu_gemm_for, machine_cpu_gemm
 from vld.pipeline import params as P
+from vld.pipeline.tracking.stage import machine_tags
 from vld.train.config import TrainConfig, apply_threads, busy_note
 from vld.train.datamodules import TokenWindowDataModule
 from golden_loss import tiny_model, tiny_train_config
@@ -228,12 +229,15 @@ def test_a_machine_is_described_from_its_cpuinfo():
     second = AMD.replace("processor\t: 0", "processor\t: 1").replace("AMD EPYC", "another name")
     assert describe_cpu(AMD + "\n" + second) == {"cpu": "AMD EPYC", "cpu_vendor": "AuthenticAMD", "cpu_family": 25,
                                                  "cpu_model": 17, "cpu_flags": ["avx2", "avx512f"]}
-    arm = describe_cpu(ARM)  # no vendor, family, model or name: the platform's name stands in
-    assert (arm["cpu_vendor"], arm["cpu_family"], arm["cpu_model"], arm["cpu_flags"]) == (None, None, None, [])
-    assert isinstance(arm["cpu"], str) and arm["cpu"]
+    # no vendor, family, model or name on ARM: its implementer and part codes name it, from the text alone
+    assert describe_cpu(ARM) == {"cpu": "CPU implementer 0x41 part 0xd0c", "cpu_vendor": None, "cpu_family": None,
+                                 "cpu_model": None, "cpu_flags": []}
+    assert describe_cpu("") == {"cpu": None, "cpu_vendor": None, "cpu_family": None, "cpu_model": None, "cpu_flags": []}
     here = describe_machine()
-    assert here == {**describe_cpu(Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""),
-                    "cores": os.cpu_count(), "torch": here["torch"]}
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    from_text = describe_cpu(text)
+    assert here == {**from_text, "cpu": from_text["cpu"] or here["cpu"], "cores": os.cpu_count(), "torch": here["torch"]}
+    assert isinstance(here["cpu"], str) and here["cpu"]  # the platform's name where the text has none
     assert here["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert machine_label({**describe_cpu(INTEL), "torch": "2.13.0", "threads": 2, "cpu_gemm": "blas"}) == (
         "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz (GenuineIntel, family 6 model 143), avx2 avx512f, "
@@ -247,6 +251,12 @@ def test_a_run_across_machines_records_every_ranks_machine():
     assert across_ranks([intel, amd, intel]) == {**intel, "ranks": [intel, amd, intel]}
     assert machine_label(across_ranks([intel, amd, intel])) == machine_label(intel) + (
         " (rank 0's; 3 ranks on 2 kinds of machine)")  # the report cannot mistake it for one machine
+    # MLflow tags: rank 0's fields, lists space-separated, and how many ranks the record lists
+    assert machine_tags(across_ranks([intel, amd, intel])) == {
+        "vld.machine.cpu": "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz", "vld.machine.cpu_vendor": "GenuineIntel",
+        "vld.machine.cpu_family": "6", "vld.machine.cpu_model": "143", "vld.machine.cpu_flags": "avx2 avx512f",
+        "vld.machine.cores": "2", "vld.machine.ranks": "3"}
+    assert "vld.machine.ranks" not in machine_tags(across_ranks([intel, dict(intel)]))
 
 
 def test_cpu_gemm_auto_is_the_default_and_becomes_a_library():

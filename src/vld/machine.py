@@ -42,13 +42,24 @@ def _int_or_none(value: str | None) -> int | None:
         return None
 
 
+def _cpu_name(fields: dict[str, str]) -> str | None:
+    """x86's model name; on ARM, which lists no name, its implementer and part codes."""
+    if fields.get("model name"):
+        return fields["model name"]
+    implementer, part = fields.get("CPU implementer"), fields.get("CPU part")
+    if implementer or part:
+        return f"CPU implementer {implementer or '?'} part {part or '?'}"
+    return None
+
+
 def describe_cpu(text: str) -> dict:
-    """What /proc/cpuinfo's text says about the CPU: its name, vendor, family and model (None
-    where the text has none, as on ARM) and which of RECORDED_FLAGS it has."""
+    """What /proc/cpuinfo's text says about the CPU, and nothing else: its name (None where the
+    text names none), vendor, family and model (None where the text has none, as on ARM) and
+    which of RECORDED_FLAGS it has."""
     fields = cpuinfo_fields(text)
     flags = set((fields.get("flags") or fields.get("Features") or "").split())
     return {
-        "cpu": fields.get("model name") or platform.processor() or platform.machine() or "unknown",
+        "cpu": _cpu_name(fields),
         "cpu_vendor": fields.get("vendor_id") or None,
         "cpu_family": _int_or_none(fields.get("cpu family")),
         "cpu_model": _int_or_none(fields.get("model")),
@@ -74,9 +85,12 @@ def _version(package: str) -> str | None:
 
 
 def describe_machine() -> dict:
-    """This machine as a run records it: describe_cpu of its /proc/cpuinfo, its core count and
-    the torch release the arithmetic ran in (a new dict each call: callers may keep or change it)."""
-    return {**describe_cpu(read_cpuinfo()), "cores": os.cpu_count(), "torch": _version("torch")}
+    """This machine as a run records it: describe_cpu of its /proc/cpuinfo (the platform's
+    processor name where that names none, as without /proc/cpuinfo), its core count and the
+    torch release the arithmetic ran in (a new dict each call: callers may keep or change it)."""
+    cpu = describe_cpu(read_cpuinfo())
+    cpu["cpu"] = cpu["cpu"] or platform.processor() or platform.machine() or "unknown"
+    return {**cpu, "cores": os.cpu_count(), "torch": _version("torch")}
 
 
 def across_ranks(machines: list[dict]) -> dict:

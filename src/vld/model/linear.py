@@ -1,11 +1,12 @@
 """Linear layers whose fp32 CPU GEMMs can run in oneDNN instead of the BLAS.
 
-PyTorch's x86 wheels send fp32 matmuls to MKL. On the AMD EPYC (Zen 5, AVX-512) this project
-is developed on, MKL takes a generic code path (MKL_VERBOSE: "Intel(R) Architecture
+PyTorch's x86 wheels send fp32 matmuls to MKL. On the AMD EPYCs (AVX-512) this project is
+developed on, MKL takes a generic code path (MKL_VERBOSE: "Intel(R) Architecture
 processors"; MKL_ENABLE_INSTRUCTIONS=AVX512 changes nothing), while oneDNN, shipped inside the
 same wheel, picks its kernels by instruction set (ONEDNN_VERBOSE: "isa:Intel AVX-512 ..."), so
-at training shapes its GEMMs are the faster ones (the measured rates per shape: docs/model.md
-and README, Performance; `bench/bench_model.py --sections gemm` prints them).
+at the width-256 model's shapes its GEMMs are the faster ones there (how much faster depends
+on the host: docs/model.md and README, Performance; `bench/bench_model.py --sections gemm`
+prints the rates per shape on the machine it runs on).
 
 Both are IEEE fp32 (no reduced-precision mode): results differ from `F.linear` by summation
 order only, a relative 1e-6. `vld.model.Backend.cpu_gemm` chooses: "onednn" or "blas" (exactly

@@ -28,9 +28,14 @@ from vld.pipeline.tracking.store import enabled, open_client, repo_root, store_e
 
 def machine_tags(machine: dict) -> dict[str, str]:
     """vld.machine.<field> tags of a vld.machine record (lists space-separated; None and [] left out),
-    so runs can be filtered by the CPU they ran on."""
-    return {f"vld.machine.{key}": " ".join(value) if isinstance(value, list) else str(value)
-            for key, value in machine.items() if value not in (None, [])}
+    so runs can be filtered by the CPU they ran on. A record gathered over unlike ranks
+    (vld.machine.across_ranks) keeps rank 0's fields and tags `ranks` with their count."""
+    def value(key, field):
+        if key == "ranks":
+            return str(len(field))
+        return " ".join(field) if isinstance(field, list) else str(field)
+
+    return {f"vld.machine.{key}": value(key, field) for key, field in machine.items() if field not in (None, [])}
 
 
 def file_sha256(path: str | Path) -> str:
