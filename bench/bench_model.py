@@ -26,7 +26,8 @@ The first line names this machine's CPU and the library `hardware.cpu_gemm: auto
    alternated with this tree's, and the ratio after / before; `--khop-precision
    32-true,bf16-mixed` runs each with both CPU precisions (ratio bf16-mixed / float32) and
    `--khop-cpu-gemm onednn,blas` with both GEMM libraries (each tree, precision and library
-   is a run of its own; ratios against the first):
+   is a run of its own; ratios against the first), then the machine's own speed at the start
+   and the end (one large GEMM's rate), which a shared host can move between runs:
 
     .venv/bin/python bench/bench_model.py --sections khop --before 75db141
 
@@ -455,6 +456,9 @@ def khop_section(args) -> None:
         runs = {", ".join([name] + ([precision] if len(precisions) > 1 else [])
                           + ([f"cpu_gemm {gemm}"] if len(gemms) > 1 else [])): (src, precision, gemm)
                 for name, src in trees.items() for precision in precisions for gemm in gemms}
+        # the host's own speed at the start and the end: on a shared host it can move between runs
+        # (docs/results/bench_khop_libraries_amd.txt), which only same-run ratios survive
+        reference = [large_gemm_rate(libraries[gemms[0]], args.steps, args.threads)]
         for model in args.khop_models.split(","):
             rates = {label: [] for label in runs}
             for round_ in range(args.rounds):
@@ -482,6 +486,27 @@ def khop_section(args) -> None:
                 if len(best) > 1 and label != first:
                     note = f"  vs {first}" + (" (goal: 1.3)" if args.before else "")
                 print(f"{f'positions/s, k-hop {stage} ({model}), {label}':{width}s} {rate:>12,.0f} {ratio}{note}")
+        reference.append(large_gemm_rate(libraries[gemms[0]], args.steps, args.threads))
+        rows, in_features, out_features = LARGE_GEMM
+        label = f"host: GFLOP/s of [{rows} x {in_features} -> {out_features}] in {libraries[gemms[0]]}, start | end"
+        print(f"{label:58s} {reference[0]:>5.0f} |{reference[1]:>5.0f} {reference[1] / reference[0]:>8.2f}"
+              "  end vs start (the machine's own speed)")
+
+
+def large_gemm_rate(library: str, steps: int, threads: int) -> float:
+    """GFLOP/s of LARGE_GEMM's forward in `library`, fastest of `steps` after one warm-up."""
+    import torch
+
+    torch.set_num_threads(threads)
+    rows, in_features, out_features = LARGE_GEMM
+    gemm = training_gemms([(in_features, out_features)], rows, library)[0][0]
+    gemm()
+    fastest = float("inf")
+    for _ in range(steps):
+        start = time.perf_counter()
+        gemm()
+        fastest = min(fastest, time.perf_counter() - start)
+    return 2 * rows * in_features * out_features / fastest / 1e9
 
 
 def khop_worker(args) -> None:

@@ -37,6 +37,12 @@ def test_khop_section_races_each_library():
     assert all(rate > 0 for rate in rates)
     # the printed ratio is the row's rate over the first row's
     assert abs(float(rows[1][2]) - rates[1] / rates[0]) < 0.006  # the rates are printed rounded
+    # the host's speed before and after the runs, in the first library asked for
+    host = re.search(r"^host: GFLOP/s of \[4096 x 1024 -> 1024\] in onednn, start \| end\s+(\d+) \|\s*(\d+)\s+([\d.]+)",
+                     result.stdout, re.MULTILINE)
+    assert host, result.stdout
+    start, end, ratio = map(float, host.groups())
+    assert start > 0 and end > 0 and abs(ratio - end / start) <= 0.01 + 1 / start
 
 
 def test_hf_section_bounds_the_ceiling_share_by_the_replayed_kernels():
