@@ -52,7 +52,8 @@ WORKERS = {"vld-onednn": "onednn", "vld-blas": "blas", "hf": None}
 COMPILED = "vld-compiled"  # with --compile: torch.compile of the model with auto's library
 SECTIONS = ("gemm", "hf", "cycle", "generate", "khop")
 ROOT = Path(__file__).resolve().parents[1]
-LARGE_GEMM = (4096, 1024, 1024)  # section 0's reference GEMM: rows, in, out
+LARGE_GEMM = (4096, 1024, 1024)  # the reference GEMM (sections 0 and khop): rows, in, out
+LARGE_GEMM_NAME = "[{} x {} -> {}]".format(*LARGE_GEMM)
 
 
 def parse_args(argv=None):
@@ -201,7 +202,7 @@ def main(argv=None) -> None:
     if "generate" in sections:
         generate_section(args, base)
     if "khop" in sections:
-        khop_section(args)
+        khop_section(args, race)
 
 
 def cpu_name() -> str:
@@ -365,11 +366,8 @@ def gemm_section(args, base, race, n_tokens: int) -> None:
     print(f"{label:44s} {rates['blas']:>5.0f} |{rates['onednn']:>5.0f} {rates['onednn'] / rates['blas']:>8.2f}  oneDNN vs BLAS")
     # Each library's rate on one large GEMM: how close the step's shapes come to what the
     # library reaches on this machine at all (small widths leave less to gain from faster kernels).
-    rows, in_features, out_features = LARGE_GEMM
-    flops = 2 * rows * in_features * out_features
-    timed = race({lib: training_gemms([(in_features, out_features)], rows, lib)[0][0] for lib in libraries}, args.steps)
-    large = {lib: flops / seconds / 1e9 for lib, seconds in timed.items()}
-    label = f"forward [{rows} x {in_features} -> {out_features}], BLAS | oneDNN"
+    large = large_gemm_rates(race, list(libraries), args.steps)
+    label = f"forward {LARGE_GEMM_NAME}, BLAS | oneDNN"
     print(f"{label:44s} {large['blas']:>5.0f} |{large['onednn']:>5.0f} {large['onednn'] / large['blas']:>8.2f}"
           "  oneDNN vs BLAS: one large GEMM, each library's reference rate")
     label = "  the step's GEMMs / the large GEMM's rate"
@@ -433,7 +431,7 @@ def generate_section(args, base):
     print(f"{'generate tokens/s, KV cache':44s} {cached:>12,.0f} {cached / uncached:>8.2f}  vs recompute (same tokens)")
 
 
-def khop_section(args) -> None:
+def khop_section(args, race) -> None:
     """Section 4: each (model, source tree, precision, cpu_gemm) trains in a process of its own,
     alternating over --rounds; the best rate of each is printed, with its ratio to the first."""
     from vld.model.backend import resolve_cpu_gemm
@@ -458,7 +456,8 @@ def khop_section(args) -> None:
                 for name, src in trees.items() for precision in precisions for gemm in gemms}
         # the host's own speed at the start and the end: on a shared host it can move between runs
         # (docs/results/bench_khop_libraries_amd.txt), which only same-run ratios survive
-        reference = [large_gemm_rate(libraries[gemms[0]], args.steps, args.threads)]
+        host_library = libraries[gemms[0]]
+        reference = [large_gemm_rates(race, [host_library], args.steps)[host_library]]
         for model in args.khop_models.split(","):
             rates = {label: [] for label in runs}
             for round_ in range(args.rounds):
@@ -486,27 +485,17 @@ def khop_section(args) -> None:
                 if len(best) > 1 and label != first:
                     note = f"  vs {first}" + (" (goal: 1.3)" if args.before else "")
                 print(f"{f'positions/s, k-hop {stage} ({model}), {label}':{width}s} {rate:>12,.0f} {ratio}{note}")
-        reference.append(large_gemm_rate(libraries[gemms[0]], args.steps, args.threads))
-        rows, in_features, out_features = LARGE_GEMM
-        label = f"host: GFLOP/s of [{rows} x {in_features} -> {out_features}] in {libraries[gemms[0]]}, start | end"
+        reference.append(large_gemm_rates(race, [host_library], args.steps)[host_library])
+        label = f"host: GFLOP/s of {LARGE_GEMM_NAME} in {host_library}, start | end"
         print(f"{label:58s} {reference[0]:>5.0f} |{reference[1]:>5.0f} {reference[1] / reference[0]:>8.2f}"
               "  end vs start (the machine's own speed)")
 
 
-def large_gemm_rate(library: str, steps: int, threads: int) -> float:
-    """GFLOP/s of LARGE_GEMM's forward in `library`, fastest of `steps` after one warm-up."""
-    import torch
-
-    torch.set_num_threads(threads)
+def large_gemm_rates(race, libraries: list[str], steps: int) -> dict[str, float]:
+    """GFLOP/s of LARGE_GEMM's forward in each library, raced (fastest of `steps`)."""
     rows, in_features, out_features = LARGE_GEMM
-    gemm = training_gemms([(in_features, out_features)], rows, library)[0][0]
-    gemm()
-    fastest = float("inf")
-    for _ in range(steps):
-        start = time.perf_counter()
-        gemm()
-        fastest = min(fastest, time.perf_counter() - start)
-    return 2 * rows * in_features * out_features / fastest / 1e9
+    gemms = {lib: training_gemms([(in_features, out_features)], rows, lib)[0][0] for lib in libraries}
+    return {lib: 2 * rows * in_features * out_features / seconds / 1e9 for lib, seconds in race(gemms, steps).items()}
 
 
 def khop_worker(args) -> None:
