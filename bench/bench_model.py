@@ -8,7 +8,8 @@ The first line names this machine's CPU and the library `hardware.cpu_gemm: auto
 
 0. the GEMMs of each layer shape's training step in torch's BLAS (MKL) and in oneDNN, the two
    choices of `Backend.cpu_gemm` (see vld.model.linear), and of the whole step's GEMMs, also as
-   a share of each library's rate on one large GEMM (LARGE_GEMM); the k-hop models' shapes:
+   a share of each library's rate on one large GEMM (vld.host_speed's reference GEMM, the one a
+   training stage times at its start and end); the k-hop models' shapes:
    `--sections gemm --width 96 --layers 2 --seq 33 --batch 64` (64 sequences of 33 positions);
 1. identity schedule vs Hugging Face GPT2LMHeadModel (SDPA), same width/depth/heads/seq/batch,
    each trained in its own process (the steady state of a training run; see `hf_section`),
@@ -52,8 +53,6 @@ WORKERS = {"vld-onednn": "onednn", "vld-blas": "blas", "hf": None}
 COMPILED = "vld-compiled"  # with --compile: torch.compile of the model with auto's library
 SECTIONS = ("gemm", "hf", "cycle", "generate", "khop")
 ROOT = Path(__file__).resolve().parents[1]
-LARGE_GEMM = (4096, 1024, 1024)  # the reference GEMM (sections 0 and khop): rows, in, out
-LARGE_GEMM_NAME = "[{} x {} -> {}]".format(*LARGE_GEMM)
 
 
 def parse_args(argv=None):
@@ -353,6 +352,8 @@ def kernel_replays(model, batch: int, seq: int) -> dict:
 
 def gemm_section(args, base, race, n_tokens: int) -> None:
     """GFLOP/s of each distinct layer shape's training GEMMs: torch's BLAS against oneDNN."""
+    from vld.host_speed import REFERENCE_GEMM_NAME
+
     shapes = sorted(set(linear_shapes(base)))
     libraries = {lib: dict(zip(shapes, training_gemms(shapes, n_tokens, lib))) for lib in ("blas", "onednn")}
     print(f"# GEMMs of one step's linear layers, {n_tokens} rows, GFLOP/s; fastest of {args.steps}")
@@ -367,7 +368,7 @@ def gemm_section(args, base, race, n_tokens: int) -> None:
     # Each library's rate on one large GEMM: how close the step's shapes come to what the
     # library reaches on this machine at all (small widths leave less to gain from faster kernels).
     large = large_gemm_rates(race, list(libraries), args.steps)
-    label = f"forward {LARGE_GEMM_NAME}, BLAS | oneDNN"
+    label = f"forward {REFERENCE_GEMM_NAME}, BLAS | oneDNN"
     print(f"{label:44s} {large['blas']:>5.0f} |{large['onednn']:>5.0f} {large['onednn'] / large['blas']:>8.2f}"
           "  oneDNN vs BLAS: one large GEMM, each library's reference rate")
     label = "  the step's GEMMs / the large GEMM's rate"
@@ -434,6 +435,7 @@ def generate_section(args, base):
 def khop_section(args, race) -> None:
     """Section 4: each (model, source tree, precision, cpu_gemm) trains in a process of its own,
     alternating over --rounds; the best rate of each is printed, with its ratio to the first."""
+    from vld.host_speed import REFERENCE_GEMM_NAME
     from vld.model.backend import resolve_cpu_gemm
 
     precisions, gemms = args.khop_precision.split(","), args.khop_cpu_gemm.split(",")
@@ -486,16 +488,19 @@ def khop_section(args, race) -> None:
                     note = f"  vs {first}" + (" (goal: 1.3)" if args.before else "")
                 print(f"{f'positions/s, k-hop {stage} ({model}), {label}':{width}s} {rate:>12,.0f} {ratio}{note}")
         reference.append(large_gemm_rates(race, [host_library], args.steps)[host_library])
-        label = f"host: GFLOP/s of {LARGE_GEMM_NAME} in {host_library}, start | end"
+        label = f"host: GFLOP/s of {REFERENCE_GEMM_NAME} in {host_library}, start | end"
         print(f"{label:58s} {reference[0]:>5.0f} |{reference[1]:>5.0f} {reference[1] / reference[0]:>8.2f}"
               "  end vs start (the machine's own speed)")
 
 
 def large_gemm_rates(race, libraries: list[str], steps: int) -> dict[str, float]:
-    """GFLOP/s of LARGE_GEMM's forward in each library, raced (fastest of `steps`)."""
-    rows, in_features, out_features = LARGE_GEMM
+    """GFLOP/s of the reference GEMM's forward (vld.host_speed) in each library, raced (fastest
+    of `steps`): the libraries alternate here, where a training stage times only its own."""
+    from vld.host_speed import REFERENCE_GEMM, reference_gemm_flops
+
+    rows, in_features, out_features = REFERENCE_GEMM
     gemms = {lib: training_gemms([(in_features, out_features)], rows, lib)[0][0] for lib in libraries}
-    return {lib: 2 * rows * in_features * out_features / seconds / 1e9 for lib, seconds in race(gemms, steps).items()}
+    return {lib: reference_gemm_flops() / seconds / 1e9 for lib, seconds in race(gemms, steps).items()}
 
 
 def khop_worker(args) -> None:

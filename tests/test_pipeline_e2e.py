@@ -223,7 +223,8 @@ def test_dvc_repro_tiny_profile(dvc_project):
     assert pre.params["pattern"] == "cycle" and pre.params["effective_depth"] == "4"
     assert pre.tags["vld.pattern"] == "cycle" and pre.tags["vld.k"] == "1"
     assert re.fullmatch(r"[0-9a-f]{64}", pre.tags["vld.data.igsm_train.sha256"])
-    assert {"final_loss", "train_tokens_per_s"} <= set(pre.metrics)
+    assert {"final_loss", "train_tokens_per_s", "host_gemm_gflops_start", "host_gemm_gflops_end"} <= set(pre.metrics)
+    assert pre.metrics["host_gemm_gflops_start"] > 0 and pre.metrics["host_gemm_gflops_end"] > 0
     ev = kids["evaluate_reasoning@base/seed0"].data.metrics
     assert {"igsm.op2.answer_accuracy", "params", "flops_per_token"} <= set(ev), sorted(ev)
     assert 0.0 <= ev["igsm.op2.answer_accuracy"] <= 1.0
@@ -231,6 +232,8 @@ def test_dvc_repro_tiny_profile(dvc_project):
     assert {"khop.k2.error", "khop.k2.exact_match"} <= set(kids["evaluate_khop@cycle_x1/seed1"].data.metrics)
     khop = json.loads((repo / "results/eval/khop/cycle_x1/seed1.json").read_text())
     assert khop["family"] == "khop" and khop["effective_depth"] == 4 and khop["depth_use"]["schema"] == "vld.depth_use/1"
+    trained = json.loads((repo / "results/pretrain/khop/cycle_x1/seed1/metrics.json").read_text())
+    assert khop["train_host_gflops"] == [trained["host_gemm_gflops_start"], trained["host_gemm_gflops_end"]]
     # test-time depth (cycle x1: 1..5 repeats, the trained 2 = the ordinary evaluation) and the
     # learning curve of a seed trained stacked, in its result and in MLflow
     looped = khop["test_time_depth"]

@@ -332,6 +332,22 @@ def test_khop_table7_and_retrofit_tables(full_report, tmp_path):
     assert [r["variant"] for r in read_csv(out / "table2.csv")] == ["rf-base", "rf-cycle"]
 
 
+def test_the_compute_table_has_one_row_per_variant_with_its_seeds_and_the_hosts_speed():
+    from vld.report.tables import compute_table
+
+    seeds = [result("kh-base", "khop", "base", 0, 2, seed=s, train_steps=10) for s in range(3)]
+    for r, rate, host in zip(seeds, (100.0, 200.0, 600.0), ([200.0, 190.0], [210.0, 180.0], [220.0, 170.0])):
+        r.update(train_tokens_per_s=rate, train_host_gflops=host)
+    older = result("kh-cycle", "khop", "cycle", 1, 2, train_steps=10)  # trained by a vld that did not time the host
+    table = compute_table([*seeds, older])
+    rows = {row[0]: dict(zip(table.columns, row)) for row in table.rows}
+    assert len(table.rows) == 2
+    assert rows["kh-base"]["seeds"] == 3 and rows["kh-base"]["train tokens/s"] == "300"
+    assert rows["kh-base"]["host GFLOP/s, start and end"] == "210, 180"  # each end's mean over the seeds
+    assert rows["kh-cycle"]["seeds"] == 1 and rows["kh-cycle"]["train tokens/s"] == "2,500"
+    assert rows["kh-cycle"]["host GFLOP/s, start and end"] == ""
+
+
 def test_knowledge_figure1_retrofit_compute_depth_tables(full_report):
     out, _ = full_report
     know = {r["variant"]: r for r in read_csv(out / "figure4.csv")}

@@ -223,9 +223,25 @@ def test_same_seed_same_curve_and_metrics(tiny_data, tmp_path):
     assert a["final_loss"] == a["loss_curve"][-1]
     assert a["steps"] == 10 and a["tokens_seen"] == 10 * 8 * 32 and a["resumed_from_step"] == 0
     assert a["train_tokens_per_s"] > 0 and a["wall_s"] >= a["train_wall_s"] > 0
+    assert a["host_gemm_gflops_start"] > 0 and a["host_gemm_gflops_end"] > 0  # the host's own speed, timed
     assert json.loads((tmp_path / "a" / "metrics.json").read_text()) == a
     assert (tmp_path / "a" / "checkpoints" / "last.ckpt").is_file()
     assert not [p for p in (tmp_path / "a" / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_timing_the_host_changes_no_arithmetic(tiny_data, tmp_path, monkeypatch):
+    """The reference GEMM runs inside the fit, after seeding: were it to draw random numbers or
+    leave other state behind, the weights would differ from a fit that does not time it."""
+    import vld.train.run as run
+
+    timed_model, timed = train_tiny(tiny_data, tmp_path / "timed")
+    timed_rng = torch.get_rng_state()
+    monkeypatch.setattr(run, "gemm_rate", lambda cpu_gemm: -1.0)  # no GEMM at all, a marked rate
+    untimed_model, untimed = train_tiny(tiny_data, tmp_path / "untimed")
+    assert untimed["host_gemm_gflops_start"] == untimed["host_gemm_gflops_end"] == -1.0
+    assert torch.equal(timed_rng, torch.get_rng_state())  # no random number drawn (a draw would show even without dropout)
+    assert timed["loss_curve"] == untimed["loss_curve"]
+    assert all(torch.equal(x, y) for x, y in zip(timed_model.state_dict().values(), untimed_model.state_dict().values()))
 
 
 def test_the_time_estimate_is_one_early_line_and_changes_no_arithmetic(tiny_data, tmp_path, capsys):

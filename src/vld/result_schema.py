@@ -49,6 +49,9 @@ class VariantResult:
     depth_use: dict = field(default_factory=dict)  # ablations and early exit (vld.eval.depth_use)
     test_time_depth: dict = field(default_factory=dict)  # the core run other counts (vld.eval.test_time_depth)
     eval_wall_s: float | None = None  # this evaluation's wall time (ablations included)
+    # vld.host_speed's reference GEMM, GFLOP/s at training's start and end: the host's speed
+    # beside train_tokens_per_s (None: trained off the CPU or by an older vld)
+    train_host_gflops: list | None = None
     scores: dict = field(default_factory=dict)  # {benchmark: percent} given by the caller
     schema: str = SCHEMA
 
@@ -60,8 +63,8 @@ class VariantResult:
 
 FIELDS = tuple(f.name for f in dataclasses.fields(VariantResult))
 # Keys meta may set (they describe the variant, they are not measured).
-DESCRIPTIVE_KEYS = ("variant", "pattern", "k", "layers", "seed", "train_tokens_per_s", "train_steps",
-                    "train_tokens", "scores")
+DESCRIPTIVE_KEYS = ("variant", "pattern", "k", "layers", "seed", "train_tokens_per_s", "train_host_gflops",
+                    "train_steps", "train_tokens", "scores")
 MEASURED_KEYS = tuple(key for key in FIELDS if key not in DESCRIPTIVE_KEYS)
 
 

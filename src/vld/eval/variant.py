@@ -136,7 +136,8 @@ def evaluate_variant(model, family: str, data: dict, settings: dict | None = Non
         k=meta.pop("k", 0 if native else None), layers=meta.pop("layers", None), seed=meta.pop("seed", None),
         n_layer=int(config.n_layer), d_model=int(config.d_model), n_head=int(config.n_head),
         block=str(config.block), vocab_size=int(config.vocab_size), native_depth=native,
-        train_tokens_per_s=meta.pop("train_tokens_per_s", None), train_steps=meta.pop("train_steps", None),
+        train_tokens_per_s=meta.pop("train_tokens_per_s", None), train_host_gflops=meta.pop("train_host_gflops", None),
+        train_steps=meta.pop("train_steps", None),
         train_tokens=meta.pop("train_tokens", None), scores=meta.pop("scores", None) or {},
         **{key: profile[key] for key in ("effective_depth", "vld", "schedule", "params", "params_no_embed",
                                          "seq_len", "flops_per_token", "flops_per_token_train")})

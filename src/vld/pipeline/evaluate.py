@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from vld.errors import fail, run_cli
+from vld.host_speed import host_gflops
 from vld.machine import RUN_SETTINGS
 from vld.pipeline import paths, shared, tracking
 from vld.pipeline.families import FAMILIES
@@ -35,6 +36,7 @@ def _evaluate_seed(pipeline, variant, family, device: str, run) -> dict:
     trained = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     meta = {"variant": variant.name, "pattern": variant.pattern, "k": variant.k, "layers": variant.layers,
             "seed": variant.seed, "train_tokens_per_s": trained.get("train_tokens_per_s"),
+            "train_host_gflops": host_gflops(trained),
             "train_steps": trained.get("steps"), "train_tokens": trained.get("tokens_seen"),
             "model_name": variant.model_name, "variant_sha256": variant.fingerprint()}
     meta.update({key: getattr(variant, key) for key in ("source", "method", "data", "objective")

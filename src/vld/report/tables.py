@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from statistics import mean
 from typing import NamedTuple
 
+from vld import host_speed
 from vld.model.schedule import BUILTIN_PATTERNS
 from vld.pipeline.families import families_where
 from vld.report import paper
@@ -397,29 +399,42 @@ def table2(results: list[dict]) -> Table | None:
 # ---------------------------------------------------------------- compute
 
 def compute_table(results: list[dict]) -> Table | None:
+    """One row per trained variant (its seeds together): size, depth, FLOPs, and the training
+    stage's tokens/s beside the host's own speed measured in the same stage."""
     if not results:
         return None
     native_flops = {(r["family"], r["n_layer"], r.get("d_model")): r.get("flops_per_token")
                     for r in results if r["native_depth"]}
+    seeds_of: dict[tuple, list[dict]] = {}
+    for r in results:
+        seeds_of.setdefault((r["family"], r["variant"]), []).append(r)
     header = ["variant", "family", "pattern", "VLD", "layers", "base layers", "d_model",
               "effective depth", "params", "params w/o embeddings", "seq_len",
               "forward FLOPs/token", "training FLOPs/token", "FLOPs vs native same params",
-              "train tokens/s"]
+              "seeds", "train tokens/s", "host GFLOP/s, start and end"]
     rows = []
-    for r in sorted(results, key=lambda r: (r["family"], r["n_layer"], r.get("d_model") or 0,
-                                            pattern_key(r["pattern"]), r["k"] or 0, r["variant"])):
+    for seeds in sorted(seeds_of.values(), key=lambda s: (s[0]["family"], s[0]["n_layer"], s[0].get("d_model") or 0,
+                                                          pattern_key(s[0]["pattern"]), s[0]["k"] or 0, s[0]["variant"])):
+        r = seeds[0]  # a variant's seeds share its model, so everything but the measured rates
         base = native_flops.get((r["family"], r["n_layer"], r.get("d_model")))
         flops = r.get("flops_per_token")
         ratio = f"{flops / base:.2f}" if base and flops else ""
+        rates = [s["train_tokens_per_s"] for s in seeds if s.get("train_tokens_per_s") is not None]
+        host = [s["train_host_gflops"] for s in seeds if s.get("train_host_gflops")]
+        host_cell = ", ".join(fmt_int(mean(pair[i] for pair in host)) for i in (0, 1)) if host else ""
         rows.append([r["variant"], r["family"], r["pattern"], vld_label(r["k"]), r.get("layers") or "",
                      r["n_layer"], r.get("d_model", ""), r["effective_depth"], fmt_int(r["params"]),
                      fmt_int(r.get("params_no_embed")), r.get("seq_len", ""), fmt_int(flops),
-                     fmt_int(r.get("flops_per_token_train")), ratio,
-                     fmt_int(r.get("train_tokens_per_s"))])
+                     fmt_int(r.get("flops_per_token_train")), ratio, len(seeds),
+                     fmt_int(mean(rates) if rates else None), host_cell])
     notes = ["Parameters count tied weights once; FLOPs per token are the model's own count "
              "(2 x block params x effective depth + attention + head; training = 3 x forward).",
-             "Train tokens/s as measured by the training stage on the machine that ran it "
-             "(comparable only within one run of the pipeline).",
+             "Train tokens/s as measured by the training stage, per seed, the mean over the variant's seeds "
+             "(seeds trained together share one rate).",
+             f"Host GFLOP/s: one float32 GEMM {host_speed.REFERENCE_GEMM_NAME} timed by the training stage at "
+             "its start and end, in the GEMM library and thread count it trained with (mean over seeds): the "
+             "machine's own speed then. Two variants' tokens/s compare only where their host rates agree; "
+             "a shared host's speed moves between runs and within one.",
              "paper: no FLOP-, latency- or throughput-matched figures are given."]
     return Table("compute", "Compute: parameters, depth, FLOPs and throughput", header, rows, notes)
 

@@ -105,6 +105,7 @@ class LMModule(L.LightningModule):
         self.resumed_from_step = 0
         self.eval_curve: list[dict] = []  # vld.train.curves.LearningCurve's points
         self.curve_wall_s = 0.0  # the time those took (inside train_wall_s)
+        self.host_gemm_gflops: tuple[float, float] | None = None  # set by vld.train.run.fit on CPU
         self._micro_losses: list[torch.Tensor] = []
         # decided on the model as built: under FSDP (use_orig_params) each parameter is later a
         # flat 1-d shard of itself, the same object

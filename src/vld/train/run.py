@@ -25,6 +25,7 @@ from torch import nn
 
 from vld.atomic import write_failure, write_json
 from vld.errors import fail
+from vld.host_speed import END_KEY, START_KEY, gemm_rate
 from vld.machine import across_ranks, describe_machine
 from vld.train.config import TrainConfig, apply_threads, busy_cores, busy_note, check_devices, machine_cores
 from vld.train.datamodules import _WindowDataModuleBase
@@ -397,7 +398,11 @@ def fit(
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if resume is None:
             write_json(ckpt_dir / RUN_CONFIG, run_config)
+    # the host's own speed at the start and end of the fit: a reference for its tokens/s
+    host_start = gemm_rate(cfg.cpu_gemm) if cfg.accelerator == "cpu" else None
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
+    if host_start is not None:
+        module.host_gemm_gflops = (host_start, gemm_rate(cfg.cpu_gemm))
     _reap_ranks_at_exit(trainer)
     return trainer
 
@@ -438,6 +443,9 @@ def training_metrics(loss_curve: list[float], trainer: L.Trainer, cfg: TrainConf
         "threads": torch.get_num_threads(),  # cfg.threads, unless something changed it while training
         "cpu_gemm": cfg.cpu_gemm,
         "precision": cfg.resolved_precision(),  # "auto" resolved: what the Trainer ran
+        # vld.host_speed's reference GEMM (float32, this run's library and threads), GFLOP/s at
+        # the start and end of the fit; None off the CPU
+        **dict(zip((START_KEY, END_KEY), module.host_gemm_gflops or (None, None))),
         "machine": machine,  # the same seed trains to other weights on another CPU
         "loss_curve": list(loss_curve),
     }
