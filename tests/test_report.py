@@ -346,6 +346,8 @@ def test_the_compute_table_has_one_row_per_variant_with_its_seeds_and_the_hosts_
     assert rows["kh-base"]["host GFLOP/s, start and end"] == "210, 180"  # each end's mean over the seeds
     assert rows["kh-cycle"]["seeds"] == 1 and rows["kh-cycle"]["train tokens/s"] == "2,500"
     assert rows["kh-cycle"]["host GFLOP/s, start and end"] == ""
+    assert "170 to 220 GFLOP/s (1.29x apart)" in " ".join(table.notes)  # over every timing, not the means
+    assert not any("rate over every timing" in note for note in compute_table([older]).notes)
 
 
 def test_knowledge_figure1_retrofit_compute_depth_tables(full_report):

@@ -436,6 +436,10 @@ def compute_table(results: list[dict]) -> Table | None:
              "machine's own speed then. Two variants' tokens/s compare only where their host rates agree; "
              "a shared host's speed moves between runs and within one.",
              "paper: no FLOP-, latency- or throughput-matched figures are given."]
+    timed = [rate for r in results for rate in (r.get("train_host_gflops") or ())]
+    if timed:
+        notes.insert(3, f"The host's rate over every timing of these stages: {min(timed):,.0f} to {max(timed):,.0f} "
+                        f"GFLOP/s ({max(timed) / min(timed):.2f}x apart).")
     return Table("compute", "Compute: parameters, depth, FLOPs and throughput", header, rows, notes)
 
 
