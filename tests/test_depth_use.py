@@ -446,6 +446,13 @@ def test_report_tables_and_figures(tmp_path):
     regimes = report.regime_table(results)
     assert [row[3] for row in regimes.rows] == [r["depth_use"]["regime"]["loss"]["verdict"] for r in results[:2]]
     assert report.regime_lines(results)[0].startswith("knowledge: base (loss): ")
+    # Several seeds of one variant: every table names the seed, so its rows are told apart; a
+    # variant with one seed keeps its plain name.
+    seeded = [dict(results[0], seed=1), dict(results[0], seed=0), dict(results[1], seed=0)]
+    assert [row[0] for row in report.regime_table(seeded).rows] == ["base seed 0", "base seed 1", "cycle x1"]
+    assert {row[0] for row in report.depth_use_table(seeded).rows} == {"base seed 0", "base seed 1", "cycle x1"}
+    assert [row[0] for row in report.early_exit_table(seeded).rows][:6] == ["base seed 0"] * 3 + ["base seed 1"] * 3
+    assert report.regime_lines(seeded)[0].startswith("knowledge: base seed 0 (loss): ")
     law = rules.depth_law(law_points(lambda native, d: native(d)))
     law_table = report.depth_law_table({"knowledge loss": law})
     assert [row[1] for row in law_table.rows] == ["native", "tied", "tied / native gain"]

@@ -350,6 +350,15 @@ def test_the_compute_table_has_one_row_per_variant_with_its_seeds_and_the_hosts_
     assert not any("rate over every timing" in note for note in compute_table([older]).notes)
 
 
+def test_the_depth_table_names_the_seed_where_a_variant_has_several():
+    from vld.report.tables import depth_table
+
+    seeds = [result("kh-base", "khop", "base", 0, 2, seed=s) for s in (1, 0)]
+    rows = depth_table([*seeds, result("kh-cycle", "khop", "cycle", 1, 2)]).rows
+    assert [row[0] for row in rows] == ["kh-base seed 0"] * 2 + ["kh-base seed 1"] * 2 + ["kh-cycle"] * 4
+    assert [row[4] for row in rows[:4]] == [0, 1, 0, 1]  # each seed's own virtual layers
+
+
 def test_knowledge_figure1_retrofit_compute_depth_tables(full_report):
     out, _ = full_report
     know = {r["variant"]: r for r in read_csv(out / "figure4.csv")}

@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 from vld import depth_rules as rule
 from vld.report.figures import (Style, legend_outside, not_learned_note, note, pyplot, save, usual_steps,
                                 variant_label, variant_style)
-from vld.report.tables import Table, VariantGroup, group_name, recipe_label, variant_group
+from vld.report.tables import Table, VariantGroup, group_name, recipe_label, seeded_names, variant_group
 from vld.result_schema import DEPTH_USE_SCHEMA
 
 KIND_ORDER = ("skip", "swap", "revisit", "revisit_all")
@@ -25,8 +25,10 @@ SERIES_COLORS = ("black", "tab:orange", "tab:blue", "tab:green", "tab:red", "tab
 
 
 def entries(results: list[dict]) -> list[dict]:
-    """[{"variant", "family", "use", "seed", "group"}] for every result that holds a depth-use
-    record ("group": its VariantGroup, None for a bare depth-use record)."""
+    """[{"variant", "family", "use", "seed", "group", "label"}] for every result that holds a
+    depth-use record ("group": its VariantGroup, None for a bare depth-use record; "label": the
+    variant's name, with the seed where the results hold several seeds of it, so that a table's
+    rows of one seed are told from another's)."""
     out = []
     for r in results or []:
         use = r.get("depth_use") if isinstance(r.get("depth_use"), Mapping) else (
@@ -37,7 +39,9 @@ def entries(results: list[dict]) -> list[dict]:
                     "family": str(r.get("family") or r.get("kind") or use.get("family") or ""),
                     "use": use, "seed": str(r.get("seed")),
                     "group": variant_group(r) if {"family", "pattern", "n_layer"} <= set(r) else None})
-    return sorted(out, key=lambda e: (e["family"], e["variant"], e["seed"]))
+    for e, label in zip(out, seeded_names(out)):
+        e["label"] = label
+    return sorted(out, key=lambda e: (e["family"], e["variant"], int(e["seed"]) if e["seed"].isdigit() else -1, e["seed"]))
 
 
 def _metrics(chosen: list[dict], metric: str | None) -> list[str]:
@@ -77,11 +81,11 @@ def depth_use_table(results: list[dict], metric: str | None = None) -> Table | N
     rows = []
     for e in chosen:
         use = e["use"]
-        rows.append([e["variant"], e["family"], "intact (value)", "", ""]
+        rows.append([e["label"], e["family"], "intact (value)", "", ""]
                     + [_cell(use["intact"].get(m)) for m in metrics])
         for a in sorted(use["ablations"], key=lambda a: (KIND_ORDER.index(a["kind"]),
                                                          a["virtual_layers"])):
-            rows.append([e["variant"], e["family"], a["label"],
+            rows.append([e["label"], e["family"], a["label"],
                          " ".join(str(v) for v in a["virtual_layers"]),
                          " ".join(str(b) for b in a["base_layers"])]
                         + [_delta(a["delta"].get(m)) for m in metrics])
@@ -93,7 +97,7 @@ def depth_use_table(results: list[dict], metric: str | None = None) -> Table | N
         "skip i: virtual layer i passes its input through; swap i-j: virtual layers i and j "
         "run in the other order; revisit i <- f: the later visit i of a tied base layer adds "
         "the update its first visit f made instead of running again.",
-        "Sequences: " + ", ".join(f"{e['variant']} {e['use']['sequences']}" for e in chosen) + ".",
+        "Sequences: " + ", ".join(f"{e['label']} {e['use']['sequences']}" for e in chosen) + ".",
     ]
     return Table("depth_use", "Depth use: causal ablations per virtual layer", header, rows, notes)
 
@@ -109,7 +113,7 @@ def early_exit_table(results: list[dict], metric: str | None = None) -> Table | 
     rows = []
     for e in chosen:
         for x in e["use"]["early_exit"]:
-            rows.append([e["variant"], e["family"], x["layers_run"],
+            rows.append([e["label"], e["family"], x["layers_run"],
                          "embeddings" if x["virtual_layer"] is None else x["virtual_layer"],
                          "" if x["base_layer"] is None else x["base_layer"],
                          "" if x["visit"] is None else x["visit"]]
@@ -129,7 +133,7 @@ def regime_table(results: list[dict]) -> Table | None:
             r = (e["use"].get("regime") or {}).get(m)
             if not r:
                 continue
-            rows.append([e["variant"], e["family"], m, r["verdict"], _num(r["gain"]),
+            rows.append([e["label"], e["family"], m, r["verdict"], _num(r["gain"]),
                          _num(r["skip_max_share"], 2), _num(r["skip_spread_share"], 2),
                          _num(r["skip_median"]), _num(r["swap_median"]), r["why"]])
     if not rows:
@@ -153,7 +157,7 @@ def regime_lines(results: list[dict], metric: str | None = None) -> list[str]:
         for m in metrics:
             r = (e["use"].get("regime") or {}).get(m)
             if r:
-                by_family.setdefault(e["family"] or "-", []).append(f"{e['variant']} ({m}): {r['verdict']}")
+                by_family.setdefault(e["family"] or "-", []).append(f"{e['label']} ({m}): {r['verdict']}")
     return [f"{family}: " + "; ".join(parts) for family, parts in sorted(by_family.items())]
 
 

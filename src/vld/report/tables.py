@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from collections import Counter
 from statistics import mean
 from typing import NamedTuple
 
@@ -87,6 +88,14 @@ def recipe_label(recipe: dict | None) -> str | None:
     from vld.train.recipe import Recipe
 
     return Recipe(**recipe).label()
+
+
+def seeded_names(results: list[dict]) -> list[str]:
+    """Each result's variant name, with its seed where `results` hold several seeds of that
+    variant (family and name), so that a table's rows of one seed are told from another's."""
+    count = Counter((r.get("family"), r.get("variant")) for r in results)
+    return [str(r.get("variant")) + (f" seed {r.get('seed')}" if count[r.get("family"), r.get("variant")] > 1 else "")
+            for r in results]
 
 
 def variant_group(result: dict) -> VariantGroup:
@@ -411,7 +420,7 @@ def compute_table(results: list[dict]) -> Table | None:
     header = ["variant", "family", "pattern", "VLD", "layers", "base layers", "d_model",
               "effective depth", "params", "params w/o embeddings", "seq_len",
               "forward FLOPs/token", "training FLOPs/token", "FLOPs vs native same params",
-              "seeds", "train tokens/s", "host GFLOP/s, start and end"]
+              "seeds", "host GFLOP/s, start and end", "train tokens/s"]
     rows = []
     for seeds in sorted(seeds_of.values(), key=lambda s: (s[0]["family"], s[0]["n_layer"], s[0].get("d_model") or 0,
                                                           pattern_key(s[0]["pattern"]), s[0]["k"] or 0, s[0]["variant"])):
@@ -425,8 +434,8 @@ def compute_table(results: list[dict]) -> Table | None:
         rows.append([r["variant"], r["family"], r["pattern"], vld_label(r["k"]), r.get("layers") or "",
                      r["n_layer"], r.get("d_model", ""), r["effective_depth"], fmt_int(r["params"]),
                      fmt_int(r.get("params_no_embed")), r.get("seq_len", ""), fmt_int(flops),
-                     fmt_int(r.get("flops_per_token_train")), ratio, len(seeds),
-                     fmt_int(mean(rates) if rates else None), host_cell])
+                     fmt_int(r.get("flops_per_token_train")), ratio, len(seeds), host_cell,
+                     fmt_int(mean(rates) if rates else None)])
     notes = ["Parameters count tied weights once; FLOPs per token are the model's own count "
              "(2 x block params x effective depth + attention + head; training = 3 x forward).",
              "Train tokens/s as measured by the training stage, per seed, the mean over the variant's seeds "
@@ -511,10 +520,11 @@ def depth_table(results: list[dict]) -> Table | None:
     header = ["variant", "family", "pattern", "VLD", "virtual layer", "base layer", "visit",
               "update norm", "update / |h|", "angle (deg)", "cos(next update)", "logit-lens loss"]
     rows = []
-    for r in sorted(with_depth, key=lambda r: (r["family"], r["n_layer"], pattern_key(r["pattern"]),
-                                               r["k"] or 0, r["variant"])):
+    with_depth.sort(key=lambda r: (r["family"], r["n_layer"], pattern_key(r["pattern"]), r["k"] or 0, r["variant"],
+                                   r.get("seed") if isinstance(r.get("seed"), int) else -1))
+    for r, name in zip(with_depth, seeded_names(with_depth)):
         for layer in r["depth"]:
-            rows.append([r["variant"], r["family"], r["pattern"], vld_label(r["k"]),
+            rows.append([name, r["family"], r["pattern"], vld_label(r["k"]),
                          layer["virtual_layer"], layer["base_layer"], layer.get("visit", ""),
                          fmt_num(layer.get("update_norm"), 3), fmt_num(layer.get("relative_update"), 3),
                          fmt_num(layer.get("angle_deg"), 1), fmt_num(layer.get("update_cosine_next"), 3),
