@@ -416,6 +416,26 @@ def test_metrics_json_for_dvc(full_report):
     assert set(metrics["claims"]) == {f"claim_{c}" for c in ("1", "2", "2c", "3", "4", "5", "6", "7")}
 
 
+def test_metrics_json_gives_each_variant_over_all_its_seeds(tmp_path):
+    """dvc metrics show / diff compare variants: a variant's numbers are its seeds' together
+    (errors and accuracies their mean, test counts their sum), not whichever seed came last."""
+    from vld.report.build import metrics_summary
+
+    tests = lambda c15: {"op15": igsm_scores(c15, 100)}
+    results = [result("kh", "khop", "base", 0, 2, seed=s, khop=khop_cells({2: e}), depth=False)
+               for s, e in ((0, 0.25), (1, 0.5), (2, 0.125))]
+    results += [result("r", "reasoning", "base", 0, 2, seed=s, igsm=tests(c)) for s, c in ((0, 40), (1, 60))]
+    results.append(result("r-cycle", "reasoning", "cycle", 1, 2, igsm=tests(45)))
+    variants = metrics_summary(results, "seeds")["variants"]
+    assert variants["khop"]["kh"]["khop_k2_error"] == pytest.approx((0.25 + 0.5 + 0.125) / 3)
+    assert variants["khop"]["kh"]["seeds"] == 3 and variants["khop"]["kh"]["params"] == 2 * 64 * 1000
+    assert variants["reasoning"]["r"]["igsm_op15_answer_accuracy"] == pytest.approx(0.5)
+    assert variants["reasoning"]["r"]["igsm_op15_n"] == 200 and variants["reasoning"]["r-cycle"]["seeds"] == 1
+    # the best reasoning variant by its seeds' accuracy (0.5), not by its best seed's (0.6)
+    best = metrics_summary(results, "seeds")["best_reasoning"]
+    assert (best["variant"], best["answer_accuracy"]) == ("r", pytest.approx(0.5))
+
+
 def test_missing_pieces_are_skipped_with_notes(tmp_path):
     written = build_report(reasoning_set()[:3], tmp_path / "rep", "reasoning-only")
     names = {p.name for p in written}

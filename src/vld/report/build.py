@@ -16,6 +16,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import mean
 from typing import Callable
 
 from vld.atomic import atomic_dir, check_replaceable
@@ -94,39 +95,56 @@ def _finite(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
+def _seed_metrics(r: dict) -> dict:
+    """One result's numbers for metrics.json (finite ones only)."""
+    entry = {key: r[key] for key in ("params", "params_no_embed", "effective_depth",
+                                      "flops_per_token", "train_tokens_per_s")
+             if _finite(r.get(key))}
+    for test, scores in sorted((r.get("igsm") or {}).items()):
+        entry[f"igsm_{test}_answer_accuracy"] = scores.get("answer_accuracy")
+        entry[f"igsm_{test}_n"] = scores.get("n")
+        rate = (scores.get("baseline") or {}).get("rate")
+        if rate is not None:
+            entry[f"igsm_{test}_baseline_rate"] = rate
+    for measure in tables.MEASURE_LABELS:
+        bits = tables.knowledge_bits(r, measure)
+        if bits is not None:
+            entry[f"knowledge_{measure}_absorbed_bits"] = bits
+    for hops, cell in sorted(((r.get("khop") or {}).get("hops") or {}).items(), key=lambda kv: int(kv[0])):
+        entry[f"khop_k{hops}_error"] = cell["error"]
+    return {k: v for k, v in entry.items() if _finite(v)}
+
+
+def _over_seeds(entries: list[dict]) -> dict:
+    """A variant's numbers from its seeds' (_seed_metrics): test counts (`_n`) summed, everything
+    else the mean over the seeds that have it. Every seed is scored on the same test set, so the
+    mean of the seeds' accuracies and errors is the pooled figure the report's tables show."""
+    keys = sorted({key for entry in entries for key in entry})
+    return {key: (sum if key.endswith("_n") else mean)([entry[key] for entry in entries if key in entry])
+            for key in keys}
+
+
 def metrics_summary(results: list[dict], profile_name: str, lm_results: list[dict] = ()) -> dict:
-    """Numbers for `dvc metrics show`: per family and variant (variants: {family: {name: {...}}}),
-    the best reasoning variant against the most-common-answer baseline (accuracy / baseline
-    rate, on the first test), and every claim's verdict (vld.report.claims; `lm_results`: the
+    """Numbers for `dvc metrics show`: per family and variant, over its seeds (variants: {family:
+    {name: {..., "seeds": n}}}, _over_seeds), the best reasoning variant against the
+    most-common-answer baseline (accuracy / baseline rate, on the first test), and every claim's verdict (vld.report.claims; `lm_results`: the
     lm-eval results, for claim 6 on a language model)."""
+    seeds_of: dict[tuple, list[dict]] = {}
+    for r in results:
+        seeds_of.setdefault((r["family"], r["variant"]), []).append(r)
     variants: dict[str, dict] = {}
-    for r in sorted(results, key=lambda r: (r["family"], r["variant"])):
-        entry = {key: r[key] for key in ("params", "params_no_embed", "effective_depth",
-                                          "flops_per_token", "train_tokens_per_s")
-                 if _finite(r.get(key))}
-        for test, scores in sorted((r.get("igsm") or {}).items()):
-            entry[f"igsm_{test}_answer_accuracy"] = scores.get("answer_accuracy")
-            entry[f"igsm_{test}_n"] = scores.get("n")
-            rate = (scores.get("baseline") or {}).get("rate")
-            if rate is not None:
-                entry[f"igsm_{test}_baseline_rate"] = rate
-        for measure in tables.MEASURE_LABELS:
-            bits = tables.knowledge_bits(r, measure)
-            if bits is not None:
-                entry[f"knowledge_{measure}_absorbed_bits"] = bits
-        for hops, cell in sorted(((r.get("khop") or {}).get("hops") or {}).items(), key=lambda kv: int(kv[0])):
-            entry[f"khop_k{hops}_error"] = cell["error"]
-        variants.setdefault(r["family"], {})[r["variant"]] = {k: v for k, v in entry.items() if _finite(v)}
+    for (family, name), seeds in sorted(seeds_of.items()):
+        variants.setdefault(family, {})[name] = {**_over_seeds([_seed_metrics(r) for r in seeds]), "seeds": len(seeds)}
     summary: dict = {"profile": profile_name, "n_variants": len(results), "variants": variants}
     reasoning = [r for r in results if r["family"] in tables.PRETRAINED_IGSM and r.get("igsm")]
     if reasoning:
         first = tables.test_names(reasoning)[0]
-        scored = [(r["igsm"][first]["answer_accuracy"], r["variant"], r["igsm"][first])
-                  for r in reasoning if first in r["igsm"]
-                  and r["igsm"][first].get("answer_accuracy") is not None]
+        key = f"igsm_{first}_answer_accuracy"
+        scored = [(entry[key], name, entry.get(f"igsm_{first}_baseline_rate"))
+                  for family in {r["family"] for r in reasoning} for name, entry in variants[family].items()
+                  if key in entry]
         if scored:
-            accuracy, name, scores = max(scored, key=lambda s: (s[0], s[1]))
-            rate = (scores.get("baseline") or {}).get("rate")
+            accuracy, name, rate = max(scored, key=lambda s: (s[0], s[1]))
             summary["best_reasoning"] = {
                 "variant": name, "test": first, "answer_accuracy": accuracy,
                 "baseline_rate": rate,
