@@ -129,11 +129,8 @@ def metrics_summary(results: list[dict], profile_name: str, lm_results: list[dic
     {name: {..., "seeds": n}}}, _over_seeds), the best reasoning variant against the
     most-common-answer baseline (accuracy / baseline rate, on the first test), and every claim's verdict (vld.report.claims; `lm_results`: the
     lm-eval results, for claim 6 on a language model)."""
-    seeds_of: dict[tuple, list[dict]] = {}
-    for r in results:
-        seeds_of.setdefault((r["family"], r["variant"]), []).append(r)
     variants: dict[str, dict] = {}
-    for (family, name), seeds in sorted(seeds_of.items()):
+    for (family, name), seeds in sorted(tables.seeds_by_variant(results).items()):
         variants.setdefault(family, {})[name] = {**_over_seeds([_seed_metrics(r) for r in seeds]), "seeds": len(seeds)}
     summary: dict = {"profile": profile_name, "n_variants": len(results), "variants": variants}
     reasoning = [r for r in results if r["family"] in tables.PRETRAINED_IGSM and r.get("igsm")]

@@ -11,8 +11,8 @@ are 95%: Wilson for one seed, a bootstrap over seeds and then problems within a 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from collections import Counter
+from dataclasses import dataclass, field
 from statistics import mean
 from typing import NamedTuple
 
@@ -88,6 +88,14 @@ def recipe_label(recipe: dict | None) -> str | None:
     from vld.train.recipe import Recipe
 
     return Recipe(**recipe).label()
+
+
+def seeds_by_variant(results: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """{(family, variant name): its results, one per seed}, in the results' order."""
+    seeds: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        seeds.setdefault((r["family"], r["variant"]), []).append(r)
+    return seeds
 
 
 def seeded_names(results: list[dict]) -> list[str]:
@@ -414,15 +422,12 @@ def compute_table(results: list[dict]) -> Table | None:
         return None
     native_flops = {(r["family"], r["n_layer"], r.get("d_model")): r.get("flops_per_token")
                     for r in results if r["native_depth"]}
-    seeds_of: dict[tuple, list[dict]] = {}
-    for r in results:
-        seeds_of.setdefault((r["family"], r["variant"]), []).append(r)
     header = ["variant", "family", "pattern", "VLD", "layers", "base layers", "d_model",
               "effective depth", "params", "params w/o embeddings", "seq_len",
               "forward FLOPs/token", "training FLOPs/token", "FLOPs vs native same params",
               "seeds", "host GFLOP/s, start and end", "train tokens/s"]
     rows = []
-    for seeds in sorted(seeds_of.values(), key=lambda s: (s[0]["family"], s[0]["n_layer"], s[0].get("d_model") or 0,
+    for seeds in sorted(seeds_by_variant(results).values(), key=lambda s: (s[0]["family"], s[0]["n_layer"], s[0].get("d_model") or 0,
                                                           pattern_key(s[0]["pattern"]), s[0]["k"] or 0, s[0]["variant"])):
         r = seeds[0]  # a variant's seeds share its model, so everything but the measured rates
         base = native_flops.get((r["family"], r["n_layer"], r.get("d_model")))
