@@ -240,6 +240,10 @@ def test_timing_the_host_changes_no_arithmetic(tiny_data, tmp_path, monkeypatch)
     untimed_model, untimed = train_tiny(tiny_data, tmp_path / "untimed")
     assert untimed["host_gemm_gflops_start"] == untimed["host_gemm_gflops_end"] == -1.0
     assert torch.equal(timed_rng, torch.get_rng_state())  # no random number drawn (a draw would show even without dropout)
+    if not torch.cuda.is_available():  # accelerator "auto" resolves to this CPU: timed there too
+        monkeypatch.undo()
+        _, auto = train_tiny(tiny_data, tmp_path / "auto", accelerator="auto", max_steps=2)
+        assert auto["host_gemm_gflops_start"] > 0 and auto["host_gemm_gflops_end"] > 0
     assert timed["loss_curve"] == untimed["loss_curve"]
     assert all(torch.equal(x, y) for x, y in zip(timed_model.state_dict().values(), untimed_model.state_dict().values()))
 

@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 import lightning as L
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from torch import nn
 
@@ -399,7 +400,8 @@ def fit(
         if resume is None:
             write_json(ckpt_dir / RUN_CONFIG, run_config)
     # the host's own speed at the start and end of the fit: a reference for its tokens/s
-    host_start = gemm_rate(cfg.cpu_gemm) if cfg.accelerator == "cpu" else None
+    on_cpu = isinstance(trainer.accelerator, CPUAccelerator)  # accelerator "auto" resolved
+    host_start = gemm_rate(cfg.cpu_gemm) if on_cpu else None
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
     if host_start is not None:
         module.host_gemm_gflops = (host_start, gemm_rate(cfg.cpu_gemm))
@@ -465,8 +467,6 @@ def run_machine(trainer: L.Trainer) -> dict:
 def _note_busy_cpu(trainer: L.Trainer, cfg: TrainConfig) -> None:
     """One line on stderr (rank 0 of a CPU run) when other processes keep cores busy: the run
     keeps hardware.threads; the line names a count that may run faster here."""
-    from lightning.pytorch.accelerators import CPUAccelerator
-
     if not isinstance(trainer.accelerator, CPUAccelerator) or not trainer.is_global_zero:
         return
     note = busy_note(cfg.threads, busy_cores(), machine_cores(), cfg.devices)
