@@ -146,7 +146,7 @@ def main(argv=None) -> None:
     def race(steps: dict, n: int) -> dict:
         """Fastest seconds per step of each (the least disturbed by other load), interleaved
         round-robin with a rotating start after one warm-up each."""
-        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        clock = clock_of(args)
         times = {name: [] for name in steps}
         for fn in steps.values():
             fn()
@@ -168,7 +168,7 @@ def main(argv=None) -> None:
             model, logits_of = base, lambda m, x, compiled=torch.compile(base): compiled(x)
         else:
             model, logits_of = VLDTransformer(config(), backend=Backend(cpu_gemm=WORKERS[args.worker])).train(), vld_logits
-        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        clock = clock_of(args)
         print(json.dumps(worker_times(trainer(model, logits_of), args.steps, clock)))
         return
 
@@ -201,7 +201,12 @@ def main(argv=None) -> None:
     if "generate" in sections:
         generate_section(args, base)
     if "khop" in sections:
-        khop_section(args, race)
+        khop_section(args)
+
+
+def clock_of(args):
+    """--clock's timer: wall time, or the process's CPU time over all its threads."""
+    return time.process_time if args.clock == "cpu" else time.perf_counter
 
 
 def cpu_name() -> str:
@@ -432,11 +437,13 @@ def generate_section(args, base):
     print(f"{'generate tokens/s, KV cache':44s} {cached:>12,.0f} {cached / uncached:>8.2f}  vs recompute (same tokens)")
 
 
-def khop_section(args, race) -> None:
+def khop_section(args) -> None:
     """Section 4: each (model, source tree, precision, cpu_gemm) trains in a process of its own,
     alternating over --rounds; the best rate of each is printed, with its ratio to the first."""
-    from vld.host_speed import REFERENCE_GEMM_NAME
+    from vld.host_speed import REFERENCE_GEMM_NAME, gemm_rate
     from vld.model.backend import resolve_cpu_gemm
+
+    clock = clock_of(args)
 
     precisions, gemms = args.khop_precision.split(","), args.khop_cpu_gemm.split(",")
     # each option's library, resolved once; a typo fails here, not in the first worker after a minute of training
@@ -459,7 +466,7 @@ def khop_section(args, race) -> None:
         # the host's own speed at the start and the end: on a shared host it can move between runs
         # (docs/results/bench_khop_libraries_amd.txt), which only same-run ratios survive
         host_library = libraries[gemms[0]]
-        reference = [large_gemm_rates(race, [host_library], args.steps)[host_library]]
+        reference = [gemm_rate(host_library, repeats=args.steps, clock=clock)]
         for model in args.khop_models.split(","):
             rates = {label: [] for label in runs}
             for round_ in range(args.rounds):
@@ -487,20 +494,19 @@ def khop_section(args, race) -> None:
                 if len(best) > 1 and label != first:
                     note = f"  vs {first}" + (" (goal: 1.3)" if args.before else "")
                 print(f"{f'positions/s, k-hop {stage} ({model}), {label}':{width}s} {rate:>12,.0f} {ratio}{note}")
-        reference.append(large_gemm_rates(race, [host_library], args.steps)[host_library])
+        reference.append(gemm_rate(host_library, repeats=args.steps, clock=clock))
         label = f"host: GFLOP/s of {REFERENCE_GEMM_NAME} in {host_library}, start | end"
         print(f"{label:58s} {reference[0]:>5.0f} |{reference[1]:>5.0f} {reference[1] / reference[0]:>8.2f}"
               "  end vs start (the machine's own speed)")
 
 
 def large_gemm_rates(race, libraries: list[str], steps: int) -> dict[str, float]:
-    """GFLOP/s of the reference GEMM's forward (vld.host_speed) in each library, raced (fastest
-    of `steps`): the libraries alternate here, where a training stage times only its own."""
-    from vld.host_speed import REFERENCE_GEMM, reference_gemm_flops
+    """GFLOP/s of vld.host_speed's reference GEMM in each library, raced (fastest of `steps`,
+    the libraries alternating, where a training stage times only its own library)."""
+    from vld.host_speed import reference_gemm, reference_gemm_flops
 
-    rows, in_features, out_features = REFERENCE_GEMM
-    gemms = {lib: training_gemms([(in_features, out_features)], rows, lib)[0][0] for lib in libraries}
-    return {lib: reference_gemm_flops() / seconds / 1e9 for lib, seconds in race(gemms, steps).items()}
+    timed = race({lib: reference_gemm(lib) for lib in libraries}, steps)
+    return {lib: reference_gemm_flops() / seconds / 1e9 for lib, seconds in timed.items()}
 
 
 def khop_worker(args) -> None:

@@ -1,8 +1,8 @@
 """The machine's own speed beside a run: one large GEMM's rate, timed where the run computes.
 
-A training stage's tokens/s says how fast its step ran on whatever else shared the host: on a
-shared host the same code's rate moved 1.56x between two runs an hour apart (docs/model.md,
-"The k-hop models' GEMMs"). A fixed GEMM timed at the stage's start and end, in the GEMM
+A training stage's tokens/s says how fast its step ran on whatever else shared the host, and a
+shared host's speed moves between runs of the same code (docs/model.md, "The k-hop models'
+GEMMs"). A fixed GEMM timed at the stage's start and end, in the GEMM
 library and thread count the stage trains with, is a reference from the same run: two stages'
 tokens/s compare where their host rates agree, and a slow run shows whether the host or the
 code was slow. It never feeds a choice (the arithmetic must not depend on load) and draws no
@@ -27,10 +27,9 @@ def reference_gemm_flops(shape: tuple[int, int, int] = REFERENCE_GEMM) -> int:
     return 2 * rows * in_features * out_features
 
 
-def gemm_rate(cpu_gemm: str, repeats: int = REPEATS, shape: tuple[int, int, int] = REFERENCE_GEMM,
-              clock: Callable[[], float] = time.perf_counter) -> float:
-    """GFLOP/s of the reference GEMM's forward in `cpu_gemm`'s library (vld.model.linear) on
-    this process's current thread count: the fastest of `repeats` calls after one warm-up."""
+def reference_gemm(cpu_gemm: str, shape: tuple[int, int, int] = REFERENCE_GEMM) -> Callable[[], object]:
+    """One call of the reference GEMM's forward in `cpu_gemm`'s library (vld.model.linear), as
+    a training step's linear layer runs it, on operands made once."""
     import torch
 
     from vld.model.linear import linear
@@ -39,13 +38,25 @@ def gemm_rate(cpu_gemm: str, repeats: int = REPEATS, shape: tuple[int, int, int]
     # constant operands: a GEMM's speed does not depend on normal values, and no random state is drawn
     x = torch.full((rows, in_features), 0.5)
     weight = torch.full((out_features, in_features), 0.25)
-    with torch.no_grad():
-        linear(x, weight, cpu_gemm=cpu_gemm)
-        fastest = float("inf")
-        for _ in range(max(1, repeats)):
-            start = clock()
-            linear(x, weight, cpu_gemm=cpu_gemm)
-            fastest = min(fastest, clock() - start)
+
+    def call():
+        with torch.no_grad():
+            return linear(x, weight, cpu_gemm=cpu_gemm)
+
+    return call
+
+
+def gemm_rate(cpu_gemm: str, repeats: int = REPEATS, shape: tuple[int, int, int] = REFERENCE_GEMM,
+              clock: Callable[[], float] = time.perf_counter) -> float:
+    """GFLOP/s of the reference GEMM in `cpu_gemm`'s library on this process's current thread
+    count: the fastest of `repeats` calls after one warm-up."""
+    call = reference_gemm(cpu_gemm, shape)
+    call()
+    fastest = float("inf")
+    for _ in range(max(1, repeats)):
+        start = clock()
+        call()
+        fastest = min(fastest, clock() - start)
     return reference_gemm_flops(shape) / max(fastest, 1e-9) / 1e9
 
 

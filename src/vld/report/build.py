@@ -138,7 +138,7 @@ def metrics_summary(results: list[dict], profile_name: str, lm_results: list[dic
         first = tables.test_names(reasoning)[0]
         key = f"igsm_{first}_answer_accuracy"
         scored = [(entry[key], name, entry.get(f"igsm_{first}_baseline_rate"))
-                  for family in {r["family"] for r in reasoning} for name, entry in variants[family].items()
+                  for family in sorted({r["family"] for r in reasoning}) for name, entry in variants[family].items()
                   if key in entry]
         if scored:
             accuracy, name, rate = max(scored, key=lambda s: (s[0], s[1]))

@@ -16,7 +16,8 @@ from typing import Callable, Mapping
 from vld import depth_rules as rule
 from vld.report.figures import (Style, legend_outside, not_learned_note, note, pyplot, save, usual_steps,
                                 variant_label, variant_style)
-from vld.report.tables import Table, VariantGroup, group_name, recipe_label, seeded_names, variant_group
+from vld.report.tables import (Table, VariantGroup, group_name, recipe_label, seed_order, seeded_names,
+                               variant_group)
 from vld.result_schema import DEPTH_USE_SCHEMA
 
 KIND_ORDER = ("skip", "swap", "revisit", "revisit_all")
@@ -41,7 +42,7 @@ def entries(results: list[dict]) -> list[dict]:
                     "group": variant_group(r) if {"family", "pattern", "n_layer"} <= set(r) else None})
     for e, label in zip(out, seeded_names(out)):
         e["label"] = label
-    return sorted(out, key=lambda e: (e["family"], e["variant"], int(e["seed"]) if e["seed"].isdigit() else -1, e["seed"]))
+    return sorted(out, key=lambda e: (e["family"], e["variant"], seed_order(e["seed"]), e["seed"]))
 
 
 def _metrics(chosen: list[dict], metric: str | None) -> list[str]:

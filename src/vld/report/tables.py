@@ -98,6 +98,11 @@ def seeds_by_variant(results: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return seeds
 
 
+def seed_order(seed) -> int:
+    """A result's seed as a sort key (seeds in number order; none, or a non-number, first)."""
+    return int(seed) if str(seed).isdigit() else -1
+
+
 def seeded_names(results: list[dict]) -> list[str]:
     """Each result's variant name, with its seed where `results` hold several seeds of that
     variant (family and name), so that a table's rows of one seed are told from another's."""
@@ -526,7 +531,7 @@ def depth_table(results: list[dict]) -> Table | None:
               "update norm", "update / |h|", "angle (deg)", "cos(next update)", "logit-lens loss"]
     rows = []
     with_depth.sort(key=lambda r: (r["family"], r["n_layer"], pattern_key(r["pattern"]), r["k"] or 0, r["variant"],
-                                   r.get("seed") if isinstance(r.get("seed"), int) else -1))
+                                   seed_order(r.get("seed"))))
     for r, name in zip(with_depth, seeded_names(with_depth)):
         for layer in r["depth"]:
             rows.append([name, r["family"], r["pattern"], vld_label(r["k"]),
