@@ -202,6 +202,21 @@ def test_user_pattern_out_of_range_names_the_variant():
     assert error_of(raw).startswith("reasoning.variants.base.schedule.pattern: pattern 'far'")
 
 
+def test_unused_pattern_with_a_typo_fails_before_any_compute():
+    raw = default_raw()
+    raw["patterns"]["typo"] = "cycle(0..L-1, k+1"
+    assert error_of(raw) == "patterns.typo: expected ')', got end of pattern"
+    raw["patterns"]["typo"] = "cycle(0..N-1, k+1)"
+    assert error_of(raw) == "patterns.typo: unknown name 'N' (variables: L, k)"
+    # errors that depend on L and k are the using variant's to report, at its own L and k
+    for fine_for_some_values in ("cycle(0..L-1, k-5)", "cycle(0..L-1, 0..k-1)", "0, L // (k - 1)", "0..L+1"):
+        raw["patterns"]["typo"] = fine_for_some_values
+        P.validate(raw)
+    raw["patterns"]["typo"] = "cycle(0..L-1 k)"  # used: the error names the variant that uses it
+    raw["reasoning"]["variants"]["base"]["schedule"] = {"pattern": "typo", "k": 1}
+    assert error_of(raw).startswith("reasoning.variants.base.schedule.pattern: pattern 'typo'")
+
+
 def test_yaml_syntax_error_is_one_line(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("profile: x\nmodels: {r2: [\n")

@@ -7,6 +7,7 @@ from vld.errors import UserError
 from vld.model.schedule import (
     BUILTIN_PATTERNS,
     ScheduleSpec,
+    check_notation,
     expand_notation,
     NotationError,
     resolve_schedule,
@@ -111,6 +112,29 @@ def test_notation_errors(text, message):
     with pytest.raises(NotationError) as err:
         expand_notation(text, 4, 1)
     assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("cycle(0..L-1", "expected ')', got end of pattern"),
+        ("cycel(0..L-1, 2)", "unknown function 'cycel' (known: cycle, sequence, inverse_cycle, reverse)"),
+        ("0..L-1,", "expected a number, L or k, got end of pattern"),
+        ("cycle(0..L-1)", "cycle(s, n): the last argument must be a single count n"),
+        # after a count that is negative at the first probe (k = 1), the next probe reads on
+        ("cycle(0..L-1, k-2), 0 1", "unexpected 1"),
+    ],
+)
+def test_check_notation_reports_what_no_value_avoids(text, message):
+    with pytest.raises(UserError) as err:
+        check_notation(text, "patterns.p")
+    assert str(err.value) == f"patterns.p: {message}"
+
+
+@pytest.mark.parametrize("text", ["cycle(0..L-1, k-5)", "cycle(0..L-1, 0..k-1)", "1 // (k - 1)", "0..L+9",
+                                  "cycle(0..L-1, 100000)", *BUILTIN_PATTERNS.values(), "0, cycle(1..L-2, k+1), L-1"])
+def test_check_notation_leaves_value_errors_to_the_variant(text):
+    check_notation(text, "patterns.p")  # each is wrong for some (L, k) only, or never
 
 
 def test_config_round_trip_through_yaml():

@@ -60,6 +60,11 @@ class NotationError(Exception):
     """A problem in a notation string; turned into a UserError naming the key."""
 
 
+class _DependsOnValues(NotationError):
+    """A problem that depends on the values of L and k (a count below zero, a division by
+    zero, a length): the same text may be fine for another model or k."""
+
+
 def _tokenize(text: str) -> list[tuple[str, object]]:
     tokens: list[tuple[str, object]] = []
     pos = 0
@@ -147,7 +152,7 @@ class _Parser:
         if (stop - start) * step < 0:
             return []  # runs backwards only because L is small: no layers
         if abs(stop - start) + 1 > MAX_SCHEDULE_LENGTH:
-            raise NotationError(f"range {start}..{stop} is longer than {MAX_SCHEDULE_LENGTH}")
+            raise _DependsOnValues(f"range {start}..{stop} is longer than {MAX_SCHEDULE_LENGTH}")
         return list(range(start, stop + step, step))
 
     def _ends_at(self, begin: int, n_layers: int) -> tuple[int, int]:
@@ -173,13 +178,15 @@ class _Parser:
         if name == "reverse":
             return [index for item in items for index in item][::-1]
         if len(items) < 2 or len(items[-1]) != 1:
-            raise NotationError(f"{name}(s, n): the last argument must be a single count n")
+            # a range as the count (`0..k`) is a single index for some values only
+            error = NotationError if len(items) < 2 else _DependsOnValues
+            raise error(f"{name}(s, n): the last argument must be a single count n")
         count = items[-1][0]
         body = [index for item in items[:-1] for index in item]
         if count < 0:
-            raise NotationError(f"{name}(s, n): count must be >= 0, got {count}")
+            raise _DependsOnValues(f"{name}(s, n): count must be >= 0, got {count}")
         if len(body) * count > MAX_SCHEDULE_LENGTH:
-            raise NotationError(f"{name}(s, n) is longer than {MAX_SCHEDULE_LENGTH}")
+            raise _DependsOnValues(f"{name}(s, n) is longer than {MAX_SCHEDULE_LENGTH}")
         if name == "cycle":
             return body * count
         if name == "sequence":
@@ -205,7 +212,7 @@ class _Parser:
                 value = value * rhs
             else:
                 if rhs == 0:
-                    raise NotationError("division by zero")
+                    raise _DependsOnValues("division by zero")
                 value = value // rhs
         return value
 
@@ -237,6 +244,26 @@ def expand_notation(text: str, n_layers: int, k: int) -> list[int]:
     if not isinstance(text, str):
         raise NotationError(f"a pattern must be a string, got {type(text).__name__}")
     return _Parser(text, n_layers, k).parse()
+
+
+# (L, k) at which check_notation reads a pattern; where one raises an error that depends on
+# the values, the next may read further.
+_PROBES = ((8, 1), (8, 3), (64, 8))
+
+
+def check_notation(text: str, where: str) -> None:
+    """Fail on an error that no value of L and k can avoid (a typo, an unknown name, a missing
+    parenthesis), so a pattern no variant uses yet is checked before any compute. An error
+    that depends on the values is left to the variants that use the pattern, which check it
+    at their own L and k."""
+    for n_layers, k in _PROBES:
+        try:
+            expand_notation(text, n_layers, k)
+            return
+        except _DependsOnValues:
+            continue
+        except NotationError as err:
+            fail(where, str(err))
 
 
 @dataclass
@@ -429,6 +456,7 @@ __all__ = [
     "BUILTIN_PATTERNS",
     "MAX_SCHEDULE_LENGTH",
     "NotationError",
+    "check_notation",
     "ScheduleSpec",
     "check_order",
     "core_range",

@@ -284,7 +284,7 @@ def _variant(family, name: str, spec: Any, block: dict, settings: dict, pipeline
 
 
 def validate(raw: dict, path: str | Path = PARAMS_FILE) -> Pipeline:
-    from vld.model.schedule import BUILTIN_PATTERNS, known_patterns
+    from vld.model.schedule import BUILTIN_PATTERNS, check_notation, known_patterns
 
     path = Path(path)
     check_keys(raw, TOP_KEYS, "params")
@@ -319,6 +319,8 @@ def validate(raw: dict, path: str | Path = PARAMS_FILE) -> Pipeline:
                                          f"{family.name}.eval", pipeline)
         pipeline.variants[family.name] = {name: _variant(family, name, spec, block, settings, pipeline, listed)
                                           for name, spec in variants.items()}
+    for name, text in user_patterns.items():  # after the variants: a used pattern's error names its variant
+        check_notation(text, f"patterns.{name}")
     check_keys(_mapping(raw.get("report"), "report", required=False), ("paper_numbers",), "report")
     from vld.pipeline.resources import check_resources
 
