@@ -426,7 +426,9 @@ def test_metrics_json_gives_each_variant_over_all_its_seeds(tmp_path):
                for s, e in ((0, 0.25), (1, 0.5), (2, 0.125))]
     results += [result("r", "reasoning", "base", 0, 2, seed=s, igsm=tests(c)) for s, c in ((0, 40), (1, 60))]
     results.append(result("r-cycle", "reasoning", "cycle", 1, 2, igsm=tests(45)))
-    variants = metrics_summary(results, "seeds")["variants"]
+    summary = metrics_summary(results, "seeds")
+    assert (summary["n_variants"], summary["n_results"]) == (3, 6)
+    variants = summary["variants"]
     assert variants["khop"]["kh"]["khop_k2_error"] == pytest.approx((0.25 + 0.5 + 0.125) / 3)
     assert variants["khop"]["kh"]["seeds"] == 3 and variants["khop"]["kh"]["params"] == 2 * 64 * 1000
     assert variants["reasoning"]["r"]["igsm_op15_answer_accuracy"] == pytest.approx(0.5)
