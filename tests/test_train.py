@@ -248,6 +248,22 @@ def test_timing_the_host_changes_no_arithmetic(tiny_data, tmp_path, monkeypatch)
     assert all(torch.equal(x, y) for x, y in zip(timed_model.state_dict().values(), untimed_model.state_dict().values()))
 
 
+def test_the_host_is_timed_at_the_runs_thread_count_and_library(tiny_data, tmp_path, monkeypatch):
+    """The reference must run as the training does (its threads, its GEMM library), or it would
+    not be the speed the run's tokens/s are read against."""
+    import vld.train.run as run
+
+    seen = []
+    monkeypatch.setattr(run, "gemm_rate", lambda cpu_gemm: seen.append((torch.get_num_threads(), cpu_gemm)) or 1.0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train_tiny(tiny_data, tmp_path / "one", threads=1, cpu_gemm="blas", max_steps=2)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [(1, "blas"), (1, "blas")]  # at the start and at the end of the fit
+
+
 def test_the_time_estimate_is_one_early_line_and_changes_no_arithmetic(tiny_data, tmp_path, capsys):
     model_plain, plain = train_tiny(tiny_data, tmp_path / "plain")
     assert "vld: golden" not in capsys.readouterr().out
