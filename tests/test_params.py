@@ -492,10 +492,23 @@ def test_seeds_are_an_axis_with_the_most_specific_setting_deciding():
     ({"seeds": 2, "seed": 1}, None, r"^khop.variants.v.seeds: give seed \(one\) or seeds \(several\), not both$"),
     ({"seed": "a"}, None, r"^khop.variants.v.seed: must be a count"),
     (None, {"seeds": "x"}, r"^khop.train.seeds: must be a count"),
+    # Lightning's seed_everything raises past 2**32 - 1: caught here, not once training starts
+    ({"seeds": [0, 2**32]}, None, r"^khop.variants.v.seeds: a seed must be <= 4294967295 \(2\*\*32 - 1\), got 4294967296$"),
+    ({"seed": 2**40}, None, r"^khop.variants.v.seed: a seed must be <= 4294967295"),
 ])
 def test_bad_seeds_are_one_line_naming_the_key(extra, family_train, message):
     with pytest.raises(UserError, match=message):
         _khop_seeds(extra, family_train)
+
+
+def test_the_largest_seed_lightning_takes_is_accepted():
+    from vld.train.config import TrainConfig
+
+    assert _khop_seeds({"seeds": [2**32 - 1]}).seeds == (2**32 - 1,)
+    cfg = dict(max_steps=1, global_batch_size=1, micro_batch_size=1, seq_len=4)
+    assert TrainConfig.from_dict({**cfg, "seed": 2**32 - 1}).seed == 2**32 - 1
+    with pytest.raises(UserError, match=r"^train.seed: must be <= 4294967295"):
+        TrainConfig.from_dict({**cfg, "seed": 2**32})
 
 
 def test_a_retrofit_inherits_its_sources_seeds_and_refuses_others():
@@ -609,7 +622,11 @@ def _tiny_edit(edit):
     # a step's 10**9 sequences of 13 tokens generated at once (inputs, labels: int64) + their order
     (lambda r: r["khop"]["train"].update(global_batch_size=10**9),
      "khop.train.global_batch_size: pretrain_khop@base needs at least 201 GiB of memory", 10**9 * (16 * 13 + 8)),
-], ids=["max_steps", "hops", "test_sequences", "d_model", "global_batch_size"])
+    # each hop count's error interval draws its resamples at once: 10**12 x 16 sequences x
+    # (int64 indices + two float64 gathers)
+    (lambda r: r["khop"]["eval"].update(bootstrap=10**12),
+     "khop.eval.bootstrap: evaluate_khop@base needs at least 349 TiB of memory", 24 * 10**12 * 16),
+], ids=["max_steps", "hops", "test_sequences", "d_model", "global_batch_size", "bootstrap"])
 def test_absurd_sizes_are_one_line_before_any_compute(tmp_path, edit, start, needed):
     if needed and needed <= _memory():
         pytest.skip(f"this machine has {_memory()} bytes: the size fits")
@@ -643,6 +660,17 @@ def test_the_memory_bounds_are_lower_bounds(block):
     spec = KHopSpec(alphabet=4, length=12, max_hops=3)
     inputs, labels = make_sequences(spec, np.random.default_rng(0), np.full(10, 2))
     assert khop_batch_bytes(10, spec.length) == inputs.nbytes + labels.nbytes
+
+
+def test_the_bootstrap_bound_is_what_the_bootstrap_holds():
+    import numpy as np
+
+    from vld.stats import bootstrap_bytes
+
+    # vld.stats._resampled_ratios' arrays, made here as it makes them
+    num, den = np.arange(7, dtype=np.float64), np.ones(7)
+    picks = np.random.default_rng(0).integers(0, 7, size=(50, 7))
+    assert bootstrap_bytes(50, 7) == picks.nbytes + num[picks].nbytes + den[picks].nbytes
 
 
 def test_a_size_set_on_the_variant_is_named_there():

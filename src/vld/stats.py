@@ -57,6 +57,12 @@ def bootstrap_ratio_interval(numerators, denominators=None, resamples: int = 100
     return percentile_interval(_resampled_ratios(num, den, resamples, np.random.default_rng(seed)), level)
 
 
+def bootstrap_bytes(resamples: int, clusters: int) -> int:
+    """Memory _resampled_ratios holds at once: the drawn cluster indices (int64) and the
+    numerators and denominators gathered by them (float64)."""
+    return 3 * 8 * int(resamples) * int(clusters)
+
+
 def _resampled_ratios(num, den, resamples: int, rng):
     """[resamples] ratios of sums over clusters drawn with replacement (with unit denominators,
     the means: a sum over n ones is n exactly)."""

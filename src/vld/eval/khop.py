@@ -16,6 +16,8 @@ import numpy as np
 from vld.errors import fail
 from vld.stats import bootstrap_ratio_interval, wilson_interval
 
+DEFAULT_BOOTSTRAP = 1000  # resamples of each hop count's error interval (eval.bootstrap)
+
 
 def wrong_positions(model, inputs: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Number of labelled positions the model's argmax gets wrong, per sequence."""
@@ -50,7 +52,7 @@ def summarise(wrong, positions, chance_error: float, resamples: int = 1000, seed
     }
 
 
-def evaluate_khop(model, test_dir: str | Path, batch_size: int = 256, bootstrap: int = 1000) -> dict:
+def evaluate_khop(model, test_dir: str | Path, batch_size: int = 256, bootstrap: int = DEFAULT_BOOTSTRAP) -> dict:
     """{"hops": {"<k>": summary + wrong_per_sequence, labelled_per_sequence}, "spec": {...}}."""
     from dataclasses import asdict
 

@@ -209,6 +209,10 @@ def _seed_list(value: Any, where: str) -> tuple[int, ...]:
         fail(where, f"must be a count (3 means [0, 1, 2]) or a non-empty list of seeds >= 0, got {_show(value)}")
     if len(set(value)) != len(value):
         fail(where, f"lists a seed twice: {list(value)}")
+    from vld.train.config import MAX_SEED
+
+    if max(value) > MAX_SEED:
+        fail(where, f"a seed must be <= {MAX_SEED} (2**32 - 1), got {max(value)}")
     return tuple(value)
 
 

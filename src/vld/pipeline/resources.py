@@ -125,11 +125,18 @@ def training_needs(variant: Variant, raw: dict, seeds_together: bool, khop: KHop
 
 def evaluation_needs(variant: Variant, khop: KHopSpec | None = None) -> list[Need]:
     """Memory of the variant's evaluation stage, at least: one seed's weights, and a k-hop
-    variant's test sets (`khop`), all hop counts held at once (int64)."""
+    variant's test sets (`khop`), all hop counts held at once (int64), and the resamples of
+    one hop count's error interval, drawn at once (vld.stats)."""
     needs = [Need("weights", FLOAT32 * parameters_at_least(variant.model), width_key(variant))]
     if khop is not None:
+        from vld.eval.khop import DEFAULT_BOOTSTRAP
+        from vld.stats import bootstrap_bytes
+
         needs.append(Need("k-hop test sets", len(khop.hop_counts) * khop_batch_bytes(khop.test_sequences, khop.length),
                           f"data.khop.{variant.data}.test_sequences", on_device=False))
+        resamples = variant.eval.get("bootstrap") or DEFAULT_BOOTSTRAP
+        needs.append(Need("bootstrap resamples", bootstrap_bytes(resamples, khop.test_sequences),
+                          f"{variant.family}.eval.bootstrap", on_device=False))
     return needs
 
 

@@ -40,6 +40,8 @@ def _located(where: str):
         _WHERE.reset(token)
 
   # placeholder location, replaced by the layer that set the bad value
+# Lightning's seed_everything (numpy's legacy generator) takes seeds up to this, and raises past it
+MAX_SEED = 2**32 - 1
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "single_device")
 
 
@@ -203,6 +205,8 @@ class TrainConfig:
             value = _integer(getattr(self, key), f"{where}.{key}")
             if value < 0:
                 fail(f"{where}.{key}", f"must be >= 0, got {value}")
+        if self.seed > MAX_SEED:
+            fail(f"{where}.seed", f"must be <= {MAX_SEED} (2**32 - 1), got {self.seed}")
         if self.accelerator not in ACCELERATORS:
             fail(f"{where}.accelerator", f"unknown {self.accelerator!r}; expected one of {', '.join(ACCELERATORS)}")
         if self.strategy not in STRATEGIES:
