@@ -95,6 +95,30 @@ def test_stacked_seeds_match_their_single_runs(tiny_data, tmp_path):
     assert (models[0].tok_emb.weight - models[1].tok_emb.weight).abs().max() > 1e-2
 
 
+def test_each_seeds_loss_goes_to_a_logger_and_costs_nothing_without_one(tiny_data, tmp_path):
+    """With a logger, every step logs each seed's loss and the learning rate; without one (the
+    pipeline logs each seed's curve to its own MLflow run after the fit) those calls are skipped,
+    which changes no number."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    train = dict(max_steps=3, log_every=1)
+    models, datamodules, cfgs = seeds_run(tiny_data, [0, 1], **train)
+    logger = CSVLogger(tmp_path / "logs", name="stacked", version=0)
+    logged = train_seeds(models, datamodules, cfgs, tmp_path / "logged", logger=logger)
+    rows = list(csv.DictReader(open(tmp_path / "logs" / "stacked" / "version_0" / "metrics.csv")))
+    for i, seed in enumerate([0, 1]):
+        values = [float(r[f"train/loss_seed{seed}"]) for r in rows if r.get(f"train/loss_seed{seed}")]
+        assert values == pytest.approx(logged[i]["loss_curve"], rel=1e-6)
+    assert len([r for r in rows if r.get("train/lr")]) == 3
+
+    bare_models, datamodules, cfgs = seeds_run(tiny_data, [0, 1], **train)
+    bare = train_seeds(bare_models, datamodules, cfgs, tmp_path / "bare")
+    assert [m["loss_curve"] for m in bare] == [m["loss_curve"] for m in logged]
+    assert all(state_equal(a.state_dict(), b.state_dict()) for a, b in zip(models, bare_models))
+
+
 # bf16-mixed: the seeds' linear layers run their own bfloat16 GEMMs (vld.model.linear.CastLinear),
 # so a stacked seed differs from its single run only by the float32 rounding above, which can
 # tip a value to the neighbouring bfloat16 on a cast: after the same 4 steps, 3e-4 and 9.5e-4
