@@ -126,9 +126,10 @@ def _over_seeds(entries: list[dict]) -> dict:
 
 def metrics_summary(results: list[dict], profile_name: str, lm_results: list[dict] = ()) -> dict:
     """Numbers for `dvc metrics show`: per family and variant, over its seeds (variants: {family:
-    {name: {..., "seeds": n}}}, _over_seeds; n_variants counts variants, n_results their seeds' results), the best reasoning variant against the
-    most-common-answer baseline (accuracy / baseline rate, on the first test), and every claim's verdict (vld.report.claims; `lm_results`: the
-    lm-eval results, for claim 6 on a language model)."""
+    {name: {..., "seeds": n}}}, _over_seeds; n_variants counts variants, n_results their seeds'
+    results), the best reasoning variant against the most-common-answer baseline (accuracy /
+    baseline rate, on the first test), and every claim's verdict (vld.report.claims;
+    `lm_results`: the lm-eval results, for claim 6 on a language model)."""
     variants: dict[str, dict] = {}
     for (family, name), seeds in sorted(tables.seeds_by_variant(results).items()):
         variants.setdefault(family, {})[name] = {**_over_seeds([_seed_metrics(r) for r in seeds]), "seeds": len(seeds)}

@@ -26,7 +26,7 @@ ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 # The TrainConfig fields params.yaml's hardware block may set (where training runs).
 HARDWARE_FIELDS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "num_workers", "cpu_gemm",
                    "threads")
-_LAYERED = "<train>"
+_LAYERED = "<train>"  # placeholder location, replaced by the layer that set the bad value
 # Where the config being built was written (params.yaml key), for the errors of __post_init__.
 _WHERE: contextvars.ContextVar[str | None] = contextvars.ContextVar("vld_train_config_where", default=None)
 
@@ -39,7 +39,7 @@ def _located(where: str):
     finally:
         _WHERE.reset(token)
 
-  # placeholder location, replaced by the layer that set the bad value
+
 # Lightning's seed_everything (numpy's legacy generator) takes seeds up to this, and raises past it
 MAX_SEED = 2**32 - 1
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "single_device")
