@@ -217,6 +217,13 @@ def test_unused_pattern_with_a_typo_fails_before_any_compute():
     assert error_of(raw).startswith("reasoning.variants.base.schedule.pattern: pattern 'typo'")
 
 
+def test_a_missing_params_file_or_a_directory_is_one_line(tmp_path):
+    with pytest.raises(UserError, match=r"not found \(select a profile: python -m vld.pipeline.profile default\)$"):
+        P.load_yaml(tmp_path / "params.yaml")
+    with pytest.raises(UserError, match=r"is a directory; expected a params file \(e.g. params.yaml\)$"):
+        P.load_yaml(tmp_path)
+
+
 def test_yaml_syntax_error_is_one_line(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("profile: x\nmodels: {r2: [\n")

@@ -55,6 +55,8 @@ _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z")
 def load_yaml(path: str | Path = PARAMS_FILE) -> dict:
     """Read params.yaml with omegaconf (interpolations resolved) into a plain dict."""
     path = Path(path)
+    if path.is_dir():
+        fail(str(path), "is a directory; expected a params file (e.g. params.yaml)")
     if not path.is_file():
         fail(str(path), "not found (select a profile: python -m vld.pipeline.profile default)")
     from omegaconf import OmegaConf
