@@ -19,6 +19,11 @@ from vld.stats import bootstrap_ratio_interval, wilson_interval
 DEFAULT_BOOTSTRAP = 1000  # resamples of each hop count's error interval (eval.bootstrap)
 
 
+def bootstrap_resamples(settings: dict) -> int:
+    """The resamples an evaluation with these eval settings draws (`bootstrap`, else the default)."""
+    return int(settings.get("bootstrap") or DEFAULT_BOOTSTRAP)
+
+
 def wrong_positions(model, inputs: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Number of labelled positions the model's argmax gets wrong, per sequence."""
     import torch

@@ -184,10 +184,10 @@ def _measure_knowledge(model, data, settings, seq_len, result) -> str:
 
 
 def _measure_khop(model, data, settings, seq_len, result) -> None:
-    from vld.eval.khop import DEFAULT_BOOTSTRAP, evaluate_khop
+    from vld.eval.khop import bootstrap_resamples, evaluate_khop
 
     result.khop = evaluate_khop(model, data["khop_test"], batch_size=settings.get("batch_size") or 256,
-                                bootstrap=settings.get("bootstrap") or DEFAULT_BOOTSTRAP)
+                                bootstrap=bootstrap_resamples(settings))
     return None  # no token set to probe: k-hop's depth use is its ablations
 
 

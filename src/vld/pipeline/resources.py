@@ -129,13 +129,12 @@ def evaluation_needs(variant: Variant, khop: KHopSpec | None = None) -> list[Nee
     one hop count's error interval, drawn at once (vld.stats)."""
     needs = [Need("weights", FLOAT32 * parameters_at_least(variant.model), width_key(variant))]
     if khop is not None:
-        from vld.eval.khop import DEFAULT_BOOTSTRAP
+        from vld.eval.khop import bootstrap_resamples
         from vld.stats import bootstrap_bytes
 
         needs.append(Need("k-hop test sets", len(khop.hop_counts) * khop_batch_bytes(khop.test_sequences, khop.length),
                           f"data.khop.{variant.data}.test_sequences", on_device=False))
-        resamples = variant.eval.get("bootstrap") or DEFAULT_BOOTSTRAP
-        needs.append(Need("bootstrap resamples", bootstrap_bytes(resamples, khop.test_sequences),
+        needs.append(Need("bootstrap resamples", bootstrap_bytes(bootstrap_resamples(variant.eval), khop.test_sequences),
                           f"{variant.family}.eval.bootstrap", on_device=False))
     return needs
 

@@ -453,12 +453,12 @@ def compute_table(results: list[dict]) -> Table | None:
              f"Host GFLOP/s: one float32 GEMM {host_speed.REFERENCE_GEMM_NAME} timed by the training stage at "
              "its start and end, in the GEMM library and thread count it trained with (mean over seeds): the "
              "machine's own speed then. Two variants' tokens/s compare only where their host rates agree; "
-             "a shared host's speed moves between runs and within one.",
-             "paper: no FLOP-, latency- or throughput-matched figures are given."]
+             "a shared host's speed moves between runs and within one."]
     timed = [rate for r in results for rate in (r.get("train_host_gflops") or ())]
     if timed:
-        notes.insert(3, f"The host's rate over every timing of these stages: {min(timed):,.0f} to {max(timed):,.0f} "
-                        f"GFLOP/s ({max(timed) / min(timed):.2f}x apart).")
+        notes.append(f"The host's rate over every timing of these stages: {min(timed):,.0f} to {max(timed):,.0f} "
+                     f"GFLOP/s ({max(timed) / min(timed):.2f}x apart).")
+    notes.append("paper: no FLOP-, latency- or throughput-matched figures are given.")
     return Table("compute", "Compute: parameters, depth, FLOPs and throughput", header, rows, notes)
 
 
