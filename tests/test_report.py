@@ -535,6 +535,20 @@ def test_table1_says_whether_any_variant_learned(full_report, tmp_path):
             "setting (docs/igsm_learnability.md).\n") in (tmp_path / "report" / "report.md").read_text()
 
 
+def test_learning_ratio_is_never_printed_across_the_bar(tmp_path):
+    """cpu-2h's cycle x2 answered 2.97x the most-common-answer rate: rounded to one decimal that
+    read "3.0x" beside "learned means at least 3x" and a Not learned verdict."""
+    from vld.report.tables import ratio_text
+
+    assert [ratio_text(r) for r in (2.97, 2.9996, 3.04, 3.0, 0.8, 4.25)] == [
+        "2.97x", "2.9996x", "3.0x", "3.0x", "0.8x", "4.2x"]
+    near = [result("base", "reasoning", "base", 0, 2, igsm={"op2": igsm_scores(297, 1000, baseline_hits=100)})]
+    build_report(near, tmp_path / "near", "near")
+    report = (tmp_path / "near" / "report.md").read_text()
+    assert "- **Not learned**: the best variant (base, 2 layers) answers 29.7% of its 1000 test problems, " \
+           "against 10.0% for always giving the most common train answer (2.97x; learned means at least 3x)." in report
+
+
 def test_a_panel_without_labelled_lines_asks_for_no_legend(tmp_path):
     """The tiny profile's case: one knowledge model, no VLD variant to compare with it; (b, c)
     hold only their unlabelled zero line, and matplotlib warns when asked for a legend there."""

@@ -236,13 +236,23 @@ def best_variant(pooled: dict[tuple, dict[str, Pooled]]) -> BestVariant | None:
     return best
 
 
+def ratio_text(ratio: float, bar: float = LEARNED_RATIO) -> str:
+    """The ratio to one decimal, or to as many more as it takes for the printed figure to fall
+    on the same side of the bar as the ratio: 2.97 is "2.97x", never a "3.0x" that is not learned."""
+    for digits in range(1, 7):
+        text = f"{ratio:.{digits}f}"
+        if (float(text) >= bar) == (ratio >= bar):
+            return f"{text}x"
+    return f"{ratio!r}x"
+
+
 def learning_verdict(pooled: dict[tuple, dict[str, Pooled]]) -> str | None:
     """One line on whether any variant learned. Without it, a table of zeros (or of noise around
     the baseline) reads like a finding about depth."""
     best = best_variant(pooled)
     if best is None:
         return None
-    ratio = f"{best.ratio:.1f}x" if best.ratio is not None else "no baseline"
+    ratio = ratio_text(best.ratio) if best.ratio is not None else "no baseline"
     facts = (f"the best variant ({best.name}) answers {pct(best.accuracy)}% of its {best.n} test problems, "
              f"against {pct(best.baseline)}% for always giving the most common train answer ({ratio}; "
              f"learned means at least {LEARNED_RATIO:g}x)")
