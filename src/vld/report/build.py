@@ -95,33 +95,38 @@ def _finite(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
-def _seed_metrics(r: dict) -> dict:
-    """One result's numbers for metrics.json (finite ones only)."""
-    entry = {key: r[key] for key in ("params", "params_no_embed", "effective_depth",
-                                      "flops_per_token", "train_tokens_per_s")
-             if _finite(r.get(key))}
+def _seed_metrics(r: dict) -> tuple[dict, dict]:
+    """One result's numbers for metrics.json (finite ones only): (measures, counts). Over a
+    variant's seeds the measures are averaged and the counts (test items) summed (_over_seeds)."""
+    measures = {key: r[key] for key in ("params", "params_no_embed", "effective_depth",
+                                         "flops_per_token", "train_tokens_per_s")
+                if _finite(r.get(key))}
+    counts = {}
     for test, scores in sorted((r.get("igsm") or {}).items()):
-        entry[f"igsm_{test}_answer_accuracy"] = scores.get("answer_accuracy")
-        entry[f"igsm_{test}_n"] = scores.get("n")
+        measures[f"igsm_{test}_answer_accuracy"] = scores.get("answer_accuracy")
+        counts[f"igsm_{test}_n"] = scores.get("n")
         rate = (scores.get("baseline") or {}).get("rate")
         if rate is not None:
-            entry[f"igsm_{test}_baseline_rate"] = rate
+            measures[f"igsm_{test}_baseline_rate"] = rate
     for measure in tables.MEASURE_LABELS:
         bits = tables.knowledge_bits(r, measure)
         if bits is not None:
-            entry[f"knowledge_{measure}_absorbed_bits"] = bits
+            measures[f"knowledge_{measure}_absorbed_bits"] = bits
     for hops, cell in sorted(((r.get("khop") or {}).get("hops") or {}).items(), key=lambda kv: int(kv[0])):
-        entry[f"khop_k{hops}_error"] = cell["error"]
-    return {k: v for k, v in entry.items() if _finite(v)}
+        measures[f"khop_k{hops}_error"] = cell["error"]
+    return ({k: v for k, v in measures.items() if _finite(v)}, {k: v for k, v in counts.items() if _finite(v)})
 
 
-def _over_seeds(entries: list[dict]) -> dict:
-    """A variant's numbers from its seeds' (_seed_metrics): test counts (`_n`) summed, everything
-    else the mean over the seeds that have it. Every seed is scored on the same test set, so the
-    mean of the seeds' accuracies and errors is the pooled figure the report's tables show."""
-    keys = sorted({key for entry in entries for key in entry})
-    return {key: (sum if key.endswith("_n") else mean)([entry[key] for entry in entries if key in entry])
-            for key in keys}
+def _over_seeds(per_seed: list[tuple[dict, dict]]) -> dict:
+    """A variant's numbers from its seeds' (measures, counts) (_seed_metrics): each measure the
+    mean over the seeds that have it, each count summed. Every seed is scored on the same test
+    set, so the mean of the seeds' accuracies and errors is the pooled figure the report's tables show."""
+    def combine(entries: list[dict], over) -> dict:
+        keys = {key for entry in entries for key in entry}
+        return {key: over([entry[key] for entry in entries if key in entry]) for key in keys}
+
+    combined = {**combine([m for m, _ in per_seed], mean), **combine([c for _, c in per_seed], sum)}
+    return dict(sorted(combined.items()))
 
 
 def metrics_summary(results: list[dict], profile_name: str, lm_results: list[dict] = ()) -> dict:
