@@ -159,7 +159,18 @@ class LMModule(L.LightningModule):
         self._micro_losses.clear()
         step_loss = self.trainer.strategy.reduce(step_loss, reduce_op="mean")
         self.loss_curve.append(float(step_loss))
+        self.log_step(step_loss, optimizer)
+
+    def log_step(self, step_loss: torch.Tensor, optimizer: torch.optim.Optimizer, for_logger: dict | None = None) -> None:
+        """The step's loss (the progress bar shows it); the learning rate and `for_logger` only
+        when the trainer has a logger: the pipeline trains seeds together without one (each seed's
+        curve goes to its MLflow run after the fit), and each self.log costs a share of a small
+        model's step."""
         self.log("train/loss", step_loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=False)
+        if not self.trainer.loggers:
+            return
+        for name, value in (for_logger or {}).items():
+            self.log(name, value, on_step=True, on_epoch=False, sync_dist=False)
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False, sync_dist=False)
 
     def optimizer_groups(self) -> list[dict[str, Any]]:

@@ -219,12 +219,8 @@ class StackedLMModule(LMModule):
         self._micro_losses.clear()
         step_loss = self.trainer.strategy.reduce(step_loss, reduce_op="mean")
         self.loss_curve.append([float(x) for x in step_loss])
-        self.log("train/loss", step_loss.mean(), on_step=True, on_epoch=False, prog_bar=True, sync_dist=False)
-        if not self.trainer.loggers:
-            return  # the rest is for a logger only, and each self.log costs a share of a small model's step
-        for seed, loss in zip(self.seeds, step_loss):
-            self.log(f"train/loss_seed{seed}", loss, on_step=True, on_epoch=False, sync_dist=False)
-        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False, sync_dist=False)
+        self.log_step(step_loss.mean(), optimizer,
+                      {f"train/loss_seed{seed}": loss for seed, loss in zip(self.seeds, step_loss)})
 
     def optimizer_groups(self) -> list[dict[str, Any]]:
         return self.model.optimizer_groups(self._one_model[0], self.optim.weight_decay)
