@@ -98,9 +98,8 @@ def _finite(value):
 def _seed_metrics(r: dict) -> tuple[dict, dict]:
     """One result's numbers for metrics.json (finite ones only): (measures, counts). Over a
     variant's seeds the measures are averaged and the counts (test items) summed (_over_seeds)."""
-    measures = {key: r[key] for key in ("params", "params_no_embed", "effective_depth",
-                                         "flops_per_token", "train_tokens_per_s")
-                if _finite(r.get(key))}
+    measures = {key: r.get(key) for key in ("params", "params_no_embed", "effective_depth",
+                                             "flops_per_token", "train_tokens_per_s")}
     counts = {}
     for test, scores in sorted((r.get("igsm") or {}).items()):
         measures[f"igsm_{test}_answer_accuracy"] = scores.get("answer_accuracy")
@@ -114,7 +113,7 @@ def _seed_metrics(r: dict) -> tuple[dict, dict]:
             measures[f"knowledge_{measure}_absorbed_bits"] = bits
     for hops, cell in sorted(((r.get("khop") or {}).get("hops") or {}).items(), key=lambda kv: int(kv[0])):
         measures[f"khop_k{hops}_error"] = cell["error"]
-    return ({k: v for k, v in measures.items() if _finite(v)}, {k: v for k, v in counts.items() if _finite(v)})
+    return tuple({k: v for k, v in numbers.items() if _finite(v)} for numbers in (measures, counts))
 
 
 def _over_seeds(per_seed: list[tuple[dict, dict]]) -> dict:
