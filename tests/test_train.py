@@ -3,6 +3,7 @@ window order, determinism, metrics and checkpoints, the MLflow logger, biographi
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -286,6 +287,32 @@ def test_the_time_estimate_is_one_early_line_and_changes_no_arithmetic(tiny_data
                                             r" micro-batches 2-4\)", lines[0]), lines
     train_tiny(tiny_data, tmp_path / "short", max_steps=2, callbacks=[TimeEstimate("short", measured=3)])
     assert "vld: short" not in capsys.readouterr().out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _bar_redraws(output: str) -> list[str]:
+    return [line for line in re.split(r"[\r\n]+", output) if line.startswith("train:")]
+
+
+def test_the_progress_bar_redraws_every_step_on_a_terminal_only(tiny_data, tmp_path, capsys, monkeypatch):
+    # off a terminal (captured here, as in a file or a pipe) a run shorter than the bar's interval
+    # redraws as often whatever its length, and its last redraw shows the last step
+    train_tiny(tiny_data, tmp_path / "short", max_steps=4)
+    redraws_short = _bar_redraws(capsys.readouterr().out)
+    _, long = train_tiny(tiny_data, tmp_path / "long", max_steps=12)
+    redraws_long = _bar_redraws(capsys.readouterr().out)
+    assert len(redraws_short) == len(redraws_long) <= 8, (redraws_short, redraws_long)
+    assert "12.0/12.0 [" in redraws_long[-1] and "4.0/4.0 [" in redraws_short[-1]
+    # on a terminal: a redraw at every micro-batch (2 per step here)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    _, on_terminal = train_tiny(tiny_data, tmp_path / "terminal", max_steps=12)
+    assert len(_bar_redraws(terminal.getvalue())) >= 2 * 12 + len(redraws_long) - 2
+    assert on_terminal["loss_curve"] == long["loss_curve"]
 
 
 def test_a_finished_run_run_again_returns_its_metrics_without_training(tiny_data, tmp_path):

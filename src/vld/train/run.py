@@ -188,11 +188,28 @@ def duration(seconds: float) -> str:
 class RunProgressBar(TQDMProgressBar):
     """One bar for the whole run, in optimizer steps: steps per second and time left. It counts
     micro-batches (Lightning's own total mixes steps and micro-batches when gradients are
-    accumulated) and shows them scaled to steps."""
+    accumulated) and shows them scaled to steps.
+
+    On a terminal it redraws every step. Written to a file or a pipe (`dvc repro > log`, CI, a
+    batch job), every redraw would be a line of its own to keep, two per step, so there it
+    redraws at most every `file_interval_s` seconds, and at the last step."""
+
+    def __init__(self, file_interval_s: float = 10.0):
+        super().__init__()
+        self.file_interval_s = float(file_interval_s)
+        self._to_terminal = True
+        self._last_redraw = 0.0
 
     @property
     def total_train_batches(self) -> int | float:
         return self.trainer.num_training_batches
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        now = time.monotonic()
+        last = batch_idx + 1 >= self.train_progress_bar.total
+        if self._to_terminal or last or now - self._last_redraw >= self.file_interval_s:
+            self._last_redraw = now
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def _in_steps(self, trainer: L.Trainer) -> None:
         bar = self.train_progress_bar
@@ -203,6 +220,8 @@ class RunProgressBar(TQDMProgressBar):
         super().on_train_start(trainer, pl_module)
         # a resumed run skips on_train_epoch_start, where the bar gets its total: set it here
         bar = self.train_progress_bar
+        isatty = getattr(getattr(bar, "fp", None), "isatty", None)  # its stream; a disabled bar (rank > 0) has none
+        self._to_terminal, self._last_redraw = bool(isatty and isatty()), time.monotonic()
         bar.reset(total=self.total_train_batches)
         bar.n = trainer.fit_loop.epoch_loop.batch_progress.current.ready
         self._in_steps(trainer)
