@@ -190,9 +190,9 @@ class RunProgressBar(TQDMProgressBar):
     micro-batches (Lightning's own total mixes steps and micro-batches when gradients are
     accumulated) and shows them scaled to steps.
 
-    On a terminal it redraws every step. Written to a file or a pipe (`dvc repro > log`, CI, a
-    batch job), every redraw would be a line of its own to keep, two per step, so there it
-    redraws at most every `file_interval_s` seconds, and at the last step."""
+    On a terminal it redraws at every micro-batch. Written to a file or a pipe (`dvc repro > log`,
+    CI, a batch job), every redraw (two per micro-batch) stays in the file, so there it redraws at
+    most every `file_interval_s` seconds, and at the last micro-batch."""
 
     def __init__(self, file_interval_s: float = 10.0):
         super().__init__()
