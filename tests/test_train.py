@@ -19,7 +19,7 @@ from vld.errors import UserError
 from vld.train.config import OptimConfig, TrainConfig
 from vld.train.datamodules import BiographyDataModule, StepSampler, TokenWindowDataModule, epoch_permutation
 from vld.train.module import LMModule, lr_factor, next_token_loss, parameter_groups
-from vld.train.run import TimeEstimate, run_training
+from vld.train.run import RunProgressBar, TimeEstimate, run_training
 
 from golden_loss import tiny_model, tiny_train_config
 
@@ -307,6 +307,11 @@ def test_the_progress_bar_redraws_every_step_on_a_terminal_only(tiny_data, tmp_p
     redraws_long = _bar_redraws(capsys.readouterr().out)
     assert len(redraws_short) == len(redraws_long) <= 8, (redraws_short, redraws_long)
     assert "12.0/12.0 [" in redraws_long[-1] and "4.0/4.0 [" in redraws_short[-1]
+    # off a terminal with a zero interval: a redraw whenever the interval has passed, so at every micro-batch
+    monkeypatch.setattr(RunProgressBar.__init__, "__defaults__", (0.0,))
+    train_tiny(tiny_data, tmp_path / "no_interval", max_steps=12)
+    assert len(_bar_redraws(capsys.readouterr().out)) >= 2 * 12 + len(redraws_long) - 2
+    monkeypatch.undo()
     # on a terminal: a redraw at every micro-batch (2 per step here)
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stdout", terminal)
