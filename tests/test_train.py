@@ -161,8 +161,20 @@ def test_optimizer_lr_follows_the_schedule_during_training(tiny_data, tmp_path):
     assert len(recorder.calls) == 5
     assert lrs == pytest.approx([5e-3 * lr_factor(s, 10, 2, 0.1) for s in (1, 3, 5, 7, 9)], rel=1e-6)
     assert losses == pytest.approx(metrics["loss_curve"][1::2], rel=1e-6)
-    # without a logger the learning rate is not logged (LMModule.log_step), and no number changes
-    _, bare = train_tiny(tiny_data, tmp_path / "bare", log_every=2, optim={"warmup_fraction": 0.2})
+    # without a logger the learning rate is not logged (LMModule.log_step), the loss still is (the
+    # progress bar shows it), and no number changes
+    from lightning.pytorch.callbacks import Callback
+
+    class LoggedKeys(Callback):
+        def __init__(self):
+            self.keys = set()
+
+        def on_train_batch_end(self, trainer, *args):
+            self.keys |= set(trainer.callback_metrics)
+
+    seen = LoggedKeys()
+    _, bare = train_tiny(tiny_data, tmp_path / "bare", log_every=2, optim={"warmup_fraction": 0.2}, callbacks=[seen])
+    assert "train/loss" in seen.keys and "train/lr" not in seen.keys, seen.keys
     assert bare["loss_curve"] == metrics["loss_curve"]
 
 
