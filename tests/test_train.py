@@ -311,24 +311,27 @@ def _bar_redraws(output: str) -> list[str]:
 
 
 def test_the_progress_bar_redraws_every_step_on_a_terminal_only(tiny_data, tmp_path, capsys, monkeypatch):
-    # off a terminal (captured here, as in a file or a pipe) a run shorter than the bar's interval
-    # redraws as often whatever its length, and its last redraw shows the last step
+    micro_batches = 12 * tiny_train_config().accumulate_grad_batches
+    # off a terminal (captured here, as in a file or a pipe), with an interval no run reaches
+    # however slow the machine: as many redraws whatever the run's length, the last at its last step
+    monkeypatch.setattr(RunProgressBar, "file_interval_s", 1e9)
     train_tiny(tiny_data, tmp_path / "short", max_steps=4)
     redraws_short = _bar_redraws(capsys.readouterr().out)
     _, long = train_tiny(tiny_data, tmp_path / "long", max_steps=12)
     redraws_long = _bar_redraws(capsys.readouterr().out)
     assert len(redraws_short) == len(redraws_long) <= 8, (redraws_short, redraws_long)
     assert "12.0/12.0 [" in redraws_long[-1] and "4.0/4.0 [" in redraws_short[-1]
-    # off a terminal with a zero interval: a redraw whenever the interval has passed, so at every micro-batch
-    monkeypatch.setattr(RunProgressBar.__init__, "__defaults__", (0.0,))
+    # off a terminal with a zero interval: the interval has always passed, so a redraw at every
+    # micro-batch, on top of the redraws the run makes anyway (all but the last micro-batch's)
+    monkeypatch.setattr(RunProgressBar, "file_interval_s", 0.0)
     train_tiny(tiny_data, tmp_path / "no_interval", max_steps=12)
-    assert len(_bar_redraws(capsys.readouterr().out)) >= 2 * 12 + len(redraws_long) - 2
-    monkeypatch.undo()
-    # on a terminal: a redraw at every micro-batch (2 per step here)
+    assert len(_bar_redraws(capsys.readouterr().out)) >= micro_batches + len(redraws_long) - 2
+    # on a terminal, whatever the interval: a redraw at every micro-batch
+    monkeypatch.setattr(RunProgressBar, "file_interval_s", 1e9)
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stdout", terminal)
     _, on_terminal = train_tiny(tiny_data, tmp_path / "terminal", max_steps=12)
-    assert len(_bar_redraws(terminal.getvalue())) >= 2 * 12 + len(redraws_long) - 2
+    assert len(_bar_redraws(terminal.getvalue())) >= micro_batches + len(redraws_long) - 2
     assert on_terminal["loss_curve"] == long["loss_curve"]
 
 

@@ -194,11 +194,8 @@ class RunProgressBar(TQDMProgressBar):
     CI, a batch job), every redraw (two per micro-batch) stays in the file, so there it redraws at
     most every `file_interval_s` seconds, and at the last micro-batch."""
 
-    def __init__(self, file_interval_s: float = 10.0):
-        super().__init__()
-        self.file_interval_s = float(file_interval_s)
-        self._to_terminal = True
-        self._last_redraw = 0.0
+    file_interval_s = 10.0
+    _to_terminal, _last_redraw = True, 0.0  # set from the bar's stream in on_train_start
 
     @property
     def total_train_batches(self) -> int | float:
