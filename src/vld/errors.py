@@ -47,7 +47,7 @@ def run_cli(main: Callable[..., object], *args, **kwargs) -> None:
         sys.exit(130)
     finally:
         # The interpreter's exit runs one more full collection over every object alive, most
-        # of them the modules of torch, Lightning and MLflow, a second or two per stage for
-        # nothing: the outputs are written and closed by now. Frozen objects are skipped.
+        # of them the modules of torch, Lightning and MLflow: seconds per stage for nothing, the
+        # outputs being written and closed by now (README, Performance). Frozen objects are skipped.
         gc.freeze()
     sys.exit(result if isinstance(result, int) else 0)
