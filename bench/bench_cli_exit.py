@@ -4,11 +4,12 @@
     .venv/bin/python bench/bench_cli_exit.py            # 5 alternated rounds, about a minute
     .venv/bin/python bench/bench_cli_exit.py --rounds 2 --imports "torch mlflow"
 
-After one uncounted warm-up process, each round starts two fresh processes that import what a training stage imports (`--imports`),
-note the time their `main` returns, and end: one through run_cli, one (the reference, how
-run_cli ended before) by returning to the interpreter. The exit time is from `main`'s return
-to the parent seeing the process gone. Printed: each process's exit and total time, the
-medians and their ratio. Run it on an otherwise idle machine.
+After one uncounted warm-up process, each round starts two fresh processes that import what a
+training stage imports (`--imports`), note the time their `main` returns, and end: one through
+run_cli, one (the reference) by returning to the interpreter, whose exit then collects the
+whole heap. The exit time is from `main`'s return to the parent seeing the process gone.
+Printed: each process's exit and total time, the medians and their ratio. Run it on an
+otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--imports", default=TRAINING_STAGE, help="modules the processes import (space-separated)")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     times = {"run_cli": [], "reference": []}
     print(f"imports: {args.imports}")
     one_process("reference", args.imports)  # warm-up, not counted: the first reads every file from disk
