@@ -8,7 +8,7 @@ After one uncounted warm-up process, each round starts two fresh processes that 
 training stage imports (`--imports`), note the time their `main` returns, and end: one through
 run_cli, one (the reference) by returning to the interpreter, whose exit then collects the
 whole heap. The exit time is from `main`'s return to the parent seeing the process gone.
-Printed: each process's exit and total time, the medians and their ratio. Run it on an
+Printed: the CPU (as runs record it), each process's exit and total time, the medians and their ratio. Run it on an
 otherwise idle machine.
 """
 
@@ -53,7 +53,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    from vld.machine import describe_machine, machine_label
+
     times = {"run_cli": [], "reference": []}
+    print(f"# CPU: {machine_label(describe_machine())}")
     print(f"imports: {args.imports}")
     one_process("reference", args.imports)  # warm-up, not counted: the first reads every file from disk
     print("| round | ending | objects | import s | exit s | total s |\n|---:|---|---:|---:|---:|---:|")

@@ -59,6 +59,7 @@ def test_exit_bench_times_both_endings():
     proc = subprocess.run([sys.executable, str(bench), "--rounds", "2", "--imports", "json"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("# CPU: ")  # a figure names the machine it came from
     rows = re.findall(r"^\| (\d) \| (run_cli|reference) \| [\d,]+ \| [\d.]+ \| ([\d.]+) \| ([\d.]+) \|$",
                       proc.stdout, re.MULTILINE)
     assert sorted((r, e) for r, e, _, _ in rows) == [("0", "reference"), ("0", "run_cli"), ("1", "reference"), ("1", "run_cli")]
