@@ -26,13 +26,14 @@ The first line names this machine's CPU and the library `hardware.cpu_gemm: auto
    each; with `--before REV` also the same with the `src/` of git revision REV (git archive),
    alternated with this tree's, and the ratio after / before; `--khop-precision
    32-true,bf16-mixed` runs each with both CPU precisions (ratio bf16-mixed / float32) and
-   `--khop-cpu-gemm onednn,blas` with both GEMM libraries (each tree, precision and library
-   is a run of its own; ratios against the first), then the machine's own speed at the start
+   `--khop-cpu-gemm onednn,blas` with both GEMM libraries, `--khop-compile off,on` eager and
+   under `compile: true` (each tree, precision, library and compile setting is a run of its
+   own; ratios against the first), then the machine's own speed at the start
    and the end (one large GEMM's rate), which a shared host can move between runs:
 
     .venv/bin/python bench/bench_model.py --sections khop --before 75db141
 
-All fp32 but `--khop-precision bf16-mixed`. Processes (section 1) and steps (sections 2-3) of the models being compared
+All fp32 but `--khop-precision bf16-mixed`; `--khop-compile on` changes the arithmetic too. Processes (section 1) and steps (sections 2-3) of the models being compared
 alternate, so machine load hits them alike.
 """
 
@@ -85,6 +86,10 @@ def parse_args(argv=None):
     parser.add_argument("--khop-cpu-gemm", default="auto",
                         help="section 4: comma-separated hardware.cpu_gemm values (auto, onednn, blas), "
                              "alternated like the precisions; ratios against the first run")
+    parser.add_argument("--khop-compile", default="off",
+                        help="section 4: comma-separated off / on: train eagerly or with hardware.compile: true "
+                             "(torch.compile; its compilation is outside the timed steps), alternated like the "
+                             "precisions; ratios against the first run")
     parser.add_argument("--small", action="store_true", help="section 4: tiny k-hop models (a smoke test)")
     parser.add_argument("--compile", action="store_true",
                         help="section 1: also train our model under torch.compile (inductor; changes the"
@@ -438,14 +443,18 @@ def generate_section(args, base):
 
 
 def khop_section(args) -> None:
-    """Section 4: each (model, source tree, precision, cpu_gemm) trains in a process of its own,
+    """Section 4: each (model, source tree, precision, cpu_gemm, compile) trains in a process of its own,
     alternating over --rounds; the best rate of each is printed, with its ratio to the first."""
+    from vld.errors import fail
     from vld.host_speed import REFERENCE_GEMM_NAME, gemm_rate
     from vld.model.backend import resolve_cpu_gemm
 
     clock = clock_of(args)
 
     precisions, gemms = args.khop_precision.split(","), args.khop_cpu_gemm.split(",")
+    compiles = args.khop_compile.split(",")
+    if set(compiles) - {"off", "on"}:
+        fail("--khop-compile", f"expected off and/or on, got {args.khop_compile!r}")
     # each option's library, resolved once; a typo fails here, not in the first worker after a minute of training
     libraries = {gemm: resolve_cpu_gemm(gemm, "--khop-cpu-gemm") for gemm in gemms}
     trees = {"this tree": ROOT / "src"}
@@ -461,8 +470,11 @@ def khop_section(args) -> None:
               f"steps {args.khop_warmup + 1}..{args.khop_steps} timed; best of {args.rounds} processes each")
         # a label names only what varies between the runs
         runs = {", ".join([name] + ([precision] if len(precisions) > 1 else [])
-                          + ([f"cpu_gemm {gemm}"] if len(gemms) > 1 else [])): (src, precision, gemm)
-                for name, src in trees.items() for precision in precisions for gemm in gemms}
+                          + ([f"cpu_gemm {gemm}"] if len(gemms) > 1 else [])
+                          + ([f"compile {compile_}"] if len(compiles) > 1 else [])): (src, precision, gemm, compile_)
+                for name, src in trees.items() for precision in precisions for gemm in gemms for compile_ in compiles
+                # an older tree's TrainConfig may have no compile setting: that tree runs eagerly only
+                if compile_ == "off" or name == "this tree"}
         # the host's own speed at the start and the end: on a shared host it can move between runs
         # (docs/results/bench_khop_libraries_amd.txt), which only same-run ratios survive
         host_library = libraries[gemms[0]]
@@ -472,13 +484,13 @@ def khop_section(args) -> None:
             for round_ in range(args.rounds):
                 labels = list(runs)[round_ % len(runs):] + list(runs)[: round_ % len(runs)]
                 for label in labels:
-                    src, precision, gemm = runs[label]
+                    src, precision, gemm, compile_ = runs[label]
                     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(ROOT / "bench")]),
                            "VLD_THREADS": str(args.threads)}
                     cmd = [sys.executable, __file__, "--khop-worker", model, "--threads", str(args.threads),
                            "--khop-steps", str(args.khop_steps), "--khop-warmup", str(args.khop_warmup),
                            "--seeds", str(args.seeds), "--khop-precision", precision, "--khop-cpu-gemm", gemm,
-                           *(["--small"] if args.small else [])]
+                           "--khop-compile", compile_, *(["--small"] if args.small else [])]
                     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=tmp).stdout
                     result = json.loads(out.strip().splitlines()[-1])
                     if result["cpu_gemm"] != libraries[gemm]:
@@ -524,7 +536,9 @@ def khop_worker(args) -> None:
     model_cfg, spec, cfg = setting(ROOT / "params.yaml", args.khop_worker, args.khop_steps, "cpu")
     # the k-hop stage's log_every
     cfg = dataclasses.replace(cfg, threads=args.threads, log_every=50, precision=args.khop_precision,
-                              cpu_gemm=args.khop_cpu_gemm)
+                              cpu_gemm=args.khop_cpu_gemm,
+                              # only when on: a --before tree may predate the setting
+                              **({"compile": True} if args.khop_compile == "on" else {}))
     if args.small:
         model_cfg = dataclasses.replace(model_cfg, d_model=32, n_head=2)
     parts = [seed_parts(model_cfg, spec, cfg, seed) for seed in range(args.seeds)]

@@ -102,7 +102,7 @@ def across_ranks(machines: list[dict]) -> dict:
 
 
 # A training run's settings that change its arithmetic on the same machine, as its metrics name them.
-RUN_SETTINGS = ("threads", "cpu_gemm", "precision")
+RUN_SETTINGS = ("threads", "cpu_gemm", "precision", "compile")
 
 
 def machine_label(machine: dict) -> str:

@@ -45,7 +45,8 @@ class BlockCausalAttention(torch.autograd.Function):
         qkv = qkv.reshape(3, batch * heads, seq, head_dim)  # a copy unless already in this layout
         q, k, v = qkv
         out = q.new_empty(batch, seq, heads, head_dim)
-        hidden = _hidden_keys(block, q.dtype, q.device)
+        # under torch.compile the mask is built inside the graph (dynamo warns about cached calls)
+        hidden = (_hidden_keys.__wrapped__ if torch.compiler.is_compiling() else _hidden_keys)(block, q.dtype, q.device)
         probs = []
         for start in range(0, seq, block):
             end = min(start + block, seq)

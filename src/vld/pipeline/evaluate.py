@@ -46,7 +46,8 @@ def _evaluate_seed(pipeline, variant, family, device: str, run) -> dict:
     if trained.get("learning_curve"):
         meta["learning_curve"] = trained["learning_curve"]
     if trained.get("machine"):  # what trained it, for the report's list of machines
-        meta["trained_on"] = {**trained["machine"], **{key: trained.get(key) for key in RUN_SETTINGS}}
+        meta["trained_on"] = {**trained["machine"], **{key: trained[key] for key in RUN_SETTINGS
+                                                       if trained.get(key) is not None}}  # compile only when on
     from vld.eval.variant import evaluate_variant, result_metrics
     from vld.train.config import apply_threads
 

@@ -25,7 +25,7 @@ CPU_PRECISIONS = ("32-true", "bf16-mixed", "32")
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 # The TrainConfig fields params.yaml's hardware block may set (where training runs).
 HARDWARE_FIELDS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "num_workers", "cpu_gemm",
-                   "threads")
+                   "threads", "compile")
 _LAYERED = "<train>"  # placeholder location, replaced by the layer that set the bad value
 # Where the config being built was written (params.yaml key), for the errors of __post_init__.
 _WHERE: contextvars.ContextVar[str | None] = contextvars.ContextVar("vld_train_config_where", default=None)
@@ -124,6 +124,10 @@ class TrainConfig:
     # library vld.model.backend's table names for this CPU, resolved at construction.
     cpu_gemm: str = "auto"
     activation_checkpointing: bool = False
+    # The training forward through torch.compile (inductor): fused elementwise work, and on CPU
+    # the BLAS's GEMMs instead of oneDNN's, so another arithmetic, hence a recorded setting that
+    # is off by default; evaluation stays eager. Left out of to_dict while off (fingerprints).
+    compile: bool = False
     # learning curve (vld.train.curves): score the model every curve_every steps (0: never) on
     # curve_sequences held-out sequences per test case; left out of to_dict while off
     curve_every: int = 0
@@ -141,6 +145,8 @@ class TrainConfig:
             processes = self.devices if isinstance(self.devices, int) and self.devices >= 1 else 1
             self.threads = default_threads(processes)
         self.validate(where)  # an instance is valid by construction
+        if self.compile and self.accelerator == "cpu":
+            check_cpp_compiler(f"{where}.compile")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, where: str = "train") -> "TrainConfig":
@@ -151,7 +157,7 @@ class TrainConfig:
                 fail(f"{where}.{key}", "missing (required)")
         kwargs: dict[str, Any] = {}
         for key, value in d.items():
-            if key == "activation_checkpointing":
+            if key in ("activation_checkpointing", "compile"):  # booleans, checked by validate
                 kwargs[key] = value
             elif key in ("accelerator", "strategy", "precision", "cpu_gemm"):
                 if not isinstance(value, str):
@@ -216,6 +222,11 @@ class TrainConfig:
             # _check_strategy_and_fallback) once a stage has started: say so before any compute
             fail(f"{where}.strategy", f"'fsdp' needs accelerator gpu, not {self.accelerator!r}: Lightning 2.6.6's "
                  "FSDPStrategy runs on CUDA only (docs/lm_retrofit.md#multi-gpu); use ddp or auto on CPU")
+        if not isinstance(self.compile, bool):
+            fail(f"{where}.compile", f"expected true or false, got {self.compile!r}")
+        if self.compile and self.strategy == "fsdp":
+            fail(f"{where}.compile", "not with strategy fsdp (the training forward would be compiled before FSDP "
+                 "wraps the model); use ddp, or compile: false")
         if self.precision not in PRECISIONS:
             fail(f"{where}.precision", f"unknown {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
         if self.accelerator == "cpu" and self.resolved_precision() not in CPU_PRECISIONS:
@@ -264,7 +275,20 @@ class TrainConfig:
         d["optim"]["betas"] = list(self.optim.betas)
         if not self.curve_every:  # off: as recorded before curves existed (fingerprints, resume checks)
             del d["curve_every"], d["curve_sequences"]
+        if not self.compile:  # off: as recorded before the setting existed
+            del d["compile"]
         return d
+
+
+def check_cpp_compiler(where: str) -> None:
+    """torch.compile on CPU builds C++ with the compiler inductor calls ($CXX, else g++): one line
+    before any compute when there is none, instead of a traceback at the first training step."""
+    import shutil
+
+    compiler = os.environ.get("CXX", "g++")  # inductor's own lookup on Linux
+    if shutil.which(compiler) is None:
+        fail(where, f"torch.compile on CPU needs a C++ compiler, and {compiler!r} is not on PATH "
+             "(install g++ or set CXX), or set compile: false")
 
 
 def check_devices(cfg: TrainConfig, where: str = "train") -> None:

@@ -86,6 +86,11 @@ def parameter_groups(model: nn.Module, weight_decay: float, decays: set[int] | N
     return groups
 
 
+def _logits(out):
+    # Hugging Face models return an output object; plain modules return logits
+    return out.logits if hasattr(out, "logits") else out
+
+
 class LMModule(L.LightningModule):
     """Trains `model` (in place) on next-token prediction with AdamW + warmup/cosine."""
 
@@ -107,14 +112,24 @@ class LMModule(L.LightningModule):
         self.curve_wall_s = 0.0  # the time those took (inside train_wall_s)
         self.host_gemm_gflops: tuple[float, float] | None = None  # set by vld.train.run.fit on CPU
         self._micro_losses: list[torch.Tensor] = []
+        self._compiled: list[nn.Module] = []  # compile_training's module (a list: not a submodule)
         # decided on the model as built: under FSDP (use_orig_params) each parameter is later a
         # flat 1-d shard of itself, the same object
         self._decays = decaying(model)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        out = self.model(tokens)
-        # Hugging Face models return an output object; plain modules return logits
-        return out.logits if hasattr(out, "logits") else out
+        return _logits(self.model(tokens))
+
+    def compile_training(self) -> None:
+        """Run the training forward (and so its backward) through torch.compile; evaluation,
+        learning curves and generation call the model itself, eagerly. The weights stay the
+        model's: its state_dict and checkpoints are unchanged."""
+        # static shapes: every training batch has the same shape; a new one would recompile
+        self._compiled = [torch.compile(self.model, dynamic=False)]
+
+    def training_logits(self, *inputs) -> torch.Tensor:
+        """The model's logits for a training step: compiled after compile_training, else eager."""
+        return _logits((self._compiled[0] if self._compiled else self.model)(*inputs))
 
     def step_schedules(self) -> list[list[int]] | None:
         """Each model's schedule at this optimizer step (None without a varying loop count)."""
@@ -146,7 +161,7 @@ class LMModule(L.LightningModule):
         if schedules is not None:
             # set, not restored after the forward: a checkpointed visit reruns in backward
             self.model.set_schedule(schedules[0])
-        logits = self(inputs)
+        logits = self.training_logits(inputs)
         loss = next_token_loss(logits, targets, loss_mask)
         self._micro_losses.append(loss.detach())
         return loss

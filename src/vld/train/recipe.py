@@ -88,6 +88,10 @@ class Recipe:
             train = dataclasses.replace(train, optim=optim)
         loops = LoopTraining(model.n_layer, None if core is None else tuple(core), repeats, self.loop_sampling,
                              self.loop_curriculum)
+        if loops.varies and train.compile:
+            key = "loop_sampling" if self.loop_sampling != "fixed" else "loop_curriculum"
+            fail(f"{where}.recipe.{key}", f"{getattr(self, key)!r} varies the loop count between steps, and each "
+                 "count would compile a graph of its own: not with compile: true (hardware or train block)")
         return model, train, (loops if loops.varies else None)
 
 

@@ -407,6 +407,8 @@ def fit(
         # the training step runs writes its whole output, so the results are the same without.
         torch.utils.deterministic.fill_uninitialized_memory = False
         keep_freed_memory()  # no fresh pages to fault in at every step; the arithmetic is the same
+    if cfg.compile:
+        module.compile_training()
     callbacks = [SameResumeOnEveryRank(ckpt_dir / LAST, resume_step), ThreadCount(cfg), *callbacks]
     trainer = build_trainer(cfg, out_dir, logger=logger, callbacks=callbacks, distributed_sampler=distributed_sampler,
                             model=module.model)
@@ -461,6 +463,7 @@ def training_metrics(loss_curve: list[float], trainer: L.Trainer, cfg: TrainConf
         "threads": torch.get_num_threads(),  # cfg.threads, unless something changed it while training
         "cpu_gemm": cfg.cpu_gemm,
         "precision": cfg.resolved_precision(),  # "auto" resolved: what the Trainer ran
+        **({"compile": True} if cfg.compile else {}),  # recorded where it ran (another arithmetic)
         # vld.host_speed's reference GEMM (float32, this run's library and threads), GFLOP/s at
         # the start and end of the fit; None off the CPU
         **dict(zip((START_KEY, END_KEY), module.host_gemm_gflops or (None, None))),

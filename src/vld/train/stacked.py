@@ -190,7 +190,7 @@ class StackedLMModule(LMModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         parts = [unpack_batch(b) for b in batch]  # one batch per model, as each DataModule yields it
-        logits = self.model(torch.stack([inputs for inputs, _, _ in parts]), self.step_schedules())
+        logits = self.training_logits(torch.stack([inputs for inputs, _, _ in parts]), self.step_schedules())
         losses = torch.stack([next_token_loss(logits[i], targets, mask) for i, (_, targets, mask) in enumerate(parts)])
         self._micro_losses.append(losses.detach())
         return losses.sum()  # d(sum)/d(model i) = d(loss i)/d(model i)
