@@ -495,6 +495,8 @@ def khop_section(args) -> None:
                     result = json.loads(out.strip().splitlines()[-1])
                     if result["cpu_gemm"] != libraries[gemm]:
                         raise RuntimeError(f"{label}: the models ran {result['cpu_gemm']}, not {gemm}")
+                    if result["compile"] != (compile_ == "on"):
+                        raise RuntimeError(f"{label}: the models trained with compile {result['compile']}")
                     rates[label].append(result["positions_per_s"])
             best = {label: max(values) for label, values in rates.items()}
             first = next(iter(best))
@@ -556,7 +558,7 @@ def khop_worker(args) -> None:
     timed = ends.ends[max(1, args.khop_warmup) - 1:]  # from the end of the last warm-up step
     positions = (len(timed) - 1) * args.seeds * cfg.tokens_per_step
     print(json.dumps({"positions_per_s": positions / (timed[-1] - timed[0]),
-                      "cpu_gemm": parts[0][0].backend.cpu_gemm}))
+                      "cpu_gemm": parts[0][0].backend.cpu_gemm, "compile": getattr(cfg, "compile", False)}))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""bench/bench_model.py's k-hop section (issue 27) as a smoke test: each GEMM library it is asked
-to race is the one the stacked models train with, and a mistyped library stops it before any
-training."""
+"""bench/bench_model.py's k-hop section (issue 27) as a smoke test: each GEMM library and compile
+setting it is asked to race is the one the stacked models train with, and a mistyped one stops
+it before any training."""
 
 from __future__ import annotations
 
@@ -43,6 +43,21 @@ def test_khop_section_races_each_library():
     assert host, result.stdout
     start, end, ratio = map(float, host.groups())
     assert start > 0 and end > 0 and abs(ratio - end / start) <= 0.01 + 1 / start
+
+
+def test_khop_section_races_eager_against_compiled():
+    result = run_bench("--small", "--quick", "--khop-models", "h2", "--khop-compile", "off,on", "--threads", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = re.findall(r"^positions/s, k-hop base \(h2\), this tree, compile (\w+)\s+([\d,]+)", result.stdout, re.MULTILINE)
+    assert [setting for setting, _ in rows] == ["off", "on"]  # each worker checked it trained so
+    assert all(float(rate.replace(",", "")) > 0 for _, rate in rows)
+
+
+def test_a_bad_compile_choice_fails_in_one_line_before_training():
+    result = run_bench("--khop-compile", "yes")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == ["vld: error: --khop-compile: expected off and/or on, got 'yes'"]
+    assert "positions/s" not in result.stdout
 
 
 def test_hf_section_bounds_the_ceiling_share_by_the_replayed_kernels():
