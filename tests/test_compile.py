@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -153,6 +154,14 @@ def test_seeds_trained_together_compile_as_one_and_follow_eager(tiny_data, tmp_p
         for name, tensor in models[i].state_dict().items():
             assert torch.allclose(tensor, eager_models[i].state_dict()[name], rtol=0, atol=1e-3), name
     assert compiled[0]["loss_curve"] != compiled[1]["loss_curve"]  # each seed its own model and data
+
+
+def test_a_resume_with_compile_switched_is_refused(tiny_data, tmp_path):
+    train_tiny(tiny_data, tmp_path / "run", max_steps=2)
+    with pytest.raises(UserError) as err:
+        train_tiny(tiny_data, tmp_path / "run", max_steps=2, compile=True)
+    assert re.fullmatch(r"train\.compile: unset in the checkpoint \S+last\.ckpt, True now; delete \S+ to start over",
+                        one_line(err))
 
 
 @pytest.mark.slow

@@ -325,11 +325,14 @@ def _resume_checkpoint(run_config: dict[str, Any], ckpt_dir: Path) -> Path | Non
     if saved.is_file():
         before = json.loads(saved.read_text())
         now = run_config
+        def shown(settings: dict, key: str) -> str:  # a setting left out of the record while off
+            return repr(settings[key]) if key in settings else "unset"
+
         for key in sorted(set(before) | set(now)):
             if key not in _RESUME_FREE and before.get(key) != now.get(key):
                 fail(
                     f"train.{key}",
-                    f"{before.get(key)!r} in the checkpoint {last}, {now.get(key)!r} now;"
+                    f"{shown(before, key)} in the checkpoint {last}, {shown(now, key)} now;"
                     f" delete {ckpt_dir} to start over",
                 )
     return last
