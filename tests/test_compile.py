@@ -16,12 +16,12 @@ import torch
 import yaml
 
 from golden_loss import GOLDEN_FILE, tiny_model, tiny_train_config
+from test_hardware import one_line, train  # the tiny run and the one-line error check
 from vld.errors import UserError
 from vld.machine import machine_label
 from vld.pipeline import params as P
 from vld.train.config import TrainConfig
 from vld.train.datamodules import TokenWindowDataModule
-from vld.train.run import run_training
 from vld.train.stacked import train_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,21 +30,8 @@ SIZES = {"max_steps": 4, "global_batch_size": 8, "micro_batch_size": 4, "seq_len
 CLOSE = 1e-4
 
 
-def one_line(err) -> str:
-    text = str(err.value)
-    assert "\n" not in text
-    return text
-
-
 def tiny_profile() -> dict:
     return yaml.safe_load((ROOT / "conf/profiles/tiny.yaml").read_text())
-
-
-def train_tiny(data: Path, out: Path, **overrides):
-    cfg = tiny_train_config(**overrides)
-    model = tiny_model(0, backend=cfg.backend)
-    metrics = run_training(model, TokenWindowDataModule(data, cfg.seq_len, cfg.micro_batch_size, seed=0), cfg, out)
-    return model, metrics
 
 
 # ----------------------------------------------------------------------------- the setting
@@ -119,9 +106,9 @@ def test_a_loop_count_drawn_per_step_is_refused_with_compile(recipe, key):
 # ----------------------------------------------------------------------------- training
 
 def test_compiled_training_repeats_bit_for_bit_and_follows_eager(tiny_data, tmp_path):
-    eager, eager_metrics = train_tiny(tiny_data, tmp_path / "eager", compile=False)
-    first, metrics = train_tiny(tiny_data, tmp_path / "first", compile=True)
-    again, again_metrics = train_tiny(tiny_data, tmp_path / "again", compile=True)
+    eager, eager_metrics = train(tiny_data, tmp_path / "eager", compile=False)
+    first, metrics = train(tiny_data, tmp_path / "first", compile=True)
+    again, again_metrics = train(tiny_data, tmp_path / "again", compile=True)
     assert metrics["compile"] is True and "compile" not in eager_metrics
     assert "compile" in machine_label({"cpu": "x", **metrics}) and "compile" not in machine_label({"cpu": "x", **eager_metrics})
     # the same settings: the same weights, bit for bit
@@ -158,9 +145,9 @@ def test_seeds_trained_together_compile_as_one_and_follow_eager(tiny_data, tmp_p
 
 
 def test_a_resume_with_compile_switched_is_refused(tiny_data, tmp_path):
-    train_tiny(tiny_data, tmp_path / "run", max_steps=2)
+    train(tiny_data, tmp_path / "run", max_steps=2)
     with pytest.raises(UserError) as err:
-        train_tiny(tiny_data, tmp_path / "run", max_steps=2, compile=True)
+        train(tiny_data, tmp_path / "run", max_steps=2, compile=True)
     assert re.fullmatch(r"train\.compile: unset in the checkpoint \S+last\.ckpt, True now; delete \S+ to start over",
                         one_line(err))
 

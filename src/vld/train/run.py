@@ -325,6 +325,7 @@ def _resume_checkpoint(run_config: dict[str, Any], ckpt_dir: Path) -> Path | Non
     if saved.is_file():
         before = json.loads(saved.read_text())
         now = run_config
+
         def shown(settings: dict, key: str) -> str:  # a setting left out of the record while off
             return repr(settings[key]) if key in settings else "unset"
 
