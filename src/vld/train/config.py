@@ -124,7 +124,7 @@ class TrainConfig:
     # library vld.model.backend's table names for this CPU, resolved at construction.
     cpu_gemm: str = "auto"
     activation_checkpointing: bool = False
-    # The training forward through torch.compile (inductor): fused elementwise work, and on CPU
+    # The training forward through torch.compile (inductor): its own kernels, and on CPU
     # the BLAS's GEMMs instead of oneDNN's, so another arithmetic, hence a recorded setting that
     # is off by default; evaluation stays eager. Left out of to_dict while off (fingerprints).
     compile: bool = False
