@@ -26,6 +26,7 @@ from vld.pipeline.tracking.stage import machine_tags
 from vld.train.config import TrainConfig, apply_threads, busy_note
 from vld.train.datamodules import TokenWindowDataModule
 from golden_loss import tiny_model, tiny_train_config
+from user_errors import one_line
 from vld.train.run import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,12 +69,6 @@ def train(data: Path, out: Path, **overrides):
     model = tiny_model(seed=0, backend=cfg.backend)
     dm = TokenWindowDataModule(data, cfg.seq_len, cfg.micro_batch_size, seed=cfg.seed)
     return model, run_training(model, dm, cfg, out)
-
-
-def one_line(err: pytest.ExceptionInfo) -> str:
-    text = str(err.value)
-    assert "\n" not in text and "Traceback" not in text
-    return text
 
 
 # ----------------------------------------------------------------------------- threads: the setting

@@ -19,6 +19,7 @@ import pytest
 import torch
 from torch import nn
 
+from user_errors import one_line
 from vld.atomic import atomic_dir, check_replaceable, check_writable, save_torch, write_json
 from vld.errors import UserError
 from vld.pipeline import tracking
@@ -49,12 +50,6 @@ def mounted(path: Path, options: str):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def one_line(err: pytest.ExceptionInfo) -> str:
-    text = str(err.value)
-    assert "\n" not in text and "Traceback" not in text
-    return text
 
 
 @pytest.fixture

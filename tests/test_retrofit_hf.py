@@ -11,6 +11,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from user_errors import one_line  # noqa: E402
 from vld.errors import UserError  # noqa: E402
 from vld.model import Backend  # noqa: E402
 from vld.retrofit import sources as sources_module  # noqa: E402
@@ -177,18 +178,12 @@ def _forbid_loading(monkeypatch):
     monkeypatch.setattr(sources_module, "load_source", refuse)
 
 
-def _one_line(err) -> str:
-    text = str(err.value)
-    assert "\n" not in text
-    return text
-
-
 def test_directory_without_config_is_one_line_error(tmp_path, monkeypatch):
     _forbid_loading(monkeypatch)
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(UserError) as err:
         prepare_retrofit(tmp_path, {"pattern": "cycle", "k": 1})
-    assert _one_line(err).startswith("retrofit.source:") and "no config.json" in str(err.value)
+    assert one_line(err).startswith("retrofit.source:") and "no config.json" in str(err.value)
 
 
 @pytest.mark.parametrize("model_type", ["gpt_neox", "gpt2"])
@@ -198,7 +193,7 @@ def test_unsupported_architecture_is_one_line_error(tmp_path, monkeypatch, model
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(UserError) as err:
         prepare_retrofit(tmp_path, {"pattern": "base"})
-    assert f"is a '{model_type}' model, an unsupported architecture" in _one_line(err)
+    assert f"is a '{model_type}' model, an unsupported architecture" in one_line(err)
     assert "(supported: llama)" in str(err.value)
 
 
@@ -212,7 +207,7 @@ def test_pattern_beyond_the_models_layers_is_one_line_error(llama_dir, monkeypat
     _forbid_loading(monkeypatch)
     with pytest.raises(UserError) as err:
         prepare_retrofit(llama_dir, schedule)
-    assert _one_line(err).startswith(key + ":")
+    assert one_line(err).startswith(key + ":")
     assert "out of range for 4 base layers" in str(err.value)
     assert (llama_dir / "model.safetensors").read_bytes() == before
 
