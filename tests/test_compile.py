@@ -16,12 +16,16 @@ import torch
 import yaml
 
 from golden_loss import GOLDEN_FILE, tiny_model, tiny_train_config
-from test_hardware import one_line, train  # the tiny run and the one-line error check
+from test_hardware import train  # the tiny training run
+from user_errors import one_line
 from vld.errors import UserError
 from vld.machine import machine_label
 from vld.pipeline import params as P
 from vld.train.config import TrainConfig
 from vld.train.datamodules import TokenWindowDataModule
+from vld.train.loops import LoopTraining
+from vld.train.module import LMModule
+from vld.train.run import run_training
 from vld.train.stacked import train_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,6 +105,23 @@ def test_a_loop_count_drawn_per_step_is_refused_with_compile(recipe, key):
         P.validate(raw)
     assert one_line(err).startswith(f"khop.variants.looped.recipe.{key}: ")
     assert "compile: true" in one_line(err)
+
+
+
+def test_an_api_caller_varying_the_loop_count_is_refused_before_training(tiny_data, tmp_path):
+    model = tiny_model(seed=0)
+    drawn = LoopTraining(model.config.n_layer, None, 3, "poisson")
+    with pytest.raises(UserError) as err:
+        LMModule(model, loops=drawn).compile_training()
+    assert one_line(err).startswith("train.compile: the loop count varies between steps")
+    LMModule(model, loops=LoopTraining(model.config.n_layer, None, 3, "fixed")).compile_training()  # one count: fine
+    # through run_training: refused before a step is taken, so no metrics or checkpoint written
+    cfg = tiny_train_config(compile=True)
+    dm = TokenWindowDataModule(tiny_data, cfg.seq_len, cfg.micro_batch_size, seed=cfg.seed)
+    with pytest.raises(UserError, match="^train.compile: the loop count varies"):
+        run_training(tiny_model(seed=0, backend=cfg.backend), dm, cfg, tmp_path / "run", loops=drawn)
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    assert not list((tmp_path / "run").rglob("*.ckpt"))
 
 
 # ----------------------------------------------------------------------------- training

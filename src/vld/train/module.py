@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vld.errors import fail
 from vld.train.config import OptimConfig
 
 
@@ -124,6 +125,10 @@ class LMModule(L.LightningModule):
         """Run the training forward (and so its backward) through torch.compile; evaluation,
         learning curves and generation call the model itself, eagerly. The weights stay the
         model's: its state_dict and checkpoints are unchanged."""
+        if self.loops is not None and self.loops.varies:
+            # the pipeline refuses this where it reads the recipe; here for callers of the API
+            fail("train.compile", "the loop count varies between steps, and each count would compile a "
+                 "graph of its own: train eagerly, or with a fixed loop count")
         # static shapes: every training batch has the same shape; a new one would recompile
         self._compiled = [torch.compile(self.model, dynamic=False)]
 
