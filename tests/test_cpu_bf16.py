@@ -123,7 +123,10 @@ def test_bf16_mixed_without_onednn_bfloat16_kernels_is_deterministic_and_close(t
     for run in ("a", "b"):
         proc = subprocess.run([sys.executable, str(Path(__file__).parent / "scripts" / "train_script.py"),
                                "--data", str(tiny_data), "--out", str(tmp_path / run),
-                               "--train", json.dumps({"precision": "bf16-mixed", "threads": 1})],
+                               # oneDNN named, not auto's library: the host's reference GEMM
+                               # then runs in oneDNN on every CPU (auto is MKL on Intel)
+                               "--train", json.dumps({"precision": "bf16-mixed", "threads": 1,
+                                                      "cpu_gemm": "onednn"})],
                               env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         executed = [line for line in (proc.stdout + proc.stderr).splitlines() if ",exec," in line]
@@ -133,7 +136,7 @@ def test_bf16_mixed_without_onednn_bfloat16_kernels_is_deterministic_and_close(t
         assert [line for line in executed if reference not in line] == []
         assert len(executed) == 2 * (1 + host_speed.REPEATS)
         metrics = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("METRICS "))[8:])
-        assert metrics["precision"] == "bf16-mixed"
+        assert metrics["precision"] == "bf16-mixed" and metrics["cpu_gemm"] == "onednn"
         curves.append(metrics["loss_curve"])
     assert curves[0] == curves[1]
     golden = json.loads(GOLDEN_FILE.read_text())["losses"]
