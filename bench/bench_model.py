@@ -217,8 +217,14 @@ def clock_of(args):
 def cpu_name() -> str:
     """This machine's CPU and torch as runs record them (vld.machine); the flags show whether
     it multiplies bfloat16 itself (only there does bf16-mixed gain)."""
-    from vld.machine import describe_machine, machine_label
+    try:
+        from vld.machine import describe_machine, machine_label
+    except ImportError:  # an older tree's src/ on PYTHONPATH (the "before" of profile_step)
+        import platform
 
+        import torch
+
+        return f"{platform.machine()} CPU (this src/ predates vld.machine), torch {torch.__version__}"
     return machine_label(describe_machine())
 
 

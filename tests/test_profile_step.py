@@ -101,3 +101,13 @@ def test_the_ops_vmap_decomposes_a_stacked_call_into_count_for_the_module_that_m
         "norms", GEMMS}
     linked = nodes(profile_step.forward_categories(events))  # the profiler's links alone
     assert ("MulBackward0", "norms") not in linked
+
+
+def test_the_cpu_line_names_an_older_src_without_vld_machine(monkeypatch):
+    """The documented "before" run puts an older tree's src/ (75db141, before vld.machine) first
+    on PYTHONPATH: the header line must not crash the run after its models have trained."""
+    import bench_model
+
+    assert "predates vld.machine" not in bench_model.cpu_name()  # this tree: vld.machine's label
+    monkeypatch.setitem(sys.modules, "vld.machine", None)  # `from vld.machine import ...` raises ImportError
+    assert "predates vld.machine" in bench_model.cpu_name()
