@@ -107,7 +107,6 @@ def test_a_loop_count_drawn_per_step_is_refused_with_compile(recipe, key):
     assert "compile: true" in one_line(err)
 
 
-
 def test_an_api_caller_varying_the_loop_count_is_refused_before_training(tiny_data, tmp_path):
     model = tiny_model(seed=0)
     drawn = LoopTraining(model.config.n_layer, None, 3, "poisson")
