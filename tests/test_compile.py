@@ -21,7 +21,7 @@ from user_errors import one_line
 from vld.errors import UserError
 from vld.machine import machine_label
 from vld.pipeline import params as P
-from vld.train.config import TrainConfig
+from vld.train.config import TrainConfig, check_devices
 from vld.train.datamodules import TokenWindowDataModule
 from vld.train.loops import LoopTraining
 from vld.train.module import LMModule
@@ -91,6 +91,16 @@ def test_compile_on_cpu_without_a_cpp_compiler_is_refused_before_any_compute(mon
                                     "'/nonexistent/g++' is not on PATH")
     monkeypatch.setenv("CXX", shutil.which("g++") or "g++")
     assert P.validate(raw).variant("khop", "base").train.compile is True
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="accelerator auto picks the GPU here")
+def test_compile_with_accelerator_auto_on_a_cpu_machine_checks_the_cpp_compiler_before_the_run(monkeypatch):
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    cfg = TrainConfig(**SIZES, accelerator="auto", compile=True)  # read before the device is known
+    with pytest.raises(UserError) as err:
+        check_devices(cfg, "hardware")  # what every stage calls before it starts a run
+    assert one_line(err).startswith("hardware.compile: torch.compile on CPU needs a C++ compiler")
+    check_devices(TrainConfig(**SIZES, accelerator="auto"), "hardware")  # eager: nothing to compile
 
 
 @pytest.mark.parametrize("recipe, key", [({"loop_sampling": "poisson"}, "loop_sampling"),

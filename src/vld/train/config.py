@@ -293,7 +293,14 @@ def check_cpp_compiler(where: str) -> None:
 
 def check_devices(cfg: TrainConfig, where: str = "train") -> None:
     """A GPU setting on a machine without (enough) GPUs fails here, in one line, instead of as
-    Lightning's traceback once a stage has started. torch is imported only when a GPU is asked for."""
+    Lightning's traceback once a stage has started. torch is imported only when a GPU is asked for
+    or may be chosen (`auto`: with compile on a machine without one, the CPU's C++ compiler is
+    checked here, since only now is it known that the run is a CPU run)."""
+    if cfg.compile and cfg.accelerator == "auto":
+        import torch
+
+        if not torch.cuda.is_available():
+            check_cpp_compiler(f"{where}.compile")
     if cfg.accelerator not in ("gpu", "cuda"):
         return
     import torch
