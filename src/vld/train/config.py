@@ -293,9 +293,9 @@ def check_cpp_compiler(where: str) -> None:
 
 def check_devices(cfg: TrainConfig, where: str = "train") -> None:
     """A GPU setting on a machine without (enough) GPUs fails here, in one line, instead of as
-    Lightning's traceback once a stage has started. torch is imported only when a GPU is asked for
-    or may be chosen (`auto`: with compile on a machine without one, the CPU's C++ compiler is
-    checked here, since only now is it known that the run is a CPU run)."""
+    Lightning's traceback once a stage has started. torch is imported only when a GPU is asked for,
+    or with compile under `auto`: on a machine without a GPU that run is a CPU run, whose compile
+    needs a C++ compiler (checked here: where the config is read, the device is not known)."""
     if cfg.compile and cfg.accelerator == "auto":
         import torch
 
