@@ -75,4 +75,8 @@ class LoopTraining:
         return asdict(self)
 
 
-__all__ = ["LR_SCALES", "LoopTraining", "POISSON_CAP", "SAMPLINGS", "lr_for_repeats"]
+# Why a count that varies between steps is refused with torch.compile (where the recipe is read,
+# and by LMModule.compile_training for callers of the API)
+COMPILES_PER_COUNT = "each count would compile a graph of its own"
+
+__all__ = ["COMPILES_PER_COUNT", "LR_SCALES", "LoopTraining", "POISSON_CAP", "SAMPLINGS", "lr_for_repeats"]

@@ -18,6 +18,7 @@ from torch import nn
 
 from vld.errors import fail
 from vld.train.config import OptimConfig
+from vld.train.loops import COMPILES_PER_COUNT
 
 
 def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -127,8 +128,8 @@ class LMModule(L.LightningModule):
         model's: its state_dict and checkpoints are unchanged."""
         if self.loops is not None and self.loops.varies:
             # the pipeline refuses this where it reads the recipe; here for callers of the API
-            fail("train.compile", "the loop count varies between steps, and each count would compile a "
-                 "graph of its own: train eagerly, or with a fixed loop count")
+            fail("train.compile", f"the loop count varies between steps, and {COMPILES_PER_COUNT}: train "
+                 "eagerly, or with a fixed loop count")
         # static shapes: every training batch has the same shape; a new one would recompile
         self._compiled = [torch.compile(self.model, dynamic=False)]
 

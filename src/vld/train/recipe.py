@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from vld.declared import check_keys
 from vld.errors import fail
-from vld.train.loops import LR_SCALES, SAMPLINGS, LoopTraining, lr_for_repeats
+from vld.train.loops import COMPILES_PER_COUNT, LR_SCALES, SAMPLINGS, LoopTraining, lr_for_repeats
 
 if TYPE_CHECKING:
     from vld.model.config import ModelConfig
@@ -90,8 +90,8 @@ class Recipe:
                              self.loop_curriculum)
         if loops.varies and train.compile:
             key = "loop_sampling" if self.loop_sampling != "fixed" else "loop_curriculum"
-            fail(f"{where}.recipe.{key}", f"{getattr(self, key)!r} varies the loop count between steps, and each "
-                 "count would compile a graph of its own: not with compile: true (hardware or train block)")
+            fail(f"{where}.recipe.{key}", f"{getattr(self, key)!r} varies the loop count between steps, and "
+                 f"{COMPILES_PER_COUNT}: not with compile: true (hardware or train block)")
         return model, train, (loops if loops.varies else None)
 
 
