@@ -48,6 +48,6 @@ def run_cli(main: Callable[..., object], *args, **kwargs) -> None:
     finally:
         # The interpreter's exit runs one more full collection over every object alive, most
         # of them the modules of torch, Lightning and MLflow: seconds per stage for nothing, the
-        # outputs being written and closed by now (README, Performance). Frozen objects are skipped.
+        # outputs being written and closed by now (docs/performance.md). Frozen objects are skipped.
         gc.freeze()
     sys.exit(result if isinstance(result, int) else 0)

@@ -5,7 +5,7 @@ developed on, MKL takes a generic code path (MKL_VERBOSE: "Intel(R) Architecture
 processors"; MKL_ENABLE_INSTRUCTIONS=AVX512 changes nothing), while oneDNN, shipped inside the
 same wheel, picks its kernels by instruction set (ONEDNN_VERBOSE: "isa:Intel AVX-512 ..."), so
 at the width-256 model's shapes its GEMMs are the faster ones there (how much faster depends
-on the host: docs/model.md and README, Performance; `bench/bench_model.py --sections gemm`
+on the host: docs/model.md and docs/performance.md; `bench/bench_model.py --sections gemm`
 prints the rates per shape on the machine it runs on).
 
 Both are IEEE fp32 (no reduced-precision mode): results differ from `F.linear` by summation
