@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_model.py --quick    # fewer steps, rougher figures
 
 The first line names this machine's CPU and the library `hardware.cpu_gemm: auto` picks for it
-(vld.model.backend.CPU_GEMM_BY_VENDOR); the ceiling and the unlabelled VLD figures use that one.
+(vld.model.backend.CPU_GEMM_BY_CPU); the ceiling and the unlabelled VLD figures use that one.
 
 0. the GEMMs of each layer shape's training step in torch's BLAS (MKL) and in oneDNN, the two
    choices of `Backend.cpu_gemm` (see vld.model.linear), and of the whole step's GEMMs, also as

@@ -202,10 +202,15 @@ def test_a_busy_neighbour_changes_nothing_but_a_note(tiny_data, tmp_path, capfd)
 
 # ----------------------------------------------------------------------------- cpu_gemm: auto
 
-def test_auto_cpu_gemm_is_chosen_by_the_cpus_vendor_from_the_table():
+def test_auto_cpu_gemm_is_chosen_by_the_cpus_vendor_and_vector_width_from_the_table():
+    amd_avx2 = AMD.replace("model\t\t: 17", "model\t\t: 1").replace(" avx512f avx512bw", "")
+    intel_avx2 = INTEL.replace(" avx512f", "")
     for _ in range(3):  # the same text, the same library: no timing, no load involved
-        assert cpu_gemm_for(AMD) == "onednn"
+        assert cpu_gemm_for(AMD) == "onednn"  # AVX-512
+        assert cpu_gemm_for(amd_avx2) == "blas"  # AVX2 only: measured on another AMD EPYC
         assert cpu_gemm_for(INTEL) == "blas"
+        assert cpu_gemm_for(intel_avx2) == "blas"  # not listed: torch's own GEMMs
+        assert cpu_gemm_for(AMD.replace(" avx2 avx512f avx512bw", "")) == "blas"  # neither width
         assert cpu_gemm_for(ARM) == "blas"  # no vendor listed: torch's own GEMMs
         assert cpu_gemm_for(AMD.replace("AuthenticAMD", "HygonGenuine")) == "blas"
         assert cpu_gemm_for("") == "blas"

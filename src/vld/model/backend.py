@@ -4,7 +4,7 @@ A `ModelConfig` is the architecture: it travels inside checkpoints and decides t
 the model computes. A `Backend` is how one process runs that model (which library does the
 CPU GEMMs, whether backward recomputes each virtual layer): it is chosen per run, never saved,
 and changes results by summation order at most. `hardware.cpu_gemm: auto` (the default) is
-the library this CPU's vendor is listed with in `CPU_GEMM_BY_VENDOR`: TrainConfig resolves it
+the library `CPU_GEMM_BY_CPU` lists for this kind of CPU: TrainConfig resolves it
 once, where the hardware block is parsed, and a Backend only ever holds a library.
 
     model = VLDTransformer(config, backend=Backend(activation_checkpointing=True))
@@ -20,24 +20,31 @@ from typing import Mapping
 
 from vld.declared import check_keys, declared_keys
 from vld.errors import fail
-from vld.machine import cpuinfo_fields, read_cpuinfo
+from vld.machine import describe_cpu, read_cpuinfo
 
 CPU_GEMMS = ("onednn", "blas")  # see vld.model.linear
-AUTO = "auto"  # hardware.cpu_gemm's default: the library CPU_GEMM_BY_VENDOR names for this CPU
+AUTO = "auto"  # hardware.cpu_gemm's default: the library CPU_GEMM_BY_CPU names for this CPU
 
-# The faster library per CPU vendor (/proc/cpuinfo `vendor_id`), from measurements, never from
-# a timing at start-up: that would make a run's arithmetic depend on the load at the time.
-# `bench/bench_model.py --sections gemm,hf` prints both libraries' rates and this choice.
-CPU_GEMM_BY_VENDOR = {
-    # Measured on an AMD EPYC (Zen 5, AVX-512), the development machine: MKL takes its generic
-    # code path on a non-Intel CPU, while oneDNN picks its kernels by instruction set.
-    "AuthenticAMD": "onednn",
-    # Measured on an Intel Xeon (issue 27): MKL's weight-gradient GEMMs beat oneDNN's and the
-    # model trained faster with the BLAS.
-    "GenuineIntel": "blas",
+# The faster library per kind of CPU, from measurements (docs/model.md#cpu-gemms), never from a
+# timing at start-up: that would make a run's arithmetic depend on the load at the time. A kind
+# is the CPU's vendor (/proc/cpuinfo `vendor_id`) and its widest vector instructions, which pick
+# both libraries' kernels. `bench/bench_model.py --sections gemm,hf` prints both libraries'
+# rates and this choice; a kind of CPU gets its entry from that measurement.
+CPU_GEMM_BY_CPU = {
+    # AMD EPYC family 25 model 17 (Zen 4), the development machine: oneDNN runs AVX-512 kernels
+    # there, MKL does not on a non-Intel CPU, and oneDNN's GEMMs were the faster.
+    ("AuthenticAMD", "avx512f"): "onednn",
+    # AMD EPYC family 25 model 1 (Zen 3, issue 27): both libraries run AVX2 kernels and MKL's
+    # were the faster, for the width-256 step's GEMMs and for both k-hop stages.
+    ("AuthenticAMD", "avx2"): "blas",
+    # Intel Xeons family 6 models 207 and 167 (issue 27): MKL's weight-gradient GEMMs beat
+    # oneDNN's and the model trained faster with the BLAS.
+    ("GenuineIntel", "avx512f"): "blas",
 }
-# Any other CPU (ARM, an unlisted vendor, no /proc/cpuinfo): nothing was measured there, so
-# torch's own choice for the platform, exactly `nn.Linear`.
+# Widest first: the entry a CPU with both takes.
+VECTOR_WIDTHS = ("avx512f", "avx2")
+# Any other CPU (ARM, an unlisted vendor or width, no /proc/cpuinfo): nothing was measured
+# there, so torch's own choice for the platform, exactly `nn.Linear`.
 UNLISTED_CPU_GEMM = "blas"
 
 # Where each setting is spelled in params.yaml (named by the error a model config that still
@@ -50,7 +57,9 @@ PARAMS_SPELLING = {
 
 def cpu_gemm_for(cpuinfo: str) -> str:
     """The CPU GEMM library for the CPU /proc/cpuinfo's text describes."""
-    return CPU_GEMM_BY_VENDOR.get(cpuinfo_fields(cpuinfo).get("vendor_id", ""), UNLISTED_CPU_GEMM)
+    cpu = describe_cpu(cpuinfo)
+    width = next((flag for flag in VECTOR_WIDTHS if flag in cpu["cpu_flags"]), None)
+    return CPU_GEMM_BY_CPU.get((cpu["cpu_vendor"], width), UNLISTED_CPU_GEMM)
 
 
 @functools.cache
@@ -72,7 +81,7 @@ def resolve_cpu_gemm(value, where: str) -> str:
 @dataclass(frozen=True)
 class Backend:
     """cpu_gemm: the library for fp32 CPU matmuls, "onednn" or "blas" (torch's own; exactly
-    `nn.Linear`), see vld.model.linear; by default the one this CPU's vendor is listed with
+    `nn.Linear`), see vld.model.linear; by default the one listed for this kind of CPU
     (`machine_cpu_gemm`). activation_checkpointing: recompute each virtual layer
     in backward instead of keeping its activations."""
 
@@ -121,5 +130,5 @@ def moved_to_backend(values: Mapping, where: str) -> None:
             )
 
 
-__all__ = ["Backend", "CPU_GEMMS", "CPU_GEMM_BY_VENDOR", "PARAMS_SPELLING", "cpu_gemm_for", "machine_cpu_gemm",
+__all__ = ["Backend", "CPU_GEMMS", "CPU_GEMM_BY_CPU", "PARAMS_SPELLING", "cpu_gemm_for", "machine_cpu_gemm",
            "moved_to_backend", "resolve_cpu_gemm"]

@@ -10,8 +10,9 @@ prints the rates per shape on the machine it runs on).
 
 Both are IEEE fp32 (no reduced-precision mode): results differ from `F.linear` by summation
 order only, a relative 1e-6. `vld.model.Backend.cpu_gemm` chooses: "onednn" or "blas" (exactly
-`nn.Linear`); by default the library vld.model.backend lists for the CPU's vendor. GPUs, other dtypes, autocast, torch.compile and calls too small
-to repay oneDNN's per-call cost take `F.linear` (under CPU autocast, on operands cast to its dtype).
+`nn.Linear`); by default the library vld.model.backend lists for the kind of CPU. GPUs, other
+dtypes, autocast, torch.compile and calls too small to repay oneDNN's per-call cost take
+`F.linear` (under CPU autocast, on operands cast to its dtype).
 """
 
 from __future__ import annotations
