@@ -1,5 +1,5 @@
 """The machine-dependent run settings of params.yaml's hardware block: `threads` (CPU threads per
-process) and `cpu_gemm` (auto: chosen from the CPU's vendor). Each is a value once the config
+process) and `cpu_gemm` (auto: chosen by the CPU's vendor and vector width). Each is a value once the config
 is built, the run applies exactly it whatever else the machine is doing, and a stage records it
 (metrics, MLflow params, the variant's fingerprint, the resume check)."""
 
