@@ -198,6 +198,9 @@ def main(argv=None) -> None:
         cap = floor / (floor + kernels["attention"] + kernels["gelu"])
         print(f"{'  most % reachable with both kept':44s} {100 * cap:>11.0f}% {'':>8s}  weight GEMMs / (them + attention"
               " + GELU): the share if all else were free")
+        note = replays_overrun(vld_step, floor + kernels["attention"] + kernels["gelu"])
+        if note:
+            print(note)
 
     if sections & {"cycle", "generate"}:
         print(f"# sections 2-3: fastest of {args.steps} interleaved steps")
@@ -207,6 +210,15 @@ def main(argv=None) -> None:
         generate_section(args, base)
     if "khop" in sections:
         khop_section(args)
+
+
+def replays_overrun(step_s: float, replayed_s: float) -> str | None:
+    """A warning when the parts replayed alone take longer than the step they were taken from: the
+    host ran the replays slower than the step, so this run's shares of the ceiling overstate it."""
+    if replayed_s <= step_s:
+        return None
+    return (f"# the replayed parts take {replayed_s:.4f} s, more than the step's {step_s:.4f} s: the host's speed "
+            "moved within this run, so its ceiling shares are overestimates; run it again")
 
 
 def clock_of(args):

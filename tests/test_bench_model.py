@@ -99,3 +99,14 @@ def test_gemm_section_gives_the_steps_gemms_as_a_share_of_a_large_gemm():
         assert big > 0
         # the share comes from unrounded rates, printed rounded to whole GFLOP/s and per cent
         assert abs(share - 100 * small / big) <= 1 + 100 / big
+
+
+def test_replays_that_outlast_their_step_are_flagged():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_model", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.replays_overrun(0.789, 0.700) is None
+    assert bench.replays_overrun(0.789, 0.789) is None
+    note = bench.replays_overrun(0.789, 0.845)
+    assert note.startswith("# ") and "0.8450 s" in note and "0.7890 s" in note and "overestimates" in note
