@@ -31,8 +31,9 @@ AUTO = "auto"  # hardware.cpu_gemm's default: the library CPU_GEMM_BY_CPU names 
 # both libraries' kernels. `bench/bench_model.py --sections gemm,hf` prints both libraries'
 # rates and this choice; a kind of CPU gets its entry from that measurement.
 CPU_GEMM_BY_CPU = {
-    # AMD EPYC family 25 model 17 (Zen 4), the development machine: oneDNN runs AVX-512 kernels
-    # there, MKL does not on a non-Intel CPU, and oneDNN's GEMMs were the faster.
+    # AMD EPYC family 25 model 17 (Zen 4), the development machine, and family 26 model 2 (Zen 5):
+    # oneDNN runs AVX-512 kernels there, MKL does not on a non-Intel CPU, and oneDNN's GEMMs were
+    # the faster (on Zen 5 1.7x MKL's over the width-256 step's GEMMs, and the k-hop stages too).
     ("AuthenticAMD", "avx512f"): "onednn",
     # AMD EPYC family 25 model 1 (Zen 3, issue 27): both libraries run AVX2 kernels and MKL's
     # were the faster, for the width-256 step's GEMMs and for both k-hop stages.
