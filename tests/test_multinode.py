@@ -7,6 +7,7 @@ may write outputs and track the run in MLflow."""
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
@@ -40,28 +41,40 @@ def stage_runs(workspace: Path, stage_key: str) -> list:
     return [run for run in runs if run.data.tags.get("vld.stage_key") == stage_key]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("launch", LAUNCHES)
-def test_pretrain_stage_under_ddp_trains_like_one_process(tmp_path, launch):
-    from vld.model import load_model
-
+@pytest.fixture(scope="module")
+def trained_alone(tmp_path_factory):
+    """The profile, a workspace holding only its data, and the same stage trained there by one
+    process: the reference every launch is compared with (trained once for all of them)."""
     profile = yaml.safe_load((ROOT / "conf" / "profiles" / "tiny.yaml").read_text())
     for family in ("reasoning", "knowledge", "retrofit"):
         # global batch 4: one process accumulates 2 micro-batches of 2, each node takes one
         profile[family]["train"]["micro_batch_size"] = 2
     profile["knowledge"]["train"]["max_steps"] = 6
-    one, nodes = tmp_path / "one", tmp_path / "nodes"
-    one.mkdir()
-    (one / "params.yaml").write_text(yaml.safe_dump(profile))
-    subprocess.run([sys.executable, "-m", "vld.pipeline.data_knowledge", "--dataset", "rt1k"], cwd=one,
+    root = tmp_path_factory.mktemp("multinode")
+    data, one = root / "data_only", root / "one"
+    data.mkdir()
+    (data / "params.yaml").write_text(yaml.safe_dump(profile))
+    subprocess.run([sys.executable, "-m", "vld.pipeline.data_knowledge", "--dataset", "rt1k"], cwd=data,
                    check=True, capture_output=True, timeout=120)
-    shutil.copytree(one, nodes)
+    shutil.copytree(data, one)
+    single = finish(start(STAGE, TRACKED, cwd=one))
+    assert single.returncode == 0, single.stdout[-3000:]
+    return profile, data, one
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launch", LAUNCHES)
+def test_pretrain_stage_under_ddp_trains_like_one_process(tmp_path, trained_alone, launch):
+    from vld.model import load_model
+
+    profile, data, one = trained_alone
+    nodes = tmp_path / "nodes"
+    shutil.copytree(data, nodes)
+    profile = copy.deepcopy(profile)
     hardware, launcher, n_nodes = LAUNCHES[launch]
     profile["hardware"].update(hardware, strategy="ddp")
     (nodes / "params.yaml").write_text(yaml.safe_dump(profile))
 
-    single = finish(start(STAGE, TRACKED, cwd=one))
-    assert single.returncode == 0, single.stdout[-3000:]
     done = launch_nodes([(launcher + STAGE, nodes)] * n_nodes, env=TRACKED)
     assert all(node.returncode == 0 for node in done), "".join(node.stdout[-3000:] for node in done)
     assert "Starting with 2 processes" in done[0].stdout
